@@ -1,0 +1,39 @@
+"""The LLaMA baseline (SPEC §1).
+
+Presets:
+  default  arithmetic mod 11 on 2 CPU cores in a few minutes (4 layers, d_model 128).
+  tiny     seconds-long smoke run (tests).
+  paper    SPEC §1 main config (1.2B, 16 x 2048) on a tfds text corpus: set data.text.data_dir.
+"""
+
+from lime_jax.config import default_config
+from lime_jax.presets import apply_preset, paper_main_model
+
+
+def _default(c):
+  c.model.update(num_layers=4, d_model=128, num_heads=4, ffn_dim=512)
+  c.data.update(task="arithmetic", seq_len=32)
+  c.data.arithmetic.update(num_operators=2, cot=False)
+  c.train.update(batch_size=64, num_steps=1500, learning_rate=3e-3, warmup_steps=100, weight_decay=0.1,
+                 log_every=100, checkpoint_every=500)
+  c.eval.num_examples = 1024
+
+
+def _tiny(c):
+  _default(c)
+  c.model.update(num_layers=2, d_model=32, num_heads=2, ffn_dim=64)
+  c.train.update(batch_size=8, num_steps=6, warmup_steps=2, log_every=2, checkpoint_every=3)
+  c.eval.update(num_examples=16, batch_size=8)
+
+
+def _paper(c):
+  paper_main_model(c)
+  c.data.task = "text"
+  c.data.loss_scope = "all"
+
+
+PRESETS = {"default": _default, "tiny": _tiny, "paper": _paper}
+
+
+def get_config(preset: str | None = None):
+  return apply_preset(default_config(), PRESETS, preset, "experiments/baseline.py")

@@ -1,0 +1,209 @@
+"""Default configuration and validation.
+
+Every experiment in `experiments/` starts from `default_config()` and only overrides fields. Every field a
+run can use is defined here, with its default, so that a typo in an override fails loudly
+(ml_collections refuses unknown keys on a locked ConfigDict).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+TOPOLOGIES = ("plain", "lime")
+LIME_ROUTERS = ("kv", "static", "dynamic", "top_p")
+LIME_INITS = ("paper", "identity")
+ATTENTION_IMPLS = ("xla", "cudnn", "explicit")
+REMAT_POLICIES = ("none", "full", "save_dots")
+DTYPES = ("float32", "bfloat16")
+TASKS = ("arithmetic", "text")
+LOSS_SCOPES = ("answer", "all")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Returns the full default config; experiments override fields of it."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # ---------------------------------------------------------------- model
+  m = c.model = ml_collections.ConfigDict()
+  m.vocab_size = 0  # 0: taken from the task's tokenizer.
+  m.num_layers = 4
+  m.d_model = 256
+  m.num_heads = 8
+  m.num_kv_heads = 0  # 0: same as num_heads (no grouping).
+  m.ffn_dim = 1024
+  m.rope_theta = 10_000.0
+  m.rms_eps = 1e-6
+  m.init_std = 0.02
+  m.tie_embeddings = True
+  m.compute_dtype = "float32"  # activations; params, logits and softmax stay fp32.
+  m.param_dtype = "float32"
+  m.attention_impl = "xla"
+  m.remat_policy = "none"
+  m.topology = "plain"
+  # LIMe (SPEC §2); used when topology == 'lime'.
+  m.lime = ml_collections.ConfigDict()
+  m.lime.router = "kv"
+  m.lime.init = "paper"
+  m.lime.top_p = 0.9
+  m.lime.static_init_std = 0.1
+  m.lime.block_size = 8  # source layers mixed per block of the triangular schedule.
+
+  # ----------------------------------------------------------------- data
+  d = c.data = ml_collections.ConfigDict()
+  d.task = "arithmetic"
+  d.seq_len = 64  # tokens per example fed to the model (inputs are seq_len, targets shifted by one).
+  d.loss_scope = "answer"  # CE on the answer (+eos) only, or on every non-pad token.
+  d.num_pause = 0  # pause tokens between question and answer (SPEC §4.1).
+  d.num_workers = 0  # grain worker processes; 0 reads in the main process.
+  d.prefetch = 2
+  d.arithmetic = ml_collections.ConfigDict()
+  d.arithmetic.num_operators = 4
+  d.arithmetic.cot = False
+  d.arithmetic.modulus = 11
+  d.arithmetic.test_fraction = 0.01  # share of the expression space reserved for the test split.
+  d.text = ml_collections.ConfigDict()
+  d.text.name = "local_text"  # tfds dataset name.
+  d.text.data_dir = ""  # tfds data_dir holding the prepared array_record files.
+  d.text.source_dir = ""  # folder of .txt files the local builder prepares from.
+  d.text.split = "train"
+  d.text.eval_split = "validation"
+  d.text.feature = "text"  # feature of the tfds examples holding the document text.
+  d.text.validation_fraction = 0.1  # local_text: share of paragraphs held out (fixed at preparation).
+
+  # ---------------------------------------------------------------- train
+  t = c.train = ml_collections.ConfigDict()
+  t.batch_size = 64  # global batch, in sequences.
+  t.num_steps = 1000
+  t.learning_rate = 1e-3
+  t.min_lr_ratio = 0.1  # cosine decays to learning_rate * min_lr_ratio.
+  t.warmup_steps = 100
+  t.weight_decay = 0.1
+  t.b1 = 0.9
+  t.b2 = 0.95
+  t.eps = 1e-8
+  t.grad_clip = 1.0
+  t.router_lr_multiplier = 10.0  # LIMe router lr = multiplier * learning_rate (SPEC §2.1).
+  t.log_every = 25
+  t.eval_every = 0  # 0: evaluate only at the end.
+  t.checkpoint_every = 200
+  t.keep_checkpoints = 3
+  t.async_checkpoint = True
+  t.stop_at_step = 0  # >0: checkpoint and exit after this step, schedule intact (split a run over job slots).
+
+  # ----------------------------------------------------------------- eval
+  e = c.eval = ml_collections.ConfigDict()
+  e.num_examples = 512
+  e.batch_size = 128
+
+  # ----------------------------------------------------------------- mesh
+  mesh = c.mesh = ml_collections.ConfigDict()
+  mesh.data = -1  # -1 fills the remaining devices.
+  mesh.fsdp = 1
+  mesh.tensor = 1
+  return c
+
+
+def _fail(field: str, value, fix: str) -> None:
+  raise ValueError(f"config.{field}={value!r} is invalid: {fix}")
+
+
+def _check_choice(field: str, value, choices) -> None:
+  if value not in choices:
+    _fail(field, value, f"choose one of {', '.join(map(repr, choices))}.")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the field and the fix for any out-of-range value.
+
+  Runs before any array is allocated or any function is compiled.
+  """
+  m, d, t = c.model, c.data, c.train
+  for name in ("num_layers", "d_model", "num_heads", "ffn_dim"):
+    if int(m[name]) <= 0:
+      _fail(f"model.{name}", m[name], "must be a positive integer.")
+  if m.d_model % m.num_heads:
+    _fail("model.d_model", m.d_model,
+          f"must be divisible by model.num_heads={m.num_heads} (head_dim = d_model / num_heads); "
+          f"pick d_model as a multiple of {m.num_heads} or change num_heads.")
+  kv = m.num_kv_heads or m.num_heads
+  if kv <= 0 or m.num_heads % kv:
+    _fail("model.num_kv_heads", m.num_kv_heads,
+          f"must divide model.num_heads={m.num_heads} (grouped-query attention); use a divisor of "
+          f"{m.num_heads}, or 0 for num_kv_heads = num_heads.")
+  if (m.d_model // m.num_heads) % 2:
+    _fail("model.d_model", m.d_model, "head_dim = d_model / num_heads must be even for RoPE.")
+  if m.rope_theta <= 0:
+    _fail("model.rope_theta", m.rope_theta, "must be > 0.")
+  if m.rms_eps <= 0:
+    _fail("model.rms_eps", m.rms_eps, "must be > 0.")
+  if m.init_std <= 0:
+    _fail("model.init_std", m.init_std, "must be > 0.")
+  if m.vocab_size < 0:
+    _fail("model.vocab_size", m.vocab_size, "must be >= 0 (0 takes it from the task's tokenizer).")
+  _check_choice("model.compute_dtype", m.compute_dtype, DTYPES)
+  _check_choice("model.param_dtype", m.param_dtype, DTYPES)
+  _check_choice("model.attention_impl", m.attention_impl, ATTENTION_IMPLS)
+  _check_choice("model.remat_policy", m.remat_policy, REMAT_POLICIES)
+  _check_choice("model.topology", m.topology, TOPOLOGIES)
+  _check_choice("model.lime.router", m.lime.router, LIME_ROUTERS)
+  _check_choice("model.lime.init", m.lime.init, LIME_INITS)
+  if not 0.0 < m.lime.top_p <= 1.0:
+    _fail("model.lime.top_p", m.lime.top_p, "must be in (0, 1].")
+  if m.lime.block_size <= 0:
+    _fail("model.lime.block_size", m.lime.block_size, "must be a positive integer.")
+
+  _check_choice("data.task", d.task, TASKS)
+  _check_choice("data.loss_scope", d.loss_scope, LOSS_SCOPES)
+  if d.seq_len < 4:
+    _fail("data.seq_len", d.seq_len, "must be at least 4 tokens.")
+  if d.num_pause < 0:
+    _fail("data.num_pause", d.num_pause, "must be >= 0.")
+  if d.arithmetic.num_operators < 1:
+    _fail("data.arithmetic.num_operators", d.arithmetic.num_operators, "must be >= 1.")
+  if not 0.0 < d.arithmetic.test_fraction < 0.5:
+    _fail("data.arithmetic.test_fraction", d.arithmetic.test_fraction, "must be in (0, 0.5).")
+  if not 0.0 < d.text.validation_fraction < 1.0:
+    _fail("data.text.validation_fraction", d.text.validation_fraction, "must be in (0, 1).")
+  if d.num_workers < 0 or d.prefetch < 0:
+    _fail("data.num_workers/prefetch", (d.num_workers, d.prefetch), "must be >= 0.")
+  modulus = d.arithmetic.modulus
+  if modulus < 2 or modulus > 100 or any(modulus % k == 0 for k in range(2, int(modulus**0.5) + 1)):
+    _fail("data.arithmetic.modulus", modulus,
+          "must be a prime <= 100 (division needs every non-zero number to have an inverse); the "
+          "paper uses 11.")
+  if d.task == "text" and not (d.text.data_dir or d.text.source_dir):
+    _fail("data.text.data_dir", d.text.data_dir,
+          "task 'text' needs a tfds data_dir with the prepared dataset, or data.text.source_dir with "
+          ".txt files to prepare it from.")
+
+  if t.batch_size <= 0:
+    _fail("train.batch_size", t.batch_size, "must be a positive integer.")
+  if t.num_steps <= 0:
+    _fail("train.num_steps", t.num_steps, "must be a positive integer.")
+  if t.learning_rate <= 0:
+    _fail("train.learning_rate", t.learning_rate, "must be > 0 (e.g. 1e-3).")
+  if not 0.0 <= t.min_lr_ratio <= 1.0:
+    _fail("train.min_lr_ratio", t.min_lr_ratio, "must be in [0, 1].")
+  if t.warmup_steps < 0:
+    _fail("train.warmup_steps", t.warmup_steps, "must be >= 0.")
+  if t.weight_decay < 0:
+    _fail("train.weight_decay", t.weight_decay, "must be >= 0.")
+  if not (0.0 <= t.b1 < 1.0 and 0.0 <= t.b2 < 1.0):
+    _fail("train.b1/b2", (t.b1, t.b2), "Adam betas must be in [0, 1).")
+  if t.grad_clip < 0:
+    _fail("train.grad_clip", t.grad_clip, "must be >= 0 (0 disables clipping).")
+  if t.router_lr_multiplier <= 0:
+    _fail("train.router_lr_multiplier", t.router_lr_multiplier, "must be > 0.")
+  for name in ("log_every", "checkpoint_every", "keep_checkpoints"):
+    if t[name] <= 0:
+      _fail(f"train.{name}", t[name], "must be a positive integer.")
+  if t.stop_at_step < 0:
+    _fail("train.stop_at_step", t.stop_at_step, "must be >= 0 (0: run to train.num_steps).")
+  if t.eval_every < 0:
+    _fail("train.eval_every", t.eval_every, "must be >= 0 (0: only at the end).")
+  if c.eval.num_examples <= 0 or c.eval.batch_size <= 0:
+    _fail("eval.num_examples/batch_size", (c.eval.num_examples, c.eval.batch_size), "must be > 0.")
+  for axis in ("data", "fsdp", "tensor"):
+    if c.mesh[axis] == 0 or c.mesh[axis] < -1:
+      _fail(f"mesh.{axis}", c.mesh[axis], "must be a positive size or -1 (fill the remaining devices).")

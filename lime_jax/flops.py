@@ -1,0 +1,72 @@
+"""Analytic FLOP counts and the peak FLOP/s used for MFU.
+
+Convention (stated in logs and docs): training FLOPs per token = 3 x forward (forward + 2x backward).
+Forward FLOPs per token = 2 x (parameters in matmuls, including the unembedding, excluding the
+embedding lookup) + causal attention 2 x 2 x L x D_attn x T / 2 (QK^T and PV, halved for the causal mask),
++ any topology-specific extra (LIMe's mixing). Remat recomputation is not counted (MFU, not HFU).
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+from lime_jax.model.model_config import ModelConfig
+
+
+def matmul_params(cfg: ModelConfig) -> int:
+  """Parameters that take part in matmuls per token (no embedding lookup, no norms)."""
+  D, F, N, R, H, L = cfg.d_model, cfg.ffn_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.num_layers
+  per_layer = D * N * H + D * R * 2 * H + N * H * D + 3 * D * F
+  return L * per_layer + D * cfg.vocab_size
+
+
+def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+  """Forward FLOPs per token of the plain backbone (see module docstring)."""
+  attention = 2 * 2 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len / 2
+  return 2.0 * matmul_params(cfg) + attention + topology_extra_forward_flops(cfg)
+
+
+def topology_extra_forward_flops(cfg: ModelConfig) -> float:
+  """Per-token forward FLOPs a topology adds on top of the backbone (0 for 'plain')."""
+  if cfg.topology == "lime":
+    from lime_jax.model import lime  # Local import: lime registers itself on import.
+    fn = getattr(lime, "mixing_flops_per_token", None)
+    if fn is not None:
+      return float(fn(cfg))
+  return 0.0
+
+
+def train_flops_per_step(cfg: ModelConfig, batch_size: int, seq_len: int) -> float:
+  return 3.0 * forward_flops_per_token(cfg, seq_len) * batch_size * seq_len
+
+
+# Dense bf16 peak FLOP/s per chip, from vendor data sheets.
+_PEAK_BY_KIND = {
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
+    "TPU v6 lite": 918e12, "TPU v6e": 918e12, "H100": 989e12, "H200": 989e12, "A100": 312e12,
+}
+
+
+def measure_matmul_peak(n: int = 2048, repeats: int = 3) -> float:
+  """FLOP/s of a jitted fp32 n x n matmul on the default device (the CPU 'peak' for MFU)."""
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2.0 * n**3 / best
+
+
+def peak_flops_per_device() -> tuple[float, str]:
+  """(peak FLOP/s per device, how it was obtained): a data-sheet value, or a measured matmul on CPU."""
+  kind = jax.devices()[0].device_kind
+  for name, peak in _PEAK_BY_KIND.items():
+    if name.lower() in kind.lower():
+      return peak, f"data sheet ({kind})"
+  return measure_matmul_peak(), f"measured fp32 matmul ({kind})"

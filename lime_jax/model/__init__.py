@@ -1,0 +1,13 @@
+"""Flax modules of the decoder.
+
+- layers.py: RMSNorm, RoPE, SwiGLU;      - attention.py: causal GQA attention (xla / cudnn / explicit);
+- block.py: one pre-norm layer;          - stack.py: the scanned stack and the topology registry;
+- transformer.py: embeddings -> stack -> logits;  - model_config.py: the hashable ModelConfig.
+"""
+
+from lime_jax.model.model_config import LimeConfig, ModelConfig
+from lime_jax.model.stack import StackOutput, get_topology, init_cache, register_topology
+from lime_jax.model.transformer import Transformer, init_params
+
+__all__ = ["LimeConfig", "ModelConfig", "StackOutput", "Transformer", "get_topology", "init_cache",
+           "init_params", "register_topology"]

@@ -1,0 +1,116 @@
+"""The layer stack: a `jax.lax.scan` over stacked per-layer parameters, and the topology registry.
+
+A *topology* decides how layers connect: `plain` is the LLaMA residual stream (this file); `lime` routes
+keys/values across layers (lime_jax/model/lime.py). Each registers a `Topology` with its extra parameters
+and its stack runner, so the Transformer never branches on the method.
+
+The scan carry is explicit, `{'h': h_BTD, 'aux': {...}}`: topologies add their own state (a LIMe kv buffer)
+and auxiliary losses accumulate in `aux` without materialising every layer's activations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from lime_jax.model.block import Block
+from lime_jax.model.model_config import ModelConfig
+
+# Per-layer outputs a caller can ask the stack to return, stacked over layers.
+COLLECTABLE = ("hidden", "value", "attn_probs")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class StackOutput:
+  """What a stack returns: final residual stream, summed aux losses, per-layer collections, cache.
+
+  A pytree, so a jitted forward can return it.
+  """
+
+  h_BTD: jax.Array
+  aux: dict[str, jax.Array]
+  collected: dict[str, jax.Array]
+  cache: dict | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+  """How layers connect. `init_params(rng, cfg)` gives the topology's own parameters (or None);
+  `run(cfg, layers, topo_params, h_BTD, positions_BT, cache, collect)` runs the stack."""
+
+  name: str
+  run: Callable[..., StackOutput]
+  init_params: Callable[[jax.Array, ModelConfig], Any] | None = None
+
+
+_TOPOLOGIES: dict[str, Topology] = {}
+
+
+def register_topology(topology: Topology) -> Topology:
+  _TOPOLOGIES[topology.name] = topology
+  return topology
+
+
+def get_topology(name: str) -> Topology:
+  if name not in _TOPOLOGIES:
+    raise ValueError(f"config.model.topology={name!r} is unknown; choose one of {sorted(_TOPOLOGIES)}.")
+  return _TOPOLOGIES[name]
+
+
+def remat(fn: Callable, policy: str) -> Callable:
+  """Wraps a scan body in `jax.checkpoint` per `config.model.remat_policy`.
+
+  'none': save everything the backward pass needs; 'full': save only the body's inputs and recompute
+  the layer; 'save_dots': keep matmul outputs (without batch dims), recompute the elementwise rest.
+  """
+  if policy == "none":
+    return fn
+  policies = {
+      "full": jax.checkpoint_policies.nothing_saveable,
+      "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  }
+  if policy not in policies:
+    raise ValueError(f"config.model.remat_policy={policy!r} is unknown; use 'none', 'full' or 'save_dots'.")
+  return jax.checkpoint(fn, policy=policies[policy], prevent_cse=False)
+
+
+def pick_collected(extras: dict, h_BTD: jax.Array, collect: tuple[str, ...]) -> dict[str, jax.Array]:
+  """The per-layer values a caller asked for, from one layer's outputs."""
+  unknown = set(collect) - set(COLLECTABLE)
+  if unknown:
+    raise ValueError(f"cannot collect {sorted(unknown)}; collectable: {COLLECTABLE}.")
+  if "attn_probs" in collect and extras["attn_probs"] is None:
+    raise ValueError("collecting 'attn_probs' needs config.model.attention_impl='explicit'.")
+  values = {"hidden": h_BTD, **extras}
+  return {name: values[name] for name in collect}
+
+
+def run_plain_stack(cfg: ModelConfig, layers: Any, topo_params: Any, h_BTD: jax.Array,
+                    positions_BT: jax.Array, cache: dict | None = None,
+                    collect: tuple[str, ...] = ()) -> StackOutput:
+  """Scans the LLaMA block over the stacked layer parameters."""
+  del topo_params
+  block = Block(cfg)
+
+  def body(carry, xs):
+    params_l, cache_l = xs
+    h_BTD, extras = block.apply({"params": params_l}, carry["h"], positions_BT, cache=cache_l)
+    ys = {"collected": pick_collected(extras, h_BTD, collect), "cache": extras["cache"]}
+    return {"h": h_BTD, "aux": carry["aux"]}, ys
+
+  carry, ys = jax.lax.scan(remat(body, cfg.remat_policy), {"h": h_BTD, "aux": {}}, (layers, cache))
+  return StackOutput(carry["h"], carry["aux"], ys["collected"], ys["cache"])
+
+
+register_topology(Topology("plain", run_plain_stack))
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> dict:
+  """An empty decoding cache for every layer: mixed, RoPE'd keys and values, [L, B, S, R, H] each."""
+  shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+          "index": jnp.zeros((cfg.num_layers,), jnp.int32)}

@@ -1,0 +1,57 @@
+"""The decoder: embeddings -> scanned layer stack (per topology) -> final RMSNorm -> fp32 logits."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lime_jax.model.block import Block
+from lime_jax.model.layers import RMSNorm, normal_init
+from lime_jax.model.model_config import ModelConfig
+from lime_jax.model.stack import StackOutput, get_topology
+
+
+def init_layer_params(rng: jax.Array, cfg: ModelConfig) -> dict:
+  """Stacked parameters of all layers: every leaf gets a leading [L] axis (one init key per layer)."""
+  dummy_h_BTD = jnp.zeros((1, 1, cfg.d_model), cfg.dtype)
+  dummy_pos_BT = jnp.zeros((1, 1), jnp.int32)
+  init_one = lambda key: Block(cfg).init(key, dummy_h_BTD, dummy_pos_BT)["params"]
+  return jax.vmap(init_one)(jax.random.split(rng, cfg.num_layers))
+
+
+class Transformer(nn.Module):
+  """LLaMA-style decoder. Parameters: embed [V, D], layers (stacked [L, ...]), final_norm,
+  unembed [D, V] when untied, router (topology parameters, e.g. LIMe) when the topology has them."""
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens_BT: jax.Array, positions_BT: jax.Array | None = None,
+               cache: dict | None = None, collect: tuple[str, ...] = ()) -> tuple[jax.Array, StackOutput]:
+    cfg = self.cfg
+    embed_VD = self.param("embed", normal_init(cfg.init_std), (cfg.vocab_size, cfg.d_model), cfg.pdtype)
+    layers = self.param("layers", init_layer_params, cfg)
+    topology = get_topology(cfg.topology)
+    topo_params = None
+    if topology.init_params is not None:
+      topo_params = self.param("router", topology.init_params, cfg)
+    if positions_BT is None:
+      positions_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
+
+    h_BTD = jnp.take(embed_VD, tokens_BT, axis=0).astype(cfg.dtype)
+    out = topology.run(cfg, layers, topo_params, h_BTD, positions_BT, cache=cache, collect=collect)
+    h_BTD = RMSNorm(cfg.rms_eps, cfg.pdtype, name="final_norm")(out.h_BTD).astype(jnp.float32)
+    if cfg.tie_embeddings:
+      logits_BTV = jnp.einsum("btd,vd->btv", h_BTD, embed_VD.astype(jnp.float32))
+    else:
+      unembed_DV = self.param("unembed", normal_init(cfg.init_std), (cfg.d_model, cfg.vocab_size),
+                              cfg.pdtype)
+      logits_BTV = jnp.einsum("btd,dv->btv", h_BTD, unembed_DV.astype(jnp.float32))
+    return logits_BTV, out
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array) -> dict:
+  """Model parameters (fp32 by default) for `cfg`, without running a forward pass on real data."""
+  tokens_BT = jnp.zeros((1, 1), jnp.int32)
+  return Transformer(cfg).init(rng, tokens_BT)["params"]

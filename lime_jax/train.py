@@ -1,0 +1,278 @@
+"""The training loop: build, restore, compile ahead of time, train with async dispatch, evaluate.
+
+Importable and notebook-friendly: `train(config, workdir)` does everything `python -m lime_jax.main`
+does and returns the final metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lime_jax import checkpoint as ckpt_lib
+from lime_jax import config as config_lib
+from lime_jax import flops as flops_lib
+from lime_jax import optimizer as opt_lib
+from lime_jax import sharding as shard_lib
+from lime_jax import train_step as step_lib
+from lime_jax import writers
+from lime_jax.data import pipeline
+from lime_jax.model import ModelConfig, Transformer, init_params
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or gradient norm became NaN/Inf; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything built from a config before the loop starts."""
+
+  config: ml_collections.ConfigDict
+  model_cfg: ModelConfig
+  mesh: jax.sharding.Mesh
+  model: Transformer
+  optimizer: Any
+  state_sharding: Any
+  batch_sharding: Any
+
+
+def build(config: ml_collections.ConfigDict) -> Run:
+  """Validates the config and builds model, optimizer, mesh and shardings (no arrays allocated)."""
+  config_lib.validate(config)
+  model_cfg = ModelConfig.from_config(config.model, pipeline.vocab_size_for(config))
+  mesh = shard_lib.make_mesh(config.mesh)
+  shard_lib.check_batch_divisible(config.train.batch_size, mesh)
+  model = Transformer(model_cfg)
+  abstract_params = jax.eval_shape(functools.partial(init_params, model_cfg), jax.random.key(0))
+  optimizer = opt_lib.make_optimizer(config.train, abstract_params)
+  abstract_state = jax.eval_shape(functools.partial(step_lib.init_train_state, optimizer=optimizer),
+                                  abstract_params)
+  return Run(config, model_cfg, mesh, model, optimizer,
+             shard_lib.state_shardings(mesh, abstract_state), shard_lib.batch_sharding(mesh))
+
+
+def create_state(run: Run) -> step_lib.TrainState:
+  """Initialises parameters and optimizer state directly in their shardings."""
+  def init(rng):
+    return step_lib.init_train_state(init_params(run.model_cfg, rng), run.optimizer)
+  return jax.jit(init, out_shardings=run.state_sharding)(jax.random.key(run.config.seed))
+
+
+def param_count(params: Any) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def _cost_flops(compiled: Any) -> float | None:
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", 0.0)) or None
+  except Exception:  # cost analysis is best effort and backend dependent.
+    return None
+
+
+def compile_report(compiled: Any, run: Run, params: Any) -> dict[str, float]:
+  """Parameter count, FLOPs per step and XLA's memory analysis of the compiled train step."""
+  cfg, t = run.config, run.config.train
+  report = {
+      "params": param_count(params),
+      "flops_per_step_analytic": flops_lib.train_flops_per_step(run.model_cfg, t.batch_size, cfg.data.seq_len),
+  }
+  xla_flops = _cost_flops(compiled)
+  if xla_flops:
+    report["flops_per_step_xla"] = xla_flops
+  mem = compiled.memory_analysis()
+  if mem is not None:
+    for name in ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes",
+                 "generated_code_size_in_bytes"):
+      if hasattr(mem, name):
+        report[f"memory/{name.replace('_in_bytes', '')}_mib"] = getattr(mem, name) / 2**20
+  return report
+
+
+def evaluate(run: Run, params: Any, eval_step, batches: list[dict[str, np.ndarray]]) -> dict[str, float]:
+  """Held-out CE, token accuracy and exact match of the answers (see metrics.answer_metrics)."""
+  totals: dict[str, float] = {}
+  for batch in batches:
+    sums = eval_step(params, shard_lib.to_global_batch(batch, run.batch_sharding))
+    for k, v in jax.device_get(sums).items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+  return {
+      "ce": totals["ce_sum"] / max(totals["ce_tokens"], 1.0),
+      "token_accuracy": totals["correct_tokens"] / max(totals["answer_tokens"], 1.0),
+      "exact_match": totals["exact_matches"] / max(totals["examples"], 1.0),
+      "examples": totals["examples"],
+  }
+
+
+class _StopFlag:
+  """Set by SIGTERM/SIGINT: the loop checkpoints the current step and returns."""
+
+  def __init__(self):
+    self.signal: int | None = None
+    self._previous = {}
+
+  def install(self) -> None:
+    if threading.current_thread() is not threading.main_thread():
+      return
+    for sig in (signal.SIGTERM,):
+      self._previous[sig] = signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    self.signal = signum
+
+  def uninstall(self) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _is_finite(values: dict[str, float]) -> bool:
+  return all(np.isfinite(values[k]) for k in ("loss", "grad_norm"))
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains per `config`, checkpointing into `workdir`; resumes from its latest checkpoint."""
+  run = build(config)
+  t = config.train
+  is_lead = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  writer = writers.MetricWriter(workdir, t.num_steps, enabled=is_lead)
+  checkpointer = ckpt_lib.Checkpointer(workdir, t.keep_checkpoints, t.async_checkpoint)
+  signature = ckpt_lib.arch_signature(config.model, run.model_cfg.vocab_size)
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    checkpointer.check_compatible(latest, signature)
+  if is_lead:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  data_iter = pipeline.make_train_iterator(config, jax.process_index(), jax.process_count())
+  state = create_state(run)
+  if latest is not None:
+    state = checkpointer.restore(latest, ckpt_lib.abstract_like(state), data_iter)
+    writer.text(f"Resumed from {checkpointer.directory}/{latest}.")
+  start_step = int(jax.device_get(state.step))
+
+  train_step = jax.jit(
+      step_lib.make_train_step(run.model, run.optimizer, opt_lib.lr_schedule(t)),
+      in_shardings=(run.state_sharding, run.batch_sharding),
+      out_shardings=(run.state_sharding, shard_lib.replicated(run.mesh)),
+      donate_argnums=(0,))
+  eval_step = jax.jit(step_lib.make_eval_step(run.model), in_shardings=(run.state_sharding.params,
+                                                                         run.batch_sharding))
+  eval_batches = pipeline.make_eval_batches(config)
+
+  # Ahead-of-time compile: report size, FLOPs and memory before step 1.
+  first_local = next(data_iter)
+  first_batch = shard_lib.to_global_batch(first_local, run.batch_sharding)
+  t0 = time.perf_counter()
+  compiled = train_step.lower(state, first_batch).compile()
+  report = compile_report(compiled, run, state.params)
+  report["compile_s"] = time.perf_counter() - t0
+  peak, peak_source = flops_lib.peak_flops_per_device()
+  report["peak_flops_per_device"] = peak
+  writer.text(
+      f"Model: {report['params']:,} params | {run.model_cfg.num_layers} layers, d_model "
+      f"{run.model_cfg.d_model}, topology {run.model_cfg.topology} | mesh {dict(run.mesh.shape)}\n"
+      f"FLOPs/step: {report['flops_per_step_analytic']:.3e} analytic (3x forward, causal-halved attention)"
+      + (f", {report['flops_per_step_xla']:.3e} XLA cost analysis" if "flops_per_step_xla" in report else "")
+      + f"\nMemory: " + ", ".join(f"{k.split('/')[1]}={v:.1f} MiB" for k, v in report.items()
+                                  if k.startswith("memory/"))
+      + f"\nCompiled in {report['compile_s']:.1f}s; MFU peak {peak:.3e} FLOP/s per device, {peak_source}.")
+  if is_lead:
+    with open(os.path.join(workdir, "compile_report.json"), "w", encoding="utf-8") as f:
+      json.dump(report, f, indent=2)
+
+  tokens_per_step = t.batch_size * config.data.seq_len
+  peak_total = peak * jax.device_count()
+  stop = _StopFlag()
+  stop.install()
+  pending: tuple[int, Any] | None = None
+  last_log_time, last_log_step = time.perf_counter(), start_step
+  loop_start = time.perf_counter()
+  last_values: dict[str, float] = {}
+  last_good = latest
+  status = "completed"
+
+  def meta(step: int) -> dict:
+    return {"step": step, "arch": signature, "config": json.loads(config.to_json_best_effort())}
+
+  def finish(step_and_metrics) -> dict[str, float]:
+    """Fetches a dispatched step's metrics; stops the run on a non-finite loss."""
+    nonlocal last_log_time, last_log_step, last_values
+    step, device_metrics = step_and_metrics
+    values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+    if not _is_finite(values):
+      raise NonFiniteLossError(
+          f"Non-finite loss/grad at step {step} (loss={values['loss']}, grad_norm={values['grad_norm']}). "
+          f"The last good checkpoint is step {last_good} in {checkpointer.directory}. Lower "
+          "train.learning_rate, raise train.warmup_steps or enable train.grad_clip, then rerun to resume.")
+    last_values = values
+    if step % t.log_every == 0 or step == t.num_steps:
+      now = time.perf_counter()
+      rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
+      values["tokens_per_s"] = rate * tokens_per_step
+      values["mfu"] = rate * flops_lib.train_flops_per_step(run.model_cfg, t.batch_size,
+                                                            config.data.seq_len) / peak_total
+      last_log_time, last_log_step = now, step
+      writer.write(step, values)
+      writer.progress(step, values, now - loop_start, step - start_step)
+    return values
+
+  try:
+    step = start_step
+    batch = first_batch
+    while step < t.num_steps:
+      state, device_metrics = compiled(state, batch)  # dispatched asynchronously
+      step += 1
+      if pending is not None:
+        finish(pending)  # step t-1's metrics, while step t runs
+      pending = (step, device_metrics)
+      stop_here = stop.signal is not None or step == t.stop_at_step
+      if step % t.checkpoint_every == 0 or step == t.num_steps or stop_here:
+        finish(pending)  # a checkpoint only holds a state whose loss was finite
+        pending = None
+        # The iterator has yielded exactly `step` batches here, so a resume continues bit-identically.
+        checkpointer.save(step, state, data_iter, meta(step), force=True)
+        last_good = step
+      if step < t.num_steps and not stop_here:
+        batch = shard_lib.to_global_batch(next(data_iter), run.batch_sharding)
+      if t.eval_every and step % t.eval_every == 0 and step < t.num_steps:
+        writer.write(step, evaluate(run, state.params, eval_step, eval_batches), prefix="eval")
+      if stop_here:
+        status = "preempted" if stop.signal is not None else "stopped"
+        reason = f"Signal {stop.signal}" if stop.signal is not None else "train.stop_at_step"
+        writer.text(f"{reason}: checkpointed step {step} in {checkpointer.directory}; "
+                    "rerun the same command to resume.")
+        break
+    if pending is not None:
+      finish(pending)
+  finally:
+    stop.uninstall()
+    checkpointer.close()
+
+  result: dict[str, Any] = {"status": status, "step": int(jax.device_get(state.step)),
+                            "train": last_values}
+  if status == "completed":
+    result["eval"] = writer.write(t.num_steps, evaluate(run, state.params, eval_step, eval_batches),
+                                  prefix="eval")
+    writer.text("Held-out ({examples:.0f} examples): exact_match={exact_match:.4f} "
+                "token_accuracy={token_accuracy:.4f} ce={ce:.4f}".format(**result["eval"]))
+  if is_lead:
+    with open(os.path.join(workdir, "final_metrics.json"), "w", encoding="utf-8") as f:
+      json.dump(result, f, indent=2)
+  writer.close()
+  return result
