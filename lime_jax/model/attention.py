@@ -33,11 +33,11 @@ def explicit_attention(q_BTNH: jax.Array, k_BSRH: jax.Array, v_BSRH: jax.Array,
 
 def attend(q_BTNH: jax.Array, k_BSRH: jax.Array, v_BSRH: jax.Array, impl: str,
            mask_B1TS: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
-  """Causal attention; `mask_B1TS=None` means plain causal over aligned positions (training)."""
+  """Causal attention; `mask_B1TS=None` means plain causal, the T queries being the last T of the S keys."""
+  T, S = q_BTNH.shape[1], k_BSRH.shape[1]
+  if mask_B1TS is None and (impl == "explicit" or T != S):  # is_causal would align top-left.
+    mask_B1TS = jnp.tril(jnp.ones((T, S), bool), k=S - T)[None, None]
   if impl == "explicit":
-    if mask_B1TS is None:
-      T, S = q_BTNH.shape[1], k_BSRH.shape[1]
-      mask_B1TS = jnp.tril(jnp.ones((T, S), bool), k=S - T)[None, None]
     return explicit_attention(q_BTNH, k_BSRH, v_BSRH, mask_B1TS)
   if impl not in ("xla", "cudnn"):
     raise ValueError(f"config.model.attention_impl={impl!r} is unknown: use 'xla', 'cudnn' or 'explicit'.")

@@ -1,0 +1,13 @@
+"""Data: synthetic tasks, tokenizers and the grain input pipeline.
+
+Modules:
+  base        `Example`, the `Task`/`Tokenizer` protocols, split names, the hash-defined test region.
+  tokenizer   `CharTokenizer` (one id per alphabet character) and `ByteTokenizer` (UTF-8 bytes),
+              sharing 16 fixed special ids (PAD BOS EOS SEP PAUSE_START PAUSE PAUSE_END, 7..15 reserved).
+  arithmetic  `ArithmeticTask`: expressions mod a prime, direct or chain-of-thought (Feng et al. 2023).
+  tasks       `get_task(config.data, seed)`: registry of the synthetic tasks by `config.data.task`.
+  text        `local_text` tfds builder (array_record, no TensorFlow), `prepare_local_text`,
+              `PackedText` (EOS-joined byte stream cut into fixed-length chunks).
+  pipeline    `encode_example`, `make_train_iterator` (checkpointable grain iterator, process-sliced
+              global batches), `make_eval_batches`, `vocab_size_for`.
+"""

@@ -1,0 +1,46 @@
+"""Registry of the synthetic tasks, keyed by `config.data.task`.
+
+Adding a task is one entry in `_REGISTRY`: a name and a factory `(data_config, seed) -> Task` that reads
+the task's own sub-config (e.g. `config.data.multiplication`). The 'text' task is not here: it is a
+corpus, not a question/answer generator, and `pipeline.py` routes it to `text.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import ml_collections
+
+from lime_jax.data import arithmetic, base
+
+TaskFactory = Callable[[ml_collections.ConfigDict, int], base.Task]
+
+
+def _arithmetic(data_config: ml_collections.ConfigDict, seed: int) -> base.Task:
+  a = data_config.arithmetic
+  return arithmetic.ArithmeticTask(num_operators=int(a.num_operators), cot=bool(a.cot),
+                                   modulus=int(a.modulus), test_fraction=float(a.test_fraction),
+                                   seed=int(seed))
+
+
+_REGISTRY: dict[str, TaskFactory] = {
+    "arithmetic": _arithmetic,
+}
+
+TEXT_TASK = "text"
+
+
+def known_tasks() -> tuple[str, ...]:
+  """Names accepted by `config.data.task` (the generators plus 'text')."""
+  return (*_REGISTRY, TEXT_TASK)
+
+
+def get_task(data_config: ml_collections.ConfigDict, seed: int) -> base.Task:
+  """The task named by `data_config.task`, built from its sub-config and `seed`."""
+  name = data_config.task
+  if name not in _REGISTRY:
+    hint = (" 'text' is a corpus: use pipeline.make_train_iterator / make_eval_batches."
+            if name == TEXT_TASK else "")
+    raise ValueError(f"config.data.task={name!r} has no generator; known tasks: "
+                     f"{', '.join(map(repr, known_tasks()))}.{hint}")
+  return _REGISTRY[name](data_config, seed)

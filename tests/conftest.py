@@ -1,0 +1,73 @@
+"""Shared test fixtures: strict numerics and a tiny model config factory."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import sys
+
+# Importable without `pip install -e .`: put the repository root first on the path.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from lime_jax.model import ModelConfig  # noqa: E402
+
+# Implicit rank promotion hides shape bugs (a [D] times a [B, T, D] that should have been [B, T, 1]).
+jax.config.update("jax_numpy_rank_promotion", "raise")
+# Tests compare fp32 numbers to 1e-5; keep matmuls at full fp32 precision on every backend.
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def tiny_model_config(**overrides) -> ModelConfig:
+  """A small but non-degenerate decoder: GQA off, 2 layers, head_dim 8."""
+  base = dict(vocab_size=61, num_layers=2, d_model=32, num_heads=4, num_kv_heads=4, ffn_dim=64,
+              init_std=0.1)
+  base.update(overrides)
+  return ModelConfig(**base)
+
+
+def random_params(cfg: ModelConfig, seed: int = 0, std: float = 0.1, norm_std: float = 0.3) -> dict:
+  """Plain-topology parameters with the layout of `init_params`, drawn with numpy (no tracing).
+
+  Much cheaper than `init_params` (which runs a forward pass per new config). Weights ~ N(0, std);
+  norm scales ~ 1 + N(0, norm_std), so a swapped or ignored norm shows up in the outputs.
+  `test_random_params_match_init_layout` keeps this in sync with the model.
+  """
+  L, D, N, R, H, F, V = (cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                         cfg.ffn_dim, cfg.vocab_size)
+  g = np.random.default_rng(seed)
+  w = lambda *shape: jnp.asarray(std * g.standard_normal(shape), cfg.pdtype)
+  norm = lambda *shape: jnp.asarray(1.0 + norm_std * g.standard_normal(shape), cfg.pdtype)
+  params = {
+      "embed": w(V, D),
+      "layers": {
+          "attn_norm": {"scale": norm(L, D)},
+          "wq": w(L, D, N, H), "wkv": w(L, D, R, 2 * H), "wo": w(L, N, H, D),
+          "mlp_norm": {"scale": norm(L, D)},
+          "mlp": {"w_gate": w(L, D, F), "w_up": w(L, D, F), "w_down": w(L, F, D)},
+      },
+      "final_norm": {"scale": norm(D)},
+  }
+  if not cfg.tie_embeddings:
+    params["unembed"] = w(D, V)
+  return params
+
+
+@pytest.fixture
+def make_cfg():
+  """Factory fixture: `make_cfg(num_kv_heads=2, ...)` -> ModelConfig."""
+  return tiny_model_config
+
+
+@pytest.fixture
+def rng() -> jax.Array:
+  return jax.random.key(0)
+
+
+def replace(cfg: ModelConfig, **changes) -> ModelConfig:
+  """dataclasses.replace, re-exported for brevity in tests."""
+  return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,155 @@
+"""Tests of the text path: local tfds builder (array_record, no TensorFlow), packing, grain iterator."""
+
+from __future__ import annotations
+
+import pathlib
+
+import grain
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow_datasets as tfds
+
+from lime_jax.config import default_config, validate
+from lime_jax.data import pipeline, text
+from lime_jax.data.tokenizer import EOS_ID, ByteTokenizer
+
+SEQ_LEN = 32
+_WORDS = ("the quick brown fox jumps over lazy dogs while seven wizards quietly judge boxing "
+          "matches in zürich and a café").split()
+
+
+def _write_corpus(root) -> dict[str, list[str]]:
+  """4 files of 12 paragraphs (a few KB in all); returns the paragraphs of each file."""
+  rng = np.random.default_rng(0)
+  root.mkdir()
+  corpus = {}
+  for f in range(4):
+    paragraphs = []
+    for p in range(12):
+      lines = [" ".join(rng.choice(_WORDS, size=8)) for _ in range(1 + p % 3)]
+      paragraphs.append(f"[{f}.{p}] " + "\n".join(lines))
+    corpus[f"doc{f}.txt"] = paragraphs
+    (root / f"doc{f}.txt").write_text("\n\n".join(paragraphs) + "\n", encoding="utf-8")
+  return corpus
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+  paragraphs = _write_corpus(tmp_path / "src")
+  c = default_config()
+  c.data.task = "text"
+  c.data.seq_len = SEQ_LEN
+  c.data.text.source_dir = str(tmp_path / "src")
+  c.data.text.data_dir = str(tmp_path / "tfds")
+  c.train.batch_size = 4
+  c.eval.num_examples, c.eval.batch_size = 10, 4
+  validate(c)
+  return c, paragraphs
+
+
+def test_split_documents_is_a_disjoint_paragraph_partition(corpus):
+  c, paragraphs = corpus
+  docs = text.split_documents(c.data.text.source_dir, 0.1)
+  assert docs["train"] and docs["validation"]
+  split_paragraphs = {s: [p for _, d in items for p in d.split("\n\n")] for s, items in docs.items()}
+  everything = [p for ps in paragraphs.values() for p in ps]
+  assert sorted(split_paragraphs["train"] + split_paragraphs["validation"]) == sorted(everything)
+  assert not set(split_paragraphs["train"]) & set(split_paragraphs["validation"])
+  assert docs == text.split_documents(c.data.text.source_dir, 0.1)  # deterministic.
+
+
+def test_prepare_and_read_through_tfds_data_source(corpus):
+  c, _ = corpus
+  t = c.data.text
+  text.ensure_prepared(t)
+  version_dir = next((c_dir for c_dir in (pathlib.Path(t.data_dir) / "local_text").iterdir()))
+  assert list(version_dir.glob("local_text-train.array_record-*"))
+  assert list(version_dir.glob("local_text-validation.array_record-*"))
+  expected = text.split_documents(t.source_dir, t.validation_fraction)
+  for split in ("train", "validation"):
+    source = tfds.data_source("local_text", split=split, data_dir=t.data_dir, download=False)
+    read = sorted(source[i]["text"].decode("utf-8") for i in range(len(source)))
+    assert read == sorted(d for _, d in expected[split])
+  text.ensure_prepared(t)  # second call reuses the prepared files.
+
+
+def test_packed_chunks_cover_the_eos_joined_stream(corpus):
+  c, _ = corpus
+  source = text.open_split(c.data.text, "train")
+  tok = ByteTokenizer()
+  stream = np.concatenate([np.array(tok.encode(source[i]["text"].decode("utf-8")) + [EOS_ID],
+                                    np.int32) for i in range(len(source))])
+  packed = text.PackedText(source, SEQ_LEN)
+  assert len(packed) == (len(stream) - 1) // SEQ_LEN > 10
+  for i in range(len(packed)):
+    np.testing.assert_array_equal(packed.tokens(i), stream[i * SEQ_LEN:i * SEQ_LEN + SEQ_LEN + 1])
+  f = packed[3]
+  np.testing.assert_array_equal(f["inputs"][1:], f["targets"][:-1])
+  assert f["inputs"].dtype == np.int32 and f["loss_mask"].dtype == np.float32
+  assert f["loss_mask"].all() and f["answer_mask"].all()
+  assert sum(EOS_ID in packed.tokens(i) for i in range(len(packed))) >= len(source) - 1
+
+
+def test_text_iterator_shapes_sharding_and_checkpoint(corpus, tmp_path):
+  c, _ = corpus
+  it = pipeline.make_train_iterator(c)
+  batches = [next(it) for _ in range(5)]
+  assert all(b["inputs"].shape == (4, SEQ_LEN) and b["loss_mask"].all() for b in batches)
+  assert len({b["inputs"].tobytes() for b in batches}) == 5
+  assert pipeline.vocab_size_for(c) == 272 and batches[0]["inputs"].max() < 272
+
+  halves = [pipeline.make_train_iterator(c, p, 2) for p in range(2)]
+  for b in batches[:3]:
+    joined = np.concatenate([next(h)["inputs"] for h in halves])
+    np.testing.assert_array_equal(joined, b["inputs"])
+
+  with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
+    manager.save(5, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+    manager.wait_until_finished()
+  expected = [next(it) for _ in range(3)]
+  restored = pipeline.make_train_iterator(c)
+  with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
+    manager.restore(5, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(restored)))
+  for want in expected:
+    got = next(restored)
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_text_epochs_cover_every_chunk(corpus):
+  c, _ = corpus
+  c.train.batch_size = 1
+  num_chunks = len(text.packed_split(c, "train"))
+  it = pipeline.make_train_iterator(c)
+  first = {next(it)["inputs"].tobytes() for _ in range(num_chunks)}
+  second = [next(it)["inputs"].tobytes() for _ in range(num_chunks)]
+  assert len(first) == num_chunks and set(second) == first
+
+
+def test_text_eval_batches_use_validation_split(corpus):
+  c, _ = corpus
+  batches = pipeline.make_eval_batches(c)
+  valid = text.packed_split(c, "validation")
+  n = min(10, len(valid))
+  assert sum(b["example_mask"].sum() for b in batches) == n
+  rows = np.concatenate([b["inputs"] for b in batches])[:n]
+  np.testing.assert_array_equal(rows, np.stack([valid[i]["inputs"] for i in range(n)]))
+  train_chunks = {text.packed_split(c, "train")[i]["inputs"].tobytes() for i in range(5)}
+  assert not train_chunks & {r.tobytes() for r in rows}
+
+
+def test_text_errors_name_the_config_fields(corpus, tmp_path):
+  c, _ = corpus
+  missing = default_config().data.text
+  missing.data_dir = str(tmp_path / "empty")
+  with pytest.raises(ValueError, match=r"data\.text\.source_dir"):
+    text.ensure_prepared(missing)
+  text.ensure_prepared(c.data.text)
+  c.data.text.validation_fraction = 0.3
+  with pytest.raises(ValueError, match=r"validation_fraction.*data\.text\.data_dir"):
+    text.ensure_prepared(c.data.text)
+  c.data.text.validation_fraction = 0.1
+  c.data.seq_len = 100_000
+  with pytest.raises(ValueError, match=r"data\.seq_len"):
+    pipeline.make_eval_batches(c)
