@@ -15,7 +15,7 @@ LIME_INITS = ("paper", "identity")
 ATTENTION_IMPLS = ("xla", "cudnn", "explicit")
 REMAT_POLICIES = ("none", "full", "save_dots")
 DTYPES = ("float32", "bfloat16")
-TASKS = ("arithmetic", "text")
+TASKS = ("arithmetic", "multiplication", "lis", "text")
 LOSS_SCOPES = ("answer", "all")
 
 
@@ -62,6 +62,18 @@ def default_config() -> ml_collections.ConfigDict:
   d.arithmetic.cot = False
   d.arithmetic.modulus = 11
   d.arithmetic.test_fraction = 0.01  # share of the expression space reserved for the test split.
+  d.multiplication = ml_collections.ConfigDict()  # Deng et al. format (SPEC §5).
+  d.multiplication.num_digits = 4  # n x n digits; operands have exactly n digits.
+  d.multiplication.cot = False  # answer `<partial products> #### C` instead of `C`.
+  # Official test file ('{n}' -> num_digits), e.g. '<shared>/data/multiplication/{n}x{n}_test.txt':
+  # the test split reads it and train excludes its pairs; '' holds test pairs out by hash only.
+  d.multiplication.eval_file = ""
+  d.multiplication.test_fraction = 0.01  # hash-held-out share of the pair space (always off train).
+  d.lis = ml_collections.ConfigDict()  # longest increasing subsequence (Feng et al.; SPEC §5).
+  d.lis.length = 50  # numbers per sequence (the paper: 50 / 80 / 100).
+  d.lis.cot = False  # answer `dp_1 ... dp_L = k` instead of `k`.
+  d.lis.number_range = 0  # numbers in [length+1, number_range); 0: length + 150 (the paper).
+  d.lis.test_fraction = 0.01  # share of the sequence space reserved for the test split.
   d.text = ml_collections.ConfigDict()
   d.text.name = "local_text"  # tfds dataset name.
   d.text.data_dir = ""  # tfds data_dir holding the prepared array_record files.
@@ -163,6 +175,19 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _fail("data.arithmetic.num_operators", d.arithmetic.num_operators, "must be >= 1.")
   if not 0.0 < d.arithmetic.test_fraction < 0.5:
     _fail("data.arithmetic.test_fraction", d.arithmetic.test_fraction, "must be in (0, 0.5).")
+  mult = d.multiplication
+  if not 1 <= mult.num_digits <= 18:
+    _fail("data.multiplication.num_digits", mult.num_digits, "must be in [1, 18] (the paper: 4, 5).")
+  if not 0.0 < mult.test_fraction < 0.5:
+    _fail("data.multiplication.test_fraction", mult.test_fraction, "must be in (0, 0.5).")
+  if d.lis.length < 3:
+    _fail("data.lis.length", d.lis.length, "must be >= 3 (the paper: 50, 80, 100).")
+  if d.lis.number_range and d.lis.number_range < 2 * d.lis.length + 1:
+    _fail("data.lis.number_range", d.lis.number_range,
+          f"must be 0 (length + 150, the paper) or >= 2*length+1 = {2 * d.lis.length + 1} (numbers "
+          "lie in [length+1, number_range); a planted run can need `length` distinct values).")
+  if not 0.0 < d.lis.test_fraction < 0.5:
+    _fail("data.lis.test_fraction", d.lis.test_fraction, "must be in (0, 0.5).")
   if not 0.0 < d.text.validation_fraction < 1.0:
     _fail("data.text.validation_fraction", d.text.validation_fraction, "must be in (0, 1).")
   if d.num_workers < 0 or d.prefetch < 0:

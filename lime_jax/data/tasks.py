@@ -11,7 +11,7 @@ from typing import Callable
 
 import ml_collections
 
-from lime_jax.data import arithmetic, base
+from lime_jax.data import arithmetic, base, lis, multiplication
 
 TaskFactory = Callable[[ml_collections.ConfigDict, int], base.Task]
 
@@ -23,8 +23,23 @@ def _arithmetic(data_config: ml_collections.ConfigDict, seed: int) -> base.Task:
                                    seed=int(seed))
 
 
+def _multiplication(data_config: ml_collections.ConfigDict, seed: int) -> base.Task:
+  m = data_config.multiplication
+  return multiplication.MultiplicationTask(num_digits=int(m.num_digits), cot=bool(m.cot),
+                                           seed=int(seed), eval_file=str(m.eval_file),
+                                           test_fraction=float(m.test_fraction))
+
+
+def _lis(data_config: ml_collections.ConfigDict, seed: int) -> base.Task:
+  s = data_config.lis
+  return lis.LisTask(length=int(s.length), cot=bool(s.cot), number_range=int(s.number_range),
+                     test_fraction=float(s.test_fraction), seed=int(seed))
+
+
 _REGISTRY: dict[str, TaskFactory] = {
     "arithmetic": _arithmetic,
+    "multiplication": _multiplication,
+    "lis": _lis,
 }
 
 TEXT_TASK = "text"

@@ -1,0 +1,178 @@
+"""Multi-digit multiplication in the format of Deng et al. 2023 (implicit CoT; SPEC §5).
+
+Line format (github da03/implicit_chain_of_thought, `data/{4,5}_by_{4,5}_mult/test_bigbench.txt`):
+
+  `A * B||<CoT> #### C`
+
+every number written digit by digit, separated by spaces, least-significant digit first. Operands have
+exactly n digits (most-significant digit non-zero: it is the LAST digit shown); C = A*B is zero-padded
+to 2n digits. The CoT lists the partial products p_j = A * b_j * 10^j (b_j the j-th digit of B, j =
+0..n-1), each zero-padded to n+1+j digits, joined by ` + `; after p_j for j = 1..n-2 (the 2nd to the
+(n-1)-th partial product) the running sum p_0 + ... + p_j follows in `( ... )`, padded like p_j. E.g.
+(3x3) `1 2 3 * 4 5 6||4 8 2 1 + 0 5 0 6 1 ( 4 3 3 7 1 ) + 0 0 6 2 9 1 #### 4 3 9 4 3 1`.
+
+Question / answer split: question = `A * B||` (the `||` is the delimiter that tells the model the
+answer starts), answer = `<CoT> #### C` with CoT, and just `C` without (as Deng et al.'s no-CoT
+dataset, which drops the `####`: four constant tokens before C would act as free pause tokens and blur
+the pause-token comparison). `format_line` is question + answer with no space between them, so with
+CoT it is byte for byte a line of the official files. The tokenizer drops spaces (one id per character
+of `0123456789*+()#|`), so `Example.text` (joined by a space) has the same tokens as the line.
+
+Splits: train draws A, B uniformly among n-digit numbers, rejecting pairs in the hash test region
+(`base.in_test_region` of the question) and, when an eval file is configured, every pair of that file
+in either order. Test reads line `index` of the eval file when one is configured (`eval_file`, where
+`{n}` is replaced by num_digits), else draws pairs from the hash test region like arithmetic does.
+Each example is a pure function of (seed, split, index).
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+
+import numpy as np
+
+from lime_jax.data import base
+from lime_jax.data.tokenizer import CharTokenizer
+
+ALPHABET = "0123456789*+()#|"
+_MAX_ATTEMPTS = 100_000
+_MAX_DIGITS = 18  # operands stay exact in int64 draws.
+
+
+def digits(value: int, width: int) -> str:
+  """`value` zero-padded to `width` digits, least-significant first, space-separated."""
+  text = str(value)
+  if value < 0 or len(text) > width:
+    raise ValueError(f"{value} does not fit in {width} digits.")
+  return " ".join(text.zfill(width)[::-1])
+
+
+def parse_digits(text: str) -> int:
+  """Inverse of `digits`: the integer written least-significant first."""
+  return int("".join(text.split())[::-1])
+
+
+def chain_of_thought(a: int, b: int, n: int) -> str:
+  """Partial products of a*b (b's digits from least significant) with the running sums."""
+  parts, total = [], 0
+  for j in range(n):
+    partial = a * ((b // 10**j) % 10) * 10**j
+    total += partial
+    parts.append(digits(partial, n + 1 + j))
+    if 1 <= j <= n - 2:
+      parts[-1] += f" ( {digits(total, n + 1 + j)} )"
+  return " + ".join(parts)
+
+
+def format_example(a: int, b: int, n: int, cot: bool) -> base.Example:
+  """Example of a*b with n-digit operands: question `A * B||`, answer `[CoT ####] C`."""
+  for name, value in (("a", a), ("b", b)):
+    if not 10**(n - 1) <= value < 10**n:
+      raise ValueError(f"operand {name}={value} does not have exactly n={n} digits.")
+  product = digits(a * b, 2 * n)
+  answer = f"{chain_of_thought(a, b, n)} #### {product}" if cot else product
+  return base.Example(question=f"{digits(a, n)} * {digits(b, n)}||", answer=answer)
+
+
+def format_line(a: int, b: int, n: int, cot: bool) -> str:
+  """The file line of a*b: `A * B||<CoT> #### C` with CoT, `A * B||C` without."""
+  example = format_example(a, b, n, cot)
+  return example.question + example.answer
+
+
+def parse_operands(line: str) -> tuple[int, int]:
+  """(A, B) of a line `A * B||...` (digits least-significant first)."""
+  question = line.split("||", 1)[0]
+  a_text, b_text = question.split(" * ")
+  return parse_digits(a_text), parse_digits(b_text)
+
+
+def resolve_eval_file(eval_file: str, n: int) -> str:
+  """`eval_file` with `{n}` replaced by n ('' stays '')."""
+  return eval_file.replace("{n}", str(n)) if eval_file else ""
+
+
+def read_eval_file(path: str, n: int) -> list[tuple[int, int]]:
+  """Operand pairs of an official test file; checks every line against `format_line` (with CoT)."""
+  file = pathlib.Path(path)
+  if not file.is_file():
+    raise ValueError(f"config.data.multiplication.eval_file={path!r} does not exist; point it at "
+                     f"the {n}x{n} test file (e.g. '<data>/multiplication/{{n}}x{{n}}_test.txt') "
+                     "or set it to '' to hold out test pairs by hash.")
+  pairs = []
+  for line_no, line in enumerate(file.read_text().splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      a, b = parse_operands(line)
+      expected = format_line(a, b, n, cot=True)
+    except ValueError as err:
+      raise ValueError(f"{path}:{line_no}: not an {n}x{n} multiplication line ({err}): "
+                       f"{line!r}.") from err
+    if line != expected:
+      raise ValueError(f"{path}:{line_no}: line differs from the {n}x{n} format: {line!r} != "
+                       f"{expected!r}; is num_digits={n} right for this file?")
+    pairs.append((a, b))
+  if not pairs:
+    raise ValueError(f"{path} holds no multiplication lines.")
+  return pairs
+
+
+class MultiplicationTask:
+  """Deterministic, index-addressable n x n multiplication with disjoint train/test splits."""
+
+  name = "multiplication"
+
+  def __init__(self, num_digits: int, cot: bool = False, seed: int = 0, eval_file: str = "",
+               test_fraction: float = 0.01):
+    if not 1 <= num_digits <= _MAX_DIGITS:
+      raise ValueError(f"config.data.multiplication.num_digits={num_digits} must be in "
+                       f"[1, {_MAX_DIGITS}].")
+    if not 0.0 < test_fraction < 0.5:
+      raise ValueError(f"config.data.multiplication.test_fraction={test_fraction} must be in "
+                       "(0, 0.5).")
+    if seed < 0:
+      raise ValueError(f"config.seed={seed} must be >= 0.")
+    self.num_digits = num_digits
+    self.cot = cot
+    self.seed = seed
+    self.test_fraction = test_fraction
+    self.eval_file = resolve_eval_file(eval_file or "", num_digits)
+    self.eval_pairs = read_eval_file(self.eval_file, num_digits) if self.eval_file else []
+    self._excluded = frozenset(self.eval_pairs) | frozenset((b, a) for a, b in self.eval_pairs)
+
+  @functools.cached_property
+  def tokenizer(self) -> CharTokenizer:
+    return CharTokenizer(ALPHABET, drop_spaces=True)
+
+  def _draw(self, rng: np.random.Generator) -> tuple[int, int]:
+    low, high = 10**(self.num_digits - 1), 10**self.num_digits
+    a, b = rng.integers(low, high, size=2, dtype=np.int64)
+    return int(a), int(b)
+
+  def example(self, split: str, index: int) -> base.Example:
+    """The `index`-th example of `split` ('train' or 'test')."""
+    sid = base.split_id(split)
+    if index < 0:
+      raise ValueError(f"index={index} must be >= 0.")
+    if split == "test" and self.eval_pairs:
+      if index >= len(self.eval_pairs):
+        raise ValueError(f"test index {index} is past the {len(self.eval_pairs)} lines of "
+                         f"{self.eval_file}; set config.eval.num_examples <= {len(self.eval_pairs)}.")
+      return format_example(*self.eval_pairs[index], self.num_digits, self.cot)
+    want_test = split == "test"
+    rng = np.random.default_rng([self.seed, sid, index])
+    for _ in range(_MAX_ATTEMPTS):
+      a, b = self._draw(rng)
+      example = format_example(a, b, self.num_digits, self.cot)
+      if (base.in_test_region(example.question, self.test_fraction) == want_test
+          and (a, b) not in self._excluded):
+        return example
+    raise RuntimeError(f"no {split} pair found in {_MAX_ATTEMPTS} draws; raise "
+                       "config.data.multiplication.test_fraction or num_digits.")
+
+  def longest_example(self) -> base.Example:
+    """An example as long as any this task generates (all n x n examples have the same length)."""
+    largest = 10**self.num_digits - 1
+    return format_example(largest, largest, self.num_digits, self.cot)
