@@ -1,0 +1,146 @@
+"""Sweep runner: run the members of a comparison one after another, then tabulate and plot them.
+
+  python -m lime_jax.sweep --config=experiments/lime_deep.py --specs=default,baseline --specs=default,lime \
+      --seeds=0,1 --root=workdirs/lime_deep_cmp [--set=train.num_steps=500 ...] [--dry_run]
+
+Each member (spec x seed) trains with `python -m lime_jax.main` in its own workdir ROOT/<spec>_s<seed>
+(a finished member is skipped, an interrupted one resumes). `--dry_run` prints the commands instead, to
+run them on a cluster. The results land in ROOT/results.md, ROOT/results.csv and ROOT/curves.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import shlex
+import subprocess
+import sys
+from typing import Any
+
+from absl import app, flags
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  spec: str
+  seed: int
+  overrides: tuple[str, ...]
+
+  @property
+  def name(self) -> str:
+    extra = "_".join(o.split(".")[-1].replace("=", "") for o in self.overrides)
+    return f"{self.spec.replace(',', '-')}_s{self.seed}" + (f"_{extra}" if extra else "")
+
+
+def member_command(config_file: str, member: Member, workdir: str, python: str = sys.executable) -> list[str]:
+  cmd = [python, "-m", "lime_jax.main", f"--config={config_file}:{member.spec}", f"--workdir={workdir}",
+         f"--config.seed={member.seed}"]
+  return cmd + [f"--config.{o}" for o in member.overrides]
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def member_summary(member: Member, workdir: str) -> dict[str, Any]:
+  """Final train/eval metrics and step time of one finished member."""
+  with open(os.path.join(workdir, "final_metrics.json"), encoding="utf-8") as f:
+    final = json.load(f)
+  with open(os.path.join(workdir, "compile_report.json"), encoding="utf-8") as f:
+    report = json.load(f)
+  train_records = [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["split"] == "train"]
+  tokens_s = [r["tokens_per_s"] for r in train_records[1:] if "tokens_per_s" in r]
+  return {
+      "member": member.name, "spec": member.spec, "seed": member.seed,
+      "overrides": " ".join(member.overrides), "params": report.get("params"),
+      "final_train_loss": final.get("train", {}).get("loss"),
+      "eval_ce": final.get("eval", {}).get("ce"),
+      "eval_token_accuracy": final.get("eval", {}).get("token_accuracy"),
+      "eval_exact_match": final.get("eval", {}).get("exact_match"),
+      "tokens_per_s": sum(tokens_s) / len(tokens_s) if tokens_s else None,
+      "temp_memory_mib": report.get("memory/temp_size_mib"),
+  }
+
+
+def write_tables(rows: list[dict[str, Any]], root: str) -> None:
+  if not rows:
+    return
+  with open(os.path.join(root, "results.csv"), "w", newline="", encoding="utf-8") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  cols = list(rows[0])
+  fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+  lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+  lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+  with open(os.path.join(root, "results.md"), "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+
+
+def plot_curves(members: list[Member], root: str) -> str:
+  """Train loss and eval exact match against step, one line per member."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
+  for member in members:
+    records = read_jsonl(os.path.join(root, member.name, "metrics.jsonl"))
+    train = [r for r in records if r["split"] == "train"]
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label=member.name)
+    evals = [r for r in records if r["split"] == "eval"]
+    if evals:
+      ax_acc.plot([r["step"] for r in evals], [r["exact_match"] for r in evals], "o-", label=member.name)
+  ax_loss.set(xlabel="step", ylabel="train loss", yscale="log")
+  ax_acc.set(xlabel="step", ylabel="held-out exact match")
+  ax_loss.legend(fontsize=7)
+  fig.tight_layout()
+  path = os.path.join(root, "curves.png")
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return path
+
+
+_CONFIG = flags.DEFINE_string("config", None, "Experiment config file.", required=True)
+_SPECS = flags.DEFINE_multi_string("specs", ["default"], "A preset spec per member group; repeat the flag.")
+_SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds.")
+_SET = flags.DEFINE_multi_string("set", [], "Override applied to every member, e.g. train.num_steps=500.")
+_ROOT = flags.DEFINE_string("root", None, "Folder holding one workdir per member.", required=True)
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands instead of running them.")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  members = [Member(spec, int(seed), tuple(_SET.value)) for spec in _SPECS.value for seed in _SEEDS.value]
+  os.makedirs(_ROOT.value, exist_ok=True)
+  rows = []
+  for member in members:
+    workdir = os.path.join(_ROOT.value, member.name)
+    cmd = member_command(_CONFIG.value, member, workdir)
+    if _DRY_RUN.value:
+      print(shlex.join(cmd))
+      continue
+    if os.path.exists(os.path.join(workdir, "final_metrics.json")):
+      print(f"[sweep] {member.name}: already finished, skipping.", flush=True)
+    else:
+      print(f"[sweep] {member.name}: {shlex.join(cmd)}", flush=True)
+      os.makedirs(workdir, exist_ok=True)
+      with open(os.path.join(workdir, "stdout.log"), "a", encoding="utf-8") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
+      if proc.returncode != 0:
+        print(f"[sweep] {member.name}: failed (exit {proc.returncode}); see {workdir}/stdout.log", flush=True)
+        continue
+    rows.append(member_summary(member, workdir))
+  if not _DRY_RUN.value:
+    write_tables(rows, _ROOT.value)
+    print(open(os.path.join(_ROOT.value, "results.md"), encoding="utf-8").read() if rows else "no results")
+    print(f"[sweep] curves: {plot_curves(members, _ROOT.value)}")
+
+
+if __name__ == "__main__":
+  app.run(main)

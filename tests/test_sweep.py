@@ -1,0 +1,36 @@
+"""Sweep runner: member commands, and the results table from finished workdirs."""
+
+from __future__ import annotations
+
+import json
+
+from lime_jax import sweep
+
+
+def test_member_command_and_name():
+  member = sweep.Member("default,baseline", 1, ("train.num_steps=10",))
+  assert member.name == "default-baseline_s1_num_steps10"
+  cmd = sweep.member_command("experiments/lime_deep.py", member, "/tmp/w", python="python")
+  assert cmd == ["python", "-m", "lime_jax.main", "--config=experiments/lime_deep.py:default,baseline",
+                 "--workdir=/tmp/w", "--config.seed=1", "--config.train.num_steps=10"]
+
+
+def test_summary_table_and_plot(tmp_path):
+  member = sweep.Member("default,lime", 0, ())
+  workdir = tmp_path / member.name
+  workdir.mkdir()
+  (workdir / "final_metrics.json").write_text(json.dumps(
+      {"train": {"loss": 0.5}, "eval": {"ce": 0.7, "token_accuracy": 0.6, "exact_match": 0.3}}))
+  (workdir / "compile_report.json").write_text(json.dumps({"params": 123, "memory/temp_size_mib": 4.0}))
+  records = [{"step": 100, "split": "train", "loss": 0.9, "tokens_per_s": 1000.0},
+             {"step": 200, "split": "train", "loss": 0.6, "tokens_per_s": 3000.0},
+             {"step": 200, "split": "eval", "exact_match": 0.3}]
+  (workdir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+  row = sweep.member_summary(member, str(workdir))
+  assert row["eval_exact_match"] == 0.3 and row["params"] == 123
+  assert row["tokens_per_s"] == 3000.0  # the first interval (compile, warm-up) is left out
+  sweep.write_tables([row], str(tmp_path))
+  table = (tmp_path / "results.md").read_text().splitlines()
+  assert table[0].startswith("| member | spec | seed") and "default-lime_s0" in table[2]
+  assert (tmp_path / "results.csv").read_text().count("\n") == 2
+  assert (tmp_path / sweep.plot_curves([member], str(tmp_path))).stat().st_size > 1000
