@@ -1,7 +1,7 @@
 """The LLaMA baseline (SPEC §1).
 
 Presets:
-  default  arithmetic (2 operators, mod 5) on 2 CPU cores in under 5 minutes (4 layers, d_model 128).
+  default  arithmetic (2 operators, mod 5, chain of thought) on 2 CPU cores in ~3 minutes (4 layers x 128).
   tiny     seconds-long smoke run (tests).
   paper    SPEC §1 main config (1.2B, 16 x 2048) on a tfds text corpus: set data.text.data_dir.
 """
@@ -11,12 +11,13 @@ from lime_jax.presets import apply_preset, paper_main_model
 
 
 def _default(c):
-  # CPU sizing: 2 operators mod 5 with direct answers is learnable by a 4-layer model within minutes
-  # (mod 11 stays at chance for this budget); --config.data.arithmetic.modulus=11 is the paper's task.
+  # CPU sizing: 2 operators mod 5 with chain-of-thought answers is learnt by a 4-layer model in ~3 minutes
+  # (80% held-out exact match; direct answers, or mod 11, stay near chance at this budget).
+  # --config.data.arithmetic.modulus=11 --config.data.arithmetic.num_operators=4 is the paper's task.
   c.model.update(num_layers=4, d_model=128, num_heads=4, ffn_dim=512)
-  c.data.update(task="arithmetic", seq_len=12)
-  c.data.arithmetic.update(num_operators=2, cot=False, modulus=5, test_fraction=0.1)
-  c.train.update(batch_size=64, num_steps=1500, learning_rate=3e-3, warmup_steps=100, weight_decay=0.1,
+  c.data.update(task="arithmetic", seq_len=16)
+  c.data.arithmetic.update(num_operators=2, cot=True, modulus=5, test_fraction=0.1)
+  c.train.update(batch_size=64, num_steps=1000, learning_rate=3e-3, warmup_steps=100, weight_decay=0.1,
                  log_every=100, checkpoint_every=500, eval_every=500)
   c.eval.num_examples = 1024
 
