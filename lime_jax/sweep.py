@@ -47,6 +47,15 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def is_finished(workdir: str) -> bool:
+  """Whether a member ran to completion (a preempted or stopped run leaves status != 'completed')."""
+  path = os.path.join(workdir, "final_metrics.json")
+  if not os.path.exists(path):
+    return False
+  with open(path, encoding="utf-8") as f:
+    return json.load(f).get("status") == "completed"
+
+
 def member_summary(member: Member, workdir: str) -> dict[str, Any]:
   """Final train/eval metrics and step time of one finished member."""
   with open(os.path.join(workdir, "final_metrics.json"), encoding="utf-8") as f:
@@ -125,7 +134,7 @@ def main(argv: list[str]) -> None:
     if _DRY_RUN.value:
       print(shlex.join(cmd))
       continue
-    if os.path.exists(os.path.join(workdir, "final_metrics.json")):
+    if is_finished(workdir):
       print(f"[sweep] {member.name}: already finished, skipping.", flush=True)
     else:
       print(f"[sweep] {member.name}: {shlex.join(cmd)}", flush=True)

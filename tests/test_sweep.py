@@ -19,8 +19,12 @@ def test_summary_table_and_plot(tmp_path):
   member = sweep.Member("default,lime", 0, ())
   workdir = tmp_path / member.name
   workdir.mkdir()
+  (workdir / "final_metrics.json").write_text(json.dumps({"status": "preempted", "train": {"loss": 0.5}}))
+  assert not sweep.is_finished(str(workdir))  # an interrupted member is resumed, not skipped
   (workdir / "final_metrics.json").write_text(json.dumps(
-      {"train": {"loss": 0.5}, "eval": {"ce": 0.7, "token_accuracy": 0.6, "exact_match": 0.3}}))
+      {"status": "completed", "train": {"loss": 0.5},
+       "eval": {"ce": 0.7, "token_accuracy": 0.6, "exact_match": 0.3}}))
+  assert sweep.is_finished(str(workdir))
   (workdir / "compile_report.json").write_text(json.dumps({"params": 123, "memory/temp_size_mib": 4.0}))
   records = [{"step": 100, "split": "train", "loss": 0.9, "tokens_per_s": 1000.0},
              {"step": 200, "split": "train", "loss": 0.6, "tokens_per_s": 3000.0},
