@@ -3,8 +3,10 @@
 - layers.py: RMSNorm, RoPE, SwiGLU;      - attention.py: causal GQA attention (xla / cudnn / explicit);
 - block.py: one pre-norm layer;          - stack.py: the scanned stack and the topology registry;
 - transformer.py: embeddings -> stack -> logits;  - model_config.py: the hashable ModelConfig.
+- lime.py: LIMe routers and the 'lime' topology;  - lime_vjp.py: its memory-linear custom VJP.
 """
 
+from lime_jax.model import lime  # noqa: F401  (registers the 'lime' topology)
 from lime_jax.model.model_config import LimeConfig, ModelConfig
 from lime_jax.model.stack import StackOutput, get_topology, init_cache, register_topology
 from lime_jax.model.transformer import Transformer, init_params

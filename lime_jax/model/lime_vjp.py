@@ -1,0 +1,361 @@
+"""The LIMe stack with memory linear in depth: one custom VJP over all layers (SPEC §2.4).
+
+A LIMe layer l is three stages (routers in lime_jax/model/lime.py fill them in):
+
+  coef = pre(router_l, h_l, l)                       routing coefficients over source slots
+  prev = sum_{m<l} mix(coef[m], buf[m])              earlier layers, read from the write-once buffer
+  h_{l+1}, buf[l] = post(layer_l, router_l, coef, prev, h_l)     the layer, adding its own term
+
+Reverse-mode `lax.scan` would save the growing buffer at every step (O(L^2) memory). Here the forward
+scan writes slot l in place and saves only each layer's input h_l, the final buffer and (per
+`remat_policy`) the residuals of `post`; the backward reverse scan reads earlier layers from the final
+buffer (write-once, so the values are the ones the forward used).
+
+What a layer saves follows `remat_policy`, as for the plain stack: the forward scan runs `jax.vjp` of
+the layer's `post` (wrapped by `stack.remat`) and stacks its pullback's residuals, so 'none' keeps all
+of them and never recomputes the layer, 'full' keeps only the inputs (the backward recomputes the
+layer, and prev from the buffer), 'save_dots' keeps the matmul outputs. Residuals the backward pass
+has anyway (the layer's inputs, its buffer slot) or that depend on no per-layer input (RoPE tables,
+causal masks) are not stacked: `_traced_layer` classifies them on the layer's jaxpr.
+
+Work is triangular in depth: the mix is a `fori_loop` with a dynamic trip count over blocks of
+`block_size` source slots, so layer l reads only the blocks holding slots < l. `post` adds the
+own-layer term itself, so nothing the backward pass reads is written while it is live.
+
+Backward, for routers with static coefficients (kv, static, top_p), the buffer's cotangent is pulled
+rather than pushed: the mixes are linear, so d buf[l] = sum_{l'>l} W_{l'}[:, l]^T dprev_{l'}. The
+backward scan keeps a stack of dprev_{l'} (the size of the buffer), and at layer l one pass over its
+blocks l' > l gives both d buf[l] and the router gradients dW_{l'}[:, l] = dprev_{l'} buf[l]^T: one read
+of L^2/2 slots, where pushing reads the buffer (for dW) and reads and writes its cotangent.
+Input-dependent routers (dynamic) push: dcoef and d buf[<l] from the vjp of each block's mix.
+
+XLA details that matter for speed (CPU, jax 0.10): arrays that a loop reads and the step then updates
+in place ride in the loop carries (else XLA copies them every step), and the block matmuls are
+written as row-major [M, K] x [K, N] products (else XLA transposes a buffer block per product).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.extend.core as jex_core
+import jax.numpy as jnp
+
+from lime_jax.model.stack import remat
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerFns:
+  """A router's three stages (module docstring) and the buffer it keeps.
+
+  pre(router_l, h_BTD, l) -> coef; mix(coef_block, buf_block, start, l) -> prev (only slots
+  start + i < l may count); post(layer_l, router_l, coef, prev, h_BTD, positions_BT, l, cache_l) ->
+  (h_BTD, entry, extras); entry_shape(B, T) is one buffer slot; coef_axis is coef's source-slot axis.
+  static_coef(router) -> coef of every layer [L, R, M, E] when coef does not depend on the input
+  (coef_l = static_coef(router)[l] up to a reshape; a slot is E rows): then the backward pass pulls.
+  """
+
+  pre: Callable
+  mix: Callable
+  post: Callable
+  entry_shape: Callable[[int, int], tuple[int, ...]]
+  coef_axis: int
+  num_slots: int
+  block_size: int
+  dtype: Any
+  policy: str = "none"
+  static_coef: Callable | None = None
+
+  def new_buffer(self, batch: int, seq: int) -> jax.Array:
+    return jnp.zeros((self.num_slots, *self.entry_shape(batch, seq)), self.dtype)
+
+
+def _num_blocks_below(fns: LayerFns, l: jax.Array) -> jax.Array:
+  """Number of source blocks holding slots < l."""
+  return (l + fns.block_size - 1) // fns.block_size
+
+
+def _slice(fns: LayerFns, coef: jax.Array, buf: jax.Array, start: jax.Array):
+  coef_blk = jax.lax.dynamic_slice_in_dim(coef, start, fns.block_size, fns.coef_axis)
+  return coef_blk, jax.lax.dynamic_slice_in_dim(buf, start, fns.block_size, 0)
+
+
+def mix_forward(fns: LayerFns, coef: jax.Array, buf: jax.Array, l: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(prev_l, buf): the sum over source slots m < l, block by block. The buffer rides in the carry."""
+  shape = jax.eval_shape(lambda c, b: fns.mix(c, b, 0, l), *_slice(fns, coef, buf, 0))
+
+  def body(j, carry):
+    acc, buf = carry
+    start = j * fns.block_size
+    return jax.lax.optimization_barrier((acc + fns.mix(*_slice(fns, coef, buf, start), start, l), buf))
+
+  init = (jnp.zeros(shape.shape, shape.dtype), buf)
+  return jax.lax.fori_loop(0, _num_blocks_below(fns, l), body, init)
+
+
+def _push_backward(fns: LayerFns, coef: jax.Array, buf: jax.Array, dprev: jax.Array, dbuf: jax.Array,
+                   l: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Cotangents of `mix_forward` by each block's vjp: (dcoef, dbuf + this layer's part, buf)."""
+
+  def body(j, carry):
+    dcoef, dbuf, buf = carry
+    start = j * fns.block_size
+    coef_blk, buf_blk = _slice(fns, coef, buf, start)
+    _, pullback = jax.vjp(lambda c, b: fns.mix(c, b, start, l), coef_blk, buf_blk)
+    dcoef_blk, dbuf_blk = pullback(dprev)
+    dcoef = jax.lax.dynamic_update_slice_in_dim(dcoef, dcoef_blk, start, fns.coef_axis)
+    old_blk = jax.lax.dynamic_slice_in_dim(dbuf, start, fns.block_size, 0)
+    dbuf = jax.lax.dynamic_update_slice_in_dim(dbuf, old_blk + dbuf_blk.astype(dbuf.dtype), start, 0)
+    return jax.lax.optimization_barrier((dcoef, dbuf, buf))
+
+  return jax.lax.fori_loop(0, _num_blocks_below(fns, l), body, (jnp.zeros_like(coef), dbuf, buf))
+
+
+def _pull_backward(S: int, coef_MRME: jax.Array, dprev_MRX: jax.Array, entry_EX: jax.Array, l: jax.Array,
+                   dcoef_MRME: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(d buf[l] [E, X], dcoef, dprev): d buf[l] = sum_{l'>l, r} W_{l'}[r, l, :] dprev_{l'}[r], and
+  dW_{l'}[:, l, :] = dprev_{l'} buf[l]^T for l' > l written into dcoef, in one pass over the blocks of
+  the dprev stack holding l' > l. The stack rides in the loop carry."""
+  M, R = dprev_MRX.shape[:2]
+  E = entry_EX.shape[0]
+  entry_XE = entry_EX.T  # a loop operand, so materialised once
+
+  def body(j, carry):
+    dentry_EX, dcoef_MRME, dprev_MRX = carry
+    start = j * S
+    later_S11 = (start + jnp.arange(S) > l)[:, None, None]
+    c_SRE = jax.lax.dynamic_slice(coef_MRME, (start, 0, l, 0), (S, R, 1, E))[:, :, 0, :]
+    c_SRE = jnp.where(later_S11, c_SRE, jnp.zeros_like(c_SRE))
+    dprev_KX = jax.lax.dynamic_slice_in_dim(dprev_MRX, start, S, 0).reshape(S * R, -1)
+    c_EK = c_SRE.reshape(S * R, E).T.astype(dprev_KX.dtype)
+    dentry_EX = dentry_EX + jnp.dot(c_EK, dprev_KX, preferred_element_type=jnp.float32)
+    dw_KE = jnp.dot(dprev_KX, entry_XE.astype(dprev_KX.dtype), preferred_element_type=jnp.float32)
+    dw_SRE = jnp.where(later_S11, dw_KE.reshape(S, R, E), 0.0).astype(dcoef_MRME.dtype)
+    dcoef_MRME = jax.lax.dynamic_update_slice(dcoef_MRME, dw_SRE[:, :, None, :], (start, 0, l, 0))
+    return jax.lax.optimization_barrier((dentry_EX, dcoef_MRME, dprev_MRX))
+
+  init = (jnp.zeros(entry_EX.shape, jnp.float32), dcoef_MRME, dprev_MRX)
+  return jax.lax.fori_loop((l + 1) // S, M // S, body, init)
+
+
+def _known(params_l, router_l, coef, prev, h_BTD, entry, l) -> list:
+  """Values the backward pass has at layer l without saving them: the layer's inputs, coef (from
+  `pre`), prev (recomputed from the final buffer) and entry (its slot), the last two only if needed."""
+  return [*jax.tree.leaves((params_l, router_l)), coef, prev, h_BTD, entry, l]
+
+
+_PREV, _ENTRY = -4, -2  # positions of prev and entry in `_known`
+
+
+def _varying_outputs(jaxpr, varying_in: list[bool]) -> list[bool]:
+  """Which outputs of `jaxpr` depend on a varying input. Recurses into call-like equations whose
+  sub-jaxpr maps inputs/outputs one to one (jit, checkpoint, custom_jvp); any other equation with a
+  varying input makes all its outputs varying (conservative, so never wrong)."""
+  varying = {v for v, m in zip(jaxpr.invars, varying_in) if m}
+  is_varying = lambda v: isinstance(v, jex_core.Var) and v in varying
+  for eqn in jaxpr.eqns:
+    eqn_in = [is_varying(v) for v in eqn.invars]
+    if not any(eqn_in):
+      continue
+    sub = next((eqn.params[k] for k in ("jaxpr", "call_jaxpr", "fun_jaxpr") if k in eqn.params), None)
+    sub = getattr(sub, "jaxpr", sub)
+    if (isinstance(sub, jex_core.Jaxpr) and len(sub.invars) == len(eqn.invars)
+        and len(sub.outvars) == len(eqn.outvars)):
+      eqn_out = _varying_outputs(sub, eqn_in)
+    else:
+      eqn_out = [True] * len(eqn.outvars)
+    varying.update(v for v, m in zip(eqn.outvars, eqn_out) if m)
+  return [is_varying(v) for v in jaxpr.outvars]
+
+
+class _Layout:
+  """Where each leaf of a layer's pullback comes from in the backward pass (static Python data):
+  ('known', i) an entry of `_known`, ('invariant', i) computed once (RoPE tables, causal masks: they
+  depend on no per-layer input), ('saved', i) stacked over layers."""
+
+  def __init__(self, treedef, slots: list[tuple[str, int]], num_known: int):
+    self.treedef, self.slots = treedef, slots
+    self.needs_prev = ("known", num_known + _PREV) in slots
+    self.needs_entry = ("known", num_known + _ENTRY) in slots
+
+
+jax.tree_util.register_pytree_node(_Layout, lambda x: ((), x), lambda x, _: x)
+
+
+def _layer_step(fns: LayerFns, positions_BT: jax.Array, pullback_tree: dict) -> Callable:
+  """One forward layer with its pullback: (h, buf, params_l, router_l, l) -> (h_next, buf, coef, prev,
+  entry, pullback leaves). The pullback (a pytree) holds exactly what the remat policy saves."""
+
+  def step(h_BTD, buf, params_l, router_l, l):
+    coef = fns.pre(router_l, h_BTD, l)
+    prev, buf = mix_forward(fns, coef, buf, l)
+
+    def post(params_l, router_l, coef, prev, h_BTD):
+      h_BTD, entry, _ = fns.post(params_l, router_l, coef, prev, h_BTD, positions_BT, l, None)
+      return h_BTD, entry
+
+    (h_next, entry), pullback = jax.vjp(remat(post, fns.policy), params_l, router_l, coef, prev, h_BTD)
+    leaves, pullback_tree["treedef"] = jax.tree.flatten(pullback)
+    buf = jax.lax.dynamic_update_index_in_dim(buf, entry.astype(buf.dtype), l, 0)
+    return h_next, buf, coef, prev, entry, leaves
+
+  return step
+
+
+def _traced_layer(fns, layers, router, h_BTD, buf, positions_BT):
+  """Traces `_layer_step` once into a jaxpr and classifies every pullback leaf by its variable (exact:
+  the scan then runs this very jaxpr). Returns (step jaxpr, layout, layer-invariant leaf values)."""
+  tree = {}
+  example = (h_BTD, buf, *jax.tree.map(lambda x: x[0], (layers, router)), jnp.zeros((), jnp.int32))
+  closed = jax.make_jaxpr(_layer_step(fns, positions_BT, tree))(*example)
+  jaxpr = closed.jaxpr
+  n_params, n_router = len(jax.tree.leaves(layers)), len(jax.tree.leaves(router))
+  h_var, params_vars = jaxpr.invars[0], jaxpr.invars[2:2 + n_params]
+  router_vars, l_var = jaxpr.invars[2 + n_params:2 + n_params + n_router], jaxpr.invars[-1]
+  coef_var, prev_var, entry_var = jaxpr.outvars[2:5]
+  known_vars = [*params_vars, *router_vars, coef_var, prev_var, h_var, entry_var, l_var]
+  leaf_vars = jaxpr.outvars[5:]
+  is_varying = _varying_outputs(jaxpr, [True] * len(jaxpr.invars))[5:]
+  slots, invariant_idx, num_saved = [], [], 0
+  for i, (v, varying) in enumerate(zip(leaf_vars, is_varying)):
+    k = next((k for k, u in enumerate(known_vars) if isinstance(v, jex_core.Var) and v is u), None)
+    if k is not None:
+      slots.append(("known", k))
+    elif not varying:
+      slots.append(("invariant", len(invariant_idx)))
+      invariant_idx.append(i)
+    else:
+      slots.append(("saved", num_saved))
+      num_saved += 1
+  outs = jex_core.jaxpr_as_fun(closed)(*jax.tree.leaves(example))
+  invariant = [outs[5 + i] for i in invariant_idx]  # depend on no input: any layer's values will do
+  return closed, _Layout(tree["treedef"], slots, len(known_vars)), invariant
+
+
+def _scan_forward(fns: LayerFns, layers: Any, router: Any, h_BTD: jax.Array, positions_BT: jax.Array,
+                  with_residuals: bool):
+  """Forward scan writing buffer slot l at layer l. With residuals, also returns every layer's input,
+  the layer-invariant pullback leaves and the stacked saved ones (see `_Layout`)."""
+  L = jax.tree.leaves(layers)[0].shape[0]
+  buf = fns.new_buffer(h_BTD.shape[0], h_BTD.shape[1])
+  if not with_residuals:
+    def plain_body(carry, xs):
+      h_BTD, buf = carry
+      params_l, router_l, l = xs
+      coef = fns.pre(router_l, h_BTD, l)
+      prev, buf = mix_forward(fns, coef, buf, l)
+      h_BTD, entry, _ = fns.post(params_l, router_l, coef, prev, h_BTD, positions_BT, l, None)
+      return (h_BTD, jax.lax.dynamic_update_index_in_dim(buf, entry.astype(buf.dtype), l, 0)), None
+
+    (h_BTD, buf), _ = jax.lax.scan(plain_body, (h_BTD, buf), (layers, router, jnp.arange(L)))
+    return h_BTD, None
+
+  closed, layout, invariant = _traced_layer(fns, layers, router, h_BTD, buf, positions_BT)
+  step = jex_core.jaxpr_as_fun(closed)
+  saved_idx = [i for i, (kind, _) in enumerate(layout.slots) if kind == "saved"]
+
+  def body(carry, xs):
+    h_BTD, buf = carry
+    outs = step(*jax.tree.leaves((h_BTD, buf, *xs)))
+    return (outs[0], outs[1]), (h_BTD, [outs[5 + i] for i in saved_idx])
+
+  (h_BTD, buf), (hs_LBTD, saved) = jax.lax.scan(body, (h_BTD, buf), (layers, router, jnp.arange(L)))
+  return h_BTD, (buf, hs_LBTD, invariant, saved, layout)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def lime_stack(fns: LayerFns, layers: Any, router: Any, h_BTD: jax.Array,
+               positions_BT: jax.Array) -> jax.Array:
+  """Runs all layers; returns the last residual stream. Differentiable with memory linear in depth."""
+  return _scan_forward(fns, layers, router, h_BTD, positions_BT, False)[0]
+
+
+def _lime_stack_fwd(fns, layers, router, h_BTD, positions_BT):
+  h_out_BTD, residuals = _scan_forward(fns, layers, router, h_BTD, positions_BT, True)
+  return h_out_BTD, (layers, router, *residuals)  # positions: only in the invariant leaves
+
+
+def _post_pullback(layout: _Layout, invariant: list, saved_l: list, known: list) -> Callable:
+  sources = {"known": known, "invariant": invariant, "saved": saved_l}
+  return jax.tree.unflatten(layout.treedef, [sources[kind][i] for kind, i in layout.slots])
+
+
+def _lime_stack_bwd(fns, residuals, dh_out_BTD):
+  if fns.static_coef is None:
+    return _push_bwd(fns, residuals, dh_out_BTD)
+  return _pull_bwd(fns, residuals, dh_out_BTD)
+
+
+def _push_bwd(fns, residuals, dh_out_BTD):
+  """Backward scan pushing each layer's mix cotangent into the buffer cotangent (any router)."""
+  layers, router, buf, hs_LBTD, invariant, saved, layout = residuals
+  L = hs_LBTD.shape[0]
+
+  def body(carry, xs):
+    dh_BTD, dentry, dbuf, buf = carry
+    params_l, router_l, l, h_BTD, saved_l = xs
+    coef, pre_pullback = jax.vjp(lambda r, h: fns.pre(r, h, l), router_l, h_BTD)
+    prev = entry = None
+    if layout.needs_prev:
+      prev, buf = mix_forward(fns, coef, buf, l)
+    if layout.needs_entry:
+      entry = jax.lax.dynamic_index_in_dim(buf, l, 0, keepdims=False)
+    known = _known(params_l, router_l, coef, prev, h_BTD, entry, l)
+    post_pullback = _post_pullback(layout, invariant, saved_l, known)
+    dparams, drouter, dcoef, dprev, dh_post_BTD = post_pullback((dh_BTD, dentry))
+    dcoef_mix, dbuf, buf = _push_backward(fns, coef, buf, dprev, dbuf, l)
+    drouter_pre, dh_pre_BTD = pre_pullback(dcoef + dcoef_mix)
+    drouter = jax.tree.map(jnp.add, drouter, drouter_pre)
+    # The next layer's slot cotangent is complete now; reading it here (not at the start of the next
+    # step, where XLA fuses the read past the in-place update) avoids copying dbuf every step.
+    dentry = jax.lax.dynamic_index_in_dim(dbuf, jnp.maximum(l - 1, 0), 0, keepdims=False)
+    return (dh_post_BTD + dh_pre_BTD, dentry, dbuf, buf), (dparams, drouter)
+
+  carry = (dh_out_BTD, jnp.zeros_like(buf[0]), jnp.zeros_like(buf), buf)
+  xs = (layers, router, jnp.arange(L), hs_LBTD, saved)
+  (dh_BTD, _, _, _), (dlayers, drouter) = jax.lax.scan(body, carry, xs, reverse=True)
+  return dlayers, drouter, dh_BTD, None
+
+
+def _pull_bwd(fns, residuals, dh_out_BTD):
+  """Backward scan pulling the buffer cotangent from a stack of dprev (static coefficients)."""
+  layers, router, buf, hs_LBTD, invariant, saved, layout = residuals
+  L, M, S = hs_LBTD.shape[0], fns.num_slots, fns.block_size
+  coef_LRME, coef_pullback = jax.vjp(fns.static_coef, router)
+  coef_MRME = jnp.pad(coef_LRME, [(0, M - L), (0, 0), (0, 0), (0, 0)])
+  E = coef_LRME.shape[-1]
+
+  def body(carry, xs):
+    dh_BTD, dprev_MRX, dcoef_MRME, buf = carry
+    params_l, router_l, l, h_BTD, saved_l = xs
+    coef = fns.pre(router_l, h_BTD, l)
+    prev = None
+    if layout.needs_prev:
+      prev, buf = mix_forward(fns, coef, buf, l)
+    entry = jax.lax.dynamic_index_in_dim(buf, l, 0, keepdims=False)
+    dentry_EX, dcoef_MRME, dprev_MRX = _pull_backward(S, coef_MRME, dprev_MRX, entry.reshape(E, -1), l,
+                                                      dcoef_MRME)
+    known = _known(params_l, router_l, coef, prev, h_BTD, entry, l)
+    post_pullback = _post_pullback(layout, invariant, saved_l, known)
+    dentry = dentry_EX.reshape(entry.shape).astype(entry.dtype)
+    dparams, drouter, dcoef, dprev, dh_BTD = post_pullback((dh_BTD, dentry))
+    # coef is static_coef(router)[l]: its cotangent joins the pulled ones, mapped back at the end.
+    dcoef_own = dcoef.reshape(coef_LRME.shape[1:]).astype(dcoef_MRME.dtype)
+    own = jax.lax.dynamic_index_in_dim(dcoef_MRME, l, 0, keepdims=False) + dcoef_own
+    dcoef_MRME = jax.lax.dynamic_update_index_in_dim(dcoef_MRME, own, l, 0)
+    dprev_RX = dprev.reshape(dprev.shape[0], -1).astype(dprev_MRX.dtype)
+    dprev_MRX = jax.lax.dynamic_update_index_in_dim(dprev_MRX, dprev_RX, l, 0)
+    return (dh_BTD, dprev_MRX, dcoef_MRME, buf), (dparams, drouter)
+
+  dprev_MRX = jnp.zeros((M, coef_LRME.shape[1], buf[0].size // E), fns.dtype)  # the buffer's dtype
+  carry = (dh_out_BTD, dprev_MRX, jnp.zeros_like(coef_MRME), buf)
+  xs = (layers, router, jnp.arange(L), hs_LBTD, saved)
+  (dh_BTD, _, dcoef_MRME, _), (dlayers, drouter) = jax.lax.scan(body, carry, xs, reverse=True)
+  (drouter_coef,) = coef_pullback(dcoef_MRME[:L])
+  return dlayers, jax.tree.map(jnp.add, drouter, drouter_coef), dh_BTD, None
+
+
+lime_stack.defvjp(_lime_stack_fwd, _lime_stack_bwd)
