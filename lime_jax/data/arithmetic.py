@@ -150,10 +150,7 @@ class ArithmeticTask:
     if not is_prime(modulus) or modulus > 100:
       raise ValueError(f"config.data.arithmetic.modulus={modulus} must be a prime <= 100 (division "
                        "needs every non-zero number to have an inverse); the paper uses 11.")
-    if not 0.0 < test_fraction < 0.5:
-      raise ValueError(f"config.data.arithmetic.test_fraction={test_fraction} must be in (0, 0.5).")
-    if seed < 0:
-      raise ValueError(f"config.seed={seed} must be >= 0.")
+    base.check_split_args("data.arithmetic", test_fraction, seed)
     self.num_operators = num_operators
     self.cot = cot
     self.modulus = modulus

@@ -74,3 +74,11 @@ def hash_fraction(text: str) -> float:
 def in_test_region(question: str, test_fraction: float) -> bool:
   """True when `question` is reserved for the test split."""
   return hash_fraction(question) < test_fraction
+
+
+def check_split_args(field: str, test_fraction: float, seed: int) -> None:
+  """Validates the arguments every hash-split task shares; `field` is its config section."""
+  if not 0.0 < test_fraction < 0.5:
+    raise ValueError(f"config.{field}.test_fraction={test_fraction} must be in (0, 0.5).")
+  if seed < 0:
+    raise ValueError(f"config.seed={seed} must be >= 0.")

@@ -151,10 +151,7 @@ class LisTask:
       raise ValueError(f"config.data.lis.number_range={number_range} must be >= 2*length+1 = "
                        f"{2 * length + 1}: numbers lie in [length+1, number_range) and a planted run "
                        "can need `length` distinct values; 0 picks length+150 (the paper).")
-    if not 0.0 < test_fraction < 0.5:
-      raise ValueError(f"config.data.lis.test_fraction={test_fraction} must be in (0, 0.5).")
-    if seed < 0:
-      raise ValueError(f"config.seed={seed} must be >= 0.")
+    base.check_split_args("data.lis", test_fraction, seed)
     self.length = length
     self.cot = cot
     self.number_range = number_range

@@ -129,11 +129,7 @@ class MultiplicationTask:
     if not 1 <= num_digits <= _MAX_DIGITS:
       raise ValueError(f"config.data.multiplication.num_digits={num_digits} must be in "
                        f"[1, {_MAX_DIGITS}].")
-    if not 0.0 < test_fraction < 0.5:
-      raise ValueError(f"config.data.multiplication.test_fraction={test_fraction} must be in "
-                       "(0, 0.5).")
-    if seed < 0:
-      raise ValueError(f"config.seed={seed} must be >= 0.")
+    base.check_split_args("data.multiplication", test_fraction, seed)
     self.num_digits = num_digits
     self.cot = cot
     self.seed = seed
