@@ -113,7 +113,8 @@ def main() -> None:
         cpu_ratio = r["cpu_ms"] / results["base"]["cpu_ms"]
         f_ratio = 1.0 if name == "base" else flop_ratio
         overhead = r["temp"] - results["base"]["temp"]
-        print(f"{policy:>9} {depth:>3} {name:>7} {r['step_ms']:9.1f} {t_ratio:7.3f} {cpu_ratio:9.3f} {f_ratio:7.3f} "
+        print(f"{policy:>9} {depth:>3} {name:>7} {r['step_ms']:9.1f} {t_ratio:7.3f} {cpu_ratio:9.3f} "
+              f"{f_ratio:7.3f} "
               f"{t_ratio / f_ratio:5.2f} {r['compile_s']:9.2f} {r['temp'] / MIB:9.1f} "
               f"{overhead / MIB:10.1f} {bufcot / MIB:11.1f} {overhead / bufcot:6.2f}", flush=True)
     if len(compile_by_depth) > 1:

@@ -69,7 +69,8 @@ def unrolled_stack(cfg: ModelConfig, params: dict, h_BTD: jax.Array) -> jax.Arra
         sources = raws + [raw_BTRC]
         heads = []
         for r in range(R):
-          heads.append(sum(W_l[r, m * R + h] * sources[m][:, :, h, :] for m in range(l + 1) for h in range(R)))
+          terms = [W_l[r, m * R + h] * sources[m][:, :, h, :] for m in range(l + 1) for h in range(R)]
+          heads.append(sum(terms))
         return jnp.stack(heads, axis=2)
     if lc.router != "kv":
       normed.append(unit_rms(h_BTD, cfg.rms_eps))
@@ -312,7 +313,8 @@ def test_router_analysis(router, tmp_path):
   assert np.all(np.triu(share, k=1) == 0) and share[0, 0] == pytest.approx(1.0)
   assert np.shape(analysis["self_retrieval_per_head"]) == (L, R)
   if router == "kv":
-    np.testing.assert_allclose(analysis["matrices"][2], np.asarray(params["router"]["w_LRMR"][2, :, :3]).reshape(R, 3 * R))
+    w_2 = np.asarray(params["router"]["w_LRMR"][2, :, :3]).reshape(R, 3 * R)
+    np.testing.assert_allclose(analysis["matrices"][2], w_2)
   if router == "top_p":
     assert 0.0 < analysis["pruned_fraction"] < 1.0
   paths = save_router_analysis(analysis, str(tmp_path))

@@ -8,8 +8,8 @@ Conventions:
     (dynamic: averaged over the tokens given); `source_share[l, m] = mean_r a_l[r, m]`.
   - Layer 0 has no router; its row is the identity (share 1 on itself).
 Summaries: `mean_retrieval_per_source[m]` = mean over later layers l > m of source_share[l, m] (how
-much later layers read layer m); `self_retrieval_per_head[l, r]` = the share of head r's weight on its
-own layer l (kv: sum_h |W_l[r,l,h]| / sum_{m,h} |W_l[r,m,h]|; v1: a_l[r, l]).
+much later layers read layer m; None for the last layer); `self_retrieval_per_head[l, r]` = the share
+of head r's weight on its own layer l (kv: sum_h |W_l[r,l,h]| / sum_{m,h} |W_l[r,m,h]|; v1: a_l[r, l]).
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import numpy as np
 
 from lime_jax.model.lime import routing_weights, top_p_keep
 from lime_jax.model.model_config import ModelConfig
+from lime_jax.model.transformer import Transformer
 
 
 def _dynamic_weights(params: dict, cfg: ModelConfig, tokens_BT: jax.Array) -> np.ndarray:
   """Token-averaged routing weights a [L, R, L] of the dynamic router."""
-  from lime_jax.model.transformer import Transformer  # local: the model imports the analysis-free lime
   _, out = Transformer(cfg).apply({"params": params}, tokens_BT, collect=("router",))
   a_LBTRM = out.collected["router"]
   return np.asarray(jnp.mean(a_LBTRM, axis=(1, 2)))[:, :, :cfg.num_layers]
@@ -67,9 +67,9 @@ def router_analysis(params: dict, cfg: ModelConfig, tokens_BT: jax.Array | None 
       result["pruned_fraction"] = float(sum(p * (l + 1) for l, p in enumerate(pruned) if l)
                                         / sum(l + 1 for l in range(1, L)))
       result["pruned_per_layer"] = pruned
-  later = [share_LM[m + 1:, m].mean() if m + 1 < L else float("nan") for m in range(L)]
+  later = [float(share_LM[m + 1:, m].mean()) if m + 1 < L else None for m in range(L)]  # None: no later
   result.update(matrices=[m.tolist() for m in matrices], source_share=share_LM.tolist(),
-                mean_retrieval_per_source=[float(x) for x in later], self_retrieval_per_head=self_LR.tolist())
+                mean_retrieval_per_source=later, self_retrieval_per_head=self_LR.tolist())
   return result
 
 
@@ -92,7 +92,7 @@ def save_router_analysis(analysis: dict, out_dir: str) -> list[str]:
   os.makedirs(out_dir, exist_ok=True)
   paths = [os.path.join(out_dir, "router.json")]
   with open(paths[0], "w") as f:
-    json.dump(analysis, f, indent=1, allow_nan=True)
+    json.dump(analysis, f, indent=1)
 
   def heatmap(data, title, xlabel, ylabel, name):
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -109,7 +109,7 @@ def save_router_analysis(analysis: dict, out_dir: str) -> list[str]:
   heatmap(analysis["self_retrieval_per_head"], "self-retrieval weight per head", "kv head",
           "layer", "router_self_retrieval.png")
   fig, ax = plt.subplots(figsize=(6, 3))
-  ax.bar(range(analysis["num_layers"]), np.nan_to_num(analysis["mean_retrieval_per_source"]))
+  ax.bar(range(analysis["num_layers"]), [x or 0.0 for x in analysis["mean_retrieval_per_source"]])
   ax.set(title="mean retrieval weight per source layer (over later layers)", xlabel="source layer",
          ylabel="mean share")
   fig.tight_layout()

@@ -1,8 +1,8 @@
 """LIMe, Layer-Integrated Memory (SPEC §2): every router variant and the 'lime' topology.
 
 Routers (`cfg.lime.router`):
-  - 'kv' (v2, default): head r of layer l >= 1 uses [k~; v~]_{l,r} = sum_{m<=l} sum_h W_l[r, m, h] [k; v]_{m,h}
-    (raw, pre-RoPE, same token; keys and values share coefficients; no softmax). Layer 0 is unchanged.
+  - 'kv' (v2, default): head r of layer l >= 1 uses
+    [k~; v~]_{l,r} = sum_{m<=l} sum_h W_l[r, m, h] [k; v]_{m,h} (raw, pre-RoPE, same token; keys and values share coefficients; no softmax). Layer 0 is unchanged.
     Parameters `w_LRMR` [L, R, L, R] (layer, dest head, source layer, source head); entries with
     source layer > l (and all of layer 0) are unused and masked by select, so NaN there is harmless.
   - 'static' / 'top_p' / 'dynamic' (v1): head r of layer l >= 1 projects its k/v from
@@ -285,7 +285,8 @@ def _scan_stack(cfg: ModelConfig, fns: LayerFns, layers, router, h_BTD, position
 
 
 def run_lime_stack(cfg: ModelConfig, layers, topo_params, h_BTD: jax.Array, positions_BT: jax.Array,
-                   cache: dict | None = None, collect: tuple[str, ...] = (), impl: str = "vjp") -> StackOutput:
+                   cache: dict | None = None, collect: tuple[str, ...] = (),
+                   impl: str = "vjp") -> StackOutput:
   """The 'lime' topology. impl='vjp': memory-linear custom VJP (training); 'scan': plain scan.
 
   With a cache or collections the plain scan runs (forward use; it stays exact if differentiated).
