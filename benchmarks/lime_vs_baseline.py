@@ -83,12 +83,14 @@ def main() -> None:
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--block_size", type=int, default=4,
                       help="LIMe source block size (4 measured ~7%% faster than 8 at L=64 on 2 CPU cores).")
+  parser.add_argument("--group_size", type=int, default=0,
+                      help="LIMe layers per group of the two-level schedule (0: auto ~sqrt(L), 1: off).")
   parser.add_argument("--compile_reps", type=int, default=2, help="compile time = min over repetitions.")
   parser.add_argument("--vocab", type=int, default=256)
   args = parser.parse_args()
 
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}; B={args.batch} T={args.seq} D=256 N=R=8 "
-        f"F=1024 V={args.vocab} fp32, block_size={args.block_size}, median of {args.steps} steps")
+        f"F=1024 V={args.vocab} fp32, block_size={args.block_size}, group_size={args.group_size}, median of {args.steps} steps")
   header = (f"{'policy':>9} {'L':>3} {'variant':>7} {'step ms':>9} {'t ratio':>7} {'cpu ratio':>9} "
             f"{'F ratio':>7} {'t/F':>5} {'compile s':>9} {'temp MiB':>9} {'overhd MiB':>10} "
             f"{'buf+cot MiB':>11} {'ovh/bc':>6}")
@@ -98,7 +100,8 @@ def main() -> None:
     for depth in args.depths:
       base = ModelConfig(vocab_size=args.vocab, num_layers=depth, d_model=256, num_heads=8, num_kv_heads=8,
                          ffn_dim=1024, remat_policy=policy,
-                         lime=LimeConfig(router="kv", block_size=args.block_size))
+                         lime=LimeConfig(router="kv", block_size=args.block_size,
+                                                         group_size=args.group_size))
       variants = {"base": base, "lime": dataclasses.replace(base, topology="lime")}
       if depth in args.scan_depths:
         variants["scan"] = dataclasses.replace(base, topology="lime_scan")

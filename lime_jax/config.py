@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import ml_collections
 
-TOPOLOGIES = ("plain", "lime")
+TOPOLOGIES = ("plain", "lime", "denseformer", "hyper_connections", "value_residual")
 LIME_ROUTERS = ("kv", "static", "dynamic", "top_p")
 LIME_INITS = ("paper", "identity")
 ATTENTION_IMPLS = ("xla", "cudnn", "explicit")
 REMAT_POLICIES = ("none", "full", "save_dots")
 DTYPES = ("float32", "bfloat16")
-TASKS = ("arithmetic", "multiplication", "lis", "text")
+TASKS = ("arithmetic", "multiplication", "lis", "copying", "counting", "text")
 LOSS_SCOPES = ("answer", "all")
+SEQ_VCR_VARIANTS = ("per_position", "batch_length")
+SEQ_VCR_POSITIONS = ("aligned", "answer", "all")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -47,7 +49,34 @@ def default_config() -> ml_collections.ConfigDict:
   m.lime.init = "paper"
   m.lime.top_p = 0.9
   m.lime.static_init_std = 0.1
-  m.lime.block_size = 8  # source layers mixed per block of the triangular schedule.
+  m.lime.block_size = 4  # source layers mixed per block of the triangular schedule.
+  # kv router: layers per group of the two-level schedule (far sources mixed once per group); 0: auto
+  # (~sqrt(num_layers), a multiple of block_size dividing num_layers), 1: per-layer schedule.
+  m.lime.group_size = 0
+  # Other cross-layer topologies (SPEC §3; README "Residual topologies"); each used when selected.
+  m.denseformer = ml_collections.ConfigDict()  # lime_jax/model/denseformer.py
+  m.denseformer.dilation = 1  # the DWA after block i averages X_j with j = i+1 (mod dilation) only.
+  m.denseformer.period = 1  # a DWA after every `period`-th block; the others pass their output on.
+  m.denseformer.block_size = 8  # history slots mixed per block of the triangular schedule.
+  m.hyper_connections = ml_collections.ConfigDict()  # lime_jax/model/hyper_connections.py
+  m.hyper_connections.num_streams = 4  # n residual streams (expansion rate).
+  m.hyper_connections.dynamic = True  # DHC (input-dependent, tanh, scale 0.01) on top of static SHC.
+  m.value_residual = ml_collections.ConfigDict()  # lime_jax/model/value_residual.py
+  m.value_residual.learnable = False  # False: lambda fixed; True: one learnable lambda per layer.
+  m.value_residual.init_lambda = 0.5  # U_n = A_n(lambda V_1 + (1 - lambda) V_n).
+  # Seq-VCR (SPEC §4): a variance-covariance regulariser on chosen layers' outputs, added to the CE.
+  # See lime_jax/model/regularizers.py.
+  m.seq_vcr = ml_collections.ConfigDict()
+  m.seq_vcr.enabled = False
+  m.seq_vcr.lambda1 = 1.0  # variance hinge weight (App. A: 1.0 multiplication; 0.1 arithmetic / LIS).
+  m.seq_vcr.lambda2 = 0.004  # off-diagonal covariance weight (0.004 multiplication; 0.5 arith. / LIS).
+  m.seq_vcr.eta = 1e-3
+  m.seq_vcr.variant = "per_position"  # or 'batch_length' (one covariance over all N*T vectors).
+  m.seq_vcr.layers = (-1,)  # outputs of these blocks (0 = first block, -1 = final block).
+  m.seq_vcr.proj_dim = 2048  # trainable projection trained only by Seq-VCR; 0 = raw representation.
+  # Positions counted: 'aligned' (real tokens in every example of the batch), 'answer' (positions
+  # predicting an answer token in every example), 'all' (every position, padding included).
+  m.seq_vcr.positions = "aligned"
 
   # ----------------------------------------------------------------- data
   d = c.data = ml_collections.ConfigDict()
@@ -74,6 +103,18 @@ def default_config() -> ml_collections.ConfigDict:
   d.lis.cot = False  # answer `dp_1 ... dp_L = k` instead of `k`.
   d.lis.number_range = 0  # numbers in [length+1, number_range); 0: length + 150 (the paper).
   d.lis.test_fraction = 0.01  # share of the sequence space reserved for the test split.
+  # Glasses copying / counting (SPEC §5; lime_jax/data/copying.py, counting.py): training tasks too.
+  d.copying = ml_collections.ConfigDict()
+  d.copying.variant = "mixed"  # 'last' | 'first' | 'hint' | 'interleaved' | 'mixed' (one per example).
+  d.copying.min_length = 1  # sequence length in digits, uniform in [min_length, max_length].
+  d.copying.max_length = 32
+  d.copying.test_fraction = 0.1
+  d.counting = ml_collections.ConfigDict()
+  d.counting.variant = "mixed"  # 'sum' | 'ones' | 'bits' | 'word' | 'mixed' (one per example).
+  d.counting.min_length = 1  # items to count, uniform in [min_length, max_length].
+  d.counting.max_length = 32
+  d.counting.p_one = 0.7  # 'bits': probability of a 1 (the paper: 0.7).
+  d.counting.test_fraction = 0.1
   d.text = ml_collections.ConfigDict()
   d.text.name = "local_text"  # tfds dataset name.
   d.text.data_dir = ""  # tfds data_dir holding the prepared array_record files.
@@ -107,6 +148,10 @@ def default_config() -> ml_collections.ConfigDict:
   e = c.eval = ml_collections.ConfigDict()
   e.num_examples = 512
   e.batch_size = 128
+  # Greedy decoding of the answers (lime_jax/decode.py): exact match, per-answer-position accuracy and
+  # the matrix entropy of the Seq-VCR layer (lime_jax/answer_eval.py); question/answer tasks only;
+  # single-process runs only (skipped when jax.process_count() > 1).
+  e.greedy = False
 
   # ----------------------------------------------------------------- mesh
   mesh = c.mesh = ml_collections.ConfigDict()
@@ -123,6 +168,54 @@ def _fail(field: str, value, fix: str) -> None:
 def _check_choice(field: str, value, choices) -> None:
   if value not in choices:
     _fail(field, value, f"choose one of {', '.join(map(repr, choices))}.")
+
+
+def _validate_seq_vcr(c: ml_collections.ConfigDict) -> None:
+  """Checks `model.seq_vcr` (only when enabled)."""
+  s, L = c.model.seq_vcr, c.model.num_layers
+  if not s.enabled:
+    return
+  _check_choice("model.seq_vcr.variant", s.variant, SEQ_VCR_VARIANTS)
+  _check_choice("model.seq_vcr.positions", s.positions, SEQ_VCR_POSITIONS)
+  for name in ("lambda1", "lambda2"):
+    if s[name] < 0:
+      _fail(f"model.seq_vcr.{name}", s[name], "must be >= 0.")
+  if not s.eta > 0:
+    _fail("model.seq_vcr.eta", s.eta, "must be > 0 (it keeps sqrt(var + eta) differentiable); the paper "
+          "uses 1e-3.")
+  if s.proj_dim < 0:
+    _fail("model.seq_vcr.proj_dim", s.proj_dim, "must be >= 0 (0: no projection; the paper: 2048).")
+  layers = tuple(s.layers)
+  if not layers or any(not -L <= int(l) < L for l in layers):
+    _fail("model.seq_vcr.layers", layers, f"must be a non-empty tuple of block indices in [-{L}, {L - 1}] "
+          "(0 = first block, -1 = final block).")
+  if len({int(l) % L for l in layers}) != len(layers):
+    _fail("model.seq_vcr.layers", layers, "names a block twice (negative indices count from the end).")
+  if c.model.topology != "plain" and any(int(l) % L != L - 1 for l in layers):
+    _fail("model.seq_vcr.layers", layers,
+          f"topology {c.model.topology!r} supports Seq-VCR on the final block only (its stack takes no "
+          "per-layer hook); use layers=(-1,) or topology 'plain'.")
+  if c.train.batch_size < 2:
+    _fail("train.batch_size", c.train.batch_size, "Seq-VCR takes covariances across the batch: use >= 2.")
+
+
+def _validate_topologies(m: ml_collections.ConfigDict) -> None:
+  """Checks the sub-configs of the cross-layer topologies (always: they are cheap to check)."""
+  df, hc, vr = m.denseformer, m.hyper_connections, m.value_residual
+  for name in ("dilation", "period", "block_size"):
+    if int(df[name]) < 1:
+      _fail(f"model.denseformer.{name}", df[name], "must be a positive integer (1 = the plain DWA).")
+  if df.period > m.num_layers:
+    _fail("model.denseformer.period", df.period,
+          f"must be <= model.num_layers={m.num_layers}, else no block gets a DWA.")
+  if int(hc.num_streams) < 1:
+    _fail("model.hyper_connections.num_streams", hc.num_streams, "must be a positive integer (paper: 4).")
+  if not isinstance(hc.dynamic, bool):
+    _fail("model.hyper_connections.dynamic", hc.dynamic, "must be True or False.")
+  if not isinstance(vr.learnable, bool):
+    _fail("model.value_residual.learnable", vr.learnable, "must be True or False.")
+  if not 0.0 <= vr.init_lambda <= 1.0:
+    _fail("model.value_residual.init_lambda", vr.init_lambda, "must be in [0, 1] (the paper: 0.5).")
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
@@ -164,6 +257,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _fail("model.lime.top_p", m.lime.top_p, "must be in (0, 1].")
   if m.lime.block_size <= 0:
     _fail("model.lime.block_size", m.lime.block_size, "must be a positive integer.")
+  lime_block = min(m.lime.block_size, m.num_layers)
+  if m.lime.group_size < 0 or (m.lime.group_size > 1 and (m.lime.group_size % lime_block
+                                                          or m.num_layers % m.lime.group_size)):
+    _fail("model.lime.group_size", m.lime.group_size,
+          f"use 0 (auto), 1 (off) or a multiple of block_size={lime_block} that divides "
+          f"num_layers={m.num_layers}.")
+  _validate_topologies(m)
+  _validate_seq_vcr(c)
 
   _check_choice("data.task", d.task, TASKS)
   _check_choice("data.loss_scope", d.loss_scope, LOSS_SCOPES)
@@ -188,6 +289,17 @@ def validate(c: ml_collections.ConfigDict) -> None:
           "lie in [length+1, number_range); a planted run can need `length` distinct values).")
   if not 0.0 < d.lis.test_fraction < 0.5:
     _fail("data.lis.test_fraction", d.lis.test_fraction, "must be in (0, 0.5).")
+  for name in ("copying", "counting"):
+    sub = d[name]
+    if not 1 <= sub.min_length <= sub.max_length:
+      _fail(f"data.{name}.min_length/max_length", (sub.min_length, sub.max_length),
+            "must satisfy 1 <= min_length <= max_length.")
+    if not 0.0 < sub.test_fraction < 0.5:
+      _fail(f"data.{name}.test_fraction", sub.test_fraction, "must be in (0, 0.5).")
+  _check_choice("data.copying.variant", d.copying.variant, ("last", "first", "hint", "interleaved", "mixed"))
+  _check_choice("data.counting.variant", d.counting.variant, ("sum", "ones", "bits", "word", "mixed"))
+  if not 0.0 <= d.counting.p_one <= 1.0:
+    _fail("data.counting.p_one", d.counting.p_one, "must be in [0, 1].")
   if not 0.0 < d.text.validation_fraction < 1.0:
     _fail("data.text.validation_fraction", d.text.validation_fraction, "must be in (0, 1).")
   if d.num_workers < 0 or d.prefetch < 0:
@@ -201,6 +313,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _fail("data.text.data_dir", d.text.data_dir,
           "task 'text' needs a tfds data_dir with the prepared dataset, or data.text.source_dir with "
           ".txt files to prepare it from.")
+  if c.eval.greedy and d.task == "text":
+    _fail("eval.greedy", c.eval.greedy, "greedy answer decoding needs a question/answer task; set it False "
+          "for task 'text'.")
 
   if t.batch_size <= 0:
     _fail("train.batch_size", t.batch_size, "must be a positive integer.")

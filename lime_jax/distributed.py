@@ -1,8 +1,12 @@
 """Multi-process start-up: `jax.distributed.initialize()` when the environment asks for it.
 
-On Cloud TPU VMs and under SLURM, JAX detects the coordinator itself. Elsewhere set
-LIME_COORDINATOR (host:port), LIME_NUM_PROCESSES and LIME_PROCESS_ID. A single process with none of
-these runs without the distributed runtime.
+On Cloud TPU VMs and under SLURM, JAX detects the coordinator itself (LIME_DISTRIBUTED=auto forces that
+path where the environment variables checked below are missing, e.g. in a plain ssh session on a TPU VM;
+launch/tpu_vm.sh sets it). Elsewhere set LIME_COORDINATOR (host:port), LIME_NUM_PROCESSES and
+LIME_PROCESS_ID. A single process with none of these runs without the distributed runtime.
+
+`initialize` also starts jax's preemption service: SIGTERM to any process (or, on Cloud TPU, a
+maintenance notice) makes every process stop at one agreed step (see train._StopFlag).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ def maybe_initialize() -> bool:
                                num_processes=int(os.environ["LIME_NUM_PROCESSES"]),
                                process_id=int(os.environ["LIME_PROCESS_ID"]))
     return True
-  if _on_cloud_tpu() or _under_slurm():
+  if _on_cloud_tpu() or _under_slurm() or os.environ.get("LIME_DISTRIBUTED") == "auto":
     jax.distributed.initialize()
     return True
   return False

@@ -30,7 +30,12 @@ def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
 
 
 def topology_extra_forward_flops(cfg: ModelConfig) -> float:
-  """Per-token forward FLOPs a topology adds on top of the backbone (0 for 'plain')."""
+  """Per-token forward FLOPs a topology adds on top of the backbone (0 for 'plain'): its registered
+  `Topology.extra_flops`, or LIMe's mixing."""
+  from lime_jax.model.stack import get_topology  # Local import: the model package imports the topologies.
+  topology = get_topology(cfg.topology)
+  if topology.extra_flops is not None:
+    return float(topology.extra_flops(cfg))
   if cfg.topology == "lime":
     from lime_jax.model import lime  # Local import: lime registers itself on import.
     fn = getattr(lime, "mixing_flops_per_token", None)

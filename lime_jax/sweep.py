@@ -3,15 +3,22 @@
   python -m lime_jax.sweep --config=experiments/lime_deep.py --specs=default,baseline --specs=default,lime \
       --seeds=0,1 --root=workdirs/lime_deep_cmp [--set=train.num_steps=500 ...] [--dry_run]
 
-Each member (spec x seed) trains with `python -m lime_jax.main` in its own workdir ROOT/<spec>_s<seed>
-(a finished member is skipped, an interrupted one resumes). `--dry_run` prints the commands instead, to
-run them on a cluster. The results land in ROOT/results.md, ROOT/results.csv and ROOT/curves.png.
+Each member (spec x variation x seed) trains with `python -m lime_jax.main` in its own workdir
+ROOT/<spec>_s<seed>[_<overrides>] (a finished member is skipped, an interrupted one resumes). `--dry_run`
+prints the commands instead, to run them on a cluster. The results land in ROOT/results.md,
+ROOT/results.csv, ROOT/curves.png and, when the members ran greedy evaluation (eval.greedy),
+ROOT/ablation.png (greedy exact match and layer entropy per member).
+
+Variations (ablations): `--vary="model.seq_vcr.lambda1=0.5 model.seq_vcr.lambda2=0.002"` (repeatable; one
+member group per flag), or `--sweep=NAME` for the override lists in the config file's `SWEEPS` dict
+(e.g. experiments/seqvcr_mult.py: `lambdas`, `proj_dim`).
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import json
 import os
 import shlex
@@ -27,17 +34,30 @@ class Member:
   spec: str
   seed: int
   overrides: tuple[str, ...]
+  vary: tuple[str, ...] = ()  # this member's own overrides (an ablation point)
 
   @property
   def name(self) -> str:
-    extra = "_".join(o.split(".")[-1].replace("=", "") for o in self.overrides)
+    short = lambda o: o.partition("=")[0].split(".")[-1] + o.partition("=")[2]  # a.b.c=0.5 -> c0.5
+    extra = "_".join(short(o) for o in self.overrides + self.vary)
     return f"{self.spec.replace(',', '-')}_s{self.seed}" + (f"_{extra}" if extra else "")
 
 
 def member_command(config_file: str, member: Member, workdir: str, python: str = sys.executable) -> list[str]:
   cmd = [python, "-m", "lime_jax.main", f"--config={config_file}:{member.spec}", f"--workdir={workdir}",
          f"--config.seed={member.seed}"]
-  return cmd + [f"--config.{o}" for o in member.overrides]
+  return cmd + [f"--config.{o}" for o in member.overrides + member.vary]
+
+
+def load_sweep(config_file: str, name: str) -> tuple[tuple[str, ...], ...]:
+  """The override lists `SWEEPS[name]` of an experiment config file."""
+  spec = importlib.util.spec_from_file_location("_sweep_config", config_file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  sweeps = getattr(module, "SWEEPS", {})
+  if name not in sweeps:
+    raise ValueError(f"--sweep={name!r}: {config_file} defines no such sweep; known: {sorted(sweeps)}.")
+  return tuple(tuple(v) for v in sweeps[name])
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
@@ -73,6 +93,12 @@ def member_summary(member: Member, workdir: str) -> dict[str, Any]:
       "eval_exact_match": final.get("eval", {}).get("exact_match"),
       "tokens_per_s": sum(tokens_s) / len(tokens_s) if tokens_s else None,
       "temp_memory_mib": report.get("memory/temp_size_mib"),
+      # Greedy decoding (eval.greedy) and Seq-VCR terms; None when the member did not log them.
+      "eval_greedy_exact_match": final.get("eval", {}).get("greedy_exact_match"),
+      "eval_greedy_token_accuracy": final.get("eval", {}).get("greedy_token_accuracy"),
+      "eval_entropy": final.get("eval", {}).get("entropy"),
+      "final_seq_vcr_variance": final.get("train", {}).get("aux/seq_vcr_variance"),
+      "final_seq_vcr_covariance": final.get("train", {}).get("aux/seq_vcr_covariance"),
   }
 
 
@@ -114,18 +140,46 @@ def plot_curves(members: list[Member], root: str) -> str:
   return path
 
 
+def plot_ablation(rows: list[dict[str, Any]], root: str) -> str | None:
+  """Greedy exact match and layer entropy per member (bars); None when no member has them."""
+  rows = [r for r in rows if r.get("eval_greedy_exact_match") is not None]
+  if not rows:
+    return None
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+  names = [r["member"] for r in rows]
+  for ax, key, label in zip(axes, ("eval_greedy_exact_match", "eval_entropy"),
+                            ("held-out exact match (greedy)", "matrix entropy (nats)")):
+    ax.bar(range(len(rows)), [r[key] or 0.0 for r in rows])
+    ax.set_xticks(range(len(rows)), names, rotation=60, ha="right", fontsize=6)
+    ax.set_ylabel(label)
+  fig.tight_layout()
+  path = os.path.join(root, "ablation.png")
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return path
+
+
 _CONFIG = flags.DEFINE_string("config", None, "Experiment config file.", required=True)
 _SPECS = flags.DEFINE_multi_string("specs", ["default"], "A preset spec per member group; repeat the flag.")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds.")
 _SET = flags.DEFINE_multi_string("set", [], "Override applied to every member, e.g. train.num_steps=500.")
 _ROOT = flags.DEFINE_string("root", None, "Folder holding one workdir per member.", required=True)
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands instead of running them.")
+_VARY = flags.DEFINE_multi_string("vary", [], "Space-separated overrides of one member group; repeat.")
+_SWEEP = flags.DEFINE_string("sweep", None, "Name of an override list in the config file's SWEEPS.")
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  members = [Member(spec, int(seed), tuple(_SET.value)) for spec in _SPECS.value for seed in _SEEDS.value]
+  variations = [tuple(v.split()) for v in _VARY.value]
+  if _SWEEP.value:
+    variations += list(load_sweep(_CONFIG.value, _SWEEP.value))
+  members = [Member(spec, int(seed), tuple(_SET.value), vary) for spec in _SPECS.value
+             for vary in (variations or [()]) for seed in _SEEDS.value]
   os.makedirs(_ROOT.value, exist_ok=True)
   rows = []
   for member in members:
@@ -149,6 +203,9 @@ def main(argv: list[str]) -> None:
     write_tables(rows, _ROOT.value)
     print(open(os.path.join(_ROOT.value, "results.md"), encoding="utf-8").read() if rows else "no results")
     print(f"[sweep] curves: {plot_curves(members, _ROOT.value)}")
+    ablation = plot_ablation(rows, _ROOT.value)
+    if ablation:
+      print(f"[sweep] exact match and entropy: {ablation}")
 
 
 if __name__ == "__main__":

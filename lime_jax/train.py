@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import signal
 import threading
 import time
@@ -19,7 +18,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
+from lime_jax import answer_eval
 from lime_jax import checkpoint as ckpt_lib
 from lime_jax import config as config_lib
 from lime_jax import flops as flops_lib
@@ -48,12 +49,15 @@ class Run:
   batch_sharding: Any
 
 
-def build(config: ml_collections.ConfigDict) -> Run:
-  """Validates the config and builds model, optimizer, mesh and shardings (no arrays allocated)."""
+def build(config: ml_collections.ConfigDict, devices: list | None = None) -> Run:
+  """Validates the config and builds model, optimizer, mesh (over `devices`, default all) and shardings
+  (no arrays allocated)."""
   config_lib.validate(config)
   model_cfg = ModelConfig.from_config(config.model, pipeline.vocab_size_for(config))
-  mesh = shard_lib.make_mesh(config.mesh)
+  mesh = shard_lib.make_mesh(config.mesh, devices)
   shard_lib.check_batch_divisible(config.train.batch_size, mesh)
+  shard_lib.check_batch_divisible(config.eval.batch_size, mesh, "eval.batch_size")
+  shard_lib.check_process_rows(shard_lib.batch_sharding(mesh), config.train.batch_size)
   model = Transformer(model_cfg)
   abstract_params = jax.eval_shape(functools.partial(init_params, model_cfg), jax.random.key(0))
   optimizer = opt_lib.make_optimizer(config.train, abstract_params)
@@ -68,6 +72,23 @@ def create_state(run: Run) -> step_lib.TrainState:
   def init(rng):
     return step_lib.init_train_state(init_params(run.model_cfg, rng), run.optimizer)
   return jax.jit(init, out_shardings=run.state_sharding)(jax.random.key(run.config.seed))
+
+
+def jit_train_step(run: Run):
+  """`train_step(state, batch) -> (state, metrics)` jitted with the state's rule shardings in and out,
+  the batch over data x fsdp, replicated metrics, and the input state donated."""
+  step = step_lib.make_train_step(run.model, run.optimizer, opt_lib.lr_schedule(run.config.train))
+  return jax.jit(shard_lib.with_activation_mesh(step, run.mesh),
+                 in_shardings=(run.state_sharding, run.batch_sharding),
+                 out_shardings=(run.state_sharding, shard_lib.replicated(run.mesh)),
+                 donate_argnums=(0,))
+
+
+def jit_eval_step(run: Run):
+  """`eval_step(params, batch) -> sums`, jitted like the train step (replicated sums)."""
+  return jax.jit(shard_lib.with_activation_mesh(step_lib.make_eval_step(run.model), run.mesh),
+                 in_shardings=(run.state_sharding.params, run.batch_sharding),
+                 out_shardings=shard_lib.replicated(run.mesh))
 
 
 def param_count(params: Any) -> int:
@@ -106,26 +127,42 @@ def evaluate(run: Run, params: Any, eval_step, batches: list[dict[str, np.ndarra
   """Held-out CE, token accuracy and exact match of the answers (see metrics.answer_metrics)."""
   totals: dict[str, float] = {}
   for batch in batches:
-    sums = eval_step(params, shard_lib.to_global_batch(batch, run.batch_sharding))
+    sums = eval_step(params, shard_lib.to_global_batch(shard_lib.process_slice(batch), run.batch_sharding))
     for k, v in jax.device_get(sums).items():
       totals[k] = totals.get(k, 0.0) + float(v)
-  return {
+  result = {
       "ce": totals["ce_sum"] / max(totals["ce_tokens"], 1.0),
       "token_accuracy": totals["correct_tokens"] / max(totals["answer_tokens"], 1.0),
       "exact_match": totals["exact_matches"] / max(totals["examples"], 1.0),
       "examples": totals["examples"],
   }
+  if run.config.eval.greedy and jax.process_count() == 1:  # greedy decoding, per-position accuracy,
+    # layer entropy; it decodes process-local batches, so multi-process runs skip it (teacher-forced EM
+    # above equals greedy EM; see metrics.answer_metrics).
+    result.update(answer_eval.evaluate_generation(run.model_cfg, params, batches))
+  return result
 
 
 class _StopFlag:
-  """Set by SIGTERM/SIGINT: the loop checkpoints the current step and returns."""
+  """Set by SIGTERM: the loop checkpoints the current step and returns.
+
+  One process: a Python SIGTERM handler. Several processes: they must stop at the same step, so
+  SIGTERM is left to jax's preemption service (`jax.distributed.initialize` installs it; on Cloud TPU it
+  also gets the maintenance-event notice), and `reached(step)` polls its agreed sync step, which is the
+  largest step any process had reached when the notice arrived, plus one.
+  """
 
   def __init__(self):
     self.signal: int | None = None
     self._previous = {}
 
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1 and multihost_utils.reached_preemption_sync_point(step):
+      self.signal = signal.SIGTERM
+    return self.signal is not None
+
   def install(self) -> None:
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or jax.process_count() > 1:
       return
     for sig in (signal.SIGTERM,):
       self._previous[sig] = signal.signal(sig, self._handle)
@@ -148,7 +185,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   run = build(config)
   t = config.train
   is_lead = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  writers.make_dirs(workdir)  # a local path or a gs:// URL
   writer = writers.MetricWriter(workdir, t.num_steps, enabled=is_lead)
   checkpointer = ckpt_lib.Checkpointer(workdir, t.keep_checkpoints, t.async_checkpoint)
   signature = ckpt_lib.arch_signature(config.model, run.model_cfg.vocab_size)
@@ -156,8 +193,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if latest is not None:
     checkpointer.check_compatible(latest, signature)
   if is_lead:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    writers.write_text(workdir, "config.json", config.to_json_best_effort(indent=2))
 
   data_iter = pipeline.make_train_iterator(config, jax.process_index(), jax.process_count())
   state = create_state(run)
@@ -166,13 +202,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     writer.text(f"Resumed from {checkpointer.directory}/{latest}.")
   start_step = int(jax.device_get(state.step))
 
-  train_step = jax.jit(
-      step_lib.make_train_step(run.model, run.optimizer, opt_lib.lr_schedule(t)),
-      in_shardings=(run.state_sharding, run.batch_sharding),
-      out_shardings=(run.state_sharding, shard_lib.replicated(run.mesh)),
-      donate_argnums=(0,))
-  eval_step = jax.jit(step_lib.make_eval_step(run.model), in_shardings=(run.state_sharding.params,
-                                                                         run.batch_sharding))
+  train_step = jit_train_step(run)
+  eval_step = jit_eval_step(run)
   eval_batches = pipeline.make_eval_batches(config)
 
   # Ahead-of-time compile: report size, FLOPs and memory before step 1.
@@ -192,8 +223,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                   if k.startswith("memory/"))
       + f"\nCompiled in {report['compile_s']:.1f}s; MFU peak {peak:.3e} FLOP/s per device, {peak_source}.")
   if is_lead:
-    with open(os.path.join(workdir, "compile_report.json"), "w", encoding="utf-8") as f:
-      json.dump(report, f, indent=2)
+    writers.write_text(workdir, "compile_report.json", json.dumps(report, indent=2))
 
   tokens_per_step = t.batch_size * config.data.seq_len
   peak_total = peak * jax.device_count()
@@ -240,7 +270,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       if pending is not None:
         finish(pending)  # step t-1's metrics, while step t runs
       pending = (step, device_metrics)
-      stop_here = stop.signal is not None or step == t.stop_at_step
+      stop_here = stop.reached(step) or step == t.stop_at_step
       if step % t.checkpoint_every == 0 or step == t.num_steps or stop_here:
         finish(pending)  # a checkpoint only holds a state whose loss was finite
         pending = None
@@ -271,7 +301,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     writer.text("Held-out ({examples:.0f} examples): exact_match={exact_match:.4f} "
                 "token_accuracy={token_accuracy:.4f} ce={ce:.4f}".format(**result["eval"]))
   if is_lead:
-    with open(os.path.join(workdir, "final_metrics.json"), "w", encoding="utf-8") as f:
-      json.dump(result, f, indent=2)
+    writers.write_text(workdir, "final_metrics.json", json.dumps(result, indent=2))
   writer.close()
   return result

@@ -29,8 +29,10 @@ def init_train_state(params: Any, optimizer: optax.GradientTransformation) -> Tr
 
 
 def loss_fn(params: Any, model: Transformer, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """CE on `loss_mask` plus the stack's auxiliary losses (each already weighted)."""
-  logits_BTV, out = model.apply({"params": params}, batch["inputs"])
+  """CE on `loss_mask` plus the stack's auxiliary losses (each already weighted; e.g. Seq-VCR's
+  `aux/seq_vcr_variance` and `aux/seq_vcr_covariance`, logged next to `ce`)."""
+  logits_BTV, out = model.apply({"params": params}, batch["inputs"], regularize=True,
+                                answer_mask_BT=batch.get("answer_mask"))
   ce = metrics.masked_cross_entropy(logits_BTV, batch["targets"], batch["loss_mask"])
   aux_total = sum(out.aux.values(), jnp.zeros((), jnp.float32))
   stats = {"ce": ce, **{f"aux/{k}": v for k, v in out.aux.items()}}

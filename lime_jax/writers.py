@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 
 def _scalar(value: Any) -> float:
@@ -25,6 +26,37 @@ def format_duration(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+def is_remote(path: str) -> bool:
+  """Whether `path` is a URL (gs://...) rather than a local path."""
+  return "://" in str(path)
+
+
+def make_dirs(path: str) -> None:
+  epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def write_text(workdir: str, name: str, text: str) -> None:
+  """WORKDIR/name <- text, for a local workdir or a gs:// one."""
+  (epath.Path(workdir) / name).write_text(text)
+
+
+class _RewrittenFile:
+  """Append-only text file on object storage (gs://), which cannot append: rewritten on each flush."""
+
+  def __init__(self, path: str):
+    self._path = epath.Path(path)
+    self._text = self._path.read_text() if self._path.exists() else ""
+
+  def write(self, text: str) -> None:
+    self._text += text
+
+  def flush(self) -> None:
+    self._path.write_text(self._text)
+
+  def close(self) -> None:
+    self.flush()
+
+
 class MetricWriter:
   """Writes scalars to WORKDIR/metrics.jsonl, WORKDIR/tensorboard/ and the console."""
 
@@ -35,8 +67,9 @@ class MetricWriter:
     self._jsonl = None
     self._tb = None
     if enabled:
-      os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      make_dirs(workdir)
+      jsonl = os.path.join(workdir, "metrics.jsonl")
+      self._jsonl = _RewrittenFile(jsonl) if is_remote(workdir) else open(jsonl, "a", encoding="utf-8")
       try:
         from tensorboardX import SummaryWriter
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))

@@ -15,6 +15,7 @@ import pytest
 
 from lime_jax.analysis.router import router_analysis, save_router_analysis
 from lime_jax.model import LimeConfig, ModelConfig, Transformer, get_topology, init_cache, init_params
+from lime_jax.model import lime as lime_mod
 from lime_jax.model.block import Block
 from lime_jax.model.lime import (flops_per_token, mixing_flops_per_token, router_param_count,
                                  routing_weights, top_p_keep, unit_rms)
@@ -183,7 +184,11 @@ def test_kv_effective_parameter_count():
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("router", ROUTERS)
 def test_gradients_equal_unrolled_reference(router, policy):
-  cfg = lime_cfg(router, remat_policy=policy)
+  assert_grads_match_unrolled(lime_cfg(router, remat_policy=policy))
+
+
+def assert_grads_match_unrolled(cfg: ModelConfig) -> None:
+  """Loss and gradients (params and input) of the stack equal the unrolled reference's to 1e-5."""
   params = lime_params(cfg)
   h_BTD = jax.random.normal(jax.random.PRNGKey(5), (2, 6, cfg.d_model))
   probe_BTD = jax.random.normal(jax.random.PRNGKey(6), h_BTD.shape)
@@ -193,6 +198,26 @@ def test_gradients_equal_unrolled_reference(router, policy):
   ref_loss, ref_grads = grad_fn(unrolled_stack)(params, h_BTD)
   assert abs(float(loss - ref_loss)) <= 1e-5 * max(1.0, abs(float(ref_loss)))
   assert max_rel_diff(grads, ref_grads) <= 1e-5
+
+
+@pytest.mark.parametrize("policy", ("none", "full"))
+@pytest.mark.parametrize("layers,group", ((8, 4), (12, 6), (8, 8)))
+def test_grouped_schedule_gradients_equal_unrolled_reference(layers, group, policy):
+  """The two-level schedule (far sources mixed per group of layers, lime_vjp.far_forward / _far_pull)
+  gives the unrolled reference's loss and gradients, with and without recomputation of prev."""
+  cfg = lime_cfg("kv", num_layers=layers, remat_policy=policy,
+                 lime=LimeConfig(router="kv", block_size=2, group_size=group))
+  assert lime_mod.group_size(cfg) == group
+  assert_grads_match_unrolled(cfg)
+
+
+def test_group_size_choice():
+  auto = lambda L, S=4: lime_mod.group_size(lime_cfg("kv", num_layers=L, lime=LimeConfig(block_size=S)))
+  assert [auto(L) for L in (8, 16, 32, 64, 128)] == [4, 4, 4, 8, 8]
+  assert auto(5, S=2) == 1  # the block size does not divide the depth: per-layer schedule
+  assert lime_mod.group_size(lime_cfg("static", num_layers=8)) == 1  # v1 routers: per-layer schedule
+  with pytest.raises(ValueError, match="group_size"):
+    lime_mod.group_size(lime_cfg("kv", num_layers=8, lime=LimeConfig(block_size=2, group_size=3)))
 
 
 def test_nan_in_unused_router_slots_does_not_poison_gradients():

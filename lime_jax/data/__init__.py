@@ -5,6 +5,8 @@ Modules:
   tokenizer   `CharTokenizer` (one id per alphabet character) and `ByteTokenizer` (UTF-8 bytes),
               sharing 16 fixed special ids (PAD BOS EOS SEP PAUSE_START PAUSE PAUSE_END, 7..15 reserved).
   arithmetic  `ArithmeticTask`: expressions mod a prime, direct or chain-of-thought (Feng et al. 2023).
+  copying     `CopyingTask` (Glasses §3.1: last / first / hint / interleaved), the shared tokenizer.
+  counting    `CountingTask` (Glasses §3.2: sum / ones / bits / word).
   tasks       `get_task(config.data, seed)`: registry of the synthetic tasks by `config.data.task`.
   text        `local_text` tfds builder (array_record, no TensorFlow), `prepare_local_text`,
               `PackedText` (EOS-joined byte stream cut into fixed-length chunks).

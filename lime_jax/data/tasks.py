@@ -11,7 +11,7 @@ from typing import Callable
 
 import ml_collections
 
-from lime_jax.data import arithmetic, base, lis, multiplication
+from lime_jax.data import arithmetic, base, copying, counting, lis, multiplication
 
 TaskFactory = Callable[[ml_collections.ConfigDict, int], base.Task]
 
@@ -36,10 +36,26 @@ def _lis(data_config: ml_collections.ConfigDict, seed: int) -> base.Task:
                      test_fraction=float(s.test_fraction), seed=int(seed))
 
 
+def _copying(data_config: ml_collections.ConfigDict, seed: int) -> base.Task:
+  c = data_config.copying
+  return copying.CopyingTask(variant=str(c.variant), min_length=int(c.min_length),
+                             max_length=int(c.max_length), test_fraction=float(c.test_fraction),
+                             seed=int(seed))
+
+
+def _counting(data_config: ml_collections.ConfigDict, seed: int) -> base.Task:
+  c = data_config.counting
+  return counting.CountingTask(variant=str(c.variant), min_length=int(c.min_length),
+                               max_length=int(c.max_length), p_one=float(c.p_one),
+                               test_fraction=float(c.test_fraction), seed=int(seed))
+
+
 _REGISTRY: dict[str, TaskFactory] = {
     "arithmetic": _arithmetic,
     "multiplication": _multiplication,
     "lis": _lis,
+    "copying": _copying,
+    "counting": _counting,
 }
 
 TEXT_TASK = "text"

@@ -79,14 +79,14 @@ def _check_args(x_NTD: jax.Array, lambda1: float, lambda2: float, eta: float, va
       raise ValueError(f"seq_vcr {name}={value} must be >= 0.")
 
 
-def _sum_sq_offdiag_per_position(xc_NTD: jax.Array, var_TD: jax.Array, denom: float) -> jax.Array:
+def _sum_sq_offdiag_per_position(xc_TND: jax.Array, var_TD: jax.Array, denom: float) -> jax.Array:
   """[T] sum_{k != k'} C_{i,kk'}^2 per position, via the smaller of the N x N and d x d squares."""
-  n, _, d = xc_NTD.shape
+  _, n, d = xc_TND.shape
   if n <= d:
-    gram_TNN = jnp.einsum("ntd,mtd->tnm", xc_NTD, xc_NTD, precision=_HIGHEST)
+    gram_TNN = jnp.einsum("tnd,tmd->tnm", xc_TND, xc_TND, precision=_HIGHEST)
     total_T = jnp.sum(jnp.square(gram_TNN), axis=(1, 2)) / (denom * denom)
     return jnp.maximum(total_T - jnp.sum(jnp.square(var_TD), axis=1), 0.0)
-  cov_TDD = jnp.einsum("ntd,nte->tde", xc_NTD, xc_NTD, precision=_HIGHEST) / denom
+  cov_TDD = jnp.einsum("tnd,tne->tde", xc_TND, xc_TND, precision=_HIGHEST) / denom
   offdiag_DD = 1.0 - jnp.eye(d, dtype=jnp.float32)
   return jnp.sum(jnp.square(cov_TDD) * offdiag_DD[None], axis=(1, 2))
 
@@ -105,12 +105,16 @@ def _per_position(x_NTD: jax.Array, mask_T: jax.Array | None, eta: float
           f"{mask_T.shape}. A per-example [N, T] mask would give positions different sample counts: "
           "reduce it with aligned_positions(mask_NT), or use variant='batch_length'.")
     m_T = (mask_T != 0).astype(jnp.float32)
-  x_NTD = jnp.where(m_T[None, :, None] > 0, x_NTD, 0.0)
-  xc_NTD = x_NTD - jnp.mean(x_NTD, axis=0, keepdims=True)
+  # Position-major layout, and the reductions over the batch written as dots with a vector: XLA:CPU
+  # runs a reduction over the leading batch axis (and the Gram on [N, T, d]) several times slower.
+  x_TND = jnp.transpose(jnp.where(m_T[None, :, None] > 0, x_NTD, 0.0), (1, 0, 2))
+  mean_TD = jnp.einsum("n,tnd->td", jnp.full((n,), 1.0 / n, jnp.float32), x_TND, precision=_HIGHEST)
+  xc_TND = x_TND - mean_TD[:, None, :]
   denom = float(n - 1)
-  var_TD = jnp.sum(jnp.square(xc_NTD), axis=0) / denom
+  var_TD = jnp.einsum("n,tnd->td", jnp.ones((n,), jnp.float32), jnp.square(xc_TND),
+                      precision=_HIGHEST) / denom
   hinge_T = jnp.sum(jax.nn.relu(1.0 - jnp.sqrt(var_TD + eta)), axis=1)
-  offdiag_T = _sum_sq_offdiag_per_position(xc_NTD, var_TD, denom)
+  offdiag_T = _sum_sq_offdiag_per_position(xc_TND, var_TD, denom)
   scale = 1.0 / (jnp.maximum(jnp.sum(m_T), 1.0) * d)
   return jnp.sum(m_T * hinge_T) * scale, jnp.sum(m_T * offdiag_T) * scale
 
@@ -133,10 +137,11 @@ def _batch_length(x_NTD: jax.Array, mask: jax.Array | None, eta: float
   x_MD = jnp.where(m_NT[:, :, None] > 0, x_NTD, 0.0).reshape(n * t, d)
   m_M = m_NT.reshape(n * t)
   count = jnp.sum(m_M)
-  mean_D = jnp.sum(x_MD, axis=0) / jnp.maximum(count, 1.0)
+  # Batch reductions as dots (see _per_position).
+  mean_D = jnp.einsum("m,md->d", m_M, x_MD, precision=_HIGHEST) / jnp.maximum(count, 1.0)
   xc_MD = (x_MD - mean_D[None, :]) * m_M[:, None]
   denom = jnp.maximum(count - 1.0, 1.0)
-  var_D = jnp.sum(jnp.square(xc_MD), axis=0) / denom
+  var_D = jnp.einsum("m,md->d", m_M, jnp.square(xc_MD), precision=_HIGHEST) / denom
   hinge = jnp.sum(jax.nn.relu(1.0 - jnp.sqrt(var_D + eta)))
   if n * t <= d:
     gram_MM = jnp.einsum("md,nd->mn", xc_MD, xc_MD, precision=_HIGHEST)

@@ -242,6 +242,29 @@ def num_slots(cfg: ModelConfig) -> tuple[int, int]:
   return S, -(-cfg.num_layers // S) * S
 
 
+def group_size(cfg: ModelConfig) -> int:
+  """Layers per group of the two-level schedule (lime_vjp.far_forward), kv router only.
+
+  A group's far sources (all slots below it) are mixed for its G layers at once, the near ones (inside
+  the group) per layer: slot reads fall from ~L^2/2 to ~L^2/(2G) + L*G/2, least near G = sqrt(L).
+  Auto (0): the multiple of the block size S dividing L closest to sqrt(L) from below (at least S);
+  1 (or S not dividing L) keeps the per-layer schedule."""
+  S, _ = num_slots(cfg)
+  L, G = cfg.num_layers, cfg.lime.group_size
+  if cfg.lime.router != "kv" or G == 1:
+    return 1
+  if G > 1:
+    if G % S or L % G:
+      raise ValueError(f"config.model.lime.group_size={G} must be a multiple of block_size={S} that "
+                       f"divides num_layers={L}; use 0 (auto) or 1 (off).")
+    return G
+  options = [g for g in range(S, L + 1, S) if L % g == 0]
+  if not options:
+    return 1
+  below = [g for g in options if g <= max(S, math.isqrt(L))]
+  return max(below) if below else min(options)
+
+
 def _layer_fns(cfg: ModelConfig) -> LayerFns:
   """The router's stages for `cfg` (see lime_vjp.LayerFns)."""
   S, M = num_slots(cfg)
@@ -250,7 +273,8 @@ def _layer_fns(cfg: ModelConfig) -> LayerFns:
   if cfg.lime.router == "kv":
     return LayerFns(pre=lambda router_l, h, l: router_l["coef"], mix=_matrix_mix,
                     post=functools.partial(_kv_post, cfg), entry_shape=lambda B, T: (R, B, T, 2 * H),
-                    coef_axis=1, static_coef=lambda router: router["coef"], **common)
+                    coef_axis=1, static_coef=lambda router: router["coef"], group_size=group_size(cfg),
+                    **common)
   if cfg.lime.router == "dynamic":
     return LayerFns(pre=functools.partial(_dynamic_pre, cfg), mix=_dynamic_mix,
                     post=functools.partial(_v1_post, cfg), entry_shape=lambda B, T: (B, T, D),

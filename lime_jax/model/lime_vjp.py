@@ -68,6 +68,13 @@ class LayerFns:
   dtype: Any
   policy: str = "none"
   static_coef: Callable | None = None
+  group_size: int = 1
+
+  def __post_init__(self):
+    G, S = self.group_size, self.block_size
+    if G > 1 and (self.static_coef is None or G % S or self.num_slots % G):
+      raise ValueError(f"LIMe group_size={G} needs static coefficients, a multiple of block_size={S} "
+                       f"and a divisor of the {self.num_slots} buffer slots.")
 
   def new_buffer(self, batch: int, seq: int) -> jax.Array:
     return jnp.zeros((self.num_slots, *self.entry_shape(batch, seq)), self.dtype)
@@ -83,8 +90,10 @@ def _slice(fns: LayerFns, coef: jax.Array, buf: jax.Array, start: jax.Array):
   return coef_blk, jax.lax.dynamic_slice_in_dim(buf, start, fns.block_size, 0)
 
 
-def mix_forward(fns: LayerFns, coef: jax.Array, buf: jax.Array, l: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(prev_l, buf): the sum over source slots m < l, block by block. The buffer rides in the carry."""
+def mix_forward(fns: LayerFns, coef: jax.Array, buf: jax.Array, l: jax.Array, lo: jax.Array | int = 0,
+                init: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """(prev_l, buf): `init` plus the sum over source slots m in [lo * block_size, l), block by block.
+  The buffer rides in the carry."""
   shape = jax.eval_shape(lambda c, b: fns.mix(c, b, 0, l), *_slice(fns, coef, buf, 0))
 
   def body(j, carry):
@@ -92,8 +101,50 @@ def mix_forward(fns: LayerFns, coef: jax.Array, buf: jax.Array, l: jax.Array) ->
     start = j * fns.block_size
     return jax.lax.optimization_barrier((acc + fns.mix(*_slice(fns, coef, buf, start), start, l), buf))
 
-  init = (jnp.zeros(shape.shape, shape.dtype), buf)
-  return jax.lax.fori_loop(0, _num_blocks_below(fns, l), body, init)
+  acc = jnp.zeros(shape.shape, shape.dtype) if init is None else init.reshape(shape.shape).astype(shape.dtype)
+  return jax.lax.fori_loop(lo, _num_blocks_below(fns, l), body, (acc, buf))
+
+
+def _num_chunks(fns: LayerFns, X: int) -> int:
+  """Column chunks of a group's far products: G of them (or the largest divisor of X below), so that
+  each temporary (a source block, a product, an accumulator) is about one slot, not G."""
+  return max(c for c in range(1, fns.group_size + 1) if X % c == 0)
+
+
+def far_forward(fns: LayerFns, coef_MRME: jax.Array, out_MRX: jax.Array, out_start: jax.Array, l0: jax.Array,
+                src: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
+  """Writes far_i = sum_{m < l0} W_{l0+i}[:, m] src[m] for the G layers l0 + i of a group into
+  out[out_start + i] ([R, X] each) in place; returns (out, src). `src` None: the sources are `out`
+  itself (the forward buffer: slots < l0 are read, slots l0.. written; one array, so no copy).
+
+  One [G*R, G*E] x [G*E, Xc] matmul per block of G source slots and column chunk, so each slot is read
+  once per group (not once per layer): G times the arithmetic intensity of the per-layer mix. All
+  sources < l0 are live for every layer of the group, so no masking is needed."""
+  G, R, E = fns.group_size, coef_MRME.shape[1], coef_MRME.shape[3]
+  X = out_MRX[0].size // R
+  C = _num_chunks(fns, X)
+  Xc = X // C
+  src_MEX = None if src is None else src.reshape(src.shape[0], E, X)
+
+  def chunk(k, carry):
+    out_MRX, src_MEX = carry
+
+    def block(j, carry):
+      acc_KX, out_MRX, src_MEX = carry
+      from_MEX = out_MRX if src_MEX is None else src_MEX
+      c_KJ = jax.lax.dynamic_slice(coef_MRME, (l0, 0, j * G, 0), (G, R, G, E)).reshape(G * R, G * E)
+      b_JX = jax.lax.dynamic_slice(from_MEX, (j * G, 0, k * Xc), (G, E, Xc)).reshape(G * E, Xc)
+      acc_KX = acc_KX + jnp.dot(c_KJ.astype(b_JX.dtype), b_JX, preferred_element_type=jnp.float32)
+      return jax.lax.optimization_barrier((acc_KX, out_MRX, src_MEX))
+
+    init = (jnp.zeros((G * R, Xc), jnp.float32), out_MRX, src_MEX)
+    acc_KX, out_MRX, src_MEX = jax.lax.fori_loop(0, l0 // G, block, init)
+    acc_GRX = acc_KX.reshape(G, R, Xc).astype(out_MRX.dtype)
+    out_MRX = jax.lax.dynamic_update_slice(out_MRX, acc_GRX, (out_start, 0, k * Xc))
+    return jax.lax.optimization_barrier((out_MRX, src_MEX))
+
+  out_MRX, src_MEX = jax.lax.fori_loop(0, C, chunk, (out_MRX, src_MEX))
+  return out_MRX, None if src is None else src_MEX.reshape(src.shape)
 
 
 def _push_backward(fns: LayerFns, coef: jax.Array, buf: jax.Array, dprev: jax.Array, dbuf: jax.Array,
@@ -115,10 +166,11 @@ def _push_backward(fns: LayerFns, coef: jax.Array, buf: jax.Array, dprev: jax.Ar
 
 
 def _pull_backward(S: int, coef_MRME: jax.Array, dprev_MRX: jax.Array, entry_EX: jax.Array, l: jax.Array,
-                   dcoef_MRME: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """(d buf[l] [E, X], dcoef, dprev): d buf[l] = sum_{l'>l, r} W_{l'}[r, l, :] dprev_{l'}[r], and
-  dW_{l'}[:, l, :] = dprev_{l'} buf[l]^T for l' > l written into dcoef, in one pass over the blocks of
-  the dprev stack holding l' > l. The stack rides in the loop carry."""
+                   dcoef_MRME: jax.Array, hi: jax.Array | int | None = None,
+                   init_EX: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(d buf[l] [E, X], dcoef, dprev): d buf[l] = init + sum_{l < l' < hi*S, r} W_{l'}[r, l, :] dprev_{l'}[r],
+  and dW_{l'}[:, l, :] = dprev_{l'} buf[l]^T for those l' written into dcoef, in one pass over the
+  blocks of the dprev stack (up to block `hi`, default all). The stack rides in the loop carry."""
   M, R = dprev_MRX.shape[:2]
   E = entry_EX.shape[0]
   entry_XE = entry_EX.T  # a loop operand, so materialised once
@@ -137,8 +189,48 @@ def _pull_backward(S: int, coef_MRME: jax.Array, dprev_MRX: jax.Array, entry_EX:
     dcoef_MRME = jax.lax.dynamic_update_slice(dcoef_MRME, dw_SRE[:, :, None, :], (start, 0, l, 0))
     return jax.lax.optimization_barrier((dentry_EX, dcoef_MRME, dprev_MRX))
 
-  init = (jnp.zeros(entry_EX.shape, jnp.float32), dcoef_MRME, dprev_MRX)
-  return jax.lax.fori_loop((l + 1) // S, M // S, body, init)
+  dentry_EX = jnp.zeros(entry_EX.shape, jnp.float32) if init_EX is None else init_EX.astype(jnp.float32)
+  hi = M // S if hi is None else hi
+  return jax.lax.fori_loop((l + 1) // S, hi, body, (dentry_EX, dcoef_MRME, dprev_MRX))
+
+
+def _far_pull(fns: LayerFns, coef_MRME: jax.Array, dprev_MRX: jax.Array, buf: jax.Array, l0: jax.Array,
+              dcoef_MRME: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(dcoef, dprev): writes into dprev[l0:l0+G] (those slots are free until their layers run) the part
+  of the group's slot cotangents from the layers l' >= l0 + G above it, sum_{l', r} W_{l'}[r, l, :]
+  dprev_{l'}[r], and adds their router gradients dW_{l'}[:, l0:l0+G] = dprev_{l'} buf[l0:l0+G]^T into
+  dcoef; one pass over the dprev blocks above the group with [G*E]-row products, by column chunks
+  (the grouped counterpart of `_pull_backward`)."""
+  G, E = fns.group_size, coef_MRME.shape[3]
+  M, R = dprev_MRX.shape[:2]
+  X = buf[0].size // E
+  C = _num_chunks(fns, X)
+  Xc = X // C
+  buf_MEX = buf.reshape(buf.shape[0], E, X)
+
+  def chunk(k, carry):
+    dcoef_MRME, dprev_MRX = carry
+    entries_XJ = jax.lax.dynamic_slice(buf_MEX, (l0, 0, k * Xc), (G, E, Xc)).reshape(G * E, Xc).T
+
+    def block(j, carry):
+      dent_JX, dcoef_MRME, dprev_MRX = carry
+      start = j * G
+      dprev_KX = jax.lax.dynamic_slice(dprev_MRX, (start, 0, k * Xc), (G, R, Xc)).reshape(G * R, Xc)
+      c_KJ = jax.lax.dynamic_slice(coef_MRME, (start, 0, l0, 0), (G, R, G, E)).reshape(G * R, G * E)
+      dent_JX = dent_JX + jnp.dot(c_KJ.T.astype(dprev_KX.dtype), dprev_KX, preferred_element_type=jnp.float32)
+      dw_KJ = jnp.dot(dprev_KX, entries_XJ.astype(dprev_KX.dtype), preferred_element_type=jnp.float32)
+      old = jax.lax.dynamic_slice(dcoef_MRME, (start, 0, l0, 0), (G, R, G, E))
+      dcoef_MRME = jax.lax.dynamic_update_slice(dcoef_MRME, old + dw_KJ.reshape(G, R, G, E).astype(old.dtype),
+                                                (start, 0, l0, 0))
+      return jax.lax.optimization_barrier((dent_JX, dcoef_MRME, dprev_MRX))
+
+    init = (jnp.zeros((G * E, Xc), jnp.float32), dcoef_MRME, dprev_MRX)
+    dent_JX, dcoef_MRME, dprev_MRX = jax.lax.fori_loop((l0 + G) // G, M // G, block, init)
+    dent_GRX = dent_JX.reshape(G, E, Xc).astype(dprev_MRX.dtype)  # E == R: a dprev slot holds it
+    dprev_MRX = jax.lax.dynamic_update_slice(dprev_MRX, dent_GRX, (l0, 0, k * Xc))
+    return jax.lax.optimization_barrier((dcoef_MRME, dprev_MRX))
+
+  return jax.lax.fori_loop(0, C, chunk, (dcoef_MRME, dprev_MRX))
 
 
 def _known(params_l, router_l, coef, prev, h_BTD, entry, l) -> list:
@@ -185,13 +277,70 @@ class _Layout:
 jax.tree_util.register_pytree_node(_Layout, lambda x: ((), x), lambda x, _: x)
 
 
+def _forward_prev(fns: LayerFns, coef: jax.Array, buf: jax.Array, l: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """prev_l in the forward pass. Grouped: slot l still holds the group's far part (`far_forward`
+  wrote it at the group's first layer; layer l overwrites it with its entry), plus the near slots."""
+  if fns.group_size == 1:
+    return mix_forward(fns, coef, buf, l)
+  l0 = l - l % fns.group_size
+  far = jax.lax.dynamic_index_in_dim(buf, l, 0, keepdims=False)
+  return mix_forward(fns, coef, buf, l, lo=l0 // fns.block_size, init=far)
+
+
+def _write_far(fns: LayerFns, coef_MRME: jax.Array, buf: jax.Array, l0: jax.Array) -> jax.Array:
+  """Writes the far parts of the G layers from l0 into their (not yet written) buffer slots."""
+  R, E = coef_MRME.shape[1], coef_MRME.shape[3]
+  if R != E:
+    raise ValueError("LIMe grouping needs prev and a buffer slot of one shape (the kv router).")
+  buf_MRX = buf.reshape(buf.shape[0], R, -1)
+  out_MRX, _ = far_forward(fns, coef_MRME, buf_MRX, l0, l0)
+  return out_MRX.reshape(buf.shape)
+
+
+def _static_coef_MRME(fns: LayerFns, router: Any) -> jax.Array:
+  """Every layer's static coefficients [M, R, M, E] (layer axis zero-padded to M slots)."""
+  coef_LRME = fns.static_coef(router)
+  return jnp.pad(coef_LRME, [(0, fns.num_slots - coef_LRME.shape[0]), (0, 0), (0, 0), (0, 0)])
+
+
+def _grouped(tree: Any, G: int) -> Any:
+  return jax.tree.map(lambda x: x.reshape(x.shape[0] // G, G, *x.shape[1:]), tree)
+
+
+def _ungrouped(tree: Any) -> Any:
+  return jax.tree.map(lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]), tree)
+
+
+def _layer_scan(fns: LayerFns, layer_body: Callable, carry: Any, xs: Any,
+                reverse: bool = False, group_body: Callable | None = None) -> tuple[Any, Any]:
+  """`lax.scan` of `layer_body` over layers (`xs`' leading axis). Grouped (group_size G > 1), the layer
+  that opens a group (forward: its first; reverse: its last) first runs `group_body(carry, l0)` under a
+  `lax.cond`. One flat scan, not a scan over groups of an inner scan: nested scans copy each group's
+  stacked outputs (saved residuals, per-layer gradients) into the outer stack, G layers' worth of
+  extra memory."""
+  G = fns.group_size
+  if G == 1 or group_body is None:
+    return jax.lax.scan(layer_body, carry, xs, reverse=reverse)
+  L = jax.tree.leaves(xs)[0].shape[0]
+  if L % G:
+    raise ValueError(f"LIMe group_size={G} must divide num_layers={L}.")
+  opener = G - 1 if reverse else 0
+
+  def body(carry, xs_l):
+    l = xs_l[1]
+    carry = jax.lax.cond(l % G == opener, lambda c: group_body(c, l - l % G), lambda c: c, carry)
+    return layer_body(carry, xs_l[0])
+
+  return jax.lax.scan(body, carry, (xs, jnp.arange(L)), reverse=reverse)
+
+
 def _layer_step(fns: LayerFns, positions_BT: jax.Array, pullback_tree: dict) -> Callable:
   """One forward layer with its pullback: (h, buf, params_l, router_l, l) -> (h_next, buf, coef, prev,
   entry, pullback leaves). The pullback (a pytree) holds exactly what the remat policy saves."""
 
   def step(h_BTD, buf, params_l, router_l, l):
     coef = fns.pre(router_l, h_BTD, l)
-    prev, buf = mix_forward(fns, coef, buf, l)
+    prev, buf = _forward_prev(fns, coef, buf, l)
 
     def post(params_l, router_l, coef, prev, h_BTD):
       h_BTD, entry, _ = fns.post(params_l, router_l, coef, prev, h_BTD, positions_BT, l, None)
@@ -241,16 +390,21 @@ def _scan_forward(fns: LayerFns, layers: Any, router: Any, h_BTD: jax.Array, pos
   the layer-invariant pullback leaves and the stacked saved ones (see `_Layout`)."""
   L = jax.tree.leaves(layers)[0].shape[0]
   buf = fns.new_buffer(h_BTD.shape[0], h_BTD.shape[1])
+  group_body = None
+  if fns.group_size > 1:
+    coef_MRME = _static_coef_MRME(fns, router)
+    group_body = lambda carry, l0: (carry[0], _write_far(fns, coef_MRME, carry[1], l0))
   if not with_residuals:
     def plain_body(carry, xs):
       h_BTD, buf = carry
       params_l, router_l, l = xs
       coef = fns.pre(router_l, h_BTD, l)
-      prev, buf = mix_forward(fns, coef, buf, l)
+      prev, buf = _forward_prev(fns, coef, buf, l)
       h_BTD, entry, _ = fns.post(params_l, router_l, coef, prev, h_BTD, positions_BT, l, None)
       return (h_BTD, jax.lax.dynamic_update_index_in_dim(buf, entry.astype(buf.dtype), l, 0)), None
 
-    (h_BTD, buf), _ = jax.lax.scan(plain_body, (h_BTD, buf), (layers, router, jnp.arange(L)))
+    (h_BTD, buf), _ = _layer_scan(fns, plain_body, (h_BTD, buf), (layers, router, jnp.arange(L)),
+                                  group_body=group_body)
     return h_BTD, None
 
   closed, layout, invariant = _traced_layer(fns, layers, router, h_BTD, buf, positions_BT)
@@ -262,7 +416,8 @@ def _scan_forward(fns: LayerFns, layers: Any, router: Any, h_BTD: jax.Array, pos
     outs = step(*jax.tree.leaves((h_BTD, buf, *xs)))
     return (outs[0], outs[1]), (h_BTD, [outs[5 + i] for i in saved_idx])
 
-  (h_BTD, buf), (hs_LBTD, saved) = jax.lax.scan(body, (h_BTD, buf), (layers, router, jnp.arange(L)))
+  (h_BTD, buf), (hs_LBTD, saved) = _layer_scan(fns, body, (h_BTD, buf),
+                                               (layers, router, jnp.arange(L)), group_body=group_body)
   return h_BTD, (buf, hs_LBTD, invariant, saved, layout)
 
 
@@ -321,23 +476,44 @@ def _push_bwd(fns, residuals, dh_out_BTD):
 
 
 def _pull_bwd(fns, residuals, dh_out_BTD):
-  """Backward scan pulling the buffer cotangent from a stack of dprev (static coefficients)."""
+  """Backward scan pulling the buffer cotangent from a stack of dprev (static coefficients).
+
+  Grouped (G > 1), each group starts (at its top layer) with `_far_pull`, whose slot cotangents wait
+  in the group's own dprev slots (not yet written: they receive dprev_l when layer l runs), and, when
+  the layer must recompute prev (remat), with `far_forward`, whose far parts wait in the dprev slots of
+  the group below (written later still). So grouping needs no memory beyond the dprev stack."""
   layers, router, buf, hs_LBTD, invariant, saved, layout = residuals
-  L, M, S = hs_LBTD.shape[0], fns.num_slots, fns.block_size
+  L, M, S, G = hs_LBTD.shape[0], fns.num_slots, fns.block_size, fns.group_size
   coef_LRME, coef_pullback = jax.vjp(fns.static_coef, router)
   coef_MRME = jnp.pad(coef_LRME, [(0, M - L), (0, 0), (0, 0), (0, 0)])
   E = coef_LRME.shape[-1]
+
+  def group_body(carry, l0):
+    dh_BTD, dprev_MRX, dcoef_MRME, buf = carry
+    if layout.needs_prev:  # l0 = 0: far is zero and its write is overwritten just below
+      dprev_MRX, buf = far_forward(fns, coef_MRME, dprev_MRX, jnp.maximum(l0 - G, 0), l0, src=buf)
+    dcoef_MRME, dprev_MRX = _far_pull(fns, coef_MRME, dprev_MRX, buf, l0, dcoef_MRME)
+    return dh_BTD, dprev_MRX, dcoef_MRME, buf
 
   def body(carry, xs):
     dh_BTD, dprev_MRX, dcoef_MRME, buf = carry
     params_l, router_l, l, h_BTD, saved_l = xs
     coef = fns.pre(router_l, h_BTD, l)
-    prev = None
+    prev = dentry_init_EX = None
+    lo, hi = 0, M // S
+    if G > 1:
+      l0 = l - l % G
+      lo, hi = l0 // S, (l0 + G) // S
+      dentry_init_EX = jax.lax.dynamic_index_in_dim(dprev_MRX, l, 0, keepdims=False)
     if layout.needs_prev:
-      prev, buf = mix_forward(fns, coef, buf, l)
+      far = None
+      if G > 1:
+        far = jax.lax.dynamic_index_in_dim(dprev_MRX, jnp.maximum(l - G, 0), 0, keepdims=False)
+        far = jnp.where(l0 > 0, far, jnp.zeros_like(far))
+      prev, buf = mix_forward(fns, coef, buf, l, lo=lo, init=far)
     entry = jax.lax.dynamic_index_in_dim(buf, l, 0, keepdims=False)
     dentry_EX, dcoef_MRME, dprev_MRX = _pull_backward(S, coef_MRME, dprev_MRX, entry.reshape(E, -1), l,
-                                                      dcoef_MRME)
+                                                      dcoef_MRME, hi=hi, init_EX=dentry_init_EX)
     known = _known(params_l, router_l, coef, prev, h_BTD, entry, l)
     post_pullback = _post_pullback(layout, invariant, saved_l, known)
     dentry = dentry_EX.reshape(entry.shape).astype(entry.dtype)
@@ -353,7 +529,8 @@ def _pull_bwd(fns, residuals, dh_out_BTD):
   dprev_MRX = jnp.zeros((M, coef_LRME.shape[1], buf[0].size // E), fns.dtype)  # the buffer's dtype
   carry = (dh_out_BTD, dprev_MRX, jnp.zeros_like(coef_MRME), buf)
   xs = (layers, router, jnp.arange(L), hs_LBTD, saved)
-  (dh_BTD, _, dcoef_MRME, _), (dlayers, drouter) = jax.lax.scan(body, carry, xs, reverse=True)
+  (dh_BTD, _, dcoef_MRME, _), (dlayers, drouter) = _layer_scan(fns, body, carry, xs, reverse=True,
+                                                               group_body=group_body)
   (drouter_coef,) = coef_pullback(dcoef_MRME[:L])
   return dlayers, jax.tree.map(jnp.add, drouter, drouter_coef), dh_BTD, None
 

@@ -16,7 +16,52 @@ class LimeConfig:
   init: str = "paper"
   top_p: float = 0.9
   static_init_std: float = 0.1
+  block_size: int = 4
+  group_size: int = 0  # kv router: layers whose far sources are mixed together; 0 = auto, 1 = off.
+
+
+@dataclasses.dataclass(frozen=True)
+class SeqVcrConfig:
+  """Seq-VCR regulariser settings (SPEC §4); see lime_jax/model/regularizers.py."""
+
+  enabled: bool = False
+  lambda1: float = 1.0
+  lambda2: float = 0.004
+  eta: float = 1e-3
+  variant: str = "per_position"
+  layers: tuple[int, ...] = (-1,)
+  proj_dim: int = 2048
+  positions: str = "aligned"
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseFormerConfig:
+  """DenseFormer depth-weighted averaging (SPEC §3); see lime_jax/model/denseformer.py."""
+
+  dilation: int = 1
+  period: int = 1
   block_size: int = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class HyperConnectionsConfig:
+  """Hyper-Connections (SPEC §3); see lime_jax/model/hyper_connections.py."""
+
+  num_streams: int = 4
+  dynamic: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ValueResidualConfig:
+  """Value residual learning (ResFormer, SPEC §3); see lime_jax/model/value_residual.py."""
+
+  learnable: bool = False
+  init_lambda: float = 0.5
+
+
+# Topology sub-configs of ModelConfig, each built from the `config.model.<name>` of the same name.
+TOPOLOGY_CONFIGS = {"denseformer": DenseFormerConfig, "hyper_connections": HyperConnectionsConfig,
+                    "value_residual": ValueResidualConfig}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +87,10 @@ class ModelConfig:
   remat_policy: str = "none"
   topology: str = "plain"
   lime: LimeConfig = LimeConfig()
+  seq_vcr: SeqVcrConfig = SeqVcrConfig()
+  denseformer: DenseFormerConfig = DenseFormerConfig()
+  hyper_connections: HyperConnectionsConfig = HyperConnectionsConfig()
+  value_residual: ValueResidualConfig = ValueResidualConfig()
 
   @property
   def head_dim(self) -> int:
@@ -58,7 +107,7 @@ class ModelConfig:
   @classmethod
   def from_config(cls, model_cfg: ml_collections.ConfigDict, vocab_size: int | None = None) -> "ModelConfig":
     """Builds from `config.model`; `vocab_size` fills a 0 in the config (taken from the tokenizer)."""
-    fields = {f.name for f in dataclasses.fields(cls)} - {"lime"}
+    fields = {f.name for f in dataclasses.fields(cls)} - {"lime", "seq_vcr", *TOPOLOGY_CONFIGS}
     kwargs = {k: model_cfg[k] for k in fields if k in model_cfg}
     if not kwargs.get("vocab_size"):
       if not vocab_size:
@@ -67,4 +116,12 @@ class ModelConfig:
     kwargs["num_kv_heads"] = kwargs.get("num_kv_heads") or kwargs["num_heads"]
     lime = LimeConfig(**{f.name: model_cfg.lime[f.name] for f in dataclasses.fields(LimeConfig)
                          if "lime" in model_cfg and f.name in model_cfg.lime})
-    return cls(**kwargs, lime=lime)
+    seq_vcr = SeqVcrConfig()
+    if "seq_vcr" in model_cfg:
+      sv = model_cfg.seq_vcr
+      seq_vcr = SeqVcrConfig(**{f.name: sv[f.name] for f in dataclasses.fields(SeqVcrConfig) if f.name in sv})
+      seq_vcr = dataclasses.replace(seq_vcr, layers=tuple(int(l) for l in seq_vcr.layers))
+    topology_cfgs = {name: sub(**{f.name: model_cfg[name][f.name] for f in dataclasses.fields(sub)
+                                  if name in model_cfg and f.name in model_cfg[name]})
+                     for name, sub in TOPOLOGY_CONFIGS.items()}
+    return cls(**kwargs, lime=lime, seq_vcr=seq_vcr, **topology_cfgs)

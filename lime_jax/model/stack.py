@@ -40,11 +40,15 @@ class StackOutput:
 @dataclasses.dataclass(frozen=True)
 class Topology:
   """How layers connect. `init_params(rng, cfg)` gives the topology's own parameters (or None);
-  `run(cfg, layers, topo_params, h_BTD, positions_BT, cache, collect)` runs the stack."""
+  `run(cfg, layers, topo_params, h_BTD, positions_BT, cache, collect)` runs the stack. `layer_hook`:
+  whether `run` also takes `layer_hook=` (called per layer in the scan; lime_jax/model/regularizers.py)."""
 
   name: str
   run: Callable[..., StackOutput]
   init_params: Callable[[jax.Array, ModelConfig], Any] | None = None
+  layer_hook: bool = False
+  # Per-token forward FLOPs the topology adds to the backbone (lime_jax/flops.py); None: 0.
+  extra_flops: Callable[[ModelConfig], float] | None = None
 
 
 _TOPOLOGIES: dict[str, Topology] = {}
@@ -91,22 +95,29 @@ def pick_collected(extras: dict, h_BTD: jax.Array, collect: tuple[str, ...]) -> 
 
 def run_plain_stack(cfg: ModelConfig, layers: Any, topo_params: Any, h_BTD: jax.Array,
                     positions_BT: jax.Array, cache: dict | None = None,
-                    collect: tuple[str, ...] = ()) -> StackOutput:
-  """Scans the LLaMA block over the stacked layer parameters."""
+                    collect: tuple[str, ...] = (), layer_hook: Any = None) -> StackOutput:
+  """Scans the LLaMA block over the stacked layer parameters.
+
+  `layer_hook` (optional, see lime_jax/model/regularizers.py): `layer_hook(l, h_BTD, aux) -> aux` after
+  each block l, with the carry's aux starting from `layer_hook.init_aux()`.
+  """
   del topo_params
   block = Block(cfg)
 
   def body(carry, xs):
-    params_l, cache_l = xs
+    params_l, cache_l, l = xs
     h_BTD, extras = block.apply({"params": params_l}, carry["h"], positions_BT, cache=cache_l)
     ys = {"collected": pick_collected(extras, h_BTD, collect), "cache": extras["cache"]}
-    return {"h": h_BTD, "aux": carry["aux"]}, ys
+    aux = carry["aux"] if layer_hook is None else layer_hook(l, h_BTD, carry["aux"])
+    return {"h": h_BTD, "aux": aux}, ys
 
-  carry, ys = jax.lax.scan(remat(body, cfg.remat_policy), {"h": h_BTD, "aux": {}}, (layers, cache))
+  aux = {} if layer_hook is None else layer_hook.init_aux()
+  xs = (layers, cache, jnp.arange(cfg.num_layers))
+  carry, ys = jax.lax.scan(remat(body, cfg.remat_policy), {"h": h_BTD, "aux": aux}, xs)
   return StackOutput(carry["h"], carry["aux"], ys["collected"], ys["cache"])
 
 
-register_topology(Topology("plain", run_plain_stack))
+register_topology(Topology("plain", run_plain_stack, layer_hook=True))
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> dict:

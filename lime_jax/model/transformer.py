@@ -6,6 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lime_jax import sharding
+from lime_jax.model import regularizers
 from lime_jax.model.block import Block
 from lime_jax.model.layers import RMSNorm, normal_init
 from lime_jax.model.model_config import ModelConfig
@@ -22,13 +24,21 @@ def init_layer_params(rng: jax.Array, cfg: ModelConfig) -> dict:
 
 class Transformer(nn.Module):
   """LLaMA-style decoder. Parameters: embed [V, D], layers (stacked [L, ...]), final_norm,
-  unembed [D, V] when untied, router (topology parameters, e.g. LIMe) when the topology has them."""
+  unembed [D, V] when untied, router (topology parameters, e.g. LIMe) when the topology has them,
+  seq_vcr_proj [K, D, P] with Seq-VCR and a projection (lime_jax/model/regularizers.py)."""
 
   cfg: ModelConfig
 
   @nn.compact
   def __call__(self, tokens_BT: jax.Array, positions_BT: jax.Array | None = None,
-               cache: dict | None = None, collect: tuple[str, ...] = ()) -> tuple[jax.Array, StackOutput]:
+               cache: dict | None = None, collect: tuple[str, ...] = (),
+               embeddings_BTD: jax.Array | None = None, regularize: bool = False,
+               answer_mask_BT: jax.Array | None = None) -> tuple[jax.Array, StackOutput]:
+    """`embeddings_BTD`, when given, replaces the embedding lookup of `tokens_BT` (probes differentiate
+    with respect to it); `tokens_BT` then only gives the shape.
+
+    `regularize=True` adds the configured regularisers' terms (Seq-VCR) to `out.aux` (training only;
+    never with a cache); `answer_mask_BT` is the batch's answer mask, for seq_vcr.positions='answer'."""
     cfg = self.cfg
     embed_VD = self.param("embed", normal_init(cfg.init_std), (cfg.vocab_size, cfg.d_model), cfg.pdtype)
     layers = self.param("layers", init_layer_params, cfg)
@@ -39,8 +49,18 @@ class Transformer(nn.Module):
     if positions_BT is None:
       positions_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
 
-    h_BTD = jnp.take(embed_VD, tokens_BT, axis=0).astype(cfg.dtype)
-    out = topology.run(cfg, layers, topo_params, h_BTD, positions_BT, cache=cache, collect=collect)
+    h_BTD = (jnp.take(embed_VD, tokens_BT, axis=0) if embeddings_BTD is None else embeddings_BTD
+             ).astype(cfg.dtype)
+    h_BTD = sharding.constrain(h_BTD, ("batch", "length", "embed"))  # no-op outside a mesh
+    hook = None
+    if cfg.seq_vcr.enabled:
+      proj_KDP = None
+      if cfg.seq_vcr.proj_dim:
+        proj_KDP = self.param("seq_vcr_proj", regularizers.init_projection, cfg)
+      if regularize and cache is None:
+        hook = regularizers.make_hook(cfg, proj_KDP, tokens_BT, answer_mask_BT)
+    out = regularizers.run_stack(topology, hook, cfg, layers, topo_params, h_BTD, positions_BT, cache,
+                                 collect)
     h_BTD = RMSNorm(cfg.rms_eps, cfg.pdtype, name="final_norm")(out.h_BTD).astype(jnp.float32)
     if cfg.tie_embeddings:
       logits_BTV = jnp.einsum("btd,vd->btv", h_BTD, embed_VD.astype(jnp.float32))
@@ -48,7 +68,7 @@ class Transformer(nn.Module):
       unembed_DV = self.param("unembed", normal_init(cfg.init_std), (cfg.d_model, cfg.vocab_size),
                               cfg.pdtype)
       logits_BTV = jnp.einsum("btd,dv->btv", h_BTD, unembed_DV.astype(jnp.float32))
-    return logits_BTV, out
+    return sharding.constrain(logits_BTV, ("batch", "length", "vocab")), out
 
 
 def init_params(cfg: ModelConfig, rng: jax.Array) -> dict:

@@ -1,0 +1,62 @@
+"""Seq-VCR and pause tokens on n x n multiplication (SPEC §4, §5; Deng et al. format).
+
+  --config=experiments/seqvcr_mult.py[:PRESET[,ARM]]
+
+PRESET: default (CPU: 3 x 3 digits, 4 x 128 model, ~10 minutes per arm on 2 cores), tiny (seconds, tests),
+4x4 / 5x5 (paper-ish: GPT-2-small-shaped model (12 x 768, 12 heads) trained from scratch, batch 32,
+lr 5e-4, 40 epochs of 808k examples; evaluated on the official test files).
+ARM: vanilla, pause (2 pauses), seqvcr, seqvcr_pause (default), cot — see lime_jax/seqvcr_arms.py.
+Seq-VCR coefficients (App. A): lambda1 = 1.0, lambda2 = 0.004, projection 2048, final block.
+Sweeps (SPEC §4 ablations): `python -m lime_jax.sweep --config=experiments/seqvcr_mult.py
+  --specs=default,seqvcr_pause --sweep=lambdas|proj_dim --root=workdirs/mult_lambdas [--dry_run]`.
+"""
+
+from lime_jax import seqvcr_arms
+from lime_jax.seqvcr_arms import SWEEPS  # noqa: F401  (read by lime_jax.sweep --sweep=)
+
+CONFIG_FILE = "experiments/seqvcr_mult.py"
+OFFICIAL_TEST = "../shared/data/multiplication/{n}x{n}_test.txt"  # relative to the repo root.
+
+
+def _seq_vcr(c):
+  c.model.seq_vcr.update(lambda1=1.0, lambda2=0.004, eta=1e-3, proj_dim=2048, layers=(-1,),
+                         variant="per_position", positions="aligned")
+
+
+def _default(c):
+  c.model.update(num_layers=4, d_model=128, num_heads=4, ffn_dim=512)
+  c.data.task = "multiplication"
+  c.data.multiplication.update(num_digits=3, test_fraction=0.01)
+  _seq_vcr(c)
+  c.train.update(batch_size=32, num_steps=1200, learning_rate=2e-3, warmup_steps=100, weight_decay=0.1,
+                 log_every=100, checkpoint_every=400, eval_every=400)
+  c.eval.update(num_examples=512, batch_size=128)
+
+
+def _tiny(c):
+  _default(c)
+  c.model.update(num_layers=2, d_model=32, num_heads=2, ffn_dim=64)
+  c.model.seq_vcr.proj_dim = 64
+  c.data.multiplication.num_digits = 2
+  c.train.update(batch_size=8, num_steps=4, warmup_steps=1, log_every=2, checkpoint_every=2, eval_every=2)
+  c.eval.update(num_examples=16, batch_size=8)
+
+
+def _paper(n):
+  def preset(c):
+    c.model.update(num_layers=12, d_model=768, num_heads=12, ffn_dim=3072, tie_embeddings=True)
+    c.data.task = "multiplication"
+    c.data.multiplication.update(num_digits=n, eval_file=OFFICIAL_TEST)
+    _seq_vcr(c)
+    c.train.update(batch_size=32, num_steps=40 * 808_000 // 32, learning_rate=5e-4, warmup_steps=1000,
+                   weight_decay=0.01, log_every=500, checkpoint_every=10_000, eval_every=20_000)
+    c.eval.update(num_examples=1000, batch_size=200)
+  return preset
+
+
+PRESETS = {"default": _default, "tiny": _tiny, "4x4": _paper(4), "5x5": _paper(5)}
+NUM_PAUSE = {}  # 2 pauses for every preset (the paper's multiplication setting).
+
+
+def get_config(spec: str | None = None):
+  return seqvcr_arms.get_config(spec, PRESETS, CONFIG_FILE, NUM_PAUSE)

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Submits launch/slurm_gpu.sbatch with the given cluster shape; --dry-run prints the sbatch command.
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+usage() {
+  cat <<'USAGE'
+Usage: launch/slurm_submit.sh --config FILE[:PRESET] --workdir DIR [options] [-- TRAIN_FLAGS...]
+
+Submits a multi-node GPU run (launch/slurm_gpu.sbatch): one process per node, all of its GPUs, jax's
+SLURM auto-detection for the distributed runtime, SIGTERM 2 minutes before the time limit (checkpoint,
+exit 0, requeue resumes).
+
+Options:
+  --config FILE[:PRESET]  experiment config (required)
+  --workdir DIR           run directory on a shared file system or gs:// (required)
+  --nodes N               nodes (default 2)
+  --gpus-per-node G       GPUs per node (default 8)
+  --partition P           SLURM partition
+  --account A             SLURM account
+  --time T                time limit, e.g. 24:00:00
+  --job-name NAME         job name (default lime_jax)
+  --dry-run               print the sbatch command instead of running it
+  -h, --help              this help
+Flags after `--` go to lime_jax.main (e.g. -- --config.train.num_steps=100).
+USAGE
+}
+
+die() {
+  echo "error: $*" >&2
+  echo >&2
+  usage >&2
+  exit 2
+}
+
+q() {
+  if [[ "$1" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then printf '%s' "$1"; else printf '%s' "${1@Q}"; fi
+}
+
+need_value() {
+  [[ $# -ge 2 && -n "$2" && "$2" != --* ]] || die "$1 needs a value."
+}
+
+CONFIG=""
+WORKDIR=""
+NODES=2
+GPUS=8
+PARTITION=""
+ACCOUNT=""
+TIME=""
+JOB_NAME="lime_jax"
+DRY_RUN=0
+TRAIN_FLAGS=()
+[[ $# -gt 0 ]] || { usage >&2; exit 2; }
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    -h|--help) usage; exit 0 ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    --config) need_value "$@"; CONFIG="$2"; shift 2 ;;
+    --workdir) need_value "$@"; WORKDIR="$2"; shift 2 ;;
+    --nodes) need_value "$@"; NODES="$2"; shift 2 ;;
+    --gpus-per-node) need_value "$@"; GPUS="$2"; shift 2 ;;
+    --partition) need_value "$@"; PARTITION="$2"; shift 2 ;;
+    --account) need_value "$@"; ACCOUNT="$2"; shift 2 ;;
+    --time) need_value "$@"; TIME="$2"; shift 2 ;;
+    --job-name) need_value "$@"; JOB_NAME="$2"; shift 2 ;;
+    --) shift; TRAIN_FLAGS=("$@"); break ;;
+    *) die "unknown argument '$1'." ;;
+  esac
+done
+[[ -n "$CONFIG" ]] || die "--config is required."
+[[ -n "$WORKDIR" ]] || die "--workdir is required."
+[[ "$NODES" =~ ^[1-9][0-9]*$ ]] || die "--nodes must be a positive integer."
+[[ "$GPUS" =~ ^[1-9][0-9]*$ ]] || die "--gpus-per-node must be a positive integer."
+
+cmd=(sbatch --job-name="$JOB_NAME" --nodes="$NODES" --ntasks-per-node=1 --gpus-per-node="$GPUS")
+[[ -z "$PARTITION" ]] || cmd+=(--partition="$PARTITION")
+[[ -z "$ACCOUNT" ]] || cmd+=(--account="$ACCOUNT")
+[[ -z "$TIME" ]] || cmd+=(--time="$TIME")
+cmd+=("$SCRIPT_DIR/slurm_gpu.sbatch" --config="$CONFIG" --workdir="$WORKDIR" "${TRAIN_FLAGS[@]}")
+
+if [[ "$DRY_RUN" == 1 ]]; then
+  line="+"
+  for arg in "${cmd[@]}"; do line+=" $(q "$arg")"; done
+  printf '%s\n' "$line"
+else
+  "${cmd[@]}"
+fi

@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# Cloud TPU VM slices for lime_jax: create, set up, sync code, run on every worker, tail, stop, delete.
+# Run with --help for usage; --dry-run prints every command instead of running it.
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(dirname "$SCRIPT_DIR")"
+
+usage() {
+  cat <<'EOF'
+Usage: launch/tpu_vm.sh COMMAND --name NAME --zone ZONE [options] [-- TRAIN_FLAGS...]
+
+Commands:
+  create   Create the slice: a spot TPU VM (--spot), or a queued resource (--queued) that waits for
+           capacity; needs --accelerator (e.g. v5litepod-16, v4-32).
+  setup    On every worker: pip install "jax[tpu]", gcsfs and google-cloud-storage (gs:// for orbax,
+           tfds, TensorBoard), then the package from the synced code (pip install -e).
+  sync     Copy this checkout (without .git and caches) to every worker (--remote-dir).
+  run      Start `python -m lime_jax.main` on every worker, detached in a tmux session named lime,
+           logging to ~/lime_logs/<hostname>.log on each worker; needs --config and --workdir gs://...
+           Flags after `--` go to lime_jax.main (e.g. -- --config.train.num_steps=100).
+  tail     Follow a worker's log (--worker N, default 0; `all` prints the last lines of every worker).
+  stop     Send SIGTERM to the training process on every worker: jax's preemption service makes all
+           workers checkpoint one agreed step and exit 0. `run` again with the same flags resumes.
+  delete   Delete the slice (and its queued resource with --queued).
+
+Options:
+  --name NAME           TPU VM name (required)
+  --zone ZONE           GCP zone, e.g. us-central2-b (required)
+  --project PROJECT     GCP project (default: gcloud's configured project)
+  --accelerator TYPE    accelerator type (create)
+  --version VERSION     TPU software version (create; default tpu-ubuntu2204-base)
+  --spot                spot capacity (create)
+  --queued              use a queued resource named NAME-qr (create, delete)
+  --config FILE[:PRESET]  experiment config, relative to the code dir (run)
+  --workdir gs://BUCKET/PATH  run directory on GCS (run): checkpoints, metrics, TensorBoard
+  --worker N|all        worker for tail (default 0)
+  --remote-dir DIR      code directory on the workers, relative to home (default lime_jax)
+  --dry-run             print the commands instead of running them
+  -h, --help            this help
+
+Example:
+  launch/tpu_vm.sh create --name lime --zone us-central2-b --accelerator v4-32 --spot
+  launch/tpu_vm.sh sync   --name lime --zone us-central2-b
+  launch/tpu_vm.sh setup  --name lime --zone us-central2-b
+  launch/tpu_vm.sh run    --name lime --zone us-central2-b --config experiments/baseline.py:paper \
+      --workdir gs://my-bucket/runs/baseline -- --config.data.text.data_dir=gs://my-bucket/tfds
+  launch/tpu_vm.sh tail   --name lime --zone us-central2-b --worker 0
+EOF
+}
+
+die() {
+  echo "error: $*" >&2
+  echo >&2
+  usage >&2
+  exit 2
+}
+
+# Shell-quotes one word for a command line: plain words as they are, anything else in single quotes.
+q() {
+  if [[ "$1" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
+    printf '%s' "$1"
+  else
+    printf '%s' "${1@Q}"
+  fi
+}
+
+DRY_RUN=0
+# Runs a command, or prints it (quoted, copy-pasteable) with --dry-run.
+run_cmd() {
+  if [[ "$DRY_RUN" == 1 ]]; then
+    local line="+" arg
+    for arg in "$@"; do line+=" $(q "$arg")"; done
+    printf '%s\n' "$line"
+  else
+    "$@"
+  fi
+}
+
+COMMAND=""
+NAME=""
+ZONE=""
+PROJECT=""
+ACCELERATOR=""
+VERSION="tpu-ubuntu2204-base"
+SPOT=0
+QUEUED=0
+CONFIG=""
+WORKDIR=""
+WORKER="0"
+REMOTE_DIR="lime_jax"
+TRAIN_FLAGS=()
+
+need_value() {
+  [[ $# -ge 2 && -n "$2" && "$2" != --* ]] || die "$1 needs a value."
+}
+
+[[ $# -gt 0 ]] || { usage >&2; exit 2; }
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    -h|--help) usage; exit 0 ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    --spot) SPOT=1; shift ;;
+    --queued) QUEUED=1; shift ;;
+    --name) need_value "$@"; NAME="$2"; shift 2 ;;
+    --zone) need_value "$@"; ZONE="$2"; shift 2 ;;
+    --project) need_value "$@"; PROJECT="$2"; shift 2 ;;
+    --accelerator) need_value "$@"; ACCELERATOR="$2"; shift 2 ;;
+    --version) need_value "$@"; VERSION="$2"; shift 2 ;;
+    --config) need_value "$@"; CONFIG="$2"; shift 2 ;;
+    --workdir) need_value "$@"; WORKDIR="$2"; shift 2 ;;
+    --worker) need_value "$@"; WORKER="$2"; shift 2 ;;
+    --remote-dir) need_value "$@"; REMOTE_DIR="$2"; shift 2 ;;
+    --) shift; TRAIN_FLAGS=("$@"); break ;;
+    create|setup|sync|run|tail|stop|delete)
+      [[ -z "$COMMAND" ]] || die "one command at a time (got '$COMMAND' and '$1')."
+      COMMAND="$1"; shift ;;
+    *) die "unknown argument '$1'." ;;
+  esac
+done
+
+[[ -n "$COMMAND" ]] || die "missing COMMAND (create, setup, sync, run, tail, stop or delete)."
+[[ -n "$NAME" ]] || die "--name is required."
+[[ -n "$ZONE" ]] || die "--zone is required."
+[[ "$REMOTE_DIR" != /* && "$REMOTE_DIR" != *..* ]] || die "--remote-dir must be relative to home."
+
+GCLOUD_COMMON=(--zone="$ZONE")
+[[ -z "$PROJECT" ]] || GCLOUD_COMMON+=(--project="$PROJECT")
+SESSION="lime"
+LOG_DIR="lime_logs"
+
+# Runs a shell command line on the given workers over gcloud ssh.
+on_workers() {
+  local workers="$1" remote="$2"
+  run_cmd gcloud compute tpus tpu-vm ssh "$NAME" "${GCLOUD_COMMON[@]}" --worker="$workers" \
+    --command="$remote"
+}
+
+cmd_create() {
+  [[ -n "$ACCELERATOR" ]] || die "create needs --accelerator (e.g. v4-32, v5litepod-16)."
+  if [[ "$QUEUED" == 1 ]]; then
+    local args=(gcloud compute tpus queued-resources create "${NAME}-qr" --node-id="$NAME"
+                "${GCLOUD_COMMON[@]}" --accelerator-type="$ACCELERATOR" --runtime-version="$VERSION")
+    [[ "$SPOT" == 0 ]] || args+=(--spot)
+    run_cmd "${args[@]}"
+    echo "Queued; watch it with: gcloud compute tpus queued-resources describe $(q "${NAME}-qr")" \
+      "--zone=$(q "$ZONE")" >&2
+  else
+    local args=(gcloud compute tpus tpu-vm create "$NAME" "${GCLOUD_COMMON[@]}"
+                --accelerator-type="$ACCELERATOR" --version="$VERSION")
+    [[ "$SPOT" == 0 ]] || args+=(--spot)
+    run_cmd "${args[@]}"
+  fi
+}
+
+cmd_setup() {
+  on_workers all "set -e; command -v tmux >/dev/null || sudo apt-get install -y tmux; \
+pip install -U 'jax[tpu]' gcsfs google-cloud-storage \
+-f https://storage.googleapis.com/jax-releases/libtpu_releases.html; pip install -e $(q "$REMOTE_DIR")"
+}
+
+cmd_sync() {
+  local archive
+  archive="$(mktemp -u "${TMPDIR:-/tmp}/lime_jax_code.XXXXXX").tar.gz"
+  run_cmd tar -czf "$archive" -C "$REPO_DIR" --exclude=.git --exclude=__pycache__ --exclude='*.egg-info' \
+    --exclude=.pytest_cache .
+  run_cmd gcloud compute tpus tpu-vm scp "$archive" "$NAME:lime_jax_code.tar.gz" "${GCLOUD_COMMON[@]}" \
+    --worker=all
+  on_workers all "set -e; mkdir -p $(q "$REMOTE_DIR"); tar -xzf lime_jax_code.tar.gz -C $(q "$REMOTE_DIR")"
+  run_cmd rm -f "$archive"
+}
+
+cmd_run() {
+  [[ -n "$CONFIG" ]] || die "run needs --config FILE[:PRESET]."
+  [[ -n "$WORKDIR" ]] || die "run needs --workdir gs://BUCKET/PATH."
+  [[ "$WORKDIR" == gs://* ]] || die "--workdir must be a gs:// URL (every worker writes checkpoints there)."
+  local main=(python -m lime_jax.main --config="$CONFIG" --workdir="$WORKDIR" "${TRAIN_FLAGS[@]}")
+  local main_q="" arg
+  for arg in "${main[@]}"; do main_q+=" $(q "$arg")"; done
+  # The training process runs in the background of a tmux session; its pid is kept for `stop`.
+  local job
+  job="cd $(q "$REMOTE_DIR") && LIME_DISTRIBUTED=auto${main_q} > ~/$LOG_DIR/\$(hostname).log 2>&1 & \
+echo \$! > ~/$LOG_DIR/train.pid; wait"
+  on_workers all "set -e; mkdir -p ~/$LOG_DIR; tmux kill-session -t $SESSION 2>/dev/null || true; \
+tmux new-session -d -s $SESSION $(q "$job")"
+  echo "Started on every worker; follow with:" \
+    "launch/tpu_vm.sh tail --name $(q "$NAME") --zone $(q "$ZONE")" >&2
+}
+
+cmd_tail() {
+  if [[ "$WORKER" == all ]]; then
+    on_workers all "tail -n 20 ~/$LOG_DIR/*.log"
+  else
+    [[ "$WORKER" =~ ^[0-9]+$ ]] || die "--worker must be a number or 'all'."
+    on_workers "$WORKER" "tail -n 50 -F ~/$LOG_DIR/*.log"
+  fi
+}
+
+cmd_stop() {
+  on_workers all "if [ -f ~/$LOG_DIR/train.pid ]; then kill -TERM \$(cat ~/$LOG_DIR/train.pid) || true; fi"
+}
+
+cmd_delete() {
+  if [[ "$QUEUED" == 1 ]]; then
+    run_cmd gcloud compute tpus queued-resources delete "${NAME}-qr" "${GCLOUD_COMMON[@]}" --force --quiet
+  else
+    run_cmd gcloud compute tpus tpu-vm delete "$NAME" "${GCLOUD_COMMON[@]}" --quiet
+  fi
+}
+
+"cmd_$COMMAND"

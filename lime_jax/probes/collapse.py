@@ -1,0 +1,193 @@
+"""Representational collapse (Glasses §4, Thm 4.2; SPEC §6) and the paper's toy checks.
+
+For a prompt P_n and P*_n = P_n with its last token repeated, the distance between the last-token,
+last-layer representations is measured as n grows, for three prompt families:
+  repeated_ones   P_n = 1^n;
+  uniform_digits  P_n = n-1 uniform digits then 1 (so P*_n ends in 11); `collapse_samples` prompts;
+  ones_commas     n ones with a comma after every third one (111,111,1...); P*_n adds one more 1.
+(A tokenizer without ',' gets the first of `+ - = space` it has, recorded as `separator`.)
+Every prompt starts with BOS, as in training. Readings of "per head", both reported:
+  heads   the final layer's attention-head outputs at the last token (probabilities x values of each
+          head, before the output projection), L-inf per head;
+  chunks  the final residual stream (last layer output, before the final norm) cut into num_heads
+          equal chunks, L-inf per chunk;
+with mean / min / max over heads, and the L1 distance of the whole final residual vector. Everything is
+run with activations in float32 and in bfloat16 (parameters fp32), against the bf16 resolution 2^-7.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from lime_jax.model import ModelConfig
+from lime_jax.probes import collapse_toys, common
+from lime_jax.probes.registry import Probe, ProbeContext, register
+
+FAMILIES = ("repeated_ones", "uniform_digits", "ones_commas")
+BF16_RESOLUTION = 2.0 ** -7
+_SEPARATORS = (",", "+", "-", "=", " ")
+_PROBS_BUDGET_BYTES = 1 << 29  # explicit attention probabilities kept per forward (batch is split).
+
+
+def family_texts(family: str, n: int, rng: np.random.Generator, separator: str = ",") -> tuple[str, str]:
+  """(P_n, P*_n) of a family as text."""
+  if family == "repeated_ones":
+    return "1" * n, "1" * (n + 1)
+  if family == "uniform_digits":
+    p = "".join(str(d) for d in rng.integers(0, 10, size=n - 1)) + "1"
+    return p, p + "1"
+  if family == "ones_commas":
+    def text(k):
+      return separator.join("1" * min(3, k - i) for i in range(0, k, 3))
+    return text(n), text(n) + "1"
+  raise ValueError(f"unknown prompt family {family!r}; use one of {FAMILIES}.")
+
+
+def last_token_representations(params: Any, cfg: ModelConfig, rows: list[list[int]], sharding: Any = None,
+                               num_rows: int | None = None) -> dict[str, np.ndarray]:
+  """Last-token, last-layer representations of prompts (token ids), as fp32 numpy.
+
+  Prompts are right-padded to a power-of-two length (the model is causal, so each prompt's last
+  position is unaffected) and to `num_rows` rows, which keeps the number of compiled shapes small.
+  `cfg` must use explicit attention. Returns `hidden` [B, D] (last layer output) and `heads` [B, N, H]
+  (each head's attention output at the last token, in the compute dtype, as the model forms it).
+  """
+  ids_BT, lengths_B = common.pad_rows(rows, 0, num_rows)
+  B, T = ids_BT.shape
+  per_row = cfg.num_layers * cfg.num_heads * T * T * 4
+  step = max(1, min(B, _PROBS_BUDGET_BYTES // max(per_row, 1)))
+  hidden, heads = [], []
+  for start in range(0, B, step):
+    _, col = common.forward(params, cfg, ids_BT[start:start + step], ("hidden", "value", "attn_probs"),
+                            sharding)
+    last_b = jnp.asarray(lengths_B[start:start + step] - 1)
+    rows_b = jnp.arange(last_b.shape[0])
+    v_BSRH = col["value"][-1]
+    probs_BNS = col["attn_probs"][-1][rows_b, :, last_b, :]
+    R, G = v_BSRH.shape[2], cfg.num_heads // v_BSRH.shape[2]
+    probs_BRGS = probs_BNS.reshape(probs_BNS.shape[0], R, G, -1).astype(v_BSRH.dtype)
+    out_BRGH = jnp.einsum("brgs,bsrh->brgh", probs_BRGS, v_BSRH)
+    heads.append(np.asarray(out_BRGH.reshape(out_BRGH.shape[0], cfg.num_heads, -1), np.float32))
+    hidden.append(np.asarray(col["hidden"][-1][rows_b, last_b], np.float32))
+  return {"hidden": np.concatenate(hidden)[:len(rows)], "heads": np.concatenate(heads)[:len(rows)]}
+
+
+def pair_distances(a: dict[str, np.ndarray], b: dict[str, np.ndarray], num_heads: int
+                   ) -> dict[str, np.ndarray]:
+  """Per-prompt distances: heads_linf [B, N], chunks_linf [B, N], l1 [B]."""
+  diff_BD = np.abs(a["hidden"].astype(np.float64) - b["hidden"].astype(np.float64))
+  return {"heads_linf": np.abs(a["heads"].astype(np.float64) - b["heads"]).max(axis=-1),
+          "chunks_linf": diff_BD.reshape(diff_BD.shape[0], num_heads, -1).max(axis=-1),
+          "l1": diff_BD.sum(axis=-1)}
+
+
+def collapse_distance(params: Any, cfg: ModelConfig, ids_a: list[int], ids_b: list[int],
+                      compute_dtype: str = "float32") -> dict[str, np.ndarray]:
+  """Distances between the last-token representations of two prompts (token ids, BOS included)."""
+  pcfg = common.probe_model_cfg(cfg, compute_dtype, explicit=True)
+  rep = last_token_representations(params, pcfg, [list(ids_a), list(ids_b)])
+  rep_a, rep_b = ({k: v[i:i + 1] for k, v in rep.items()} for i in (0, 1))
+  return {k: v[0] for k, v in pair_distances(rep_a, rep_b, cfg.num_heads).items()}
+
+
+def _separator(tokenizer: Any) -> str | None:
+  for sep in _SEPARATORS:
+    if common.encode_chars(tokenizer, sep) is not None:
+      return sep
+  return None
+
+
+def _stats(x: np.ndarray) -> dict[str, float]:
+  """mean / min / max over prompts and heads (the mean over prompts first for min / max)."""
+  per_head = x.mean(axis=0) if x.ndim == 2 else x
+  return {"mean": float(per_head.mean()), "min": float(per_head.min()), "max": float(per_head.max())}
+
+
+def _toys(ns) -> dict:
+  tv = collapse_toys.total_variation_means()
+  return {"total_variation": {"n": list(tv), "ours": list(tv.values()),
+                              "spec": [collapse_toys.SPEC_TV_MEANS[n] for n in tv],
+                              "max_relative_error": max(abs(tv[n] / s - 1)
+                                                        for n, s in collapse_toys.SPEC_TV_MEANS.items())},
+          "random_attention": {"n": list(ns), **{k: [v[k] for v in
+                                                     collapse_toys.random_attention_distances(ns).values()]
+                                                 for k in ("linf", "l1")}}}
+
+
+def run(ctx: ProbeContext) -> dict:
+  opts, tok = ctx.options, ctx.tokenizer
+  ns = sorted(int(n) for n in opts.collapse_ns)
+  sep = _separator(tok)
+  if common.encode_chars(tok, "1") is None:
+    reason = "collapse probe skipped: the tokenizer has no single token for the digit 1."
+    return {"metrics": {"skipped": reason}, "notes": [reason]}
+  families = [f for f in FAMILIES if f != "ones_commas" or sep is not None]
+  ctx.progress.start("collapse", len(opts.collapse_dtypes) * len(families) * len(ns))
+  results: dict[str, dict] = {}
+  for dtype in opts.collapse_dtypes:
+    pcfg = common.probe_model_cfg(ctx.model_cfg, dtype, explicit=True)
+    for family in families:
+      rng = np.random.default_rng([opts.seed, FAMILIES.index(family)])
+      rows: dict[str, list] = {"heads_linf": [], "chunks_linf": [], "l1": []}
+      for n in ns:
+        ctx.progress.advance(f"{dtype} {family} n={n}")
+        samples = opts.collapse_samples if family == "uniform_digits" else 1
+        texts = [family_texts(family, n, rng, sep or ",") for _ in range(samples)]
+        rows_ = [[tok.bos_id, *common.encode_chars(tok, t)] for pair in texts for t in pair]
+        rep = last_token_representations(ctx.params, pcfg, rows_, ctx.batch_sharding,
+                                         num_rows=2 * opts.collapse_samples)
+        d = pair_distances({k: v[0::2] for k, v in rep.items()}, {k: v[1::2] for k, v in rep.items()},
+                           ctx.model_cfg.num_heads)
+        rows["heads_linf"].append(_stats(d["heads_linf"]))
+        rows["chunks_linf"].append(_stats(d["chunks_linf"]))
+        rows["l1"].append(float(d["l1"].mean()))
+      results[f"{dtype}/{family}"] = rows
+  plots, summary = [], []
+  short = {"float32": "fp32", "bfloat16": "bf16"}
+  for family in families:
+    series = []
+    for dtype in opts.collapse_dtypes:
+      rows = results[f"{dtype}/{family}"]
+      for reading, style in (("heads_linf", "-"), ("chunks_linf", "--")):
+        series.append({"label": f"{short.get(dtype, dtype)} {reading.split('_')[0]} (mean, min-max)",
+                       "x": ns, "y": [r["mean"] for r in rows[reading]], "style": style,
+                       "y_lo": [r["min"] for r in rows[reading]], "y_hi": [r["max"] for r in rows[reading]]})
+      below = [n for n, r in zip(ns, rows["heads_linf"]) if r["mean"] < BF16_RESOLUTION]
+      summary.append([f"collapse {family} {short.get(dtype, dtype)}: heads L-inf mean @ n={ns[0]} / "
+                      f"n={ns[-1]}",
+                      f"{rows['heads_linf'][0]['mean']:.3g} / {rows['heads_linf'][-1]['mean']:.3g}"])
+      summary.append([f"collapse {family} {short.get(dtype, dtype)}: first n with heads mean < 2^-7",
+                      below[0] if below else "none"])
+    plots.append({"name": f"collapse_{family}", "title": f"collapse: {family} (P_n vs P*_n)",
+                  "xlabel": "n", "ylabel": "L-inf distance, last token, last layer", "logx": True,
+                  "logy": True, "series": series,
+                  "hlines": [{"y": BF16_RESOLUTION, "label": "bf16 resolution 2^-7"}]})
+  plots.append({"name": "collapse_l1", "title": "collapse: L1 distance of the final residual stream",
+                "xlabel": "n", "ylabel": "L1 distance", "logx": True, "logy": True,
+                "series": [{"label": f"{short.get(dt, dt)} {f}", "x": ns, "y": results[f"{dt}/{f}"]["l1"],
+                            "style": "-" if dt == "float32" else "--"}
+                           for f in families for dt in opts.collapse_dtypes]})
+  toys = _toys(ns)
+  tv = toys["total_variation"]
+  plots.append({"name": "collapse_toy_total_variation", "title": "toy: softmax total variation (App. C.3)",
+                "xlabel": "n", "ylabel": "sum |softmax(x) - softmax(x*)|", "logx": True, "logy": True,
+                "series": [{"label": "ours (5 seeds)", "x": tv["n"], "y": tv["ours"]},
+                           {"label": "SPEC §6 (paper)", "x": tv["n"], "y": tv["spec"], "style": "o"}]})
+  ra = toys["random_attention"]
+  plots.append({"name": "collapse_toy_random_attention",
+                "title": "toy: one random attention layer, sinusoidal positions, 1^n vs 1^(n+1)",
+                "xlabel": "n", "ylabel": "distance of last-token outputs", "logx": True, "logy": True,
+                "series": [{"label": "L-inf", "x": ra["n"], "y": ra["linf"]},
+                           {"label": "L1", "x": ra["n"], "y": ra["l1"], "style": "--"}]})
+  summary.append(["toy total variation: max relative error vs SPEC", round(tv["max_relative_error"], 4)])
+  notes = [] if sep == "," else [f"ones_commas uses separator {sep!r} (the tokenizer has no ',')." if sep
+                                 else "ones_commas skipped: no separator token in the vocabulary."]
+  return {"metrics": {"ns": ns, "separator": sep, "bf16_resolution": BF16_RESOLUTION,
+                      "families": results, "toys": toys},
+          "plots": plots, "summary": summary, "notes": notes}
+
+
+register(Probe("collapse", run, "P_n vs P*_n last-token distances (fp32 / bf16) and the toy checks"))

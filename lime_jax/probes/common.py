@@ -1,0 +1,133 @@
+"""Shared helpers of the probes: model variants, jitted forwards with collections, greedy decoding."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lime_jax.model import ModelConfig, Transformer
+
+
+def probe_model_cfg(cfg: ModelConfig, compute_dtype: str | None = None, explicit: bool = False
+                    ) -> ModelConfig:
+  """`cfg` for probing: no remat, optionally another activation dtype and explicit attention."""
+  changes: dict[str, Any] = {"remat_policy": "none"}
+  if compute_dtype:
+    changes["compute_dtype"] = compute_dtype
+  if explicit:
+    changes["attention_impl"] = "explicit"
+  elif cfg.attention_impl == "cudnn" and jax.default_backend() != "gpu":
+    changes["attention_impl"] = "xla"
+  return dataclasses.replace(cfg, **changes)
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_forward(cfg: ModelConfig, collect: tuple[str, ...]):
+  model = Transformer(cfg)
+
+  def forward(params, tokens_BT):
+    logits_BTV, out = model.apply({"params": params}, tokens_BT, collect=collect)
+    return logits_BTV, out.collected
+
+  return jax.jit(forward)
+
+
+def place_batch(x: np.ndarray, sharding: Any) -> Any:
+  """Puts a batch on the devices split over the batch axis when the size allows, else as is."""
+  if sharding is None:
+    return x
+  shards = int(np.prod([sharding.mesh.shape[a] for a in ("data", "fsdp")]))
+  return jax.device_put(x, sharding) if x.shape[0] % shards == 0 else x
+
+
+def forward(params: Any, cfg: ModelConfig, tokens_BT: np.ndarray, collect: tuple[str, ...] = (),
+            sharding: Any = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(fp32 logits [B, T, V], {name: per-layer collection [L, B, T, ...]}) of a token batch."""
+  return _jitted_forward(cfg, tuple(collect))(params, place_batch(np.asarray(tokens_BT, np.int32),
+                                                                  sharding))
+
+
+def encode_chars(tokenizer: Any, text: str) -> list[int] | None:
+  """One id per character of `text` (None when a character is not in the vocabulary)."""
+  ids = []
+  for ch in text:
+    try:
+      one = tokenizer.encode(ch)
+    except (ValueError, KeyError):
+      return None
+    if len(one) != 1:
+      return None
+    ids.append(one[0])
+  return ids
+
+
+def encodable(tokenizer: Any, text: str) -> bool:
+  try:
+    tokenizer.encode(text)
+    return True
+  except (ValueError, KeyError):
+    return False
+
+
+def bucket(n: int, minimum: int = 16) -> int:
+  """The padded length of an n-token batch: the next power of two >= max(n, minimum) (few compiles)."""
+  return max(minimum, 1 << max(int(n) - 1, 0).bit_length())
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, num_rows: int | None = None, extra: int = 0
+             ) -> tuple[np.ndarray, np.ndarray]:
+  """Right-pads token rows into [num_rows, bucket(max len + extra)] (missing rows repeat the last);
+  returns (ids, lengths). A causal model's outputs at a row's real positions ignore the padding."""
+  num_rows = num_rows or len(rows)
+  lengths = np.array([len(r) for r in rows] + [len(rows[-1])] * (num_rows - len(rows)))
+  buf = np.full((num_rows, bucket(int(lengths.max()) + extra)), pad_id, np.int32)
+  for i in range(num_rows):
+    row = rows[min(i, len(rows) - 1)]
+    buf[i, :len(row)] = row
+  return buf, lengths
+
+
+def greedy_decode(params: Any, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new: int,
+                  eos_id: int, pad_id: int = 0, sharding: Any = None) -> list[list[int]]:
+  """Greedy continuation of each prompt (up to `max_new` tokens, stopping after EOS, EOS excluded).
+
+  Prompts are right-padded into one buffer; the model is causal, so padding after a prompt never
+  changes its predictions. One forward over the buffer per new token (answers here are short).
+  """
+  buf, lengths = pad_rows(prompts, pad_id, num_rows=bucket(len(prompts), minimum=8), extra=max_new)
+  done = np.zeros(len(buf), bool)
+  done[len(prompts):] = True  # padding rows
+  out: list[list[int]] = [[] for _ in buf]
+  rows = np.arange(len(buf))
+  for _ in range(max_new):
+    logits_BTV, _ = forward(params, cfg, buf, sharding=sharding)
+    next_B = np.asarray(jnp.argmax(logits_BTV[rows, lengths - 1], axis=-1))
+    for i in np.flatnonzero(~done):
+      if next_B[i] == eos_id:
+        done[i] = True
+      else:
+        out[i].append(int(next_B[i]))
+        buf[i, lengths[i]] = next_B[i]
+        lengths[i] += 1
+    if done.all():
+      break
+  return out[:len(prompts)]
+
+
+def prompt_ids(tokenizer: Any, question: str, num_pause: int = 0) -> list[int]:
+  """BOS + the question's ids [+ pause block], as the training pipeline lays out a prompt."""
+  pause = ([tokenizer.pause_start_id] + [tokenizer.pause_id] * num_pause + [tokenizer.pause_end_id]
+           if num_pause > 0 else [])
+  return [tokenizer.bos_id, *tokenizer.encode(question), *pause]
+
+
+def train_max_length(config: Any, task_name: str) -> int | None:
+  """The longest training length of a copying / counting run (None for other tasks)."""
+  if config.data.task != task_name:
+    return None
+  return int(config.data[task_name].max_length)

@@ -1,0 +1,96 @@
+"""The probe registry, the context every probe receives, and the shape of a probe's result.
+
+A probe is `Probe(name, run, description)` with `run(ctx: ProbeContext) -> dict`. The returned dict is
+JSON-ready and has up to four keys, which `runner.py` turns into files:
+  metrics  any JSON data (written to results.json under the probe's name);
+  plots    a list of plot specs (`plotting.py`): one PNG each, overlaid across runs by `--compare`;
+  summary  a list of [name, value] rows for summary.md and the comparison table;
+  notes    short strings (skips, substitutions) shown in summary.md.
+Adding a probe: write `lime_jax/probes/<name>.py` with a `run(ctx)`, call
+`register(Probe('<name>', run, '<one line>'))` at its end, and add the module to `BUILTIN_MODULES`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+  import ml_collections
+
+  from lime_jax.model import ModelConfig
+
+# Modules that register the built-in probes (imported on first use, so that importing one pure helper,
+# e.g. `lime_jax.probes.entropy.matrix_entropy`, does not import the model).
+BUILTIN_MODULES = ("copying", "counting", "collapse", "oversquash", "entropy", "separability", "router")
+
+
+@dataclasses.dataclass
+class ProbeOptions:
+  """User settings of the probes (flags of `lime_jax.evaluate`)."""
+
+  lengths: tuple[int, ...] = (4, 8, 16, 32, 64, 128)  # copying / counting length grid.
+  num_examples: int = 32  # examples per length (copying, counting) or sequences (entropy, separability).
+  collapse_ns: tuple[int, ...] = (1, 2, 6, 11, 51, 101, 501, 1001, 2001)
+  collapse_dtypes: tuple[str, ...] = ("float32", "bfloat16")
+  collapse_samples: int = 4  # random prompts per n for the uniformly-sampled-digits family.
+  oversquash_length: int = 32  # prompt length of the sensitivity probe.
+  oversquash_prompts: int = 4
+  oversquash_method: str = "auto"  # 'auto' | 'exact' | 'hutchinson'.
+  hutchinson_samples: int = 64
+  entropy_alphas: tuple[float, ...] = (0.5, 0.99, 1.0)
+  separability_tokens: tuple[str, ...] = ()  # () = is,are,was,were for text, else the first digits.
+  seed: int = 0
+
+
+@dataclasses.dataclass
+class ProbeContext:
+  """What a probe may use: parameters (already on the devices), configs, tokenizer, progress."""
+
+  params: Any
+  model_cfg: "ModelConfig"
+  config: "ml_collections.ConfigDict"
+  tokenizer: Any
+  options: ProbeOptions
+  progress: Any  # runner.Progress: `.start(probe, total)`, `.advance(label)`.
+  batch_sharding: Any = None  # NamedSharding for a batch split over the devices (None: default).
+
+  def task(self):
+    """The run's synthetic task (None for text)."""
+    from lime_jax.data import tasks
+    if self.config.data.task == tasks.TEXT_TASK:
+      return None
+    return tasks.get_task(self.config.data, int(self.config.seed))
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+  name: str
+  run: Callable[[ProbeContext], dict]
+  description: str = ""
+
+
+_PROBES: dict[str, Probe] = {}
+
+
+def register(probe: Probe) -> Probe:
+  _PROBES[probe.name] = probe
+  return probe
+
+
+def _load_builtin() -> None:
+  for module in BUILTIN_MODULES:
+    importlib.import_module(f"lime_jax.probes.{module}")
+
+
+def known_probes() -> tuple[str, ...]:
+  _load_builtin()
+  return tuple(_PROBES)
+
+
+def get_probe(name: str) -> Probe:
+  _load_builtin()
+  if name not in _PROBES:
+    raise ValueError(f"--probes: unknown probe {name!r}; known probes: {', '.join(_PROBES)}.")
+  return _PROBES[name]

@@ -1,0 +1,144 @@
+"""The evaluation binary end to end on a checkpoint written by `main`, its errors, and 8 fake devices."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lime_jax.probes import registry, runner
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROBE_FLAGS = ["--lengths=2,6", "--num_examples=8", "--collapse_ns=1,2,6,11", "--oversquash_length=8",
+               "--separability_tokens=0,1,2"]
+
+
+def _run(args, env=None, timeout=400):
+  return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                        env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  """A tiny model trained by `python -m lime_jax.main` on the copying task (2 checkpoints)."""
+  workdir = tmp_path_factory.mktemp("eval") / "run"
+  proc = _run(["-m", "lime_jax.main", "--config=experiments/baseline.py:tiny", f"--workdir={workdir}",
+               "--config.train.num_steps=4", "--config.train.checkpoint_every=2",
+               "--config.data.task=copying", "--config.data.seq_len=64",
+               "--config.data.copying.max_length=8"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def one_device(run_dir):
+  proc = _run(["-m", "lime_jax.evaluate", f"--workdir={run_dir}", "--probes=all", *PROBE_FLAGS])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
+
+
+def test_evaluate_end_to_end(run_dir, one_device):
+  out = run_dir / "eval" / "4"
+  results = json.loads((out / "results.json").read_text())
+  assert results["step"] == "4" and results["task"] == "copying"
+  assert set(results["probes"]) == set(registry.known_probes())
+  for name, result in results["probes"].items():
+    for image in results["images"][name]:
+      assert (out / image).stat().st_size > 1000, image
+  collapse = results["probes"]["collapse"]["metrics"]
+  assert collapse["ns"] == [1, 2, 6, 11] and collapse["separator"] == ","
+  assert "float32/ones_commas" in collapse["families"] and "bfloat16/repeated_ones" in collapse["families"]
+  copying = results["probes"]["copying"]["metrics"]
+  assert copying["lengths"] == [2, 6] and copying["train_max_length"] == 8
+  assert all(0.0 <= a <= 1.0 for accs in copying["accuracy"].values() for a in accs)
+  assert len(results["probes"]["entropy"]["metrics"]["hidden"]["effective_rank"]) == 2
+  assert "skipped" in results["probes"]["router"]["metrics"]  # not a LIMe run
+  summary = (out / "summary.md").read_text()
+  assert "## collapse" in summary and "![collapse_repeated_ones.png](collapse_repeated_ones.png)" in summary
+  assert "[7/7 router]" in one_device.stderr  # the progress line
+
+
+def test_eight_fake_devices_give_the_same_results(run_dir, one_device, tmp_path):
+  """Restoring onto 8 CPU devices (batches split over them) gives the results of 1 device."""
+  copy = tmp_path / "run8"
+  subprocess.run(["cp", "-r", str(run_dir), str(copy)], check=True)
+  proc = _run(["-m", "lime_jax.evaluate", f"--workdir={copy}", "--probes=collapse,copying,entropy",
+               *PROBE_FLAGS], env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  eight = json.loads((copy / "eval" / "4" / "results.json").read_text())
+  one = json.loads((run_dir / "eval" / "4" / "results.json").read_text())
+  assert eight["devices"] == "8 x cpu" and one["devices"] == "1 x cpu"
+
+  def numbers(x):
+    if isinstance(x, dict):
+      return [v for k in sorted(x) for v in numbers(x[k])]
+    if isinstance(x, list):
+      return [v for item in x for v in numbers(item)]
+    return [x] if isinstance(x, (int, float)) and not isinstance(x, bool) else []
+
+  for probe in ("collapse", "copying", "entropy"):
+    a, b = numbers(one["probes"][probe]["metrics"]), numbers(eight["probes"][probe]["metrics"])
+    assert len(a) == len(b) > 10
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=probe)
+
+
+def test_errors_are_clear(run_dir, tmp_path):
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    runner.restore_params(str(tmp_path / "nope"))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match="No checkpoints"):
+    runner.restore_params(str(tmp_path / "empty"))
+  with pytest.raises(FileNotFoundError, match=r"--step=3 not found.*\[2, 4\]"):
+    runner.restore_params(str(run_dir), step=3)
+  with pytest.raises(ValueError, match="unknown probe 'bogus'"):
+    runner.evaluate(str(run_dir), ["collapse", "bogus"])
+  proc = _run(["-m", "lime_jax.evaluate", f"--workdir={run_dir}", "--probes=bogus"], timeout=120)
+  assert proc.returncode != 0 and "unknown probe 'bogus'" in proc.stderr
+
+
+def test_shape_mismatch_is_reported(run_dir, tmp_path):
+  copy = tmp_path / "tampered"
+  subprocess.run(["cp", "-r", str(run_dir), str(copy)], check=True)
+  meta_path = copy / "checkpoints" / "4" / "meta" / "metadata"
+  meta = json.loads(meta_path.read_text())
+  meta["config"]["model"]["ffn_dim"] = 48
+  meta_path.write_text(json.dumps(meta))
+  with pytest.raises(ValueError, match=r"do not match the shapes.*mlp.*checkpoint \(2, 32, 64\) vs config "
+                                       r"\(2, 32, 48\)"):
+    runner.restore_params(str(copy))
+
+
+def test_restored_params_equal_the_checkpoint(run_dir):
+  from lime_jax import checkpoint as ckpt_lib
+  import jax
+  step, config, params = runner.restore_params(str(run_dir), step=2)
+  _, raw = ckpt_lib.restore_raw_state(str(run_dir), 2)
+  assert step == 2 and config.data.task == "copying" and config.model.num_layers == 2
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(raw["params"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_random_init_and_compare(tmp_path):
+  from experiments import baseline
+  config = baseline.get_config("tiny")
+  opts = registry.ProbeOptions(num_examples=8)
+  runs = {}
+  for seed in (0, 1):
+    config.seed = seed
+    out, results = runner.evaluate(str(tmp_path / f"r{seed}"), ["entropy", "router"], opts,
+                                   random_init_config=config)
+    assert out.endswith(os.path.join("eval", "random_init")) and results["step"] == "random_init"
+    runs[f"seed{seed}"] = results
+  _, again = runner.evaluate(str(tmp_path / "r1"), ["router"], opts, random_init_config=config)
+  assert set(again["probes"]) == {"entropy", "router"}  # earlier probes of the same step are kept
+  assert again["probes"]["entropy"] == runs["seed1"]["probes"]["entropy"]
+  ranks = [r["probes"]["entropy"]["metrics"]["hidden"]["effective_rank"] for r in runs.values()]
+  assert ranks[0] != ranks[1]  # two different random models
+  written = runner.compare(runs, str(tmp_path / "cmp"))
+  assert any(p.endswith("entropy_hidden.png") for p in written)
+  table = (tmp_path / "cmp" / "compare.md").read_text()
+  assert "| quantity | seed0 | seed1 |" in table and "router probe skipped" not in table

@@ -1,0 +1,68 @@
+"""Collapse probe: the paper's toy numbers, exact zero for identical prompts, > 0 for a difference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lime_jax.probes import collapse, collapse_toys
+from tests.conftest import random_params, tiny_model_config
+
+
+def test_total_variation_toy_matches_spec_means():
+  """SPEC §6 (Glasses App. C.3): means over 5 seeds within 10% at every listed n."""
+  ours = collapse_toys.total_variation_means(seeds=range(5))
+  for n, spec in collapse_toys.SPEC_TV_MEANS.items():
+    assert abs(ours[n] - spec) <= 0.1 * spec, (n, ours[n], spec)
+
+
+def test_total_variation_definition():
+  """No 1/2 factor, and only the first 200 entries move: an independent direct computation."""
+  rng = np.random.default_rng(3)
+  x = rng.random(300)
+  x_star = x.copy()
+  x_star[:200] += rng.random(200) * 0.1
+  p, q = np.exp(x) / np.exp(x).sum(), np.exp(x_star) / np.exp(x_star).sum()
+  assert collapse_toys.total_variation(300, 3) == pytest.approx(np.abs(p - q).sum(), rel=1e-12)
+
+
+def test_random_attention_toy_distance_shrinks_with_n():
+  d = collapse_toys.random_attention_distances([1, 11, 101])
+  assert d[1]["linf"] > d[11]["linf"] > d[101]["linf"] > 0
+
+
+def test_family_texts():
+  rng = np.random.default_rng(0)
+  assert collapse.family_texts("repeated_ones", 3, rng) == ("111", "1111")
+  p, q = collapse.family_texts("uniform_digits", 5, rng)
+  assert len(p) == 5 and p.endswith("1") and q == p + "1"
+  assert collapse.family_texts("ones_commas", 7, rng) == ("111,111,1", "111,111,11")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_collapse_distance_zero_for_identical_positive_for_difference(dtype):
+  cfg = tiny_model_config(num_kv_heads=2)
+  params = random_params(cfg)
+  bos, one = 1, 17
+  same = collapse.collapse_distance(params, cfg, [bos, one], [bos, one], dtype)
+  for key in ("heads_linf", "chunks_linf", "l1"):
+    assert np.all(same[key] == 0.0), key
+  diff = collapse.collapse_distance(params, cfg, [bos, one], [bos, one, one], dtype)  # n = 1: P_1 vs P*_1
+  assert diff["heads_linf"].shape == (cfg.num_heads,) and diff["chunks_linf"].shape == (cfg.num_heads,)
+  assert np.all(diff["heads_linf"] > 0) and np.all(diff["chunks_linf"] > 0) and diff["l1"] > 0
+
+
+def test_head_outputs_match_a_manual_attention():
+  """The 'heads' reading equals probabilities x values recomputed from the collected layer outputs,
+  and padding a prompt does not change it (causal model)."""
+  cfg = tiny_model_config(num_layers=1)
+  params = random_params(cfg)
+  pcfg = collapse.common.probe_model_cfg(cfg, explicit=True)
+  ids = [1, 20, 21, 22]
+  rep = collapse.last_token_representations(params, pcfg, [ids, ids[:3]], num_rows=2)
+  _, col = collapse.common.forward(params, pcfg, np.asarray([ids]), ("value", "attn_probs", "hidden"))
+  probs = np.asarray(col["attn_probs"][0][0, :, -1])  # [N, S]
+  v = np.asarray(col["value"][0][0])  # [S, R, H]
+  manual = np.einsum("ns,snh->nh", probs, v)  # R = N here
+  np.testing.assert_allclose(rep["heads"][0], manual, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(rep["hidden"][0], np.asarray(col["hidden"][0][0, -1]), rtol=1e-6)

@@ -1,0 +1,343 @@
+"""Cross-layer topologies (SPEC §3): DenseFormer, Hyper-Connections, value residual (and plain / LIMe).
+
+Every gradient test compares the scanned stack against `unrolled`: a Python loop over layers that writes
+each method's formulas literally (explicit sums over sources and streams, no padding, no custom VJP).
+LIMe's own unrolled-reference tests (every router and remat policy) are in tests/test_lime.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import random_params
+
+from lime_jax import config as config_lib
+from lime_jax import flops
+from lime_jax.model import LimeConfig, ModelConfig, Transformer, get_topology, init_cache, init_params
+from lime_jax.model.block import Block, Residual
+from lime_jax.model.denseformer import dwa_param_count
+from lime_jax.model.hyper_connections import hc_param_count
+from lime_jax.model.model_config import DenseFormerConfig, HyperConnectionsConfig, ValueResidualConfig
+
+TOPOLOGIES = ("plain", "lime", "denseformer", "hyper_connections", "value_residual")
+# (topology, sub-config overrides) pairs covering each method's options.
+VARIANTS = {
+    "plain": ("plain", {}),
+    "lime": ("lime", {}),
+    "dwa": ("denseformer", {}),
+    "dwa_k2_p2": ("denseformer", {"denseformer": DenseFormerConfig(dilation=2, period=2, block_size=2)}),
+    "dwa_k3": ("denseformer", {"denseformer": DenseFormerConfig(dilation=3, block_size=4)}),
+    "hc_dynamic": ("hyper_connections", {}),
+    "hc_static3": ("hyper_connections", {"hyper_connections": HyperConnectionsConfig(3, dynamic=False)}),
+    "vres_fixed": ("value_residual", {}),
+    "vres_learned": ("value_residual", {"value_residual": ValueResidualConfig(learnable=True)}),
+}
+
+
+def topo_cfg(name: str, **overrides) -> ModelConfig:
+  """5 layers, GQA (R=2 < N=4); DenseFormer history blocks of 2 slots (3 blocks, one partial)."""
+  topology, extra = VARIANTS[name]
+  base = dict(vocab_size=61, num_layers=5, d_model=32, num_heads=4, num_kv_heads=2, ffn_dim=64,
+              init_std=0.1, topology=topology, lime=LimeConfig(block_size=2),
+              denseformer=DenseFormerConfig(block_size=2))
+  base.update(extra)
+  base.update(overrides)
+  return ModelConfig(**base)
+
+
+def shared_params(cfg: ModelConfig, seed: int = 0, perturb_topology: bool = True) -> dict:
+  """Random backbone weights (norm scales != 1) plus the topology's init parameters, perturbed so that
+  every cross-layer path is live (init DenseFormer / HC are the identity)."""
+  params = random_params(cfg, seed)
+  topology = get_topology(cfg.topology)
+  if topology.init_params is not None:
+    router = topology.init_params(jax.random.PRNGKey(seed), cfg)
+    if perturb_topology:
+      g = np.random.default_rng(seed + 1)
+      router = jax.tree.map(lambda x: x + jnp.asarray(0.3 * g.standard_normal(x.shape), x.dtype), router)
+    params["router"] = router
+  return params
+
+
+def positions(h_BTD):
+  return jnp.broadcast_to(jnp.arange(h_BTD.shape[1]), h_BTD.shape[:2])
+
+
+def run_stack(cfg: ModelConfig, params: dict, h_BTD: jax.Array) -> jax.Array:
+  topology = get_topology(cfg.topology)
+  return topology.run(cfg, params["layers"], params.get("router"), h_BTD, positions(h_BTD)).h_BTD
+
+
+# ---------------------------------------------------------------------------------- references
+def _layer(params: dict, l: int) -> dict:
+  return jax.tree.map(lambda x: x[l], params["layers"])
+
+
+def dwa_weights(cfg: ModelConfig, alpha_P: jax.Array) -> list[dict[int, jax.Array]]:
+  """alpha[i] = {j: weight} of the DWA after block i, from the definition (None: no DWA there)."""
+  k, p = cfg.denseformer.dilation, cfg.denseformer.period
+  out, n = [], 0
+  for i in range(cfg.num_layers):
+    if (i + 1) % p:
+      out.append(None)
+      continue
+    row = {}
+    for j in range(i + 2):
+      if (i + 1 - j) % k == 0:
+        row[j] = alpha_P[n]
+        n += 1
+    out.append(row)
+  assert n == alpha_P.shape[0]
+  return out
+
+
+def unrolled(cfg: ModelConfig, params: dict, h_BTD: jax.Array) -> jax.Array:
+  """Every topology as a literal Python loop over layers."""
+  block, pos_BT, L, H = Block(cfg), positions(h_BTD), cfg.num_layers, cfg.head_dim
+  if cfg.topology == "plain":
+    for l in range(L):
+      h_BTD, _ = block.apply({"params": _layer(params, l)}, h_BTD, pos_BT)
+    return h_BTD
+  if cfg.topology == "denseformer":
+    alpha = dwa_weights(cfg, params["router"]["alpha_P"])
+    xs, y_BTD = [h_BTD], h_BTD
+    for i in range(L):
+      x_BTD, _ = block.apply({"params": _layer(params, i)}, y_BTD, pos_BT)
+      xs.append(x_BTD)
+      y_BTD = x_BTD if alpha[i] is None else sum(w * xs[j] for j, w in alpha[i].items())
+    return y_BTD
+  if cfg.topology == "value_residual":
+    vr = cfg.value_residual
+    v1 = {}
+    for l in range(L):
+      lam = params["router"]["lambda_L"][l] if vr.learnable else vr.init_lambda
+
+      def kv_mixer(raw_BTRC, l=l, lam=lam):
+        if l == 0:
+          v1["v"] = raw_BTRC[..., H:]
+          return raw_BTRC
+        return jnp.concatenate([raw_BTRC[..., :H], lam * v1["v"] + (1 - lam) * raw_BTRC[..., H:]], -1)
+      h_BTD, _ = block.apply({"params": _layer(params, l)}, h_BTD, pos_BT, kv_mixer=kv_mixer)
+    return h_BTD
+  if cfg.topology == "hyper_connections":
+    # Streams stacked [n, B, T, D]; the per-stream weights are written out stream by stream, the mixes
+    # as einsums (sums of elementwise products over a whole unrolled depth make XLA's compile explode).
+    n, dynamic = cfg.hyper_connections.num_streams, cfg.hyper_connections.dynamic
+    streams_nBTD = jnp.stack([h_BTD] * n)
+    for l in range(L):
+      hc_l = jax.tree.map(lambda x: x[l], params["router"])
+
+      def weights(name, streams_nBTD, hc_l=hc_l):
+        """alpha [n, B, T, n+1] and beta [n, B, T, 1]: static + dynamic, stream by stream."""
+        p = hc_l[name]
+        alpha, beta = [], []
+        for i in range(n):
+          a_i = jnp.broadcast_to(p["static_alpha_LEK"][i], h_BTD.shape[:2] + (n + 1,))
+          b_i = jnp.broadcast_to(p["static_beta_LE"][i], h_BTD.shape[:2] + (1,))
+          if dynamic:
+            s = streams_nBTD[i]
+            z = (s - s.mean(-1, keepdims=True)) / jnp.sqrt(s.var(-1, keepdims=True) + 1e-5)
+            a_i = a_i + p["dynamic_alpha_scale_L"] * jnp.tanh(z @ p["dynamic_alpha_LDK"])
+            b_i = b_i + p["dynamic_beta_scale_L"] * jnp.tanh(z @ p["dynamic_beta_LD"])[..., None]
+          alpha.append(a_i)
+          beta.append(b_i)
+        return jnp.stack(alpha), jnp.stack(beta)
+
+      def read(name, streams_nBTD):
+        alpha, beta = weights(name, streams_nBTD)
+        mixed_kBTD = jnp.einsum("ibtk,ibtd->kbtd", alpha, streams_nBTD)  # mixed_k = sum_i alpha_ik H_i
+        return mixed_kBTD[0], (mixed_kBTD[1:], beta)
+
+      def write(name, streams_nBTD, ctx, out_BTD):
+        rest_nBTD, beta_nBT1 = ctx
+        return beta_nBT1 * out_BTD[None] + rest_nBTD
+
+      streams_nBTD, _ = block.apply({"params": _layer(params, l)}, streams_nBTD, pos_BT,
+                                    residual=Residual(read, write))
+    return jnp.sum(streams_nBTD, axis=0) / n
+  raise ValueError(cfg.topology)
+
+
+def max_rel_diff(a, b) -> float:
+  diffs = jax.tree.leaves(jax.tree.map(lambda x, y: float(jnp.max(jnp.abs(x - y))), a, b))
+  scale = max(jax.tree.leaves(jax.tree.map(lambda y: float(jnp.max(jnp.abs(y))), b)))
+  return max(diffs) / max(1.0, scale)
+
+
+# ---------------------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("name", ["dwa", "dwa_k2_p2", "hc_dynamic", "hc_static3", "lime_identity"])
+def test_init_reproduces_plain_logits(name):
+  """With the same backbone weights, the init topology parameters give the plain model's logits."""
+  if name == "lime_identity":
+    cfg = topo_cfg("lime", lime=LimeConfig(init="identity", block_size=2))
+  else:
+    cfg = topo_cfg(name)
+  params = shared_params(cfg, perturb_topology=False)
+  plain_params = {k: v for k, v in params.items() if k != "router"}
+  tokens_BT = jax.random.randint(jax.random.PRNGKey(2), (2, 7), 0, cfg.vocab_size)
+  logits, _ = Transformer(cfg).apply({"params": params}, tokens_BT)
+  plain_logits, _ = Transformer(dataclasses.replace(cfg, topology="plain")).apply(
+      {"params": plain_params}, tokens_BT)
+  assert float(jnp.max(jnp.abs(logits - plain_logits))) <= 1e-6
+
+
+@pytest.mark.parametrize("name", [n for n in VARIANTS if n != "lime"])
+def test_causality_by_gradient(name):
+  """The stack output at position t has zero gradient w.r.t. inputs after t, non-zero before. (LIMe:
+  tests/test_lime.py, every router.)"""
+  cfg = topo_cfg(name)
+  params = shared_params(cfg)
+  h_BTD = jax.random.normal(jax.random.PRNGKey(3), (2, 8, cfg.d_model))
+  t = 3
+  grad_BTD = jax.grad(lambda h: jnp.sum(run_stack(cfg, params, h)[:, t]))(h_BTD)
+  assert float(jnp.max(jnp.abs(grad_BTD[:, t + 1:]))) == 0.0
+  assert float(jnp.min(jnp.max(jnp.abs(grad_BTD[:, :t + 1]), axis=(0, 2)))) > 0.0
+
+
+GRAD_CASES = [(n, "none") for n in VARIANTS if n != "lime"] + [("dwa", "full"), ("dwa_k2_p2", "save_dots"),
+                                                               ("hc_static3", "full")]
+
+
+@pytest.mark.parametrize("name,policy", GRAD_CASES)
+def test_gradients_equal_unrolled_reference(name, policy):
+  """Loss and gradients (backbone, topology parameters, input) of the scanned stack = the literal loop.
+  (Dynamic HC at 3 layers: its unrolled reference compiles slowly; the static 3-stream case at 5 layers
+  covers the e_{l mod n} wrap-around.)"""
+  cfg = topo_cfg(name, remat_policy=policy, **({"num_layers": 3} if name == "hc_dynamic" else {}))
+  params = shared_params(cfg)
+  h_BTD = jax.random.normal(jax.random.PRNGKey(5), (2, 6, cfg.d_model))
+  probe_BTD = jax.random.normal(jax.random.PRNGKey(6), h_BTD.shape)
+  grad_fn = lambda fn: jax.jit(jax.value_and_grad(lambda p, h: jnp.sum(fn(cfg, p, h) * probe_BTD), (0, 1)))
+  loss, grads = grad_fn(run_stack)(params, h_BTD)
+  ref_loss, ref_grads = grad_fn(unrolled)(params, h_BTD)
+  assert abs(float(loss - ref_loss)) <= 1e-5 * max(1.0, abs(float(ref_loss)))
+  assert max_rel_diff(grads, ref_grads) <= 1e-5
+  if cfg.topology != "plain" and jax.tree.leaves(params["router"]):
+    assert all(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(grads[0]["router"]))
+  if cfg.topology == "denseformer":  # every stored DWA weight reaches the output (no dead parameters)
+    assert int(jnp.sum(grads[0]["router"]["alpha_P"] != 0)) == dwa_param_count(cfg)
+
+
+@pytest.mark.slow
+def test_denseformer_plain_scan_equals_memory_linear_stack():
+  cfg = topo_cfg("dwa_k2_p2")
+  params = shared_params(cfg)
+  h_BTD = jax.random.normal(jax.random.PRNGKey(7), (2, 5, cfg.d_model))
+  loss = lambda c: jax.value_and_grad(lambda p: jnp.sum(jnp.sin(run_stack(c, p, h_BTD))))(params)
+  (l1, g1), (l2, g2) = loss(cfg), loss(dataclasses.replace(cfg, topology="denseformer_scan"))
+  assert abs(float(l1 - l2)) <= 1e-5 and max_rel_diff(g1, g2) <= 1e-5
+
+
+def test_parameter_counts():
+  """DenseFormer L(L+3)/2 at dilation 1, period 1 (the paper's d(d+3)/2, d = depth); HC 2L n(n+2)
+  static, + 2L(D(n+2) + 2) dynamic; value residual L stored lambdas (learnable) or none."""
+  count = lambda cfg: sum(x.size for x in jax.tree.leaves(
+      jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))))
+  plain = count(topo_cfg("plain"))
+  L, D = 5, 32
+  assert count(topo_cfg("dwa")) - plain == L * (L + 3) // 2 == dwa_param_count(topo_cfg("dwa"))
+  for L_, k, p in [(12, 1, 1), (12, 2, 1), (12, 3, 2), (7, 2, 3)]:
+    cfg = topo_cfg("dwa", num_layers=L_, denseformer=DenseFormerConfig(dilation=k, period=p))
+    expected = sum((i + 1) // k + 1 for i in range(L_) if (i + 1) % p == 0)
+    assert dwa_param_count(cfg) == expected
+  assert dwa_param_count(topo_cfg("dwa", num_layers=48)) == 48 * 51 // 2
+  n = 4
+  assert count(topo_cfg("hc_dynamic")) - plain == 2 * L * (n * (n + 2) + D * (n + 2) + 2)
+  assert count(topo_cfg("hc_static3")) - plain == 2 * L * 3 * 5 == hc_param_count(topo_cfg("hc_static3"))
+  assert hc_param_count(topo_cfg("hc_dynamic")) == 2 * L * (n * (n + 2) + D * (n + 2) + 2)
+  assert count(topo_cfg("vres_fixed")) == plain
+  assert count(topo_cfg("vres_learned")) - plain == L
+
+
+def test_topology_parameters_are_distinct_buffers():
+  """No two parameter leaves share a buffer (a donated train state would pass one buffer twice)."""
+  for name in ("dwa", "hc_dynamic", "vres_learned"):
+    cfg = topo_cfg(name)
+    leaves = jax.tree.leaves(get_topology(cfg.topology).init_params(jax.random.PRNGKey(0), cfg))
+    assert len({x.unsafe_buffer_pointer() for x in leaves}) == len(leaves)
+
+
+@pytest.mark.parametrize("name", ["dwa_k2_p2", "hc_dynamic", "vres_learned"])
+def test_cached_decoding_equals_full_recomputation(name):
+  cfg = topo_cfg(name)
+  params = shared_params(cfg)
+  model = Transformer(cfg)
+  B, P, steps = 2, 5, 3
+  tokens_BT = jax.random.randint(jax.random.PRNGKey(8), (B, P), 0, cfg.vocab_size)
+  pos = lambda start, n: jnp.broadcast_to(jnp.arange(start, start + n), (B, n))
+  logits, out = model.apply({"params": params}, tokens_BT, pos(0, P), cache=init_cache(cfg, B, P + steps))
+  np.testing.assert_allclose(logits, model.apply({"params": params}, tokens_BT)[0], atol=1e-5)
+  for i in range(steps):
+    next_B1 = jnp.argmax(logits[:, -1], axis=-1)[:, None]
+    tokens_BT = jnp.concatenate([tokens_BT, next_B1], axis=1)
+    logits, out = model.apply({"params": params}, next_B1, pos(P + i, 1), cache=out.cache)
+    full_logits, _ = model.apply({"params": params}, tokens_BT)
+    np.testing.assert_allclose(logits[:, -1], full_logits[:, -1], atol=1e-5)
+
+
+def test_collections_leave_logits_unchanged():
+  for name in ("dwa", "hc_dynamic", "vres_fixed"):
+    cfg = topo_cfg(name)
+    params = shared_params(cfg)
+    tokens_BT = jax.random.randint(jax.random.PRNGKey(9), (2, 6), 0, cfg.vocab_size)
+    logits, _ = Transformer(cfg).apply({"params": params}, tokens_BT)
+    logits_c, out = Transformer(cfg).apply({"params": params}, tokens_BT, collect=("hidden", "value"))
+    np.testing.assert_allclose(logits_c, logits, atol=1e-5)
+    assert out.collected["hidden"].shape == (cfg.num_layers, 2, 6, cfg.d_model)
+    assert out.collected["value"].shape == (cfg.num_layers, 2, 6, cfg.num_kv_heads, cfg.head_dim)
+
+
+def _grad_temp_bytes(L: int, topology: str) -> int:
+  cfg = topo_cfg("dwa", num_layers=L, d_model=32, num_heads=4, num_kv_heads=4, ffn_dim=32, topology=topology,
+                 denseformer=DenseFormerConfig(block_size=4))
+  params = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
+  h_BTD = jax.ShapeDtypeStruct((4, 32, cfg.d_model), jnp.float32)
+  grad = jax.jit(jax.grad(lambda p, h: jnp.sum(run_stack(cfg, p, h))))
+  return grad.lower(params, h_BTD).compile().memory_analysis().temp_size_in_bytes
+
+
+def test_denseformer_memory_is_linear_in_depth():
+  """Temp bytes of jit(grad) at L = 4, 8, 16: the second increment is ~2x the first when linear, ~4x
+  when the history is saved per layer (the plain scan, checked below)."""
+  t4, t8, t16 = (_grad_temp_bytes(L, "denseformer") for L in (4, 8, 16))
+  assert (t16 - t8) / (t8 - t4) < 2.3, (t4, t8, t16)
+
+
+@pytest.mark.slow
+def test_denseformer_plain_scan_memory_grows_faster():
+  s4, s8, s16 = (_grad_temp_bytes(L, "denseformer_scan") for L in (4, 8, 16))
+  assert (s16 - s8) / (s8 - s4) > 2.6, (s4, s8, s16)
+
+
+def test_extra_flops():
+  cfg = topo_cfg("dwa")
+  plain = dataclasses.replace(cfg, topology="plain")
+  extra = lambda c: flops.forward_flops_per_token(c, 16) - flops.forward_flops_per_token(plain, 16)
+  L, D = cfg.num_layers, cfg.d_model
+  assert extra(cfg) == 2 * D * L * (L + 3) // 2
+  n = 4
+  hc = topo_cfg("hc_dynamic")
+  assert extra(hc) == 2 * L * (2 * n * (n + 1) * D + 2 * n * D + 2 * n * D * (n + 2)) + n * D
+  assert extra(topo_cfg("vres_fixed")) == 3 * cfg.num_kv_heads * cfg.head_dim * (L - 1)
+  assert extra(topo_cfg("lime")) > 0
+
+
+def test_config_validation_names_the_field():
+  c = config_lib.default_config()
+  assert set(TOPOLOGIES) == set(config_lib.TOPOLOGIES)
+  for field, value in [("denseformer.dilation", 0), ("denseformer.period", 0),
+                       ("hyper_connections.num_streams", 0), ("value_residual.init_lambda", 1.5)]:
+    bad = config_lib.default_config()
+    sub, key = field.split(".")
+    bad.model[sub][key] = value
+    with pytest.raises(ValueError, match=f"config.model.{field}="):
+      config_lib.validate(bad)
+  c.model.topology = "hyper_connections"
+  c.model.hyper_connections.num_streams = 2
+  config_lib.validate(c)
+  cfg = ModelConfig.from_config(c.model, vocab_size=11)
+  assert cfg.hyper_connections == HyperConnectionsConfig(num_streams=2, dynamic=True)
