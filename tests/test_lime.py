@@ -200,8 +200,7 @@ def assert_grads_match_unrolled(cfg: ModelConfig) -> None:
   assert max_rel_diff(grads, ref_grads) <= 1e-5
 
 
-@pytest.mark.parametrize("policy", ("none", "full"))
-@pytest.mark.parametrize("layers,group", ((8, 4), (12, 6), (8, 8)))
+@pytest.mark.parametrize("layers,group,policy", ((8, 4, "none"), (8, 4, "full"), (12, 6, "full")))
 def test_grouped_schedule_gradients_equal_unrolled_reference(layers, group, policy):
   """The two-level schedule (far sources mixed per group of layers, lime_vjp.far_forward / _far_pull)
   gives the unrolled reference's loss and gradients, with and without recomputation of prev."""

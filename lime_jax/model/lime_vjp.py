@@ -22,6 +22,16 @@ Work is triangular in depth: the mix is a `fori_loop` with a dynamic trip count 
 `block_size` source slots, so layer l reads only the blocks holding slots < l. `post` adds the
 own-layer term itself, so nothing the backward pass reads is written while it is live.
 
+Two-level schedule (`group_size` G > 1; square static mixes, i.e. the kv router): at the first layer of
+each group of G, `far_forward` mixes all slots below the group for the G layers at once ([G*R]-row
+matmuls: each slot is read once per group instead of once per layer, G times the arithmetic intensity
+of the per-layer mix, which is memory bound on CPU) and parks each layer's far part in that layer's
+own, not yet written, buffer slot; layer l then adds only the slots inside its group. The backward pass
+mirrors it: `_far_pull` gives the group's slot cotangents from the layers above the group (parked in
+the group's not yet written dprev slots) and their router gradients, in one pass; with remat, the far
+parts that prev needs are parked in the dprev slots of the group below. So grouping costs no memory
+beyond the buffer and its cotangent; column chunks keep its temporaries about one slot each.
+
 Backward, for routers with static coefficients (kv, static, top_p), the buffer's cotangent is pulled
 rather than pushed: the mixes are linear, so d buf[l] = sum_{l'>l} W_{l'}[:, l]^T dprev_{l'}. The
 backward scan keeps a stack of dprev_{l'} (the size of the buffer), and at layer l one pass over its
@@ -301,14 +311,6 @@ def _static_coef_MRME(fns: LayerFns, router: Any) -> jax.Array:
   """Every layer's static coefficients [M, R, M, E] (layer axis zero-padded to M slots)."""
   coef_LRME = fns.static_coef(router)
   return jnp.pad(coef_LRME, [(0, fns.num_slots - coef_LRME.shape[0]), (0, 0), (0, 0), (0, 0)])
-
-
-def _grouped(tree: Any, G: int) -> Any:
-  return jax.tree.map(lambda x: x.reshape(x.shape[0] // G, G, *x.shape[1:]), tree)
-
-
-def _ungrouped(tree: Any) -> Any:
-  return jax.tree.map(lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]), tree)
 
 
 def _layer_scan(fns: LayerFns, layer_body: Callable, carry: Any, xs: Any,
