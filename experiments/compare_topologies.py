@@ -18,37 +18,19 @@ writes one table.
 """
 
 from lime_jax.config import default_config
-from lime_jax.presets import apply_preset, paper_deep_model
+from lime_jax.presets import apply_preset, deep_narrow_cpu, deep_narrow_tiny, paper_deep_text
 
 ARMS = ("plain", "lime", "denseformer", "hyper_connections", "value_residual")
 
 
-def _default(c):
-  # The setting of experiments/lime_deep.py:default (deep and narrow, where cross-layer methods matter).
-  c.model.update(num_layers=16, d_model=64, num_heads=4, ffn_dim=256)
-  c.data.update(task="arithmetic", seq_len=16)
-  c.data.arithmetic.update(num_operators=2, cot=True, modulus=5, test_fraction=0.1)
-  c.train.update(batch_size=64, num_steps=1000, learning_rate=3e-3, warmup_steps=100,
-                 log_every=100, checkpoint_every=500, eval_every=500)
-  c.eval.num_examples = 1024
-
-
 def _tiny(c):
-  _default(c)
-  c.model.update(num_layers=4, d_model=32, num_heads=2, ffn_dim=64)
-  c.train.update(batch_size=8, num_steps=4, warmup_steps=1, log_every=2, checkpoint_every=2, eval_every=0)
-  c.eval.update(num_examples=16, batch_size=8)
+  deep_narrow_tiny(c)
+  c.train.eval_every = 0
 
 
-def _paper(num_layers):
-  def preset(c):
-    paper_deep_model(c, num_layers)
-    c.data.task = "text"
-    c.data.loss_scope = "all"
-  return preset
-
-
-PRESETS = {"default": _default, "tiny": _tiny, "paper32": _paper(32), "paper64": _paper(64)}
+# default: the setting of experiments/lime_deep.py:default (deep and narrow: cross-layer methods matter).
+PRESETS = {"default": deep_narrow_cpu, "tiny": _tiny, "paper32": paper_deep_text(32),
+           "paper64": paper_deep_text(64)}
 
 
 def _arm(c, arm: str) -> None:

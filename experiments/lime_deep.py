@@ -10,37 +10,11 @@ Both arms of a comparison share data, steps and seed.
 """
 
 from lime_jax.config import default_config
-from lime_jax.presets import apply_preset, paper_deep_model
+from lime_jax.presets import apply_preset, deep_narrow_cpu, deep_narrow_tiny, paper_deep_text
 
-
-def _default(c):
-  # Deep and narrow on the baseline's CPU task (2 operators mod 5, chain of thought): 16 x 64 has the
-  # parameters of baseline.py's 4 x 128 default, so both train in a few minutes on 2 cores.
-  c.model.update(num_layers=16, d_model=64, num_heads=4, ffn_dim=256)
-  c.data.update(task="arithmetic", seq_len=16)
-  c.data.arithmetic.update(num_operators=2, cot=True, modulus=5, test_fraction=0.1)
-  c.train.update(batch_size=64, num_steps=1000, learning_rate=3e-3, warmup_steps=100,
-                 log_every=100, checkpoint_every=500, eval_every=500)
-  c.eval.num_examples = 1024
-
-
-def _tiny(c):
-  _default(c)
-  c.model.update(num_layers=4, d_model=32, num_heads=2, ffn_dim=64)
-  c.train.update(batch_size=8, num_steps=4, warmup_steps=1, log_every=2, checkpoint_every=2)
-  c.eval.update(num_examples=16, batch_size=8)
-
-
-def _paper(num_layers):
-  def preset(c):
-    paper_deep_model(c, num_layers)
-    c.data.task = "text"
-    c.data.loss_scope = "all"
-  return preset
-
-
-PRESETS = {"default": _default, "tiny": _tiny, "paper32": _paper(32), "paper64": _paper(64),
-           "paper128": _paper(128)}
+# default: deep and narrow on the baseline's CPU task (16 x 64, as many parameters as baseline.py's 4 x 128).
+PRESETS = {"default": deep_narrow_cpu, "tiny": deep_narrow_tiny, "paper32": paper_deep_text(32),
+           "paper64": paper_deep_text(64), "paper128": paper_deep_text(128)}
 
 
 def _arm(c, arm: str) -> None:

@@ -12,48 +12,23 @@ ARM: vanilla, pause (7 pauses, the paper's best for 5 operators; 2 on CPU), seqv
 """
 
 from lime_jax import seqvcr_arms
+from lime_jax.presets import Preset
 from lime_jax.seqvcr_arms import SWEEPS  # noqa: F401  (read by lime_jax.sweep --sweep=)
 
 CONFIG_FILE = "experiments/seqvcr_arith.py"
+LAMBDAS = {"lambda1": 0.1, "lambda2": 0.5}  # Seq-VCR coefficients (App. A)
+_DEFAULT = seqvcr_arms.cpu_preset(
+    "arithmetic", {"num_operators": 2, "modulus": 5, "test_fraction": 0.1}, LAMBDAS, batch_size=64,
+    num_steps=1000, learning_rate=3e-3, checkpoint_every=500, eval_every=500)
 
 
-def _seq_vcr(c):
-  c.model.seq_vcr.update(lambda1=0.1, lambda2=0.5, eta=1e-3, proj_dim=2048, layers=(-1,),
-                         variant="per_position", positions="aligned")
+def _paper(num_operators: int) -> Preset:
+  fields = {"num_operators": num_operators, "modulus": 11, "test_fraction": 0.01}
+  return seqvcr_arms.feng_paper_preset("arithmetic", fields, LAMBDAS)
 
 
-def _default(c):
-  c.model.update(num_layers=4, d_model=128, num_heads=4, ffn_dim=512)
-  c.data.task = "arithmetic"
-  c.data.arithmetic.update(num_operators=2, modulus=5, test_fraction=0.1)
-  _seq_vcr(c)
-  c.train.update(batch_size=64, num_steps=1000, learning_rate=3e-3, warmup_steps=100, weight_decay=0.1,
-                 log_every=100, checkpoint_every=500, eval_every=500)
-  c.eval.update(num_examples=512, batch_size=128)
-
-
-def _tiny(c):
-  _default(c)
-  c.model.update(num_layers=2, d_model=32, num_heads=2, ffn_dim=64)
-  c.model.seq_vcr.proj_dim = 64
-  c.train.update(batch_size=8, num_steps=4, warmup_steps=1, log_every=2, checkpoint_every=2, eval_every=2)
-  c.eval.update(num_examples=16, batch_size=8)
-
-
-def _paper(num_operators):
-  def preset(c):
-    c.model.update(num_layers=6, d_model=256, num_heads=4, ffn_dim=1024)
-    c.data.task = "arithmetic"
-    c.data.arithmetic.update(num_operators=num_operators, modulus=11, test_fraction=0.01)
-    _seq_vcr(c)
-    c.train.update(batch_size=128, num_steps=100 * 1_000_000 // 128, learning_rate=1e-4,
-                   warmup_steps=1000, weight_decay=0.01, log_every=500, checkpoint_every=10_000,
-                   eval_every=50_000)
-    c.eval.update(num_examples=10_000, batch_size=500)
-  return preset
-
-
-PRESETS = {"default": _default, "tiny": _tiny, "ops4": _paper(4), "ops5": _paper(5), "ops6": _paper(6)}
+PRESETS = {"default": _DEFAULT, "tiny": seqvcr_arms.tiny_preset(_DEFAULT), "ops4": _paper(4),
+           "ops5": _paper(5), "ops6": _paper(6)}
 NUM_PAUSE = {"ops4": 7, "ops5": 7, "ops6": 7}  # others: 2
 
 

@@ -12,49 +12,30 @@ Sweeps (SPEC §4 ablations): `python -m lime_jax.sweep --config=experiments/seqv
 """
 
 from lime_jax import seqvcr_arms
+from lime_jax.presets import Preset
 from lime_jax.seqvcr_arms import SWEEPS  # noqa: F401  (read by lime_jax.sweep --sweep=)
 
 CONFIG_FILE = "experiments/seqvcr_mult.py"
 OFFICIAL_TEST = "../shared/data/multiplication/{n}x{n}_test.txt"  # relative to the repo root.
+LAMBDAS = {"lambda1": 1.0, "lambda2": 0.004}  # Seq-VCR coefficients (App. A)
+_DEFAULT = seqvcr_arms.cpu_preset("multiplication", {"num_digits": 3, "test_fraction": 0.01}, LAMBDAS,
+                                  batch_size=32, num_steps=1200, learning_rate=2e-3, checkpoint_every=400,
+                                  eval_every=400)
 
 
-def _seq_vcr(c):
-  c.model.seq_vcr.update(lambda1=1.0, lambda2=0.004, eta=1e-3, proj_dim=2048, layers=(-1,),
-                         variant="per_position", positions="aligned")
-
-
-def _default(c):
-  c.model.update(num_layers=4, d_model=128, num_heads=4, ffn_dim=512)
-  c.data.task = "multiplication"
-  c.data.multiplication.update(num_digits=3, test_fraction=0.01)
-  _seq_vcr(c)
-  c.train.update(batch_size=32, num_steps=1200, learning_rate=2e-3, warmup_steps=100, weight_decay=0.1,
-                 log_every=100, checkpoint_every=400, eval_every=400)
-  c.eval.update(num_examples=512, batch_size=128)
-
-
-def _tiny(c):
-  _default(c)
-  c.model.update(num_layers=2, d_model=32, num_heads=2, ffn_dim=64)
-  c.model.seq_vcr.proj_dim = 64
-  c.data.multiplication.num_digits = 2
-  c.train.update(batch_size=8, num_steps=4, warmup_steps=1, log_every=2, checkpoint_every=2, eval_every=2)
-  c.eval.update(num_examples=16, batch_size=8)
-
-
-def _paper(n):
+def _paper(n: int) -> Preset:
   def preset(c):
     c.model.update(num_layers=12, d_model=768, num_heads=12, ffn_dim=3072, tie_embeddings=True)
-    c.data.task = "multiplication"
-    c.data.multiplication.update(num_digits=n, eval_file=OFFICIAL_TEST)
-    _seq_vcr(c)
+    seqvcr_arms.set_task(c, "multiplication", num_digits=n, eval_file=OFFICIAL_TEST)
+    seqvcr_arms.set_seq_vcr(c, **LAMBDAS)
     c.train.update(batch_size=32, num_steps=40 * 808_000 // 32, learning_rate=5e-4, warmup_steps=1000,
                    weight_decay=0.01, log_every=500, checkpoint_every=10_000, eval_every=20_000)
     c.eval.update(num_examples=1000, batch_size=200)
   return preset
 
 
-PRESETS = {"default": _default, "tiny": _tiny, "4x4": _paper(4), "5x5": _paper(5)}
+PRESETS = {"default": _DEFAULT, "tiny": seqvcr_arms.tiny_preset(_DEFAULT, num_digits=2), "4x4": _paper(4),
+           "5x5": _paper(5)}
 NUM_PAUSE = {}  # 2 pauses for every preset (the paper's multiplication setting).
 
 

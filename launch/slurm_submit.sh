@@ -3,6 +3,8 @@
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=_common.sh
+source "$SCRIPT_DIR/_common.sh"
 
 usage() {
   cat <<'USAGE'
@@ -27,21 +29,6 @@ Flags after `--` go to lime_jax.main (e.g. -- --config.train.num_steps=100).
 USAGE
 }
 
-die() {
-  echo "error: $*" >&2
-  echo >&2
-  usage >&2
-  exit 2
-}
-
-q() {
-  if [[ "$1" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then printf '%s' "$1"; else printf '%s' "${1@Q}"; fi
-}
-
-need_value() {
-  [[ $# -ge 2 && -n "$2" && "$2" != --* ]] || die "$1 needs a value."
-}
-
 CONFIG=""
 WORKDIR=""
 NODES=2
@@ -50,7 +37,6 @@ PARTITION=""
 ACCOUNT=""
 TIME=""
 JOB_NAME="lime_jax"
-DRY_RUN=0
 TRAIN_FLAGS=()
 [[ $# -gt 0 ]] || { usage >&2; exit 2; }
 while [[ $# -gt 0 ]]; do
@@ -80,10 +66,4 @@ cmd=(sbatch --job-name="$JOB_NAME" --nodes="$NODES" --ntasks-per-node=1 --gpus-p
 [[ -z "$TIME" ]] || cmd+=(--time="$TIME")
 cmd+=("$SCRIPT_DIR/slurm_gpu.sbatch" --config="$CONFIG" --workdir="$WORKDIR" "${TRAIN_FLAGS[@]}")
 
-if [[ "$DRY_RUN" == 1 ]]; then
-  line="+"
-  for arg in "${cmd[@]}"; do line+=" $(q "$arg")"; done
-  printf '%s\n' "$line"
-else
-  "${cmd[@]}"
-fi
+run_cmd "${cmd[@]}"

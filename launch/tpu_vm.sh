@@ -5,6 +5,8 @@ set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(dirname "$SCRIPT_DIR")"
+# shellcheck source=_common.sh
+source "$SCRIPT_DIR/_common.sh"
 
 usage() {
   cat <<'EOF'
@@ -49,34 +51,6 @@ Example:
 EOF
 }
 
-die() {
-  echo "error: $*" >&2
-  echo >&2
-  usage >&2
-  exit 2
-}
-
-# Shell-quotes one word for a command line: plain words as they are, anything else in single quotes.
-q() {
-  if [[ "$1" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf '%s' "${1@Q}"
-  fi
-}
-
-DRY_RUN=0
-# Runs a command, or prints it (quoted, copy-pasteable) with --dry-run.
-run_cmd() {
-  if [[ "$DRY_RUN" == 1 ]]; then
-    local line="+" arg
-    for arg in "$@"; do line+=" $(q "$arg")"; done
-    printf '%s\n' "$line"
-  else
-    "$@"
-  fi
-}
-
 COMMAND=""
 NAME=""
 ZONE=""
@@ -90,10 +64,6 @@ WORKDIR=""
 WORKER="0"
 REMOTE_DIR="lime_jax"
 TRAIN_FLAGS=()
-
-need_value() {
-  [[ $# -ge 2 && -n "$2" && "$2" != --* ]] || die "$1 needs a value."
-}
 
 [[ $# -gt 0 ]] || { usage >&2; exit 2; }
 while [[ $# -gt 0 ]]; do

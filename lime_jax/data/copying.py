@@ -81,10 +81,47 @@ def canonical_example(variant: str, length: int) -> base.Example:
   return format_copying(variant, [1] * (length - 1) + [0], 0)
 
 
-class CopyingTask:
+class LengthTask:
+  """What the copying and counting tasks share: the glasses tokenizer, variant choice ('mixed' cycles
+  through `variants` by index) and `example` = `example_at` with a length uniform in [min, max]."""
+
+  variants: tuple[str, ...]
+  variant: str
+  min_length: int
+  max_length: int
+  seed: int
+
+  @property
+  def tokenizer(self) -> CharTokenizer:
+    return glasses_tokenizer()
+
+  def example_at(self, split: str, index: int, length: int, variant: str | None = None) -> base.Example:
+    """The `index`-th example of `split` with exactly `length` items (each task defines it)."""
+    raise NotImplementedError
+
+  def _variant_rng(self, split: str, index: int, length: int,
+                   variant: str | None) -> tuple[str, np.random.Generator]:
+    """The variant of example `index` (`variant` or the task's) and its generator."""
+    variant = variant or self.variant
+    if variant == "mixed":
+      variant = self.variants[index % len(self.variants)]
+    key = [self.seed, base.split_id(split), index, length, self.variants.index(variant)]
+    return variant, np.random.default_rng(key)
+
+  def example(self, split: str, index: int) -> base.Example:
+    """The `index`-th example of `split`: length uniform in [min_length, max_length]."""
+    if index < 0:
+      raise ValueError(f"index={index} must be >= 0.")
+    rng = np.random.default_rng([self.seed, base.split_id(split), index])
+    length = int(rng.integers(self.min_length, self.max_length + 1))
+    return self.example_at(split, index, length)
+
+
+class CopyingTask(LengthTask):
   """Index-addressable copying task with hash-disjoint train/test splits (see the module doc)."""
 
   name = "copying"
+  variants = VARIANTS
 
   def __init__(self, variant: str = "mixed", min_length: int = 1, max_length: int = 32,
                test_fraction: float = 0.1, seed: int = 0):
@@ -96,25 +133,10 @@ class CopyingTask:
     self.variant, self.min_length, self.max_length = variant, min_length, max_length
     self.test_fraction, self.seed = test_fraction, seed
 
-  @property
-  def tokenizer(self) -> CharTokenizer:
-    return glasses_tokenizer()
-
   def example_at(self, split: str, index: int, length: int, variant: str | None = None) -> base.Example:
     """The `index`-th example of `split` with exactly `length` digits (probes: any length)."""
-    variant = variant or self.variant
-    if variant == "mixed":
-      variant = VARIANTS[index % len(VARIANTS)]
-    rng = np.random.default_rng([self.seed, base.split_id(split), index, length, VARIANTS.index(variant)])
+    variant, rng = self._variant_rng(split, index, length, variant)
     return _draw_in_split(lambda: draw_copying(variant, length, rng), split, self.test_fraction)
-
-  def example(self, split: str, index: int) -> base.Example:
-    """The `index`-th example of `split`: length uniform in [min_length, max_length]."""
-    if index < 0:
-      raise ValueError(f"index={index} must be >= 0.")
-    rng = np.random.default_rng([self.seed, base.split_id(split), index])
-    length = int(rng.integers(self.min_length, self.max_length + 1))
-    return self.example_at(split, index, length)
 
   def longest_example(self) -> base.Example:
     """An example as long as any this task generates (the hint variant at max_length)."""

@@ -18,8 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from lime_jax.data import base
-from lime_jax.data.copying import _draw_in_split, check_lengths, glasses_tokenizer
-from lime_jax.data.tokenizer import CharTokenizer
+from lime_jax.data.copying import LengthTask, _draw_in_split, check_lengths
 
 VARIANTS = ("sum", "ones", "bits", "word")
 WORDS = ("cat", "dog", "sun", "map", "red", "box", "pen", "cup")
@@ -48,10 +47,11 @@ def draw_counting(variant: str, length: int, rng: np.random.Generator, p_one: fl
   return format_counting(variant, words, WORDS[int(rng.integers(0, len(WORDS)))])
 
 
-class CountingTask:
+class CountingTask(LengthTask):
   """Index-addressable counting task (see the module doc)."""
 
   name = "counting"
+  variants = VARIANTS
 
   def __init__(self, variant: str = "mixed", min_length: int = 1, max_length: int = 32,
                p_one: float = 0.7, test_fraction: float = 0.1, seed: int = 0):
@@ -65,31 +65,16 @@ class CountingTask:
     self.variant, self.min_length, self.max_length = variant, min_length, max_length
     self.p_one, self.test_fraction, self.seed = p_one, test_fraction, seed
 
-  @property
-  def tokenizer(self) -> CharTokenizer:
-    return glasses_tokenizer()
-
   def example_at(self, split: str, index: int, length: int, variant: str | None = None) -> base.Example:
     """The `index`-th example of `split` with exactly `length` items.
 
     'sum' and 'ones' have one question per length, so they cannot be split: both splits return it.
     """
-    variant = variant or self.variant
-    if variant == "mixed":
-      variant = VARIANTS[index % len(VARIANTS)]
-    rng = np.random.default_rng([self.seed, base.split_id(split), index, length, VARIANTS.index(variant)])
+    variant, rng = self._variant_rng(split, index, length, variant)
     if variant in ("sum", "ones"):
       return draw_counting(variant, length, rng)
     return _draw_in_split(lambda: draw_counting(variant, length, rng, self.p_one), split,
                           self.test_fraction)
-
-  def example(self, split: str, index: int) -> base.Example:
-    """The `index`-th example of `split`: length uniform in [min_length, max_length]."""
-    if index < 0:
-      raise ValueError(f"index={index} must be >= 0.")
-    rng = np.random.default_rng([self.seed, base.split_id(split), index])
-    length = int(rng.integers(self.min_length, self.max_length + 1))
-    return self.example_at(split, index, length)
 
   def longest_example(self) -> base.Example:
     """An example as long as any this task generates."""

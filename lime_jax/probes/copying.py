@@ -8,9 +8,12 @@ copying/counting tokenizer (a run of task 'copying' or 'counting', or `--random_
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from lime_jax.data import copying as copying_data
+from lime_jax.model import ModelConfig
 from lime_jax.probes import common
 from lime_jax.probes.registry import Probe, ProbeContext, register
 
@@ -35,15 +38,21 @@ def answer_accuracy(ctx: ProbeContext, cfg, examples) -> tuple[float, list[str]]
   return float(np.mean([t == e.answer for t, e in zip(texts, examples)])), texts
 
 
+def start_length_sweep(ctx: ProbeContext, family: str, variants: Sequence[str]
+                       ) -> tuple[ModelConfig, list[int]]:
+  """The probe model config and the sorted `--lengths`; starts progress over variants x lengths."""
+  lengths = sorted(ctx.options.lengths)
+  ctx.progress.start(family, len(variants) * len(lengths))
+  return common.probe_model_cfg(ctx.model_cfg), lengths
+
+
 def run(ctx: ProbeContext) -> dict:
   skipped = incompatible(ctx, "copying")
   if skipped:
     return skipped
   opts = ctx.options
-  cfg = common.probe_model_cfg(ctx.model_cfg)
+  cfg, lengths = start_length_sweep(ctx, "copying", copying_data.VARIANTS)
   task = copying_data.CopyingTask(seed=int(ctx.config.seed))
-  lengths = sorted(opts.lengths)
-  ctx.progress.start("copying", len(copying_data.VARIANTS) * len(lengths))
   acc: dict[str, list[float]] = {}
   canonical: dict[str, list[bool]] = {}
   for variant in copying_data.VARIANTS:

@@ -12,7 +12,7 @@ import numpy as np
 
 from lime_jax.data import counting as counting_data
 from lime_jax.probes import common
-from lime_jax.probes.copying import answer_accuracy, incompatible
+from lime_jax.probes.copying import answer_accuracy, incompatible, start_length_sweep
 from lime_jax.probes.registry import Probe, ProbeContext, register
 
 
@@ -25,11 +25,9 @@ def run(ctx: ProbeContext) -> dict:
   if skipped:
     return skipped
   opts = ctx.options
-  cfg = common.probe_model_cfg(ctx.model_cfg)
-  task = counting_data.CountingTask(seed=int(ctx.config.seed), p_one=float(ctx.config.data.counting.p_one))
-  lengths = sorted(opts.lengths)
   variants = counting_data.VARIANTS
-  ctx.progress.start("counting", len(variants) * len(lengths))
+  cfg, lengths = start_length_sweep(ctx, "counting", variants)
+  task = counting_data.CountingTask(seed=int(ctx.config.seed), p_one=float(ctx.config.data.counting.p_one))
   abs_err: dict[str, list[float]] = {}
   acc: dict[str, list[float]] = {}
   predicted: dict[str, list[list[int | None]]] = {}
