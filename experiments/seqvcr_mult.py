@@ -16,7 +16,7 @@ from lime_jax.presets import Preset
 from lime_jax.seqvcr_arms import SWEEPS  # noqa: F401  (read by lime_jax.sweep --sweep=)
 
 CONFIG_FILE = "experiments/seqvcr_mult.py"
-OFFICIAL_TEST = "../shared/data/multiplication/{n}x{n}_test.txt"  # relative to the repo root.
+OFFICIAL_TEST = "official"  # the packaged official test files (lime_jax/data/official/multiplication).
 LAMBDAS = {"lambda1": 1.0, "lambda2": 0.004}  # Seq-VCR coefficients (App. A)
 _DEFAULT = seqvcr_arms.cpu_preset("multiplication", {"num_digits": 3, "test_fraction": 0.01}, LAMBDAS,
                                   batch_size=32, num_steps=1200, learning_rate=2e-3, checkpoint_every=400,

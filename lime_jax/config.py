@@ -94,7 +94,7 @@ def default_config() -> ml_collections.ConfigDict:
   d.multiplication = ml_collections.ConfigDict()  # Deng et al. format (SPEC §5).
   d.multiplication.num_digits = 4  # n x n digits; operands have exactly n digits.
   d.multiplication.cot = False  # answer `<partial products> #### C` instead of `C`.
-  # Official test file ('{n}' -> num_digits), e.g. '<shared>/data/multiplication/{n}x{n}_test.txt':
+  # Test file: 'official' (the packaged official 4x4 / 5x5 files) or a path ('{n}' -> num_digits);
   # the test split reads it and train excludes its pairs; '' holds test pairs out by hash only.
   d.multiplication.eval_file = ""
   d.multiplication.test_fraction = 0.01  # hash-held-out share of the pair space (always off train).
@@ -279,6 +279,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   mult = d.multiplication
   if not 1 <= mult.num_digits <= 18:
     _fail("data.multiplication.num_digits", mult.num_digits, "must be in [1, 18] (the paper: 4, 5).")
+  if mult.eval_file == "official" and mult.num_digits not in (4, 5):
+    _fail("data.multiplication.eval_file", mult.eval_file,
+          f"'official' exists for num_digits 4 and 5 only (got {mult.num_digits}); give a path or ''.")
   if not 0.0 < mult.test_fraction < 0.5:
     _fail("data.multiplication.test_fraction", mult.test_fraction, "must be in (0, 0.5).")
   if d.lis.length < 3:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import pathlib
+import hashlib
 
 import numpy as np
 import pytest
@@ -11,21 +11,23 @@ from lime_jax.config import default_config, validate
 from lime_jax.data import base, pipeline, tasks
 from lime_jax.data.lis import LisTask, NumberTokenizer, lis_ending_at
 from lime_jax.data.multiplication import (MultiplicationTask, format_example, format_line,
-                                          parse_operands, read_eval_file)
+                                          official_test_file, parse_operands, read_eval_file)
 
-DATA = pathlib.Path("/work/shared/data/multiplication")
+DATA = official_test_file(4).parent  # the packaged copy of ../shared/data/multiplication/
 OFFICIAL = {n: DATA / f"{n}x{n}_test.txt" for n in (4, 5)}
-needs_official = pytest.mark.skipif(not all(p.is_file() for p in OFFICIAL.values()),
-                                    reason="official multiplication test files not present")
+# sha256 of the official files as distributed (../shared/data/multiplication/): the packaged copies
+# must be those bytes, so every test below checks against the real files.
+OFFICIAL_SHA256 = {4: "7aeb64139bc14b869e72016d8873ae68c1114093b7b78ba4e33966beb699d786",
+                   5: "b4ea09fc6c925ab3ca46f1e56f0c1bbf858264ef1b0589564b220c7c015fa665"}
 
 
 # ------------------------------------------------------------------------------- multiplication
 
 
-@needs_official
 @pytest.mark.parametrize("n", [4, 5])
 def test_formatter_reproduces_every_official_line(n):
   raw = OFFICIAL[n].read_bytes()
+  assert hashlib.sha256(raw).hexdigest() == OFFICIAL_SHA256[n]
   lines = raw.decode("ascii").split("\n")
   assert lines[-1] == "" and len(lines) == 1001  # 1000 lines, newline-terminated.
   rebuilt = [format_line(*parse_operands(line), n, cot=True) for line in lines[:-1]]
@@ -73,7 +75,6 @@ def test_multiplication_hash_splits_are_disjoint():
   assert all(base.in_test_region(q, 0.05) for q in test)
 
 
-@needs_official
 @pytest.mark.parametrize("n", [4, 5])
 def test_official_eval_file_is_test_split_and_never_trained_on(n):
   template = str(DATA / "{n}x{n}_test.txt")
@@ -98,6 +99,15 @@ def test_official_eval_file_is_test_split_and_never_trained_on(n):
   forced = MultiplicationTask(n, cot=True, seed=0, eval_file=template)
   forced._draw = lambda rng: draws.pop(0)
   assert parse_operands(forced.example("train", 0).question) == fresh and not draws
+
+
+def test_official_keyword_names_the_packaged_files():
+  task = MultiplicationTask(5, cot=True, eval_file="official")
+  assert task.eval_file == str(OFFICIAL[5]) and len(task.eval_pairs) == 1000
+  c = default_config()
+  c.data.multiplication.update(num_digits=3, eval_file="official")
+  with pytest.raises(ValueError, match="data.multiplication.eval_file"):
+    validate(c)
 
 
 def test_eval_file_errors_are_clear(tmp_path):
@@ -222,7 +232,6 @@ def test_pipeline_builds_batches(task, cot, seq_len):
   assert pipeline.vocab_size_for(c) == built.tokenizer.vocab_size
 
 
-@needs_official
 def test_pipeline_reads_official_eval_file():
   c = _config("multiplication", 20)
   c.data.multiplication.num_digits = 4

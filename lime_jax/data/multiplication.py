@@ -88,8 +88,22 @@ def parse_operands(line: str) -> tuple[int, int]:
   return parse_digits(a_text), parse_digits(b_text)
 
 
+OFFICIAL = "official"  # `eval_file` value naming the packaged copy of the official test files.
+OFFICIAL_DIGITS = (4, 5)  # the official files ship for 4x4 and 5x5 only.
+
+
+def official_test_file(n: int) -> pathlib.Path:
+  """Packaged copy of the official n x n test file (`lime_jax/data/official/multiplication/`)."""
+  if n not in OFFICIAL_DIGITS:
+    raise ValueError(f"config.data.multiplication.eval_file='official' exists only for num_digits in "
+                     f"{OFFICIAL_DIGITS}, got num_digits={n}; set eval_file to a path or to ''.")
+  return pathlib.Path(__file__).parent / "official" / "multiplication" / f"{n}x{n}_test.txt"
+
+
 def resolve_eval_file(eval_file: str, n: int) -> str:
-  """`eval_file` with `{n}` replaced by n ('' stays '')."""
+  """`eval_file` with `{n}` replaced by n ('' stays ''); 'official' names the packaged copy."""
+  if eval_file == OFFICIAL:
+    return str(official_test_file(n))
   return eval_file.replace("{n}", str(n)) if eval_file else ""
 
 
@@ -98,8 +112,8 @@ def read_eval_file(path: str, n: int) -> list[tuple[int, int]]:
   file = pathlib.Path(path)
   if not file.is_file():
     raise ValueError(f"config.data.multiplication.eval_file={path!r} does not exist; point it at "
-                     f"the {n}x{n} test file (e.g. '<data>/multiplication/{{n}}x{{n}}_test.txt') "
-                     "or set it to '' to hold out test pairs by hash.")
+                     f"the {n}x{n} test file (a path; '{{n}}' is replaced by num_digits), use 'official' "
+                     "for the packaged 4x4 / 5x5 files, or set it to '' to hold out test pairs by hash.")
   pairs = []
   for line_no, line in enumerate(file.read_text().splitlines(), 1):
     if not line.strip():
