@@ -26,9 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lime_jax.model.block import Block
-from lime_jax.model.lime_vjp import LayerFns, lime_stack
+from lime_jax.model.lime_vjp import LayerFns, buffer_scan, lime_stack
 from lime_jax.model.model_config import ModelConfig
-from lime_jax.model.stack import StackOutput, Topology, pick_collected, register_topology, remat
+from lime_jax.model.stack import StackOutput, Topology, pick_collected, register_topology
 
 
 # ---------------------------------------------------------------------------------------- parameters
@@ -110,25 +110,14 @@ def _layer_fns(cfg: ModelConfig) -> LayerFns:
 
 
 # ------------------------------------------------------------------------------------------ stacks
-def _scan_stack(cfg: ModelConfig, fns: LayerFns, layers, router, h_BT2D, positions_BT, cache,
+def _scan_stack(fns: LayerFns, layers, router, h_BT2D, positions_BT, cache,
                 collect: tuple[str, ...]) -> StackOutput:
   """Plain scan with the history in the carry (decoding and collections; O(L^2) memory if
   differentiated). 'hidden' collects Y_{l+1}, the stream the next block reads."""
-  M = fns.num_slots
-
-  def body(carry, xs):
-    params_l, router_l, l, cache_l = xs
-    coef = fns.pre(router_l, carry["h"], l)
-    prev = fns.mix(coef, carry["buf"], 0, l)
-    h_BT2D, entry, extras = fns.post(params_l, router_l, coef, prev, carry["h"], positions_BT, l, cache_l)
-    buf = jax.lax.dynamic_update_index_in_dim(carry["buf"], entry.astype(carry["buf"].dtype), l, 0)
-    ys = {"collected": pick_collected(extras, h_BT2D[:, :, 0], collect), "cache": extras["cache"]}
-    return {"h": h_BT2D, "buf": buf}, ys
-
-  carry = {"h": h_BT2D, "buf": jnp.zeros((M, *h_BT2D[:, :, 0].shape), fns.dtype)}
-  xs = (layers, router, jnp.arange(cfg.num_layers), cache)
-  carry, ys = jax.lax.scan(remat(body, cfg.remat_policy), carry, xs)
-  return StackOutput(carry["h"][:, :, 0], {}, ys["collected"], ys["cache"])
+  h_BT2D, stacked, caches = buffer_scan(
+      fns, layers, router, h_BT2D, positions_BT, cache,
+      lambda extras, h_next_BT2D, coef: pick_collected(extras, h_next_BT2D[:, :, 0], collect))
+  return StackOutput(h_BT2D[:, :, 0], {}, stacked, caches)
 
 
 def run_denseformer_stack(cfg: ModelConfig, layers, topo_params, h_BTD: jax.Array, positions_BT: jax.Array,
@@ -140,7 +129,7 @@ def run_denseformer_stack(cfg: ModelConfig, layers, topo_params, h_BTD: jax.Arra
   router = _stacked_router(topo_params, cfg)
   h_BT2D = jnp.stack([h_BTD, h_BTD], axis=2)  # Y_0 = X_0 = the embeddings
   if impl == "scan" or cache is not None or collect:
-    return _scan_stack(cfg, fns, layers, router, h_BT2D, positions_BT, cache, tuple(collect))
+    return _scan_stack(fns, layers, router, h_BT2D, positions_BT, cache, tuple(collect))
   if impl != "vjp":
     raise ValueError(f"impl={impl!r} is unknown; use 'vjp' or 'scan'.")
   return StackOutput(lime_stack(fns, layers, router, h_BT2D, positions_BT)[:, :, 0], {}, {}, None)

@@ -33,9 +33,9 @@ import jax
 import jax.numpy as jnp
 
 from lime_jax.model.block import Block
-from lime_jax.model.lime_vjp import LayerFns, lime_stack
+from lime_jax.model.lime_vjp import LayerFns, buffer_scan, lime_stack
 from lime_jax.model.model_config import ModelConfig
-from lime_jax.model.stack import StackOutput, Topology, pick_collected, register_topology, remat
+from lime_jax.model.stack import StackOutput, Topology, pick_collected, register_topology
 
 V1_ROUTERS = ("static", "top_p", "dynamic")
 # Extra per-layer value the lime stacks can collect: the routing coefficients (coef of `_layer_fns`).
@@ -285,27 +285,20 @@ def _layer_fns(cfg: ModelConfig) -> LayerFns:
 
 
 # ------------------------------------------------------------------------------------------ stacks
-def _scan_stack(cfg: ModelConfig, fns: LayerFns, layers, router, h_BTD, positions_BT, cache,
+def _scan_stack(fns: LayerFns, layers, router, h_BTD, positions_BT, cache,
                 collect: tuple[str, ...]) -> StackOutput:
   """Plain `lax.scan` with the buffer in the carry (all M slots mixed at every layer). Exact and
   differentiable, but reverse mode saves the buffer at every layer: O(L^2) memory."""
   standard = tuple(c for c in collect if c not in LIME_COLLECTABLE)
 
-  def body(carry, xs):
-    params_l, router_l, l, cache_l = xs
-    coef = fns.pre(router_l, carry["h"], l)
-    prev = fns.mix(coef, carry["buf"], 0, l)
-    h_BTD, entry, extras = fns.post(params_l, router_l, coef, prev, carry["h"], positions_BT, l, cache_l)
-    buf = jax.lax.dynamic_update_index_in_dim(carry["buf"], entry.astype(carry["buf"].dtype), l, 0)
-    collected = pick_collected(extras, h_BTD, standard)
+  def collected(extras, h_BTD, coef):
+    picked = pick_collected(extras, h_BTD, standard)
     if "router" in collect:
-      collected["router"] = coef
-    return {"h": h_BTD, "buf": buf}, {"collected": collected, "cache": extras["cache"]}
+      picked["router"] = coef
+    return picked
 
-  carry = {"h": h_BTD, "buf": fns.new_buffer(h_BTD.shape[0], h_BTD.shape[1])}
-  xs = (layers, router, jnp.arange(cfg.num_layers), cache)
-  carry, ys = jax.lax.scan(remat(body, cfg.remat_policy), carry, xs)
-  return StackOutput(carry["h"], {}, ys["collected"], ys["cache"])
+  h_BTD, stacked, caches = buffer_scan(fns, layers, router, h_BTD, positions_BT, cache, collected)
+  return StackOutput(h_BTD, {}, stacked, caches)
 
 
 def run_lime_stack(cfg: ModelConfig, layers, topo_params, h_BTD: jax.Array, positions_BT: jax.Array,
@@ -318,7 +311,7 @@ def run_lime_stack(cfg: ModelConfig, layers, topo_params, h_BTD: jax.Array, posi
   fns = _layer_fns(cfg)
   router = _stacked_router(topo_params, cfg, fns.num_slots)
   if impl == "scan" or cache is not None or collect:
-    return _scan_stack(cfg, fns, layers, router, h_BTD, positions_BT, cache, tuple(collect))
+    return _scan_stack(fns, layers, router, h_BTD, positions_BT, cache, tuple(collect))
   if impl != "vjp":
     raise ValueError(f"impl={impl!r} is unknown; use 'vjp' or 'scan'.")
   return StackOutput(lime_stack(fns, layers, router, h_BTD, positions_BT), {}, {}, None)

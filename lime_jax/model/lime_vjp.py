@@ -423,6 +423,28 @@ def _scan_forward(fns: LayerFns, layers: Any, router: Any, h_BTD: jax.Array, pos
   return h_BTD, (buf, hs_LBTD, invariant, saved, layout)
 
 
+def buffer_scan(fns: LayerFns, layers: Any, router: Any, h: jax.Array, positions_BT: jax.Array,
+                cache: Any, collected: Callable) -> tuple[jax.Array, Any, Any]:
+  """The stages of `fns` as a plain `lax.scan` with the buffer in the carry: for decoding (`cache`),
+  per-layer collections and the O(L^2)-memory reference. Exact, and differentiable (reverse mode then
+  saves the buffer at every layer). `collected(extras, h_next, coef)` gives a layer's collections.
+  Returns (last residual state, stacked collections, stacked caches)."""
+
+  def body(carry, xs):
+    params_l, router_l, l, cache_l = xs
+    coef = fns.pre(router_l, carry["h"], l)
+    prev = fns.mix(coef, carry["buf"], 0, l)
+    h_next, entry, extras = fns.post(params_l, router_l, coef, prev, carry["h"], positions_BT, l, cache_l)
+    buf = jax.lax.dynamic_update_index_in_dim(carry["buf"], entry.astype(carry["buf"].dtype), l, 0)
+    ys = {"collected": collected(extras, h_next, coef), "cache": extras["cache"]}
+    return {"h": h_next, "buf": buf}, ys
+
+  carry = {"h": h, "buf": fns.new_buffer(h.shape[0], h.shape[1])}
+  xs = (layers, router, jnp.arange(jax.tree.leaves(layers)[0].shape[0]), cache)
+  carry, ys = jax.lax.scan(remat(body, fns.policy), carry, xs)
+  return carry["h"], ys["collected"], ys["cache"]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def lime_stack(fns: LayerFns, layers: Any, router: Any, h_BTD: jax.Array,
                positions_BT: jax.Array) -> jax.Array:
