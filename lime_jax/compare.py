@@ -14,21 +14,12 @@ DIR/curves.png the curves.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shlex
-import subprocess
 from typing import Any
 
 from lime_jax import sweep
-
-
-def load_config_module(path: str):
-  spec = importlib.util.spec_from_file_location("comparison_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def arm_row(member: sweep.Member, workdir: str, batch: int, seq_len: int) -> dict[str, Any]:
@@ -49,21 +40,6 @@ def arm_row(member: sweep.Member, workdir: str, batch: int, seq_len: int) -> dic
   }
 
 
-def run_member(config_file: str, member: sweep.Member, workdir: str) -> bool:
-  """Trains one member (skipped when finished, resumed when interrupted); False if it failed."""
-  if sweep.is_finished(workdir):
-    print(f"[compare] {member.name}: already finished, skipping.", flush=True)
-    return True
-  cmd = sweep.member_command(config_file, member, workdir)
-  print(f"[compare] {member.name}: {shlex.join(cmd)}", flush=True)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "stdout.log"), "a", encoding="utf-8") as log:
-    proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
-  if proc.returncode != 0:
-    print(f"[compare] {member.name}: failed (exit {proc.returncode}); see {workdir}/stdout.log", flush=True)
-  return proc.returncode == 0
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   """Command-line arguments (argparse: lime_jax.sweep's absl flags are defined on import)."""
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -80,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
   args = parse_args(argv)
-  module = load_config_module(args.config)
+  module = sweep.load_config_module(args.config)
   arms = [a for a in args.arms.split(",") if a] or list(module.ARMS)
   members = [sweep.Member(f"{args.preset},{arm}", int(seed), tuple(args.set))
              for arm in arms for seed in args.seeds.split(",")]
@@ -91,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.dry_run:
       print(shlex.join(sweep.member_command(args.config, member, workdir)))
       continue
-    if run_member(args.config, member, workdir):
+    if sweep.run_member(args.config, member, workdir, tag="compare"):
       config = module.get_config(member.spec)
       for override in member.overrides:  # --set values that change the batch shape
         key, _, value = override.partition("=")

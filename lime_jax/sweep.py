@@ -49,12 +49,33 @@ def member_command(config_file: str, member: Member, workdir: str, python: str =
   return cmd + [f"--config.{o}" for o in member.overrides + member.vary]
 
 
-def load_sweep(config_file: str, name: str) -> tuple[tuple[str, ...], ...]:
-  """The override lists `SWEEPS[name]` of an experiment config file."""
-  spec = importlib.util.spec_from_file_location("_sweep_config", config_file)
+def load_config_module(config_file: str):
+  """An experiment config file, imported as a module (for its SWEEPS, ARMS, get_config)."""
+  spec = importlib.util.spec_from_file_location("_experiment_config", config_file)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  sweeps = getattr(module, "SWEEPS", {})
+  return module
+
+
+def run_member(config_file: str, member: Member, workdir: str, tag: str = "sweep") -> bool:
+  """Trains one member in `workdir` (skipped when finished, resumed when interrupted), its output in
+  workdir/stdout.log; False if it failed. `tag` prefixes the progress lines."""
+  if is_finished(workdir):
+    print(f"[{tag}] {member.name}: already finished, skipping.", flush=True)
+    return True
+  cmd = member_command(config_file, member, workdir)
+  print(f"[{tag}] {member.name}: {shlex.join(cmd)}", flush=True)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "stdout.log"), "a", encoding="utf-8") as log:
+    proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
+  if proc.returncode != 0:
+    print(f"[{tag}] {member.name}: failed (exit {proc.returncode}); see {workdir}/stdout.log", flush=True)
+  return proc.returncode == 0
+
+
+def load_sweep(config_file: str, name: str) -> tuple[tuple[str, ...], ...]:
+  """The override lists `SWEEPS[name]` of an experiment config file."""
+  sweeps = getattr(load_config_module(config_file), "SWEEPS", {})
   if name not in sweeps:
     raise ValueError(f"--sweep={name!r}: {config_file} defines no such sweep; known: {sorted(sweeps)}.")
   return tuple(tuple(v) for v in sweeps[name])
@@ -184,21 +205,11 @@ def main(argv: list[str]) -> None:
   rows = []
   for member in members:
     workdir = os.path.join(_ROOT.value, member.name)
-    cmd = member_command(_CONFIG.value, member, workdir)
     if _DRY_RUN.value:
-      print(shlex.join(cmd))
+      print(shlex.join(member_command(_CONFIG.value, member, workdir)))
       continue
-    if is_finished(workdir):
-      print(f"[sweep] {member.name}: already finished, skipping.", flush=True)
-    else:
-      print(f"[sweep] {member.name}: {shlex.join(cmd)}", flush=True)
-      os.makedirs(workdir, exist_ok=True)
-      with open(os.path.join(workdir, "stdout.log"), "a", encoding="utf-8") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
-      if proc.returncode != 0:
-        print(f"[sweep] {member.name}: failed (exit {proc.returncode}); see {workdir}/stdout.log", flush=True)
-        continue
-    rows.append(member_summary(member, workdir))
+    if run_member(_CONFIG.value, member, workdir):
+      rows.append(member_summary(member, workdir))
   if not _DRY_RUN.value:
     write_tables(rows, _ROOT.value)
     print(open(os.path.join(_ROOT.value, "results.md"), encoding="utf-8").read() if rows else "no results")
