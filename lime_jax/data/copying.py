@@ -21,6 +21,7 @@ model can be probed on both families.
 
 from __future__ import annotations
 
+import abc
 import functools
 
 import numpy as np
@@ -81,7 +82,7 @@ def canonical_example(variant: str, length: int) -> base.Example:
   return format_copying(variant, [1] * (length - 1) + [0], 0)
 
 
-class LengthTask:
+class LengthTask(abc.ABC):
   """What the copying and counting tasks share: the glasses tokenizer, variant choice ('mixed' cycles
   through `variants` by index) and `example` = `example_at` with a length uniform in [min, max]."""
 
@@ -95,9 +96,9 @@ class LengthTask:
   def tokenizer(self) -> CharTokenizer:
     return glasses_tokenizer()
 
+  @abc.abstractmethod
   def example_at(self, split: str, index: int, length: int, variant: str | None = None) -> base.Example:
     """The `index`-th example of `split` with exactly `length` items (each task defines it)."""
-    raise NotImplementedError
 
   def _variant_rng(self, split: str, index: int, length: int,
                    variant: str | None) -> tuple[str, np.random.Generator]:
