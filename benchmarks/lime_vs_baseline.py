@@ -4,7 +4,8 @@ Prints one table row per (policy, depth, variant). Variants: 'base' (plain stack
 stack, lime_jax/model/lime_vjp.py) and 'scan' (LIMe as a plain scan with the buffer in the carry,
 the O(L^2)-memory design it replaces). A step is jitted value_and_grad + an SGD update, measured as
 the median of --steps steps after --warmup, variants interleaved step by step; 't ratio' is wall
-time, 'cpu ratio' process CPU time (steadier when other jobs share the cores). Temp memory comes from
+time, 'cpu ratio' process CPU time (steadier when other jobs share the cores); 'min t/F' is t/F from
+the fastest step of each variant instead of the median (load on the machine only ever adds time). Temp memory comes from
 XLA's memory_analysis(); 'overhd' = variant - base; 'buf+cot' = the LIMe buffer and its cotangent.
 FLOP ratio: lime_jax.model.lime.flops_per_token (6N + causal attention + mixing, see there).
 
@@ -69,6 +70,7 @@ def time_steps(runs: dict[str, dict], steps: int, warmup: int) -> None:
   for run in runs.values():
     run["step_ms"] = 1e3 * statistics.median(t for t, _ in run["times"])
     run["cpu_ms"] = 1e3 * statistics.median(c for _, c in run["times"])
+    run["min_ms"] = 1e3 * min(t for t, _ in run["times"])
 
 
 def main() -> None:
@@ -93,7 +95,7 @@ def main() -> None:
         f"F=1024 V={args.vocab} fp32, block_size={args.block_size}, group_size={args.group_size}, median of {args.steps} steps")
   header = (f"{'policy':>9} {'L':>3} {'variant':>7} {'step ms':>9} {'t ratio':>7} {'cpu ratio':>9} "
             f"{'F ratio':>7} {'t/F':>5} {'compile s':>9} {'temp MiB':>9} {'overhd MiB':>10} "
-            f"{'buf+cot MiB':>11} {'ovh/bc':>6}")
+            f"{'buf+cot MiB':>11} {'ovh/bc':>6} {'min t/F':>7}")
   print(header)
   for policy in args.policies:
     compile_by_depth = {}
@@ -119,7 +121,8 @@ def main() -> None:
         print(f"{policy:>9} {depth:>3} {name:>7} {r['step_ms']:9.1f} {t_ratio:7.3f} {cpu_ratio:9.3f} "
               f"{f_ratio:7.3f} "
               f"{t_ratio / f_ratio:5.2f} {r['compile_s']:9.2f} {r['temp'] / MIB:9.1f} "
-              f"{overhead / MIB:10.1f} {bufcot / MIB:11.1f} {overhead / bufcot:6.2f}", flush=True)
+              f"{overhead / MIB:10.1f} {bufcot / MIB:11.1f} {overhead / bufcot:6.2f} "
+              f"{r['min_ms'] / results['base']['min_ms'] / f_ratio:7.2f}", flush=True)
     if len(compile_by_depth) > 1:
       lo, hi = min(compile_by_depth), max(compile_by_depth)
       print(f"{policy:>9} lime compile({hi}) / compile({lo}) = "
