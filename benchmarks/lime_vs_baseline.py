@@ -5,8 +5,9 @@ stack, lime_jax/model/lime_vjp.py) and 'scan' (LIMe as a plain scan with the buf
 the O(L^2)-memory design it replaces). A step is jitted value_and_grad + an SGD update, measured as
 the median of --steps steps after --warmup, variants interleaved step by step; 't ratio' is wall
 time, 'cpu ratio' process CPU time (steadier when other jobs share the cores); 'min t/F' is t/F from
-the fastest step of each variant instead of the median (load on the machine only ever adds time). Temp memory comes from
-XLA's memory_analysis(); 'overhd' = variant - base; 'buf+cot' = the LIMe buffer and its cotangent.
+the fastest step of each variant instead of the median (load on the machine only ever adds time).
+Temp memory comes from XLA's memory_analysis(); 'overhd' = variant - base; 'buf+cot' = the LIMe
+buffer and its cotangent.
 FLOP ratio: lime_jax.model.lime.flops_per_token (6N + causal attention + mixing, see there).
 
   python benchmarks/lime_vs_baseline.py                       # depths 8 16 32 64, policies none full

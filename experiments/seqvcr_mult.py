@@ -12,11 +12,11 @@ Sweeps (SPEC §4 ablations): `python -m lime_jax.sweep --config=experiments/seqv
 """
 
 from lime_jax import seqvcr_arms
+from lime_jax.data import multiplication
 from lime_jax.presets import Preset
 from lime_jax.seqvcr_arms import SWEEPS  # noqa: F401  (read by lime_jax.sweep --sweep=)
 
 CONFIG_FILE = "experiments/seqvcr_mult.py"
-OFFICIAL_TEST = "official"  # the packaged official test files (lime_jax/data/official/multiplication).
 LAMBDAS = {"lambda1": 1.0, "lambda2": 0.004}  # Seq-VCR coefficients (App. A)
 _DEFAULT = seqvcr_arms.cpu_preset("multiplication", {"num_digits": 3, "test_fraction": 0.01}, LAMBDAS,
                                   batch_size=32, num_steps=1200, learning_rate=2e-3, checkpoint_every=400,
@@ -26,7 +26,7 @@ _DEFAULT = seqvcr_arms.cpu_preset("multiplication", {"num_digits": 3, "test_frac
 def _paper(n: int) -> Preset:
   def preset(c):
     c.model.update(num_layers=12, d_model=768, num_heads=12, ffn_dim=3072, tie_embeddings=True)
-    seqvcr_arms.set_task(c, "multiplication", num_digits=n, eval_file=OFFICIAL_TEST)
+    seqvcr_arms.set_task(c, "multiplication", num_digits=n, eval_file=multiplication.OFFICIAL)
     seqvcr_arms.set_seq_vcr(c, **LAMBDAS)
     c.train.update(batch_size=32, num_steps=40 * 808_000 // 32, learning_rate=5e-4, warmup_steps=1000,
                    weight_decay=0.01, log_every=500, checkpoint_every=10_000, eval_every=20_000)

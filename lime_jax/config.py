@@ -281,10 +281,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   mult = d.multiplication
   if not 1 <= mult.num_digits <= 18:
     _fail("data.multiplication.num_digits", mult.num_digits, "must be in [1, 18] (the paper: 4, 5).")
-  if mult.eval_file == multiplication.OFFICIAL and mult.num_digits not in multiplication.OFFICIAL_DIGITS:
-    _fail("data.multiplication.eval_file", mult.eval_file,
-          f"'official' exists for num_digits in {multiplication.OFFICIAL_DIGITS} only (got "
-          f"{mult.num_digits}); give a path or ''.")
+  if mult.eval_file == multiplication.OFFICIAL:
+    multiplication.check_official_digits(mult.num_digits)
   if not 0.0 < mult.test_fraction < 0.5:
     _fail("data.multiplication.test_fraction", mult.test_fraction, "must be in (0, 0.5).")
   if d.lis.length < 3:

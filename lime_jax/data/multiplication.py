@@ -92,11 +92,16 @@ OFFICIAL = "official"  # `eval_file` value naming the packaged copy of the offic
 OFFICIAL_DIGITS = (4, 5)  # the official files ship for 4x4 and 5x5 only.
 
 
-def official_test_file(n: int) -> pathlib.Path:
-  """Packaged copy of the official n x n test file (`lime_jax/data/official/multiplication/`)."""
+def check_official_digits(n: int) -> None:
+  """Raises, naming the field, unless the official test file exists for n x n (config validation too)."""
   if n not in OFFICIAL_DIGITS:
     raise ValueError(f"config.data.multiplication.eval_file='official' exists only for num_digits in "
                      f"{OFFICIAL_DIGITS}, got num_digits={n}; set eval_file to a path or to ''.")
+
+
+def official_test_file(n: int) -> pathlib.Path:
+  """Packaged copy of the official n x n test file (`lime_jax/data/official/multiplication/`)."""
+  check_official_digits(n)
   return pathlib.Path(__file__).parent / "official" / "multiplication" / f"{n}x{n}_test.txt"
 
 
