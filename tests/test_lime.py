@@ -7,6 +7,9 @@ routing formulas of SPEC §2.1 / §2.2 literally (no padding, no masks, no custo
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -295,6 +298,19 @@ def test_memory_is_linear_in_depth():
   (measured 1.9); a buffer saved per layer makes it ~4x (the plain scan: 2.9 at this size, see below)."""
   t4, t8, t16 = (_grad_temp_bytes(L, "lime") for L in (4, 8, 16))
   assert (t16 - t8) / (t8 - t4) < 2.3, (t4, t8, t16)
+
+
+def test_live_memory_benchmark_reads_the_peak(tmp_path):
+  """benchmarks/lime_live_memory.py parses XLA's live-range dump (debug output, so a format change must
+  show here): at a tiny size the live peak is positive, fits in the packed temp block, and LIMe's exceeds
+  the baseline's (it holds the buffer)."""
+  script = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "lime_live_memory.py")
+  out = subprocess.run([sys.executable, script, "--depths", "4", "--policies", "full", "--batch", "1",
+                        "--seq", "16"], capture_output=True, text=True, check=True, timeout=600).stdout
+  row = next(line.split() for line in out.splitlines() if line.split()[:2] == ["full", "4"])
+  temp_base, temp_lime, live_base, live_lime = map(float, (row[3], row[4], row[6], row[7]))
+  assert 0 < live_base <= temp_base and 0 < live_lime <= temp_lime, out
+  assert live_lime > live_base, out
 
 
 @pytest.mark.slow
