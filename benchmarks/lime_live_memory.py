@@ -25,9 +25,8 @@ DUMP_DIR = tempfile.mkdtemp(prefix="lime_live_memory_")
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={DUMP_DIR}"
                            " --xla_dump_hlo_module_re=.*jit_step.*")
 
-from lime_vs_baseline import MIB, compile_step  # noqa: E402  (XLA_FLAGS must be set before jax starts)
+from lime_vs_baseline import MIB, compile_step, model_config  # noqa: E402  (XLA_FLAGS first: see above)
 
-from lime_jax.model import LimeConfig, ModelConfig  # noqa: E402
 from lime_jax.model.lime import buffer_bytes  # noqa: E402
 
 _PEAK_SECTION = re.compile(r"Live ranges at \d+ \(peak\):\n(.*?)\n\s*Stack trace", re.S)
@@ -69,8 +68,7 @@ def _table(args: argparse.Namespace) -> None:
         f"{'live base':>9} {'live lime':>9} {'ovh/bc':>6}")
   for policy in args.policies:
     for depth in args.depths:
-      base = ModelConfig(vocab_size=256, num_layers=depth, d_model=256, num_heads=8, num_kv_heads=8,
-                         ffn_dim=1024, remat_policy=policy, lime=LimeConfig(router="kv"))
+      base = model_config(depth, policy)
       temp, live = {}, {}
       for name, cfg in (("base", base), ("lime", dataclasses.replace(base, topology="lime"))):
         run = compile_step(cfg, args.batch, args.seq)

@@ -30,6 +30,14 @@ from lime_jax.model.lime import buffer_bytes, flops_per_token
 MIB = 2 ** 20
 
 
+def model_config(depth: int, policy: str, vocab: int = 256, block_size: int = 4,
+                 group_size: int = 0) -> ModelConfig:
+  """The benchmarks' baseline: d_model 256, 8 heads (R = 8), FFN 1024, fp32; topology='lime' for LIMe."""
+  return ModelConfig(vocab_size=vocab, num_layers=depth, d_model=256, num_heads=8, num_kv_heads=8,
+                     ffn_dim=1024, remat_policy=policy,
+                     lime=LimeConfig(router="kv", block_size=block_size, group_size=group_size))
+
+
 def make_step(cfg: ModelConfig, lr: float = 1e-3):
   """Jittable SGD step on next-token cross-entropy."""
 
@@ -101,10 +109,7 @@ def main() -> None:
   for policy in args.policies:
     compile_by_depth = {}
     for depth in args.depths:
-      base = ModelConfig(vocab_size=args.vocab, num_layers=depth, d_model=256, num_heads=8, num_kv_heads=8,
-                         ffn_dim=1024, remat_policy=policy,
-                         lime=LimeConfig(router="kv", block_size=args.block_size,
-                                                         group_size=args.group_size))
+      base = model_config(depth, policy, args.vocab, args.block_size, args.group_size)
       variants = {"base": base, "lime": dataclasses.replace(base, topology="lime")}
       if depth in args.scan_depths:
         variants["scan"] = dataclasses.replace(base, topology="lime_scan")

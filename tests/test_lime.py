@@ -300,7 +300,7 @@ def test_memory_is_linear_in_depth():
   assert (t16 - t8) / (t8 - t4) < 2.3, (t4, t8, t16)
 
 
-def test_live_memory_benchmark_reads_the_peak(tmp_path):
+def test_live_memory_benchmark_reads_the_peak():
   """benchmarks/lime_live_memory.py parses XLA's live-range dump (debug output, so a format change must
   show here): at a tiny size the live peak is positive, fits in the packed temp block, and LIMe's exceeds
   the baseline's (it holds the buffer)."""
