@@ -190,6 +190,13 @@ def test_gradients_equal_unrolled_reference(router, policy):
   assert_grads_match_unrolled(lime_cfg(router, remat_policy=policy))
 
 
+@pytest.mark.parametrize("policy", ("none", "full"))
+def test_one_kv_head_static_router_gradients_equal_unrolled_reference(policy):
+  """With one kv head a v1 static router's dprev slot is a buffer slot, so its backward pass keeps the
+  cotangent stack in the buffer, as the kv router's does (with R > 1 it keeps a separate stack)."""
+  assert_grads_match_unrolled(lime_cfg("static", num_kv_heads=1, remat_policy=policy))
+
+
 def assert_grads_match_unrolled(cfg: ModelConfig) -> None:
   """Loss and gradients (params and input) of the stack equal the unrolled reference's to 1e-5."""
   params = lime_params(cfg)
@@ -215,7 +222,7 @@ def test_grouped_schedule_gradients_equal_unrolled_reference(layers, group, poli
 
 def test_group_size_choice():
   auto = lambda L, S=4: lime_mod.group_size(lime_cfg("kv", num_layers=L, lime=LimeConfig(block_size=S)))
-  assert [auto(L) for L in (8, 16, 32, 64, 128)] == [4, 4, 4, 8, 8]
+  assert [auto(L) for L in (8, 16, 32, 64, 128)] == [1, 4, 4, 8, 8]  # L < S^2: no group fits sqrt(L)
   assert auto(5, S=2) == 1  # the block size does not divide the depth: per-layer schedule
   assert lime_mod.group_size(lime_cfg("static", num_layers=8)) == 1  # v1 routers: per-layer schedule
   with pytest.raises(ValueError, match="group_size"):
@@ -298,6 +305,27 @@ def test_memory_is_linear_in_depth():
   (measured 1.9); a buffer saved per layer makes it ~4x (the plain scan: 2.9 at this size, see below)."""
   t4, t8, t16 = (_grad_temp_bytes(L, "lime") for L in (4, 8, 16))
   assert (t16 - t8) / (t8 - t4) < 2.3, (t4, t8, t16)
+
+
+@pytest.mark.parametrize("group,policy", ((1, "none"), (4, "full")))
+def test_cotangent_stack_is_the_buffer(group, policy):
+  """The kv router's backward pass writes dprev_l over buffer slot l (lime_vjp._pull_bwd), so LIMe's
+  temp bytes over the baseline's stay below 1.8 buffers at L = 16 (measured 1.25 with G = 1 and none,
+  1.64 with G = 4 and full remat, whose two G-slot arrays add half a buffer); a separate cotangent
+  stack measured 2.25 and 2.14 (one buffer more)."""
+
+  def temp_bytes(cfg: ModelConfig) -> int:
+    params = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
+    tokens_BT = jax.ShapeDtypeStruct((4, 64), jnp.int32)
+    loss = lambda p, t: jnp.mean(Transformer(cfg).apply({"params": p}, t)[0] ** 2)
+    return jax.jit(jax.grad(loss)).lower(params, tokens_BT).compile().memory_analysis().temp_size_in_bytes
+
+  base = ModelConfig(vocab_size=64, num_layers=16, d_model=64, num_heads=4, num_kv_heads=4, ffn_dim=128,
+                     remat_policy=policy, lime=LimeConfig(block_size=4, group_size=group))
+  lime = dataclasses.replace(base, topology="lime")
+  assert lime_mod.group_size(lime) == group
+  overhead = (temp_bytes(lime) - temp_bytes(base)) / lime_mod.buffer_bytes(lime, 4, 64)
+  assert 1.0 <= overhead < 1.8, overhead
 
 
 def test_live_memory_benchmark_reads_the_peak():

@@ -247,8 +247,10 @@ def group_size(cfg: ModelConfig) -> int:
 
   A group's far sources (all slots below it) are mixed for its G layers at once, the near ones (inside
   the group) per layer: slot reads fall from ~L^2/2 to ~L^2/(2G) + L*G/2, least near G = sqrt(L).
-  Auto (0): the multiple of the block size S dividing L closest to sqrt(L) from below (at least S);
-  1 (or S not dividing L) keeps the per-layer schedule."""
+  Auto (0): the largest multiple of the block size S that divides L and is at most sqrt(L); none
+  (L < S^2, e.g. L = 8 with S = 4) keeps the per-layer schedule, as does 1 or S not dividing L. Groups
+  cost G buffer slots (2G with remat) in the backward pass (lime_vjp._pull_bwd), which at L < S^2 is at
+  least half the buffer, for a gain there within noise."""
   S, _ = num_slots(cfg)
   L, G = cfg.num_layers, cfg.lime.group_size
   if cfg.lime.router != "kv" or G == 1:
@@ -261,8 +263,8 @@ def group_size(cfg: ModelConfig) -> int:
   options = [g for g in range(S, L + 1, S) if L % g == 0]
   if not options:
     return 1
-  below = [g for g in options if g <= max(S, math.isqrt(L))]
-  return max(below) if below else min(options)
+  below = [g for g in options if g <= math.isqrt(L)]
+  return max(below) if below else 1
 
 
 def _layer_fns(cfg: ModelConfig) -> LayerFns:

@@ -27,21 +27,25 @@ each group of G, `far_forward` mixes all slots below the group for the G layers 
 matmuls: each slot is read once per group instead of once per layer, G times the arithmetic intensity
 of the per-layer mix, which is memory bound on CPU) and parks each layer's far part in that layer's
 own, not yet written, buffer slot; layer l then adds only the slots inside its group. The backward pass
-mirrors it: `_far_pull` gives the group's slot cotangents from the layers above the group (parked in
-the group's not yet written dprev slots) and their router gradients, in one pass; with remat, the far
-parts that prev needs are parked in the dprev slots of the group below. So grouping costs no memory
-beyond the buffer and its cotangent; column chunks keep its temporaries about one slot each.
+mirrors it: `_far_pull` gives the group's slot cotangents from the layers above the group and their
+router gradients, in one pass; with remat, `far_forward` recomputes the far parts that prev needs. Each
+waits in a G-slot array until its layers run (see `_pull_bwd`), so grouping costs G slots (2G with
+remat); column chunks keep its temporaries about one slot each.
 
 Backward, for routers with static coefficients (kv, static, top_p), the buffer's cotangent is pulled
 rather than pushed: the mixes are linear, so d buf[l] = sum_{l'>l} W_{l'}[:, l]^T dprev_{l'}. The
-backward scan keeps a stack of dprev_{l'} (the size of the buffer), and at layer l one pass over its
-blocks l' > l gives both d buf[l] and the router gradients dW_{l'}[:, l] = dprev_{l'} buf[l]^T: one read
-of L^2/2 slots, where pushing reads the buffer (for dW) and reads and writes its cotangent.
+backward scan keeps a stack of dprev_{l'}, and at layer l one pass over its blocks l' > l gives both
+d buf[l] and the router gradients dW_{l'}[:, l] = dprev_{l'} buf[l]^T: one read of L^2/2 slots, where
+pushing reads the buffer (for dW) and reads and writes its cotangent. For the kv router the stack is
+the buffer itself: buf[l] is last read at layer l, which then writes dprev_l over it, so the backward
+pass holds the buffer and no cotangent stack of its own (training memory: one buffer, not two).
 Input-dependent routers (dynamic) push: dcoef and d buf[<l] from the vjp of each block's mix.
 
 XLA details that matter for speed (CPU, jax 0.10): arrays that a loop reads and the step then updates
-in place ride in the loop carries (else XLA copies them every step), and the block matmuls are
-written as row-major [M, K] x [K, N] products (else XLA transposes a buffer block per product).
+in place ride in the loop carries (else XLA copies them every step); a slot read before such a loop
+and used after it rides in the carry too (else XLA copies the whole array to keep the read before the
+update; an optimization barrier does not order it); and the block matmuls are written as row-major
+[M, K] x [K, N] products (else XLA transposes a buffer block per product).
 """
 
 from __future__ import annotations
@@ -177,16 +181,18 @@ def _push_backward(fns: LayerFns, coef: jax.Array, buf: jax.Array, dprev: jax.Ar
 
 def _pull_backward(S: int, coef_MRME: jax.Array, dprev_MRX: jax.Array, entry_EX: jax.Array, l: jax.Array,
                    dcoef_MRME: jax.Array, hi: jax.Array | int | None = None,
-                   init_EX: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """(d buf[l] [E, X], dcoef, dprev): d buf[l] = init + sum_{l < l' < hi*S, r} W_{l'}[r, l, :] dprev_{l'}[r],
-  and dW_{l'}[:, l, :] = dprev_{l'} buf[l]^T for those l' written into dcoef, in one pass over the
-  blocks of the dprev stack (up to block `hi`, default all). The stack rides in the loop carry."""
+                   init_EX: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """(d buf[l] [E, X], entry, dcoef, dprev): d buf[l] = init + sum_{l < l' < hi*S, r} W_{l'}[r, l, :]
+  dprev_{l'}[r], and dW_{l'}[:, l, :] = dprev_{l'} buf[l]^T for those l' written into dcoef, in one pass
+  over the blocks of the dprev stack (up to block `hi`, default all). The stack rides in the loop carry,
+  and so does `entry_EX`: a caller that reads buf[l] from the stack and then writes the stack's slot l
+  reads the returned copy, which XLA orders before the write (a read of the slot itself it cannot)."""
   M, R = dprev_MRX.shape[:2]
   E = entry_EX.shape[0]
   entry_XE = entry_EX.T  # a loop operand, so materialised once
 
   def body(j, carry):
-    dentry_EX, dcoef_MRME, dprev_MRX = carry
+    dentry_EX, entry_EX, dcoef_MRME, dprev_MRX = carry
     start = j * S
     later_S11 = (start + jnp.arange(S) > l)[:, None, None]
     c_SRE = jax.lax.dynamic_slice(coef_MRME, (start, 0, l, 0), (S, R, 1, E))[:, :, 0, :]
@@ -197,30 +203,31 @@ def _pull_backward(S: int, coef_MRME: jax.Array, dprev_MRX: jax.Array, entry_EX:
     dw_KE = jnp.dot(dprev_KX, entry_XE.astype(dprev_KX.dtype), preferred_element_type=jnp.float32)
     dw_SRE = jnp.where(later_S11, dw_KE.reshape(S, R, E), 0.0).astype(dcoef_MRME.dtype)
     dcoef_MRME = jax.lax.dynamic_update_slice(dcoef_MRME, dw_SRE[:, :, None, :], (start, 0, l, 0))
-    return jax.lax.optimization_barrier((dentry_EX, dcoef_MRME, dprev_MRX))
+    return jax.lax.optimization_barrier((dentry_EX, entry_EX, dcoef_MRME, dprev_MRX))
 
   dentry_EX = jnp.zeros(entry_EX.shape, jnp.float32) if init_EX is None else init_EX.astype(jnp.float32)
   hi = M // S if hi is None else hi
-  return jax.lax.fori_loop((l + 1) // S, hi, body, (dentry_EX, dcoef_MRME, dprev_MRX))
+  return jax.lax.fori_loop((l + 1) // S, hi, body, (dentry_EX, entry_EX, dcoef_MRME, dprev_MRX))
 
 
-def _far_pull(fns: LayerFns, coef_MRME: jax.Array, dprev_MRX: jax.Array, buf: jax.Array, l0: jax.Array,
-              dcoef_MRME: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(dcoef, dprev): writes into dprev[l0:l0+G] (those slots are free until their layers run) the part
-  of the group's slot cotangents from the layers l' >= l0 + G above it, sum_{l', r} W_{l'}[r, l, :]
-  dprev_{l'}[r], and adds their router gradients dW_{l'}[:, l0:l0+G] = dprev_{l'} buf[l0:l0+G]^T into
-  dcoef; one pass over the dprev blocks above the group with [G*E]-row products, by column chunks
-  (the grouped counterpart of `_pull_backward`)."""
+def _far_pull(fns: LayerFns, coef_MRME: jax.Array, dprev_MRX: jax.Array, buf: jax.Array | None, l0: jax.Array,
+              dcoef_MRME: jax.Array, out_GRX: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+  """(dcoef, dprev, out): the part of the slot cotangents of the group's G layers l0.. from the layers
+  l' >= l0 + G above it, sum_{l', r} W_{l'}[r, l, :] dprev_{l'}[r], written into dprev[l0:l0+G] (those
+  slots are free until their layers run), or into `out_GRX` if given; and their router gradients
+  dW_{l'}[:, l0:l0+G] = dprev_{l'} buf[l0:l0+G]^T added into dcoef. One pass over the dprev blocks above
+  the group with [G*E]-row products, by column chunks (the grouped counterpart of `_pull_backward`).
+  `buf` None: the entries are read from dprev_MRX itself (the merged stack of `_pull_bwd`)."""
   G, E = fns.group_size, coef_MRME.shape[3]
-  M, R = dprev_MRX.shape[:2]
-  X = buf[0].size // E
+  M, R, X = dprev_MRX.shape
   C = _num_chunks(fns, X)
   Xc = X // C
-  buf_MEX = buf.reshape(buf.shape[0], E, X)
+  buf_MEX = None if buf is None else buf.reshape(buf.shape[0], E, X)
 
   def chunk(k, carry):
-    dcoef_MRME, dprev_MRX = carry
-    entries_XJ = jax.lax.dynamic_slice(buf_MEX, (l0, 0, k * Xc), (G, E, Xc)).reshape(G * E, Xc).T
+    dcoef_MRME, dprev_MRX, out_GRX = carry
+    src_MEX = dprev_MRX if buf_MEX is None else buf_MEX  # E == R when merged
+    entries_XJ = jax.lax.dynamic_slice(src_MEX, (l0, 0, k * Xc), (G, E, Xc)).reshape(G * E, Xc).T
 
     def block(j, carry):
       dent_JX, dcoef_MRME, dprev_MRX = carry
@@ -237,10 +244,13 @@ def _far_pull(fns: LayerFns, coef_MRME: jax.Array, dprev_MRX: jax.Array, buf: ja
     init = (jnp.zeros((G * E, Xc), jnp.float32), dcoef_MRME, dprev_MRX)
     dent_JX, dcoef_MRME, dprev_MRX = jax.lax.fori_loop((l0 + G) // G, M // G, block, init)
     dent_GRX = dent_JX.reshape(G, E, Xc).astype(dprev_MRX.dtype)  # E == R: a dprev slot holds it
-    dprev_MRX = jax.lax.dynamic_update_slice(dprev_MRX, dent_GRX, (l0, 0, k * Xc))
-    return jax.lax.optimization_barrier((dcoef_MRME, dprev_MRX))
+    if out_GRX is None:
+      dprev_MRX = jax.lax.dynamic_update_slice(dprev_MRX, dent_GRX, (l0, 0, k * Xc))
+    else:
+      out_GRX = jax.lax.dynamic_update_slice(out_GRX, dent_GRX, (0, 0, k * Xc))
+    return jax.lax.optimization_barrier((dcoef_MRME, dprev_MRX, out_GRX))
 
-  return jax.lax.fori_loop(0, C, chunk, (dcoef_MRME, dprev_MRX))
+  return jax.lax.fori_loop(0, C, chunk, (dcoef_MRME, dprev_MRX, out_GRX))
 
 
 def _known(params_l, router_l, coef, prev, h_BTD, entry, l) -> list:
@@ -502,25 +512,46 @@ def _push_bwd(fns, residuals, dh_out_BTD):
 def _pull_bwd(fns, residuals, dh_out_BTD):
   """Backward scan pulling the buffer cotangent from a stack of dprev (static coefficients).
 
-  Grouped (G > 1), each group starts (at its top layer) with `_far_pull`, whose slot cotangents wait
-  in the group's own dprev slots (not yet written: they receive dprev_l when layer l runs), and, when
-  the layer must recompute prev (remat), with `far_forward`, whose far parts wait in the dprev slots of
-  the group below (written later still). So grouping needs no memory beyond the dprev stack."""
+  The stack is the buffer itself when a dprev slot is the size of a buffer slot (the kv router): layer
+  l's entry is last read at layer l (the pulls of its cotangent and router gradients, and the
+  recomputed prev of the layers above it, come before), so layer l then writes dprev_l over it. Slots
+  above the current layer hold dprev, the others entries: the cotangent costs no memory of its own.
+  (Otherwise, v1 static routers with several heads, the stack is a separate array.)
+
+  Grouped (G > 1), each group starts (at its top layer) with `_far_pull` and, when the layer must
+  recompute prev (remat), with `far_forward`. Their results wait in two G-slot arrays (merged), or in
+  the free dprev slots of the group and of the group below (separate stack): those receive dprev_l
+  only when layer l runs."""
   layers, router, buf, hs_LBTD, invariant, saved, layout = residuals
   L, M, S, G = hs_LBTD.shape[0], fns.num_slots, fns.block_size, fns.group_size
   coef_LRME, coef_pullback = jax.vjp(fns.static_coef, router)
   coef_MRME = jnp.pad(coef_LRME, [(0, M - L), (0, 0), (0, 0), (0, 0)])
-  E = coef_LRME.shape[-1]
+  R, E = coef_LRME.shape[1], coef_LRME.shape[-1]
+  X = buf[0].size // E
+  merged = R == E
+  buf_shape = buf.shape
+
+  def entries(dprev_MRX, buf):
+    return dprev_MRX.reshape(buf_shape) if merged else buf
+
+  def with_entries(dprev_MRX, buf, src):
+    return (src.reshape(dprev_MRX.shape), buf) if merged else (dprev_MRX, src)
 
   def group_body(carry, l0):
-    dh_BTD, dprev_MRX, dcoef_MRME, buf = carry
-    if layout.needs_prev:  # l0 = 0: far is zero and its write is overwritten just below
-      dprev_MRX, buf = far_forward(fns, coef_MRME, dprev_MRX, jnp.maximum(l0 - G, 0), l0, src=buf)
-    dcoef_MRME, dprev_MRX = _far_pull(fns, coef_MRME, dprev_MRX, buf, l0, dcoef_MRME)
-    return dh_BTD, dprev_MRX, dcoef_MRME, buf
+    dh_BTD, dprev_MRX, dcoef_MRME, buf, pulled_GRX, far_GRX = carry
+    if merged:
+      if layout.needs_prev:
+        far_GRX, src = far_forward(fns, coef_MRME, far_GRX, 0, l0, src=entries(dprev_MRX, buf))
+        dprev_MRX, buf = with_entries(dprev_MRX, buf, src)
+      dcoef_MRME, dprev_MRX, pulled_GRX = _far_pull(fns, coef_MRME, dprev_MRX, None, l0, dcoef_MRME, pulled_GRX)
+    else:
+      if layout.needs_prev:  # l0 = 0: far is zero and its write is overwritten just below
+        dprev_MRX, buf = far_forward(fns, coef_MRME, dprev_MRX, jnp.maximum(l0 - G, 0), l0, src=buf)
+      dcoef_MRME, dprev_MRX, _ = _far_pull(fns, coef_MRME, dprev_MRX, buf, l0, dcoef_MRME)
+    return dh_BTD, dprev_MRX, dcoef_MRME, buf, pulled_GRX, far_GRX
 
   def body(carry, xs):
-    dh_BTD, dprev_MRX, dcoef_MRME, buf = carry
+    dh_BTD, dprev_MRX, dcoef_MRME, buf, pulled_GRX, far_GRX = carry
     params_l, router_l, l, h_BTD, saved_l = xs
     coef = fns.pre(router_l, h_BTD, l)
     prev = dentry_init_EX = None
@@ -528,16 +559,20 @@ def _pull_bwd(fns, residuals, dh_out_BTD):
     if G > 1:
       l0 = l - l % G
       lo, hi = l0 // S, (l0 + G) // S
-      dentry_init_EX = jax.lax.dynamic_index_in_dim(dprev_MRX, l, 0, keepdims=False)
+      dentry_init_EX = (jax.lax.dynamic_index_in_dim(pulled_GRX, l - l0, 0, keepdims=False) if merged
+                        else jax.lax.dynamic_index_in_dim(dprev_MRX, l, 0, keepdims=False))
     if layout.needs_prev:
       far = None
       if G > 1:
-        far = jax.lax.dynamic_index_in_dim(dprev_MRX, jnp.maximum(l - G, 0), 0, keepdims=False)
+        far = (jax.lax.dynamic_index_in_dim(far_GRX, l - l0, 0, keepdims=False) if merged
+               else jax.lax.dynamic_index_in_dim(dprev_MRX, jnp.maximum(l - G, 0), 0, keepdims=False))
         far = jnp.where(l0 > 0, far, jnp.zeros_like(far))
-      prev, buf = mix_forward(fns, coef, buf, l, lo=lo, init=far)
-    entry = jax.lax.dynamic_index_in_dim(buf, l, 0, keepdims=False)
-    dentry_EX, dcoef_MRME, dprev_MRX = _pull_backward(S, coef_MRME, dprev_MRX, entry.reshape(E, -1), l,
-                                                      dcoef_MRME, hi=hi, init_EX=dentry_init_EX)
+      prev, src = mix_forward(fns, coef, entries(dprev_MRX, buf), l, lo=lo, init=far)
+      dprev_MRX, buf = with_entries(dprev_MRX, buf, src)
+    entry = jax.lax.dynamic_index_in_dim(entries(dprev_MRX, buf), l, 0, keepdims=False)
+    dentry_EX, entry_EX, dcoef_MRME, dprev_MRX = _pull_backward(S, coef_MRME, dprev_MRX, entry.reshape(E, -1),
+                                                                l, dcoef_MRME, hi=hi, init_EX=dentry_init_EX)
+    entry = entry_EX.reshape(entry.shape)  # the loop's copy: no later read of slot l, which gets dprev_l
     known = _known(params_l, router_l, coef, prev, h_BTD, entry, l)
     post_pullback = _post_pullback(layout, invariant, saved_l, known)
     dentry = dentry_EX.reshape(entry.shape).astype(entry.dtype)
@@ -547,14 +582,18 @@ def _pull_bwd(fns, residuals, dh_out_BTD):
     own = jax.lax.dynamic_index_in_dim(dcoef_MRME, l, 0, keepdims=False) + dcoef_own
     dcoef_MRME = jax.lax.dynamic_update_index_in_dim(dcoef_MRME, own, l, 0)
     dprev_RX = dprev.reshape(dprev.shape[0], -1).astype(dprev_MRX.dtype)
-    dprev_MRX = jax.lax.dynamic_update_index_in_dim(dprev_MRX, dprev_RX, l, 0)
-    return (dh_BTD, dprev_MRX, dcoef_MRME, buf), (dparams, drouter)
+    dprev_MRX = jax.lax.dynamic_update_index_in_dim(dprev_MRX, dprev_RX, l, 0)  # merged: over entry l
+    return (dh_BTD, dprev_MRX, dcoef_MRME, buf, pulled_GRX, far_GRX), (dparams, drouter)
 
-  dprev_MRX = jnp.zeros((M, coef_LRME.shape[1], buf[0].size // E), fns.dtype)  # the buffer's dtype
-  carry = (dh_out_BTD, dprev_MRX, jnp.zeros_like(coef_MRME), buf)
+  park = lambda needed: jnp.zeros((G, R, X), fns.dtype) if merged and G > 1 and needed else None
+  if merged:
+    dprev_MRX, buf = buf.reshape(M, R, X), None
+  else:
+    dprev_MRX = jnp.zeros((M, R, X), fns.dtype)  # the buffer's dtype
+  carry = (dh_out_BTD, dprev_MRX, jnp.zeros_like(coef_MRME), buf, park(True), park(layout.needs_prev))
   xs = (layers, router, jnp.arange(L), hs_LBTD, saved)
-  (dh_BTD, _, dcoef_MRME, _), (dlayers, drouter) = _layer_scan(fns, body, carry, xs, reverse=True,
-                                                               group_body=group_body)
+  (dh_BTD, _, dcoef_MRME, *_), (dlayers, drouter) = _layer_scan(fns, body, carry, xs, reverse=True,
+                                                                group_body=group_body)
   (drouter_coef,) = coef_pullback(dcoef_MRME[:L])
   return dlayers, jax.tree.map(jnp.add, drouter, drouter_coef), dh_BTD, None
 
