@@ -221,8 +221,11 @@ def test_grouped_schedule_gradients_equal_unrolled_reference(layers, group, poli
 
 
 def test_group_size_choice():
-  auto = lambda L, S=4: lime_mod.group_size(lime_cfg("kv", num_layers=L, lime=LimeConfig(block_size=S)))
-  assert [auto(L) for L in (8, 16, 32, 64, 128)] == [1, 4, 4, 8, 8]  # L < S^2: no group fits sqrt(L)
+  auto = lambda L, S=4, policy="none": lime_mod.group_size(
+      lime_cfg("kv", num_layers=L, remat_policy=policy, lime=LimeConfig(block_size=S)))
+  assert [auto(L) for L in (8, 16, 32, 64, 128)] == [4, 4, 4, 8, 8]
+  # With remat the backward pass parks 2G slots: a group of 4 at 8 layers would take the whole buffer.
+  assert [auto(L, policy="full") for L in (8, 12, 16, 64)] == [1, 1, 4, 8]
   assert auto(5, S=2) == 1  # the block size does not divide the depth: per-layer schedule
   assert lime_mod.group_size(lime_cfg("static", num_layers=8)) == 1  # v1 routers: per-layer schedule
   with pytest.raises(ValueError, match="group_size"):
