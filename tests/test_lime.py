@@ -10,6 +10,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -293,14 +294,18 @@ def test_collections_match_and_leave_logits_unchanged():
   np.testing.assert_allclose(jnp.sum(out.collected["attn_probs"], -1), 1.0, atol=1e-5)
 
 
+def _jit_grad_temp_bytes(cfg: ModelConfig, loss: Callable, x: jax.ShapeDtypeStruct) -> int:
+  """Temp bytes XLA allocates for jit(grad(loss)) at `cfg`'s parameter shapes and input `x` (compiled only)."""
+  params = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
+  return jax.jit(jax.grad(loss)).lower(params, x).compile().memory_analysis().temp_size_in_bytes
+
+
 def _grad_temp_bytes(L: int, topology: str) -> int:
   """Temp bytes XLA allocates for jit(grad) of the stack at depth L."""
   cfg = lime_cfg("kv", num_layers=L, d_model=32, num_heads=4, num_kv_heads=4, ffn_dim=32, topology=topology,
                  lime=LimeConfig(block_size=4))
-  params = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
   h_BTD = jax.ShapeDtypeStruct((4, 32, cfg.d_model), jnp.float32)
-  grad = jax.jit(jax.grad(lambda p, h: jnp.sum(run_stack(cfg, p, h).h_BTD)))
-  return grad.lower(params, h_BTD).compile().memory_analysis().temp_size_in_bytes
+  return _jit_grad_temp_bytes(cfg, lambda p, h: jnp.sum(run_stack(cfg, p, h).h_BTD), h_BTD)
 
 
 def test_memory_is_linear_in_depth():
@@ -317,11 +322,9 @@ def test_cotangent_stack_is_the_buffer(group, policy):
   1.64 with G = 4 and full remat, whose two G-slot arrays add half a buffer); a separate cotangent
   stack measured 2.25 and 2.14 (one buffer more)."""
 
-  def temp_bytes(cfg: ModelConfig) -> int:
-    params = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
-    tokens_BT = jax.ShapeDtypeStruct((4, 64), jnp.int32)
+  def temp_bytes(cfg: ModelConfig) -> int:  # the whole model: the baseline has no LIMe stack to run alone
     loss = lambda p, t: jnp.mean(Transformer(cfg).apply({"params": p}, t)[0] ** 2)
-    return jax.jit(jax.grad(loss)).lower(params, tokens_BT).compile().memory_analysis().temp_size_in_bytes
+    return _jit_grad_temp_bytes(cfg, loss, jax.ShapeDtypeStruct((4, 64), jnp.int32))
 
   base = ModelConfig(vocab_size=64, num_layers=16, d_model=64, num_heads=4, num_kv_heads=4, ffn_dim=128,
                      remat_policy=policy, lime=LimeConfig(block_size=4, group_size=group))
