@@ -250,8 +250,9 @@ def group_size(cfg: ModelConfig) -> int:
   Auto (0): the multiple of the block size S dividing L closest to sqrt(L) from below (at least S), as
   long as the arrays in which the backward pass parks a group's partial sums (lime_vjp._pull_bwd: G
   buffer slots, 2G under any remat policy but 'none', as those recompute prev) take at most half the
-  buffer; else, and for 1 or S not dividing L, the per-layer schedule. With S = 4: 8 layers group by 4 without remat (7% faster
-  there on 2 CPU cores) and not with it (as fast either way, half a buffer less memory)."""
+  buffer; else, and for 1 or S not dividing L, the per-layer schedule. With S = 4: 8 layers group by 4
+  without remat (7% faster there on 2 CPU cores) and not with it (as fast either way, half a buffer
+  less memory)."""
   S, _ = num_slots(cfg)
   L, G = cfg.num_layers, cfg.lime.group_size
   if cfg.lime.router != "kv" or G == 1:

@@ -210,24 +210,21 @@ def _pull_backward(S: int, coef_MRME: jax.Array, dprev_MRX: jax.Array, entry_EX:
   return jax.lax.fori_loop((l + 1) // S, hi, body, (dentry_EX, entry_EX, dcoef_MRME, dprev_MRX))
 
 
-def _far_pull(fns: LayerFns, coef_MRME: jax.Array, dprev_MRX: jax.Array, buf: jax.Array | None, l0: jax.Array,
-              dcoef_MRME: jax.Array, out_GRX: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+def _far_pull(fns: LayerFns, coef_MRME: jax.Array, dprev_MRX: jax.Array, l0: jax.Array, dcoef_MRME: jax.Array,
+              out_GRX: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(dcoef, dprev, out): the part of the slot cotangents of the group's G layers l0.. from the layers
-  l' >= l0 + G above it, sum_{l', r} W_{l'}[r, l, :] dprev_{l'}[r], written into dprev[l0:l0+G] (those
-  slots are free until their layers run), or into `out_GRX` if given; and their router gradients
-  dW_{l'}[:, l0:l0+G] = dprev_{l'} buf[l0:l0+G]^T added into dcoef. One pass over the dprev blocks above
-  the group with [G*E]-row products, by column chunks (the grouped counterpart of `_pull_backward`).
-  `buf` None: the entries are read from dprev_MRX itself (the merged stack of `_pull_bwd`)."""
+  l' >= l0 + G above it, sum_{l', r} W_{l'}[r, l, :] dprev_{l'}[r], written into `out_GRX`; and their
+  router gradients dW_{l'}[:, l0:l0+G] = dprev_{l'} buf[l0:l0+G]^T added into dcoef. One pass over the
+  dprev blocks above the group with [G*E]-row products, by column chunks (the grouped counterpart of
+  `_pull_backward`). `dprev_MRX` is the merged stack of `_pull_bwd`: slots l0.. still hold the entries."""
   G, E = fns.group_size, coef_MRME.shape[3]
   M, R, X = dprev_MRX.shape
   C = _num_chunks(fns, X)
   Xc = X // C
-  buf_MEX = None if buf is None else buf.reshape(buf.shape[0], E, X)
 
   def chunk(k, carry):
     dcoef_MRME, dprev_MRX, out_GRX = carry
-    src_MEX = dprev_MRX if buf_MEX is None else buf_MEX  # E == R when merged
-    entries_XJ = jax.lax.dynamic_slice(src_MEX, (l0, 0, k * Xc), (G, E, Xc)).reshape(G * E, Xc).T
+    entries_XJ = jax.lax.dynamic_slice(dprev_MRX, (l0, 0, k * Xc), (G, E, Xc)).reshape(G * E, Xc).T
 
     def block(j, carry):
       dent_JX, dcoef_MRME, dprev_MRX = carry
@@ -243,11 +240,8 @@ def _far_pull(fns: LayerFns, coef_MRME: jax.Array, dprev_MRX: jax.Array, buf: ja
 
     init = (jnp.zeros((G * E, Xc), jnp.float32), dcoef_MRME, dprev_MRX)
     dent_JX, dcoef_MRME, dprev_MRX = jax.lax.fori_loop((l0 + G) // G, M // G, block, init)
-    dent_GRX = dent_JX.reshape(G, E, Xc).astype(dprev_MRX.dtype)  # E == R: a dprev slot holds it
-    if out_GRX is None:
-      dprev_MRX = jax.lax.dynamic_update_slice(dprev_MRX, dent_GRX, (l0, 0, k * Xc))
-    else:
-      out_GRX = jax.lax.dynamic_update_slice(out_GRX, dent_GRX, (0, 0, k * Xc))
+    dent_GRX = dent_JX.reshape(G, E, Xc).astype(out_GRX.dtype)
+    out_GRX = jax.lax.dynamic_update_slice(out_GRX, dent_GRX, (0, 0, k * Xc))
     return jax.lax.optimization_barrier((dcoef_MRME, dprev_MRX, out_GRX))
 
   return jax.lax.fori_loop(0, C, chunk, (dcoef_MRME, dprev_MRX, out_GRX))
@@ -518,10 +512,9 @@ def _pull_bwd(fns, residuals, dh_out_BTD):
   above the current layer hold dprev, the others entries: the cotangent costs no memory of its own.
   (Otherwise, v1 static routers with several heads, the stack is a separate array.)
 
-  Grouped (G > 1), each group starts (at its top layer) with `_far_pull` and, when the layer must
-  recompute prev (remat), with `far_forward`. Their results wait in two G-slot arrays (merged), or in
-  the free dprev slots of the group and of the group below (separate stack): those receive dprev_l
-  only when layer l runs."""
+  Grouped (G > 1: the kv router, so merged; `_write_far` rejects the rest in the forward), each group
+  starts (at its top layer) with `_far_pull` and, when the layer must recompute prev (remat), with
+  `far_forward`. Their results wait in two G-slot arrays until the group's layers run."""
   layers, router, buf, hs_LBTD, invariant, saved, layout = residuals
   L, M, S, G = hs_LBTD.shape[0], fns.num_slots, fns.block_size, fns.group_size
   coef_LRME, coef_pullback = jax.vjp(fns.static_coef, router)
@@ -539,15 +532,10 @@ def _pull_bwd(fns, residuals, dh_out_BTD):
 
   def group_body(carry, l0):
     dh_BTD, dprev_MRX, dcoef_MRME, buf, pulled_GRX, far_GRX = carry
-    if merged:
-      if layout.needs_prev:
-        far_GRX, src = far_forward(fns, coef_MRME, far_GRX, 0, l0, src=entries(dprev_MRX, buf))
-        dprev_MRX, buf = with_entries(dprev_MRX, buf, src)
-      dcoef_MRME, dprev_MRX, pulled_GRX = _far_pull(fns, coef_MRME, dprev_MRX, None, l0, dcoef_MRME, pulled_GRX)
-    else:
-      if layout.needs_prev:  # l0 = 0: far is zero and its write is overwritten just below
-        dprev_MRX, buf = far_forward(fns, coef_MRME, dprev_MRX, jnp.maximum(l0 - G, 0), l0, src=buf)
-      dcoef_MRME, dprev_MRX, _ = _far_pull(fns, coef_MRME, dprev_MRX, buf, l0, dcoef_MRME)
+    if layout.needs_prev:
+      far_GRX, src = far_forward(fns, coef_MRME, far_GRX, 0, l0, src=entries(dprev_MRX, buf))
+      dprev_MRX, buf = with_entries(dprev_MRX, buf, src)
+    dcoef_MRME, dprev_MRX, pulled_GRX = _far_pull(fns, coef_MRME, dprev_MRX, l0, dcoef_MRME, pulled_GRX)
     return dh_BTD, dprev_MRX, dcoef_MRME, buf, pulled_GRX, far_GRX
 
   def body(carry, xs):
@@ -559,14 +547,11 @@ def _pull_bwd(fns, residuals, dh_out_BTD):
     if G > 1:
       l0 = l - l % G
       lo, hi = l0 // S, (l0 + G) // S
-      dentry_init_EX = (jax.lax.dynamic_index_in_dim(pulled_GRX, l - l0, 0, keepdims=False) if merged
-                        else jax.lax.dynamic_index_in_dim(dprev_MRX, l, 0, keepdims=False))
+      dentry_init_EX = jax.lax.dynamic_index_in_dim(pulled_GRX, l - l0, 0, keepdims=False)
     if layout.needs_prev:
       far = None
       if G > 1:
-        far = (jax.lax.dynamic_index_in_dim(far_GRX, l - l0, 0, keepdims=False) if merged
-               else jax.lax.dynamic_index_in_dim(dprev_MRX, jnp.maximum(l - G, 0), 0, keepdims=False))
-        far = jnp.where(l0 > 0, far, jnp.zeros_like(far))
+        far = jax.lax.dynamic_index_in_dim(far_GRX, l - l0, 0, keepdims=False)  # zero in the first group
       prev, src = mix_forward(fns, coef, entries(dprev_MRX, buf), l, lo=lo, init=far)
       dprev_MRX, buf = with_entries(dprev_MRX, buf, src)
     entry = jax.lax.dynamic_index_in_dim(entries(dprev_MRX, buf), l, 0, keepdims=False)
@@ -585,7 +570,7 @@ def _pull_bwd(fns, residuals, dh_out_BTD):
     dprev_MRX = jax.lax.dynamic_update_index_in_dim(dprev_MRX, dprev_RX, l, 0)  # merged: over entry l
     return (dh_BTD, dprev_MRX, dcoef_MRME, buf, pulled_GRX, far_GRX), (dparams, drouter)
 
-  park = lambda needed: jnp.zeros((G, R, X), fns.dtype) if merged and G > 1 and needed else None
+  park = lambda needed: jnp.zeros((G, R, X), fns.dtype) if G > 1 and needed else None
   if merged:
     dprev_MRX, buf = buf.reshape(M, R, X), None
   else:
