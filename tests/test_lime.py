@@ -20,6 +20,7 @@ import pytest
 from lime_jax.analysis.router import router_analysis, save_router_analysis
 from lime_jax.model import LimeConfig, ModelConfig, Transformer, get_topology, init_cache, init_params
 from lime_jax.model import lime as lime_mod
+from lime_jax.model import lime_vjp
 from lime_jax.model.block import Block
 from lime_jax.model.lime import (flops_per_token, mixing_flops_per_token, router_param_count,
                                  routing_weights, top_p_keep, unit_rms)
@@ -211,12 +212,14 @@ def assert_grads_match_unrolled(cfg: ModelConfig) -> None:
   assert max_rel_diff(grads, ref_grads) <= 1e-5
 
 
-@pytest.mark.parametrize("layers,group,policy", ((8, 4, "none"), (8, 4, "full"), (12, 6, "full")))
-def test_grouped_schedule_gradients_equal_unrolled_reference(layers, group, policy):
+@pytest.mark.parametrize("layers,group,policy,keep_far", ((8, 4, "none", True), (8, 4, "full", True),
+                                                           (8, 4, "full", False), (12, 6, "full", True)))
+def test_grouped_schedule_gradients_equal_unrolled_reference(layers, group, policy, keep_far):
   """The two-level schedule (far sources mixed per group of layers, lime_vjp.far_forward / _far_pull)
-  gives the unrolled reference's loss and gradients, with and without recomputation of prev."""
+  gives the unrolled reference's loss and gradients, with and without recomputation of prev, and with
+  the far parts kept from the forward pass or recomputed."""
   cfg = lime_cfg("kv", num_layers=layers, remat_policy=policy,
-                 lime=LimeConfig(router="kv", block_size=2, group_size=group))
+                 lime=LimeConfig(router="kv", block_size=2, group_size=group, keep_far=keep_far))
   assert lime_mod.group_size(cfg) == group
   assert_grads_match_unrolled(cfg)
 
@@ -315,23 +318,83 @@ def test_memory_is_linear_in_depth():
   assert (t16 - t8) / (t8 - t4) < 2.3, (t4, t8, t16)
 
 
+def _model_temp_bytes(cfg: ModelConfig) -> int:
+  """Temp bytes of jit(grad) of the whole model (the baseline has no LIMe stack to run alone)."""
+  loss = lambda p, t: jnp.mean(Transformer(cfg).apply({"params": p}, t)[0] ** 2)
+  return _jit_grad_temp_bytes(cfg, loss, jax.ShapeDtypeStruct((4, 64), jnp.int32))
+
+
+def _sixteen_layers(policy: str, **lime) -> ModelConfig:
+  return ModelConfig(vocab_size=64, num_layers=16, d_model=64, num_heads=4, num_kv_heads=4, ffn_dim=128,
+                     remat_policy=policy, lime=LimeConfig(block_size=4, **lime))
+
+
 @pytest.mark.parametrize("group,policy", ((1, "none"), (4, "full")))
 def test_cotangent_stack_is_the_buffer(group, policy):
   """The kv router's backward pass writes dprev_l over buffer slot l (lime_vjp._pull_bwd), so LIMe's
   temp bytes over the baseline's stay below 1.8 buffers at L = 16 (measured 1.25 with G = 1 and none,
-  1.64 with G = 4 and full remat, whose two G-slot arrays add half a buffer); a separate cotangent
-  stack measured 2.25 and 2.14 (one buffer more)."""
-
-  def temp_bytes(cfg: ModelConfig) -> int:  # the whole model: the baseline has no LIMe stack to run alone
-    loss = lambda p, t: jnp.mean(Transformer(cfg).apply({"params": p}, t)[0] ** 2)
-    return _jit_grad_temp_bytes(cfg, loss, jax.ShapeDtypeStruct((4, 64), jnp.int32))
-
-  base = ModelConfig(vocab_size=64, num_layers=16, d_model=64, num_heads=4, num_kv_heads=4, ffn_dim=128,
-                     remat_policy=policy, lime=LimeConfig(block_size=4, group_size=group))
+  1.64 with G = 4 and full remat without kept far parts, whose two G-slot arrays add half a buffer); a
+  separate cotangent stack measured 2.25 and 2.14 (one buffer more)."""
+  base = _sixteen_layers(policy, group_size=group, keep_far=False)
   lime = dataclasses.replace(base, topology="lime")
   assert lime_mod.group_size(lime) == group
-  overhead = (temp_bytes(lime) - temp_bytes(base)) / lime_mod.buffer_bytes(lime, 4, 64)
+  overhead = (_model_temp_bytes(lime) - _model_temp_bytes(base)) / lime_mod.buffer_bytes(lime, 4, 64)
   assert 1.0 <= overhead < 1.8, overhead
+
+
+def test_kept_far_parts_cost_their_slots():
+  """With remat and groups (G = 4 of L = 16), `lime.keep_far` keeps L - G far parts and drops the
+  G-slot array that held the recomputed ones: L - 2G slots more, to within 2% of a slot."""
+  cfg = dataclasses.replace(_sixteen_layers("full", group_size=4), topology="lime")
+  recomputed = dataclasses.replace(cfg, lime=dataclasses.replace(cfg.lime, keep_far=False))
+  slot = lime_mod.buffer_bytes(cfg, 4, 64) / 16
+  extra_slots = (_model_temp_bytes(cfg) - _model_temp_bytes(recomputed)) / slot
+  assert abs(extra_slots - (16 - 2 * 4)) < 0.02, extra_slots
+
+
+def test_remat_reads_the_entry_instead_of_recomputing_it():
+  """With full remat, the kv router's layer takes its raw k/v from the buffer slot (LayerFns.entry,
+  lime._stored), so one layer's backward pass costs exactly one kv projection (2*B*T*D*2RH FLOPs by
+  XLA's count) less than with the projection recomputed (entry=None), with the same gradients."""
+  cfg = lime_cfg("kv", remat_policy="full")
+  params, l, (B, T) = lime_params(cfg), 3, (2, 8)
+  keys = jax.random.split(jax.random.PRNGKey(5), 4)
+  fns = lime_mod._layer_fns(cfg)
+  h_BTD = jax.random.normal(keys[0], (B, T, cfg.d_model))
+  buf = jax.random.normal(keys[1], fns.new_buffer(B, T).shape)
+  dh_BTD = jax.random.normal(keys[2], h_BTD.shape)
+  dentry = jax.random.normal(keys[3], fns.entry_shape(B, T))
+  positions_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
+  router = lime_mod._stacked_router(params["router"], cfg, fns.num_slots)
+  params_l, router_l = jax.tree.map(lambda x: x[l], (params["layers"], router))
+
+  def backward(fns):
+    tree = {}
+    outs = jax.jit(lime_vjp._layer_step(fns, positions_BT, tree))(h_BTD, buf, params_l, router_l, l)
+    pull = jax.jit(lambda leaves, dh, de: jax.tree.unflatten(tree["treedef"], leaves)((dh, de)))
+    cost = pull.lower(outs[5], dh_BTD, dentry).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return cost["flops"], pull(outs[5], dh_BTD, dentry)
+
+  flops_read, grads_read = backward(fns)
+  flops_recomputed, grads_recomputed = backward(dataclasses.replace(fns, entry=None))
+  R, H = cfg.num_kv_heads, cfg.head_dim
+  assert flops_recomputed - flops_read == 2 * B * T * cfg.d_model * 2 * R * H, (flops_recomputed, flops_read)
+  assert max_rel_diff(grads_read, grads_recomputed) < 1e-6
+
+
+def test_save_dots_does_not_stack_the_entry_again(monkeypatch):
+  """remat_policy='save_dots' saves matmul outputs, the kv projection's among them: a second copy of
+  every buffer slot. With the entry an input of the layer (LayerFns.entry) there is no such matmul
+  output to save, and jit(grad) at 16 layers needs at least one buffer less (measured 14.3 -> 12.0 MiB,
+  buffer 2 MiB)."""
+
+  cfg = dataclasses.replace(_sixteen_layers("save_dots"), topology="lime")
+  read = _model_temp_bytes(cfg)
+  layer_fns = lime_mod._layer_fns
+  monkeypatch.setattr(lime_mod, "_layer_fns", lambda c: dataclasses.replace(layer_fns(c), entry=None))
+  recomputed = _model_temp_bytes(cfg)
+  assert recomputed - read >= lime_mod.buffer_bytes(cfg, 4, 64), (recomputed, read)
 
 
 def test_live_memory_benchmark_reads_the_peak():

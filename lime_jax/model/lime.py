@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from lime_jax.model.block import Block
+from lime_jax.model.layers import RMSNorm
 from lime_jax.model.lime_vjp import LayerFns, buffer_scan, lime_stack
 from lime_jax.model.model_config import ModelConfig
 from lime_jax.model.stack import StackOutput, Topology, pick_collected, register_topology
@@ -189,10 +190,39 @@ def _own_term(own_RH: jax.Array, x_HBTC: jax.Array) -> jax.Array:
   return jnp.einsum("brh,hbtc->btrc", own_BRH, x_HBTC, preferred_element_type=jnp.float32)
 
 
-def _kv_post(cfg, params_l, router_l, coef_RMR, prev_RBTC, h_BTD, positions_BT, l, cache_l):
+@jax.custom_vjp
+def _stored(computed: jax.Array, stored: jax.Array) -> jax.Array:
+  """`stored`, differentiated as `computed` (the caller guarantees they are equal): the value comes
+  from the buffer, the gradient flows into the computation that produced it."""
+  del computed
+  return stored
+
+
+def _stored_fwd(computed, stored):
+  del computed
+  return stored, None
+
+
+def _stored_bwd(_, g):
+  return g, None
+
+
+_stored.defvjp(_stored_fwd, _stored_bwd)
+
+
+def _kv_entry(cfg, params_l, h_BTD: jax.Array) -> jax.Array:
+  """Layer l's raw k/v [R, B, T, 2H] on its own: the Block's attn_norm and kv projection."""
+  x_BTD = RMSNorm(cfg.rms_eps, cfg.pdtype).apply({"params": params_l["attn_norm"]}, h_BTD).astype(cfg.dtype)
+  raw_BTRC = jnp.einsum("btd,drc->btrc", x_BTD, params_l["wkv"].astype(cfg.dtype))
+  return raw_BTRC.transpose(2, 0, 1, 3)
+
+
+def _kv_post(cfg, params_l, router_l, coef_RMR, prev_RBTC, h_BTD, positions_BT, l, cache_l, entry=None):
   """The Block with k/v = prev (earlier layers) + W_l[:, l] own raw k/v; the entry is the raw k/v.
 
   The own term reads the entry itself, so the residual it needs is the buffer slot (not saved twice).
+  `entry` given (the buffer slot, `_kv_entry`'s value): the raw k/v take its value and the projection
+  only its gradient, so a remat recomputation reads the slot instead of redoing the projection.
   """
   del router_l
   own_RR = jax.lax.dynamic_index_in_dim(coef_RMR, l, axis=1, keepdims=False)
@@ -200,6 +230,8 @@ def _kv_post(cfg, params_l, router_l, coef_RMR, prev_RBTC, h_BTD, positions_BT, 
 
   def kv_mixer(raw_BTRC):
     raw["RBTC"] = raw_BTRC.transpose(2, 0, 1, 3)
+    if entry is not None:
+      raw["RBTC"] = _stored(raw["RBTC"], entry.astype(raw["RBTC"].dtype))
     return (prev_RBTC.transpose(1, 2, 0, 3) + _own_term(own_RR, raw["RBTC"])).astype(cfg.dtype)
 
   h_BTD, extras = Block(cfg).apply({"params": params_l}, h_BTD, positions_BT, kv_mixer=kv_mixer,
@@ -249,10 +281,11 @@ def group_size(cfg: ModelConfig) -> int:
   the group) per layer: slot reads fall from ~L^2/2 to ~L^2/(2G) + L*G/2, least near G = sqrt(L).
   Auto (0): the multiple of the block size S dividing L closest to sqrt(L) from below (at least S), as
   long as the arrays in which the backward pass parks a group's partial sums (lime_vjp._pull_bwd: G
-  buffer slots, 2G under any remat policy but 'none', as those recompute prev) take at most half the
+  buffer slots, 2G under any remat policy but 'none', as those need prev again) take at most half the
   buffer; else, and for 1 or S not dividing L, the per-layer schedule. With S = 4: 8 layers group by 4
   without remat (7% faster there on 2 CPU cores) and not with it (as fast either way, half a buffer
-  less memory)."""
+  less memory). Under remat, `lime.keep_far` (default) then swaps the second G slots for the L - G
+  far parts the forward pass keeps, which the rule leaves at most 3/4 of the buffer."""
   S, _ = num_slots(cfg)
   L, G = cfg.num_layers, cfg.lime.group_size
   if cfg.lime.router != "kv" or G == 1:
@@ -280,7 +313,7 @@ def _layer_fns(cfg: ModelConfig) -> LayerFns:
     return LayerFns(pre=lambda router_l, h, l: router_l["coef"], mix=_matrix_mix,
                     post=functools.partial(_kv_post, cfg), entry_shape=lambda B, T: (R, B, T, 2 * H),
                     coef_axis=1, static_coef=lambda router: router["coef"], group_size=group_size(cfg),
-                    **common)
+                    keep_far=cfg.lime.keep_far, entry=functools.partial(_kv_entry, cfg), **common)
   if cfg.lime.router == "dynamic":
     return LayerFns(pre=functools.partial(_dynamic_pre, cfg), mix=_dynamic_mix,
                     post=functools.partial(_v1_post, cfg), entry_shape=lambda B, T: (B, T, D),

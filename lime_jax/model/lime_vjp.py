@@ -16,7 +16,11 @@ the layer's `post` (wrapped by `stack.remat`) and stacks its pullback's residual
 of them and never recomputes the layer, 'full' keeps only the inputs (the backward recomputes the
 layer, and prev from the buffer), 'save_dots' keeps the matmul outputs. Residuals the backward pass
 has anyway (the layer's inputs, its buffer slot) or that depend on no per-layer input (RoPE tables,
-causal masks) are not stacked: `_traced_layer` classifies them on the layer's jaxpr.
+causal masks) are not stacked: `_traced_layer` classifies them on the layer's jaxpr. With remat, an
+entry that can be computed on its own (`LayerFns.entry`: the kv router's raw k/v projection) is an input
+of the rematerialised layer, so the backward pass reads it from its buffer slot instead of recomputing
+the projection (which the baseline, under the same policy, recomputes), and 'save_dots' does not save a
+second copy of it as a matmul output.
 
 Work is triangular in depth: the mix is a `fori_loop` with a dynamic trip count over blocks of
 `block_size` source slots, so layer l reads only the blocks holding slots < l. `post` adds the
@@ -28,9 +32,11 @@ matmuls: each slot is read once per group instead of once per layer, G times the
 of the per-layer mix, which is memory bound on CPU) and parks each layer's far part in that layer's
 own, not yet written, buffer slot; layer l then adds only the slots inside its group. The backward pass
 mirrors it: `_far_pull` gives the group's slot cotangents from the layers above the group and their
-router gradients, in one pass; with remat, `far_forward` recomputes the far parts that prev needs. Each
-waits in a G-slot array until its layers run (see `_pull_bwd`), so grouping costs G slots (2G with
-remat); column chunks keep its temporaries about one slot each.
+router gradients, in one pass. With remat, prev needs the far parts again: by default (`keep_far`) the
+forward pass keeps them (L - G slots, within the cotangent's budget, which the buffer holds), else
+`far_forward` recomputes them. Each group's results wait in a G-slot array until its layers run (see
+`_pull_bwd`), so grouping costs G slots (plus the kept far parts, or G more slots for the recomputed
+ones, with remat); column chunks keep its temporaries about one slot each.
 
 Backward, for routers with static coefficients (kv, static, top_p), the buffer's cotangent is pulled
 rather than pushed: the mixes are linear, so d buf[l] = sum_{l'>l} W_{l'}[:, l]^T dprev_{l'}. The
@@ -70,6 +76,8 @@ class LayerFns:
   (h_BTD, entry, extras); entry_shape(B, T) is one buffer slot; coef_axis is coef's source-slot axis.
   static_coef(router) -> coef of every layer [L, R, M, E] when coef does not depend on the input
   (coef_l = static_coef(router)[l] up to a reshape; a slot is E rows): then the backward pass pulls.
+  entry(layer_l, h_BTD) -> the layer's entry on its own, when post(..., entry=...) can take it as an
+  input: with remat, the recomputed layer then reads its buffer slot instead of recomputing it.
   """
 
   pre: Callable
@@ -83,6 +91,8 @@ class LayerFns:
   policy: str = "none"
   static_coef: Callable | None = None
   group_size: int = 1
+  keep_far: bool = False  # grouped, with remat: keep the far parts for the backward pass
+  entry: Callable | None = None
 
   def __post_init__(self):
     G, S = self.group_size, self.block_size
@@ -347,12 +357,18 @@ def _layer_step(fns: LayerFns, positions_BT: jax.Array, pullback_tree: dict) -> 
   def step(h_BTD, buf, params_l, router_l, l):
     coef = fns.pre(router_l, h_BTD, l)
     prev, buf = _forward_prev(fns, coef, buf, l)
+    # With remat, an entry computed on its own is an input of the rematerialised layer, so its
+    # recomputation in the backward pass reads the buffer slot (a known value) instead.
+    entry_in = None if fns.entry is None or fns.policy == "none" else fns.entry(params_l, h_BTD)
 
-    def post(params_l, router_l, coef, prev, h_BTD):
-      h_BTD, entry, _ = fns.post(params_l, router_l, coef, prev, h_BTD, positions_BT, l, None)
+    def post(params_l, router_l, coef, prev, h_BTD, entry_in):
+      kw = {} if entry_in is None else {"entry": entry_in}
+      h_BTD, entry, _ = fns.post(params_l, router_l, coef, prev, h_BTD, positions_BT, l, None, **kw)
       return h_BTD, entry
 
-    (h_next, entry), pullback = jax.vjp(remat(post, fns.policy), params_l, router_l, coef, prev, h_BTD)
+    (h_next, entry), pullback = jax.vjp(lambda *args: remat(post, fns.policy)(*args, entry_in),
+                                        params_l, router_l, coef, prev, h_BTD)
+    entry = entry if entry_in is None else entry_in  # the same value; this variable is the known one
     leaves, pullback_tree["treedef"] = jax.tree.flatten(pullback)
     buf = jax.lax.dynamic_update_index_in_dim(buf, entry.astype(buf.dtype), l, 0)
     return h_next, buf, coef, prev, entry, leaves
@@ -394,12 +410,12 @@ def _scan_forward(fns: LayerFns, layers: Any, router: Any, h_BTD: jax.Array, pos
                   with_residuals: bool):
   """Forward scan writing buffer slot l at layer l. With residuals, also returns every layer's input,
   the layer-invariant pullback leaves and the stacked saved ones (see `_Layout`)."""
-  L = jax.tree.leaves(layers)[0].shape[0]
+  L, G = jax.tree.leaves(layers)[0].shape[0], fns.group_size
   buf = fns.new_buffer(h_BTD.shape[0], h_BTD.shape[1])
   group_body = None
-  if fns.group_size > 1:
+  if G > 1:
     coef_MRME = _static_coef_MRME(fns, router)
-    group_body = lambda carry, l0: (carry[0], _write_far(fns, coef_MRME, carry[1], l0))
+    group_body = lambda carry, l0: (carry[0], _write_far(fns, coef_MRME, carry[1], l0), *carry[2:])
   if not with_residuals:
     def plain_body(carry, xs):
       h_BTD, buf = carry
@@ -417,14 +433,27 @@ def _scan_forward(fns: LayerFns, layers: Any, router: Any, h_BTD: jax.Array, pos
   step = jex_core.jaxpr_as_fun(closed)
   saved_idx = [i for i, (kind, _) in enumerate(layout.slots) if kind == "saved"]
 
-  def body(carry, xs):
-    h_BTD, buf = carry
-    outs = step(*jax.tree.leaves((h_BTD, buf, *xs)))
-    return (outs[0], outs[1]), (h_BTD, [outs[5 + i] for i in saved_idx])
+  far = None
+  if G > 1 and layout.needs_prev and fns.keep_far:
+    # The far parts that `_write_far` parks in slots l0..l0+G-1 are also kept for the backward pass:
+    # [L - G, *slot], those of layers G.. (the first group's are zero).
+    far = jnp.zeros((L - G, *buf.shape[1:]), buf.dtype)
 
-  (h_BTD, buf), (hs_LBTD, saved) = _layer_scan(fns, body, (h_BTD, buf),
-                                               (layers, router, jnp.arange(L)), group_body=group_body)
-  return h_BTD, (buf, hs_LBTD, invariant, saved, layout)
+    def group_body(carry, l0):
+      h_BTD, buf, far = carry
+      buf = _write_far(fns, coef_MRME, buf, l0)
+      group_BX = jax.lax.dynamic_slice_in_dim(buf, l0, G, 0)
+      # At l0 = 0 the start clamps to 0 and writes the first group's zeros there; group 1 overwrites them.
+      return h_BTD, buf, jax.lax.dynamic_update_slice_in_dim(far, group_BX, jnp.maximum(l0 - G, 0), 0)
+
+  def body(carry, xs):
+    h_BTD, buf, far = carry
+    outs = step(*jax.tree.leaves((h_BTD, buf, *xs)))
+    return (outs[0], outs[1], far), (h_BTD, [outs[5 + i] for i in saved_idx])
+
+  (h_BTD, buf, far), (hs_LBTD, saved) = _layer_scan(fns, body, (h_BTD, buf, far),
+                                                    (layers, router, jnp.arange(L)), group_body=group_body)
+  return h_BTD, (buf, far, hs_LBTD, invariant, saved, layout)
 
 
 def buffer_scan(fns: LayerFns, layers: Any, router: Any, h: jax.Array, positions_BT: jax.Array,
@@ -474,7 +503,7 @@ def _lime_stack_bwd(fns, residuals, dh_out_BTD):
 
 def _push_bwd(fns, residuals, dh_out_BTD):
   """Backward scan pushing each layer's mix cotangent into the buffer cotangent (any router)."""
-  layers, router, buf, hs_LBTD, invariant, saved, layout = residuals
+  layers, router, buf, _, hs_LBTD, invariant, saved, layout = residuals
   L = hs_LBTD.shape[0]
 
   def body(carry, xs):
@@ -513,9 +542,10 @@ def _pull_bwd(fns, residuals, dh_out_BTD):
   (Otherwise, v1 static routers with several heads, the stack is a separate array.)
 
   Grouped (G > 1: the kv router, so merged; `_write_far` rejects the rest in the forward), each group
-  starts (at its top layer) with `_far_pull` and, when the layer must recompute prev (remat), with
-  `far_forward`. Their results wait in two G-slot arrays until the group's layers run."""
-  layers, router, buf, hs_LBTD, invariant, saved, layout = residuals
+  starts (at its top layer) with `_far_pull` and, when the layers must recompute prev (remat) and the
+  forward pass did not keep their far parts (`LayerFns.keep_far`), with `far_forward`. Their results
+  wait in two G-slot arrays until the group's layers run."""
+  layers, router, buf, kept_far, hs_LBTD, invariant, saved, layout = residuals
   L, M, S, G = hs_LBTD.shape[0], fns.num_slots, fns.block_size, fns.group_size
   coef_LRME, coef_pullback = jax.vjp(fns.static_coef, router)
   coef_MRME = jnp.pad(coef_LRME, [(0, M - L), (0, 0), (0, 0), (0, 0)])
@@ -523,6 +553,7 @@ def _pull_bwd(fns, residuals, dh_out_BTD):
   X = buf[0].size // E
   merged = R == E
   buf_shape = buf.shape
+  recomputes_far = layout.needs_prev and kept_far is None
 
   def entries(dprev_MRX, buf):
     return dprev_MRX.reshape(buf_shape) if merged else buf
@@ -532,7 +563,7 @@ def _pull_bwd(fns, residuals, dh_out_BTD):
 
   def group_body(carry, l0):
     dh_BTD, dprev_MRX, dcoef_MRME, buf, pulled_GRX, far_GRX = carry
-    if layout.needs_prev:
+    if recomputes_far:
       far_GRX, src = far_forward(fns, coef_MRME, far_GRX, 0, l0, src=entries(dprev_MRX, buf))
       dprev_MRX, buf = with_entries(dprev_MRX, buf, src)
     dcoef_MRME, dprev_MRX, pulled_GRX = _far_pull(fns, coef_MRME, dprev_MRX, l0, dcoef_MRME, pulled_GRX)
@@ -550,7 +581,10 @@ def _pull_bwd(fns, residuals, dh_out_BTD):
       dentry_init_EX = jax.lax.dynamic_index_in_dim(pulled_GRX, l - l0, 0, keepdims=False)
     if layout.needs_prev:
       far = None
-      if G > 1:
+      if G > 1 and kept_far is not None:  # kept by the forward pass (layers G..); zero in the first group
+        far = jax.lax.dynamic_index_in_dim(kept_far, jnp.maximum(l - G, 0), 0, keepdims=False)
+        far = jnp.where(l >= G, far, jnp.zeros_like(far))
+      elif G > 1:
         far = jax.lax.dynamic_index_in_dim(far_GRX, l - l0, 0, keepdims=False)  # zero in the first group
       prev, src = mix_forward(fns, coef, entries(dprev_MRX, buf), l, lo=lo, init=far)
       dprev_MRX, buf = with_entries(dprev_MRX, buf, src)
@@ -575,7 +609,7 @@ def _pull_bwd(fns, residuals, dh_out_BTD):
     dprev_MRX, buf = buf.reshape(M, R, X), None
   else:
     dprev_MRX = jnp.zeros((M, R, X), fns.dtype)  # the buffer's dtype
-  carry = (dh_out_BTD, dprev_MRX, jnp.zeros_like(coef_MRME), buf, park(True), park(layout.needs_prev))
+  carry = (dh_out_BTD, dprev_MRX, jnp.zeros_like(coef_MRME), buf, park(True), park(recomputes_far))
   xs = (layers, router, jnp.arange(L), hs_LBTD, saved)
   (dh_BTD, _, dcoef_MRME, *_), (dlayers, drouter) = _layer_scan(fns, body, carry, xs, reverse=True,
                                                                 group_body=group_body)

@@ -18,6 +18,7 @@ class LimeConfig:
   static_init_std: float = 0.1
   block_size: int = 4
   group_size: int = 0  # kv router: layers whose far sources are mixed together; 0 = auto, 1 = off.
+  keep_far: bool = True  # grouped, with remat: keep the far parts for the backward pass (L - G slots).
 
 
 @dataclasses.dataclass(frozen=True)
