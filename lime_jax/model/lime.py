@@ -285,7 +285,8 @@ def group_size(cfg: ModelConfig) -> int:
   buffer; else, and for 1 or S not dividing L, the per-layer schedule. With S = 4: 8 layers group by 4
   without remat (7% faster there on 2 CPU cores) and not with it (as fast either way, half a buffer
   less memory). Under remat, `lime.keep_far` (default) then swaps the second G slots for the L - G
-  far parts the forward pass keeps, which the rule leaves at most 3/4 of the buffer."""
+  far parts the forward pass keeps: G + (L - G) slots, one buffer, the size of the cotangent that
+  needs no memory of its own (it shares the buffer)."""
   S, _ = num_slots(cfg)
   L, G = cfg.num_layers, cfg.lime.group_size
   if cfg.lime.router != "kv" or G == 1:
