@@ -388,7 +388,6 @@ def test_save_dots_does_not_stack_the_entry_again(monkeypatch):
   every buffer slot. With the entry an input of the layer (LayerFns.entry) there is no such matmul
   output to save, and jit(grad) at 16 layers needs at least one buffer less (measured 14.3 -> 12.0 MiB,
   buffer 2 MiB)."""
-
   cfg = dataclasses.replace(_sixteen_layers("save_dots"), topology="lime")
   read = _model_temp_bytes(cfg)
   layer_fns = lime_mod._layer_fns

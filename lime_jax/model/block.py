@@ -21,6 +21,12 @@ KvMixer = Callable[[jax.Array], jax.Array]
 KvInput = Callable[[jax.Array], jax.Array]
 
 
+def project_kv(cfg: ModelConfig, x_BTD: jax.Array, wkv_DRC: jax.Array) -> jax.Array:
+  """The raw (pre-RoPE) keys/values [B, T, R, 2H] of the normed input: the Block's kv projection
+  (lime_jax/model/lime.py recomputes it outside the Block from the same parameters)."""
+  return jnp.einsum("btd,drc->btrc", x_BTD, wkv_DRC.astype(cfg.dtype))
+
+
 class Residual(NamedTuple):
   """How a sub-layer ('attn' or 'mlp') reads and writes the residual state (Hyper-Connections keep n
   streams, lime_jax/model/hyper_connections.py). read(name, state) -> (h [B, T, D] the sub-layer
@@ -60,7 +66,7 @@ class Block(nn.Module):
     x_BTD = RMSNorm(cfg.rms_eps, cfg.pdtype, name="attn_norm")(h_BTD).astype(cfg.dtype)
     q_BTNH = jnp.einsum("btd,dnh->btnh", x_BTD, wq_DNH.astype(cfg.dtype))
     if kv_input is None:
-      raw_kv_BTRC = jnp.einsum("btd,drc->btrc", x_BTD, wkv_DRC.astype(cfg.dtype))
+      raw_kv_BTRC = project_kv(cfg, x_BTD, wkv_DRC)
     else:
       x_BTRD = kv_input(x_BTD).astype(cfg.dtype)
       raw_kv_BTRC = jnp.einsum("btrd,drc->btrc", x_BTRD, wkv_DRC.astype(cfg.dtype))

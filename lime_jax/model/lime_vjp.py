@@ -415,36 +415,36 @@ def _scan_forward(fns: LayerFns, layers: Any, router: Any, h_BTD: jax.Array, pos
   group_body = None
   if G > 1:
     coef_MRME = _static_coef_MRME(fns, router)
-    group_body = lambda carry, l0: (carry[0], _write_far(fns, coef_MRME, carry[1], l0), *carry[2:])
+
+    def group_body(carry, l0):
+      """Parks the far parts of the group's layers in their slots; with `far` (the carry's last
+      entry, not None), also keeps them for the backward pass: [L - G, *slot], those of layers G.."""
+      h_BTD, buf, far = carry
+      buf = _write_far(fns, coef_MRME, buf, l0)
+      if far is not None:  # l0 = 0: the start clamps to 0 and writes zeros there, which group 1 overwrites
+        group_BX = jax.lax.dynamic_slice_in_dim(buf, l0, G, 0)
+        far = jax.lax.dynamic_update_slice_in_dim(far, group_BX, jnp.maximum(l0 - G, 0), 0)
+      return h_BTD, buf, far
+
   if not with_residuals:
     def plain_body(carry, xs):
-      h_BTD, buf = carry
+      h_BTD, buf, _ = carry
       params_l, router_l, l = xs
       coef = fns.pre(router_l, h_BTD, l)
       prev, buf = _forward_prev(fns, coef, buf, l)
       h_BTD, entry, _ = fns.post(params_l, router_l, coef, prev, h_BTD, positions_BT, l, None)
-      return (h_BTD, jax.lax.dynamic_update_index_in_dim(buf, entry.astype(buf.dtype), l, 0)), None
+      return (h_BTD, jax.lax.dynamic_update_index_in_dim(buf, entry.astype(buf.dtype), l, 0), None), None
 
-    (h_BTD, buf), _ = _layer_scan(fns, plain_body, (h_BTD, buf), (layers, router, jnp.arange(L)),
-                                  group_body=group_body)
+    (h_BTD, _, _), _ = _layer_scan(fns, plain_body, (h_BTD, buf, None), (layers, router, jnp.arange(L)),
+                                   group_body=group_body)
     return h_BTD, None
 
   closed, layout, invariant = _traced_layer(fns, layers, router, h_BTD, buf, positions_BT)
   step = jex_core.jaxpr_as_fun(closed)
   saved_idx = [i for i, (kind, _) in enumerate(layout.slots) if kind == "saved"]
 
-  far = None
-  if G > 1 and layout.needs_prev and fns.keep_far:
-    # The far parts that `_write_far` parks in slots l0..l0+G-1 are also kept for the backward pass:
-    # [L - G, *slot], those of layers G.. (the first group's are zero).
-    far = jnp.zeros((L - G, *buf.shape[1:]), buf.dtype)
-
-    def group_body(carry, l0):
-      h_BTD, buf, far = carry
-      buf = _write_far(fns, coef_MRME, buf, l0)
-      group_BX = jax.lax.dynamic_slice_in_dim(buf, l0, G, 0)
-      # At l0 = 0 the start clamps to 0 and writes the first group's zeros there; group 1 overwrites them.
-      return h_BTD, buf, jax.lax.dynamic_update_slice_in_dim(far, group_BX, jnp.maximum(l0 - G, 0), 0)
+  keeps_far = G > 1 and layout.needs_prev and fns.keep_far  # the first group's far parts are zero
+  far = jnp.zeros((L - G, *buf.shape[1:]), buf.dtype) if keeps_far else None
 
   def body(carry, xs):
     h_BTD, buf, far = carry
