@@ -99,7 +99,10 @@ def default_config() -> ml_collections.ConfigDict:
   d.arithmetic.test_fraction = 0.01  # share of the expression space reserved for the test split.
   d.multiplication = ml_collections.ConfigDict()  # Deng et al. format (SPEC §5).
   d.multiplication.num_digits = 4  # n x n digits; operands have exactly n digits.
-  d.multiplication.cot = False  # answer `<partial products> #### C` instead of `C`.
+  d.multiplication.cot = False  # answer `<partial products> #### C` instead of `#### C`.
+  # Without CoT: keep the `####` before C, as the official no-CoT target (da03/implicit_chain_of_thought
+  # src/data.py extract_answer); False: the bare product C.
+  d.multiplication.answer_marker = True
   # Test file: 'official' (the packaged official 4x4 / 5x5 files) or a path ('{n}' -> num_digits);
   # the test split reads it and train excludes its pairs; '' holds test pairs out by hash only.
   d.multiplication.eval_file = ""

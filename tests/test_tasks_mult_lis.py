@@ -41,11 +41,28 @@ def test_format_small_cases_by_hand():
   # 123 * 456: partial products 738, 6150, 49200; running sum 6888 after the 2nd; C = 056088.
   assert format_line(123, 456, 3, cot=True) == (
       "3 2 1 * 6 5 4||8 3 7 0 + 0 5 1 6 0 ( 8 8 8 6 0 ) + 0 0 2 9 4 0 #### 8 8 0 6 5 0")
-  assert format_line(123, 456, 3, cot=False) == "3 2 1 * 6 5 4||8 8 0 6 5 0"
+  # No CoT: the official target keeps the marker (`'####' + C`); the bare product is an option.
+  assert format_line(123, 456, 3, cot=False) == "3 2 1 * 6 5 4||#### 8 8 0 6 5 0"
+  assert format_line(123, 456, 3, cot=False, marker=False) == "3 2 1 * 6 5 4||8 8 0 6 5 0"
+  assert format_line(123, 456, 3, cot=True, marker=False) == format_line(123, 456, 3, cot=True)
   assert format_line(12, 34, 2, cot=True) == "2 1 * 4 3||8 4 0 + 0 6 3 0 #### 8 0 4 0"
   with pytest.raises(ValueError, match="exactly n=3 digits"):
     format_line(12, 456, 3, cot=True)
 
+
+
+@pytest.mark.parametrize("marker", [True, False])
+def test_multiplication_config_selects_the_no_cot_marker(marker):
+  """config.data.multiplication.answer_marker (default True, the official no-CoT target) reaches the
+  task built from the config."""
+  config = default_config()
+  config.data.task = "multiplication"
+  config.data.multiplication.num_digits = 3
+  if not marker:
+    config.data.multiplication.answer_marker = False
+  ex = tasks.get_task(config.data, seed=0).example("train", 0)
+  assert ex.answer.startswith("#### ") == marker
+  assert len(ex.answer.split()) == 6 + (1 if marker else 0)
 
 @pytest.mark.parametrize("n", [3, 4])
 @pytest.mark.parametrize("cot", [False, True])
@@ -204,7 +221,7 @@ def _config(task: str, seq_len: int):
   return c
 
 
-@pytest.mark.parametrize("task,cot,seq_len", [("multiplication", False, 16),
+@pytest.mark.parametrize("task,cot,seq_len", [("multiplication", False, 20),
                                               ("multiplication", True, 44), ("lis", False, 13),
                                               ("lis", True, 24)])
 def test_pipeline_builds_batches(task, cot, seq_len):
@@ -233,7 +250,7 @@ def test_pipeline_builds_batches(task, cot, seq_len):
 
 
 def test_pipeline_reads_official_eval_file():
-  c = _config("multiplication", 20)
+  c = _config("multiplication", 24)
   c.data.multiplication.num_digits = 4
   c.data.multiplication.eval_file = str(DATA / "{n}x{n}_test.txt")
   task = tasks.get_task(c.data, 0)
@@ -241,7 +258,7 @@ def test_pipeline_reads_official_eval_file():
   batch = pipeline.make_eval_batches(c)[0]
   want = task.tokenizer.encode(first.question)
   np.testing.assert_array_equal(batch["inputs"][0][1:1 + len(want)], want)
-  assert first.question + first.answer == "1 3 4 5 * 8 1 9 3||8 5 6 8 7 2 1 2"
+  assert first.question + first.answer == "1 3 4 5 * 8 1 9 3||#### 8 5 6 8 7 2 1 2"
 
 
 def test_validate_rejects_bad_task_fields():

@@ -12,10 +12,12 @@ to 2n digits. The CoT lists the partial products p_j = A * b_j * 10^j (b_j the j
 (3x3) `1 2 3 * 4 5 6||4 8 2 1 + 0 5 0 6 1 ( 4 3 3 7 1 ) + 0 0 6 2 9 1 #### 4 3 9 4 3 1`.
 
 Question / answer split: question = `A * B||` (the `||` is the delimiter that tells the model the
-answer starts), answer = `<CoT> #### C` with CoT, and just `C` without (as Deng et al.'s no-CoT
-dataset, which drops the `####`: four constant tokens before C would act as free pause tokens and blur
-the pause-token comparison). `format_line` is question + answer with no space between them, so with
-CoT it is byte for byte a line of the official files. The tokenizer drops spaces (one id per character
+answer starts), answer = `<CoT> #### C` with CoT and `#### C` without: the official no-CoT target keeps
+the marker (`extract_answer` in da03/implicit_chain_of_thought `src/data.py` returns `'####' + C`).
+`marker=False` (`config.data.multiplication.answer_marker=False`) gives the bare `C` instead, for
+comparisons where four constant tokens before C would act as free pause tokens. `format_line` is
+question + answer with no space between them, so with CoT it is byte for byte a line of the official
+files. The tokenizer drops spaces (one id per character
 of `0123456789*+()#|`), so `Example.text` (joined by a space) has the same tokens as the line.
 
 Splits: train draws A, B uniformly among n-digit numbers, rejecting pairs in the hash test region
@@ -65,19 +67,24 @@ def chain_of_thought(a: int, b: int, n: int) -> str:
   return " + ".join(parts)
 
 
-def format_example(a: int, b: int, n: int, cot: bool) -> base.Example:
-  """Example of a*b with n-digit operands: question `A * B||`, answer `[CoT ####] C`."""
+def format_example(a: int, b: int, n: int, cot: bool, marker: bool = True) -> base.Example:
+  """Example of a*b with n-digit operands: question `A * B||`, answer `[CoT] #### C`; without CoT,
+  `marker=False` drops the `####` (answer `C`)."""
   for name, value in (("a", a), ("b", b)):
     if not 10**(n - 1) <= value < 10**n:
       raise ValueError(f"operand {name}={value} does not have exactly n={n} digits.")
   product = digits(a * b, 2 * n)
-  answer = f"{chain_of_thought(a, b, n)} #### {product}" if cot else product
+  if cot:
+    answer = f"{chain_of_thought(a, b, n)} #### {product}"
+  else:
+    answer = f"#### {product}" if marker else product
   return base.Example(question=f"{digits(a, n)} * {digits(b, n)}||", answer=answer)
 
 
-def format_line(a: int, b: int, n: int, cot: bool) -> str:
-  """The file line of a*b: `A * B||<CoT> #### C` with CoT, `A * B||C` without."""
-  example = format_example(a, b, n, cot)
+def format_line(a: int, b: int, n: int, cot: bool, marker: bool = True) -> str:
+  """The file line of a*b: `A * B||<CoT> #### C` with CoT, `A * B||#### C` without (`A * B||C` with
+  `marker=False`)."""
+  example = format_example(a, b, n, cot, marker)
   return example.question + example.answer
 
 
@@ -144,13 +151,14 @@ class MultiplicationTask:
   name = "multiplication"
 
   def __init__(self, num_digits: int, cot: bool = False, seed: int = 0, eval_file: str = "",
-               test_fraction: float = 0.01):
+               test_fraction: float = 0.01, answer_marker: bool = True):
     if not 1 <= num_digits <= _MAX_DIGITS:
       raise ValueError(f"config.data.multiplication.num_digits={num_digits} must be in "
                        f"[1, {_MAX_DIGITS}].")
     base.check_split_args("data.multiplication", test_fraction, seed)
     self.num_digits = num_digits
     self.cot = cot
+    self.answer_marker = answer_marker
     self.seed = seed
     self.test_fraction = test_fraction
     self.eval_file = resolve_eval_file(eval_file or "", num_digits)
@@ -160,6 +168,9 @@ class MultiplicationTask:
   @functools.cached_property
   def tokenizer(self) -> CharTokenizer:
     return CharTokenizer(ALPHABET, drop_spaces=True)
+
+  def _format(self, a: int, b: int) -> base.Example:
+    return format_example(a, b, self.num_digits, self.cot, self.answer_marker)
 
   def _draw(self, rng: np.random.Generator) -> tuple[int, int]:
     low, high = 10**(self.num_digits - 1), 10**self.num_digits
@@ -175,12 +186,12 @@ class MultiplicationTask:
       if index >= len(self.eval_pairs):
         raise ValueError(f"test index {index} is past the {len(self.eval_pairs)} lines of "
                          f"{self.eval_file}; set config.eval.num_examples <= {len(self.eval_pairs)}.")
-      return format_example(*self.eval_pairs[index], self.num_digits, self.cot)
+      return self._format(*self.eval_pairs[index])
     want_test = split == "test"
     rng = np.random.default_rng([self.seed, sid, index])
     for _ in range(_MAX_ATTEMPTS):
       a, b = self._draw(rng)
-      example = format_example(a, b, self.num_digits, self.cot)
+      example = self._format(a, b)
       if (base.in_test_region(example.question, self.test_fraction) == want_test
           and (a, b) not in self._excluded):
         return example
@@ -190,4 +201,4 @@ class MultiplicationTask:
   def longest_example(self) -> base.Example:
     """An example as long as any this task generates (all n x n examples have the same length)."""
     largest = 10**self.num_digits - 1
-    return format_example(largest, largest, self.num_digits, self.cot)
+    return self._format(largest, largest)

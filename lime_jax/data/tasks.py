@@ -27,7 +27,8 @@ def _multiplication(data_config: ml_collections.ConfigDict, seed: int) -> base.T
   m = data_config.multiplication
   return multiplication.MultiplicationTask(num_digits=int(m.num_digits), cot=bool(m.cot),
                                            seed=int(seed), eval_file=str(m.eval_file),
-                                           test_fraction=float(m.test_fraction))
+                                           test_fraction=float(m.test_fraction),
+                                           answer_marker=bool(m.answer_marker))
 
 
 def _lis(data_config: ml_collections.ConfigDict, seed: int) -> base.Task:
