@@ -3,11 +3,12 @@
 Presets:
   default  arithmetic (2 operators, mod 5, chain of thought) on 2 CPU cores in ~3 minutes (4 layers x 128).
   tiny     seconds-long smoke run (tests).
-  paper    SPEC §1 main config (1.2B, 16 x 2048) on a tfds text corpus: set data.text.data_dir.
+  paper    SPEC §1 main config (1.2B, 16 x 2048), GPT-2 BPE, FineWeb-Edu-style parquet shards, seq 2048:
+           set data.tokenizer, data.text.files and data.text.eval_files (presets.paper_text_data).
 """
 
 from lime_jax.config import default_config
-from lime_jax.presets import apply_preset, paper_main_model
+from lime_jax.presets import apply_preset, paper_main_model, paper_text_data
 
 
 def _default(c):
@@ -31,8 +32,7 @@ def _tiny(c):
 
 def _paper(c):
   paper_main_model(c)
-  c.data.task = "text"
-  c.data.loss_scope = "all"
+  paper_text_data(c)  # the user supplies data.tokenizer, data.text.files / eval_files.
 
 
 PRESETS = {"default": _default, "tiny": _tiny, "paper": _paper}

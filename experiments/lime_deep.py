@@ -3,7 +3,8 @@
   --config=experiments/lime_deep.py[:PRESET[,ARM]]
 
 PRESET: default (CPU, minutes; the README quickstart), tiny (seconds, tests), paper32 / paper64 /
-paper128 (SPEC §1 deep shapes: d_model 256, FFN 1024, 8 heads, 5k steps, on a tfds text corpus).
+paper128 (SPEC §1 deep shapes: d_model 256, FFN 1024, 8 heads, 5k steps; GPT-2 BPE on parquet shards at
+seq 2048: set data.tokenizer, data.text.files, data.text.eval_files, see presets.paper_text_data).
 ARM: lime (default; kv router, v2), baseline (plain LLaMA), or a v1 router: static, dynamic, top_p.
 The same arm can also be chosen with --config.model.topology=plain|lime and --config.model.lime.router.
 Both arms of a comparison share data, steps and seed.

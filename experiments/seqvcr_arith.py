@@ -8,7 +8,7 @@ PRESET: default (CPU: 2 operators mod 5, 4 x 128 model), tiny (seconds, tests), 
 ARM: vanilla, pause (7 pauses, the paper's best for 5 operators; 2 on CPU), seqvcr, seqvcr_pause
 (default), cot — see lime_jax/seqvcr_arms.py. Seq-VCR (App. A): lambda1 = 0.1, lambda2 = 0.5, projection
 2048 on the final block. Sweeps: `python -m lime_jax.sweep --config=experiments/seqvcr_arith.py
---specs=ops5,seqvcr_pause --sweep=lambdas|proj_dim --root=... [--dry_run]`.
+--specs=ops5,seqvcr_pause --sweep=lambdas|proj_dim --workdir=... [--dry_run]`.
 """
 
 from lime_jax import seqvcr_arms

@@ -7,7 +7,7 @@ minGPT-sized model from scratch, 6 layers x 256, 4 heads; AdamW lr 1e-4, batch 1
 ARM: vanilla, pause (4 pauses, the paper's setting for length 80; 2 on CPU), seqvcr, seqvcr_pause
 (default), cot — see lime_jax/seqvcr_arms.py. Seq-VCR (App. A): lambda1 = 0.1, lambda2 = 0.5, projection
 2048 on the final block. Sweeps: `python -m lime_jax.sweep --config=experiments/seqvcr_lis.py
---specs=len80,seqvcr_pause --sweep=lambdas|proj_dim --root=... [--dry_run]`.
+--specs=len80,seqvcr_pause --sweep=lambdas|proj_dim --workdir=... [--dry_run]`.
 """
 
 from lime_jax import seqvcr_arms

@@ -4,14 +4,16 @@
 
 PRESET: default (CPU: 3 x 3 digits, 4 x 128 model, ~10 minutes per arm on 2 cores), tiny (seconds, tests),
 4x4 / 5x5 (paper-ish: GPT-2-small-shaped model (12 x 768, 12 heads) trained from scratch, batch 32,
-lr 5e-4, 40 epochs of 808k examples; evaluated on the official test files).
+lr 5e-4, 40 epochs of 808k examples; evaluated on the official test files), gpt2_table1 / gpt2_table1_5x5
+(the paper's Table 1 protocol: the same schedule fine-tuning a pretrained GPT-2 small; needs
+`--config.model.init_from=hf:/path/to/gpt2`, whose tokenizer then encodes the task).
 ARM: vanilla, pause (2 pauses), seqvcr, seqvcr_pause (default), cot — see lime_jax/seqvcr_arms.py.
 Seq-VCR coefficients (App. A): lambda1 = 1.0, lambda2 = 0.004, projection 2048, final block.
 Sweeps (SPEC §4 ablations): `python -m lime_jax.sweep --config=experiments/seqvcr_mult.py
-  --specs=default,seqvcr_pause --sweep=lambdas|proj_dim --root=workdirs/mult_lambdas [--dry_run]`.
+  --specs=default,seqvcr_pause --sweep=lambdas|proj_dim --workdir=workdirs/mult_lambdas [--dry_run]`.
 """
 
-from lime_jax import seqvcr_arms
+from lime_jax import init_from, seqvcr_arms
 from lime_jax.data import multiplication
 from lime_jax.presets import Preset
 from lime_jax.seqvcr_arms import SWEEPS  # noqa: F401  (read by lime_jax.sweep --sweep=)
@@ -34,8 +36,19 @@ def _paper(n: int) -> Preset:
   return preset
 
 
+def _gpt2_table1(n: int) -> Preset:
+  """Seq-VCR Table 1: GPT-2 small fine-tuned on n x n multiplication (batch 32, lr 5e-4, 40 epochs).
+  The architecture comes from `--config.model.init_from=hf:/path/to/gpt2` (required; checked before
+  anything is built) and the task is encoded with that folder's tokenizer (data.tokenizer)."""
+  def preset(c):
+    _paper(n)(c)
+    c.model.update(num_layers=4, d_model=256, num_heads=8, ffn_dim=1024)  # the defaults: from the source
+    c.model.init_from = init_from.REQUIRED
+  return preset
+
+
 PRESETS = {"default": _DEFAULT, "tiny": seqvcr_arms.tiny_preset(_DEFAULT, num_digits=2), "4x4": _paper(4),
-           "5x5": _paper(5)}
+           "5x5": _paper(5), "gpt2_table1": _gpt2_table1(4), "gpt2_table1_5x5": _gpt2_table1(5)}
 NUM_PAUSE = {}  # 2 pauses for every preset (the paper's multiplication setting).
 
 

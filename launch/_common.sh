@@ -25,6 +25,20 @@ need_value() {
   [[ $# -ge 2 && -n "$2" && "$2" != --* ]] || die "$1 needs a value."
 }
 
+# Sets DRY_RUN=1 if --dry-run (or --dry_run) is anywhere in "$@", also after `--`, and leaves the other
+# arguments, in order, in ARGS: a dry run never passes the flag on to a command that would run.
+strip_dry_run() {
+  ARGS=()
+  local arg
+  for arg in "$@"; do
+    if [[ "$arg" == --dry-run || "$arg" == --dry_run ]]; then
+      DRY_RUN=1
+    else
+      ARGS+=("$arg")
+    fi
+  done
+}
+
 # Runs a command, or prints it (quoted, copy-pasteable) with --dry-run (DRY_RUN=1).
 run_cmd() {
   if [[ "$DRY_RUN" == 1 ]]; then

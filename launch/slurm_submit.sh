@@ -23,7 +23,7 @@ Options:
   --account A             SLURM account
   --time T                time limit, e.g. 24:00:00
   --job-name NAME         job name (default lime_jax)
-  --dry-run               print the sbatch command instead of running it
+  --dry-run               print the sbatch command instead of running it (anywhere, also after --)
   -h, --help              this help
 Flags after `--` go to lime_jax.main (e.g. -- --config.train.num_steps=100).
 USAGE
@@ -39,10 +39,12 @@ TIME=""
 JOB_NAME="lime_jax"
 TRAIN_FLAGS=()
 [[ $# -gt 0 ]] || { usage >&2; exit 2; }
+# --dry-run anywhere, also among the training flags after `--`, makes the whole call a dry run.
+strip_dry_run "$@"
+set -- ${ARGS[@]+"${ARGS[@]}"}
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
-    --dry-run) DRY_RUN=1; shift ;;
     --config) need_value "$@"; CONFIG="$2"; shift 2 ;;
     --workdir) need_value "$@"; WORKDIR="$2"; shift 2 ;;
     --nodes) need_value "$@"; NODES="$2"; shift 2 ;;

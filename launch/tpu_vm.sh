@@ -15,8 +15,8 @@ Usage: launch/tpu_vm.sh COMMAND --name NAME --zone ZONE [options] [-- TRAIN_FLAG
 Commands:
   create   Create the slice: a spot TPU VM (--spot), or a queued resource (--queued) that waits for
            capacity; needs --accelerator (e.g. v5litepod-16, v4-32).
-  setup    On every worker: pip install "jax[tpu]", gcsfs and google-cloud-storage (gs:// for orbax,
-           tfds, TensorBoard), then the package from the synced code (pip install -e).
+  setup    On every worker: pip install -e the synced code with its [tpu] extra ("jax[tpu]", gcsfs and
+           google-cloud-storage: gs:// for orbax, tfds, TensorBoard), then check that jax sees the TPU.
   sync     Copy this checkout (without .git and caches) to every worker (--remote-dir).
   run      Start `python -m lime_jax.main` on every worker, detached in a tmux session named lime,
            logging to ~/lime_logs/<hostname>.log on each worker; needs --config and --workdir gs://...
@@ -38,7 +38,7 @@ Options:
   --workdir gs://BUCKET/PATH  run directory on GCS (run): checkpoints, metrics, TensorBoard
   --worker N|all        worker for tail (default 0)
   --remote-dir DIR      code directory on the workers, relative to home (default lime_jax)
-  --dry-run             print the commands instead of running them
+  --dry-run             print the commands instead of running them (anywhere, also after --)
   -h, --help            this help
 
 Example:
@@ -66,10 +66,12 @@ REMOTE_DIR="lime_jax"
 TRAIN_FLAGS=()
 
 [[ $# -gt 0 ]] || { usage >&2; exit 2; }
+# --dry-run anywhere, also among the training flags after `--`, makes the whole call a dry run.
+strip_dry_run "$@"
+set -- ${ARGS[@]+"${ARGS[@]}"}
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
-    --dry-run) DRY_RUN=1; shift ;;
     --spot) SPOT=1; shift ;;
     --queued) QUEUED=1; shift ;;
     --name) need_value "$@"; NAME="$2"; shift 2 ;;
@@ -113,8 +115,8 @@ cmd_create() {
                 "${GCLOUD_COMMON[@]}" --accelerator-type="$ACCELERATOR" --runtime-version="$VERSION")
     [[ "$SPOT" == 0 ]] || args+=(--spot)
     run_cmd "${args[@]}"
-    echo "Queued; watch it with: gcloud compute tpus queued-resources describe $(q "${NAME}-qr")" \
-      "--zone=$(q "$ZONE")" >&2
+    [[ "$DRY_RUN" == 1 ]] || echo "Queued; watch it with: gcloud compute tpus queued-resources describe" \
+      "$(q "${NAME}-qr") --zone=$(q "$ZONE")" >&2
   else
     local args=(gcloud compute tpus tpu-vm create "$NAME" "${GCLOUD_COMMON[@]}"
                 --accelerator-type="$ACCELERATOR" --version="$VERSION")
@@ -124,9 +126,12 @@ cmd_create() {
 }
 
 cmd_setup() {
+  # The package's [tpu] extra: jax[tpu] (libtpu), gcsfs and google-cloud-storage; then a check that jax
+  # sees the TPU, so a CPU-only install fails here rather than at the first training step.
   on_workers all "set -e; command -v tmux >/dev/null || sudo apt-get install -y tmux; \
-pip install -U 'jax[tpu]' gcsfs google-cloud-storage \
--f https://storage.googleapis.com/jax-releases/libtpu_releases.html; pip install -e $(q "$REMOTE_DIR")"
+pip install -e $(q "./${REMOTE_DIR}[tpu]") \
+-f https://storage.googleapis.com/jax-releases/libtpu_releases.html; \
+python -c 'import jax; b = jax.default_backend(); assert b == \"tpu\", f\"jax backend is {b}, not tpu\"'"
 }
 
 cmd_sync() {
@@ -153,8 +158,12 @@ cmd_run() {
 echo \$! > ~/$LOG_DIR/train.pid; wait"
   on_workers all "set -e; mkdir -p ~/$LOG_DIR; tmux kill-session -t $SESSION 2>/dev/null || true; \
 tmux new-session -d -s $SESSION $(q "$job")"
-  echo "Started on every worker; follow with:" \
-    "launch/tpu_vm.sh tail --name $(q "$NAME") --zone $(q "$ZONE")" >&2
+  if [[ "$DRY_RUN" == 1 ]]; then
+    echo "Dry run: nothing was started." >&2
+  else
+    echo "Started on every worker; follow with:" \
+      "launch/tpu_vm.sh tail --name $(q "$NAME") --zone $(q "$ZONE")" >&2
+  fi
 }
 
 cmd_tail() {

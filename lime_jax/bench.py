@@ -2,8 +2,9 @@
 
   python -m lime_jax.bench [--depths=4,16,32] [--d_model=256] [--batch=8] [--seq=128] [--steps=5]
 
-MFU is measured against a jitted fp32 matmul peak measured at the start of the same run, and uses the
-FLOP convention of lime_jax/flops.py (3 x forward, causal-halved attention, no remat recompute).
+MFU, in percent (as `mfu_pct` in training), is measured against a jitted fp32 matmul peak measured at the
+start of the same run, and uses the FLOP convention of lime_jax/flops.py (3 x forward, causal-halved
+attention, no remat recompute).
 """
 
 from __future__ import annotations
@@ -91,16 +92,16 @@ def main(argv: list[str]) -> None:
         f"measured fp32 2048^2 matmul peak: {peak / 1e9:.1f} GFLOP/s")
   print(f"baseline LLaMA, d_model={_D_MODEL.value}, heads={_HEADS.value}, batch={_BATCH.value}, "
         f"seq={_SEQ.value}, remat={_REMAT.value}, vocab={_VOCAB.value}")
-  print("| layers | params | compile (s) | step (ms) | tokens/s | MFU | temp memory (MiB) |")
+  print("| layers | params | compile (s) | step (ms) | tokens/s | MFU (%) | temp memory (MiB) |")
   print("|---:|---:|---:|---:|---:|---:|---:|")
   for depth in map(int, _DEPTHS.value):
     cfg = model_config(depth, _D_MODEL.value, _HEADS.value, _VOCAB.value, remat_policy=_REMAT.value)
     timing = time_train_step(cfg, train_cfg, _BATCH.value, _SEQ.value, _STEPS.value)
     n_params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(functools.partial(init_params, cfg), jax.random.key(0))))
     tokens_s = _BATCH.value * _SEQ.value / timing.step_s
-    mfu = timing.flops_per_step / timing.step_s / peak
+    mfu_pct = 100.0 * timing.flops_per_step / timing.step_s / peak  # percent, as train's `mfu_pct`
     print(f"| {depth} | {n_params:,} | {timing.compile_s:.2f} | {timing.step_s * 1e3:.1f} | {tokens_s:,.0f} | "
-          f"{mfu:.1%} | {timing.temp_mib:.1f} |", flush=True)
+          f"{mfu_pct:.2f} | {timing.temp_mib:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,11 @@ its own shards); it restores into any mesh and process count (the target shardin
 so does the data iterator's state (`DataIteratorHandler`). Orbax writes each step to a temporary folder
 and renames it when complete, so a crash mid-save never damages an earlier checkpoint. `meta` records
 the model config the state was made with; restoring under a different model config fails early with the
-fields that differ.
+fields that differ (`CheckpointMismatchError`).
+
+A step whose files are missing or cannot be decoded (disk or copy damage) is told apart from a mismatch:
+`restore_newest_intact` tries the steps newest first, moves each damaged one aside to `<step>.corrupt`
+(never deleting it), logs one line naming the step and the file, and returns the newest intact step.
 """
 
 from __future__ import annotations
@@ -13,17 +17,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+import re
+from typing import Any, Callable, NamedTuple, TypeVar
 
 import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
 # Model fields whose change makes a checkpoint's parameters unusable (shapes or semantics).
 _ARCH_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "ffn_dim",
                 "tie_embeddings", "topology", "param_dtype")
+# Backbone options of the pretrained families (lime_jax/hf/) that add or reshape parameters, with their
+# defaults: in the signature only when set, so checkpoints written before they existed still match.
+_BACKBONE_FIELDS = {"attn_head_dim": 0, "norm_type": "rms", "mlp_gated": True, "mlp_bias": False,
+                    "qkv_bias": False, "out_bias": False, "qk_norm": False, "position": "rope",
+                    "max_positions": 0, "post_norms": False}
 
 
 def arch_signature(model_cfg: ml_collections.ConfigDict, vocab_size: int) -> dict[str, Any]:
@@ -31,6 +42,8 @@ def arch_signature(model_cfg: ml_collections.ConfigDict, vocab_size: int) -> dic
   sig = {k: model_cfg[k] for k in _ARCH_FIELDS if k in model_cfg}
   sig["vocab_size"] = int(model_cfg.vocab_size or vocab_size)
   sig["num_kv_heads"] = int(model_cfg.num_kv_heads or model_cfg.num_heads)
+  sig.update({k: model_cfg[k] for k, default in _BACKBONE_FIELDS.items()
+              if k in model_cfg and model_cfg[k] != default})
   if model_cfg.topology == "lime":
     sig["lime.router"] = model_cfg.lime.router
   if "seq_vcr" in model_cfg and model_cfg.seq_vcr.enabled and model_cfg.seq_vcr.proj_dim:
@@ -42,6 +55,141 @@ def arch_signature(model_cfg: ml_collections.ConfigDict, vocab_size: int) -> dic
 def _resolve(workdir: str) -> str:
   """An absolute local path, or the URL unchanged (gs://...: orbax writes there directly)."""
   return str(workdir) if "://" in str(workdir) else os.path.abspath(workdir)
+
+
+# ------------------------------------------------------------------------------ damage vs mismatch
+class CheckpointMismatchError(ValueError):
+  """The checkpoint is readable but was made for another config (model fields, tree structure, shapes)."""
+
+
+class DamagedCheckpointError(RuntimeError):
+  """A checkpoint step cannot be read: a missing, truncated or corrupt file."""
+
+
+T = TypeVar("T")
+# Files orbax writes as JSON (a garbled one fails with a bare JSONDecodeError that names no file).
+_JSON_NAMES = ("_CHECKPOINT_METADATA", "_METADATA", "_sharding", "metadata")
+_REQUIRED = {"state": ("_METADATA",), "meta": ("metadata",)}
+# Failures of the machine rather than of the files (memory, transient storage or access errors): raised.
+_NOT_DAMAGE = ("RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "PERMISSION_DENIED",
+               "UNAUTHENTICATED", "Out of memory")
+
+
+class Intact(NamedTuple):
+  """What `restore_newest_intact` found: the step (None: no intact step), what `attempt` returned for
+  it, and where the damaged newer steps were moved."""
+  step: int | None
+  value: Any
+  moved: list[str]
+
+
+def _root_message(error: BaseException) -> str:
+  """The innermost cause's first line, without tensorstore's spec dump."""
+  while True:
+    inner = error.__cause__ or error.__context__
+    if inner is None or isinstance(inner, (StopIteration, GeneratorExit)):
+      break
+    error = inner
+  lines = str(error).split("[tensorstore_spec")[0].strip().splitlines()
+  text = lines[0] if lines else ""
+  return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
+
+
+def _is_json(path: epath.Path) -> bool:
+  try:
+    json.loads(path.read_text())
+    return True
+  except (ValueError, UnicodeDecodeError):
+    return False
+
+
+def file_damage(step_dir: str, items: tuple[str, ...]) -> str | None:
+  """What is visibly wrong with a step's files without reading any array (a missing item folder or
+  required file, a JSON file that does not parse), or None. Checked before orbax reads the step: a
+  missing OCDBT manifest otherwise leaves tensorstore callbacks printing tracebacks."""
+  root = epath.Path(step_dir)
+  for item in items:
+    if not (root / item).exists():
+      return f"{root / item} (missing)"
+    ocdbt = item == "state" and list((root / item).glob("ocdbt.process_*"))
+    for name in _REQUIRED.get(item, ()) + (("manifest.ocdbt",) if ocdbt else ()):
+      if not (root / item / name).exists():
+        return f"{root / item / name} (missing)"
+  if "data" in items and not list((root / "data").glob("process_*-of-*.json")):
+    return f"{root / 'data'}/process_*-of-*.json (missing)"
+  candidates = [root / name for name in _JSON_NAMES] + [root / i / n for i in items for n in _JSON_NAMES]
+  candidates += [f for i in items for f in (root / i).glob("process_*-of-*.json")]
+  candidates += list((root / "state" / "array_metadatas").glob("*")) if "state" in items else []
+  for path in candidates:
+    if path.exists() and not _is_json(path):
+      return f"{path} (not valid JSON)"
+  return None
+
+
+def _try_step(directory: str, step: int, attempt: Callable[[int], T], items: tuple[str, ...]
+              ) -> tuple[T | None, str | None]:
+  """(attempt(step), None), or (None, 'FILE: reason') if the step is damaged. A mismatch propagates."""
+  step_dir = os.path.join(directory, str(step))
+  problem = file_damage(step_dir, items)
+  if problem:
+    return None, problem
+  try:
+    return attempt(step), None
+  except (CheckpointMismatchError, MemoryError):
+    raise
+  except Exception as e:  # any read or decode failure of the step's files: damage, not a mismatch
+    if any(code in f"{e} {_root_message(e)}" for code in _NOT_DAMAGE):
+      raise
+    named = re.search(r'at local file "([^"]+)"', f"{e} {_root_message(e)}")
+    return None, f"{named.group(1).rstrip('/') if named else step_dir}: {_root_message(e)}"
+
+
+def move_aside(directory: str, step: int) -> str:
+  """Renames checkpoints/<step> to <step>.corrupt (or .corrupt-2, ...); never deletes. Only process 0
+  renames; every process returns the same new path, after a barrier in multi-process runs."""
+  if jax.process_count() > 1:  # every process names the same target
+    multihost_utils.sync_global_devices(f"lime_jax.checkpoint.before_move_aside.{step}")
+  base = epath.Path(directory)
+  target, n = base / f"{step}.corrupt", 1
+  while target.exists():
+    n += 1
+    target = base / f"{step}.corrupt-{n}"
+  if jax.process_index() == 0:
+    (base / str(step)).rename(target)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"lime_jax.checkpoint.move_aside.{step}")
+  return str(target)
+
+
+def restore_newest_intact(directory: str, steps: list[int], attempt: Callable[[int], T],
+                          items: tuple[str, ...], log: Callable[[str], None] = print,
+                          step: int | None = None) -> Intact:
+  """Runs `attempt(step)` (reads and checks every item of that step) on the newest step first.
+
+  A `CheckpointMismatchError` (wrong config) propagates. Any other failure, or a missing or unparsable
+  file (`file_damage`), means the step is damaged: it is moved aside (`move_aside`), one line naming the
+  step and the file is logged, and the next older step is tried. With `step` given, only that step is
+  tried and a damaged one raises `DamagedCheckpointError` naming the file and the intact steps, moving
+  nothing. In multi-process runs every process reaches the same verdicts from the shared filesystem;
+  only process 0 renames.
+  """
+  if step is not None:
+    value, where = _try_step(directory, step, attempt, items)
+    if where is None:
+      return Intact(step, value, [])
+    intact = [s for s in sorted(steps) if s != step and _try_step(directory, s, attempt, items)[1] is None]
+    raise DamagedCheckpointError(
+        f"Checkpoint step {step} in {directory} is damaged ({where}). Intact steps: {intact or 'none'}; "
+        "choose one of them, or leave the step out to use the newest intact one.")
+  moved = []
+  for s in sorted(steps, reverse=True):
+    value, where = _try_step(directory, s, attempt, items)
+    if where is None:
+      return Intact(s, value, moved)
+    moved.append(move_aside(directory, s))
+    log(f"Checkpoint step {s} is damaged ({where}); moved it to {moved[-1]} and trying the next older "
+        "step.")
+  return Intact(None, None, moved)
 
 
 class DataIteratorHandler(grain.checkpoint.CheckpointHandler):
@@ -60,9 +208,10 @@ class DataIteratorHandler(grain.checkpoint.CheckpointHandler):
       return super().restore(directory, item=item)
     states = {f.read_text() for f in directory.glob("process_*-of-*.json")}
     if len(states) != 1:
-      raise ValueError(f"The data iterator checkpoint in {directory} was written by another process count "
-                       f"and its per-process states differ ({len(states)} distinct), so it cannot be "
-                       f"restored by {count} process(es); resume with the original process count.")
+      raise CheckpointMismatchError(
+          f"The data iterator checkpoint in {directory} was written by another process count and its "
+          f"per-process states differ ({len(states)} distinct), so it cannot be restored by {count} "
+          "process(es); resume with the original process count.")
     item.set_state(json.loads(states.pop()))
     item.start_prefetch()
     return item
@@ -85,10 +234,13 @@ class Checkpointer:
 
   def __init__(self, workdir: str, max_to_keep: int = 3, async_save: bool = True):
     self.directory = os.path.join(_resolve(workdir), "checkpoints")
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                           enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(
-        self.directory, options=options,
+    self._options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                                 enable_async_checkpointing=async_save)
+    self.manager = self._open()
+
+  def _open(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        self.directory, options=self._options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "data": DataIteratorHandler(),
                        "meta": ocp.JsonCheckpointHandler()})
@@ -109,26 +261,56 @@ class Checkpointer:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
   def check_compatible(self, step: int, signature: dict[str, Any]) -> None:
-    """Raises ValueError listing the model fields where the checkpoint and the config disagree."""
+    """Raises CheckpointMismatchError listing the model fields where the checkpoint and the config
+    disagree (an unreadable `meta` raises the read error: damage, not a mismatch)."""
     saved = self.read_meta(step).get("arch", {})
     diffs = {k: (saved.get(k), v) for k, v in signature.items() if saved.get(k) != v}
     if diffs:
       lines = ", ".join(f"model.{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diffs.items())
-      raise ValueError(
+      raise CheckpointMismatchError(
           f"The checkpoint at {self.directory}/{step} was made with a different model config ({lines}). "
           "Use a new --workdir, or set these fields back to the checkpoint's values.")
 
+  def check_structure(self, step: int, abstract_state: Any) -> None:
+    """Raises CheckpointMismatchError if the saved state's tree or shapes (from orbax's metadata) differ
+    from `abstract_state`'s; an unreadable metadata file raises the read error (damage)."""
+    metadata = self.manager.item_metadata(step)["state"]
+    if metadata is None:
+      raise FileNotFoundError(f"{self.directory}/{step}/state has no readable metadata.")
+    saved, want = _shapes(getattr(metadata, "tree", metadata)), _shapes(abstract_state)
+    problems = [f"{k}: checkpoint {saved.get(k)} vs config {v}" for k, v in want.items() if saved.get(k) != v]
+    problems += [f"{k}: in the checkpoint, not in the config" for k in saved if k not in want]
+    if problems:
+      raise CheckpointMismatchError(
+          f"Checkpoint {self.directory}/{step} is intact but does not match this config's state structure "
+          f"or shapes ({len(problems)} differ: {'; '.join(problems[:6])}). Use a new --workdir or the "
+          "config it was made with.")
+
   def restore(self, step: int, abstract_state: Any, data_iterator: Any | None) -> Any:
-    """Restores the state into the shardings of `abstract_state`, and the iterator in place."""
-    args = {"state": ocp.args.StandardRestore(abstract_state)}
+    """Restores the state into the shardings of `abstract_state`, then the iterator in place (only once
+    the state has been read). A mismatch raises CheckpointMismatchError; anything else is a read error."""
+    self.check_structure(step, abstract_state)
+    state = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)))["state"]
     if data_iterator is not None:
-      args["data"] = DataRestore(data_iterator)
-    try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(**args))
-    except (ValueError, KeyError) as e:
-      raise ValueError(f"Checkpoint {self.directory}/{step} does not match this config's state "
-                       f"structure or shapes ({e}). Use a new --workdir or the config it was made with.") from e
-    return restored["state"]
+      self.manager.restore(step, args=ocp.args.Composite(data=DataRestore(data_iterator)))
+    return state
+
+  def restore_latest_intact(self, abstract_state: Any, data_iterator: Any | None, signature: dict[str, Any],
+                            log: Callable[[str], None] = print) -> Intact:
+    """The newest intact step restored (`restore_newest_intact`): meta readable and compatible with
+    `signature`, the state's metadata matching `abstract_state`, state and data iterator restorable.
+    Damaged newer steps are moved aside; the manager is then re-created (it caches its step list)."""
+    def attempt(step: int) -> Any:
+      self.check_compatible(step, signature)
+      return self.restore(step, abstract_state, data_iterator)
+
+    items = ("state", "meta") + (("data",) if data_iterator is not None else ())
+    found = restore_newest_intact(self.directory, self.all_steps(), attempt, items, log)
+    if found.moved:
+      self.manager.close()
+      self.manager = self._open()
+    return found
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -136,6 +318,12 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """{'params/embed': shape, ...} of a tree of arrays, ShapeDtypeStructs or orbax array metadata."""
+  return {jax.tree_util.keystr(path, simple=True, separator="/"): tuple(x.shape)
+          for path, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def abstract_like(tree: Any) -> Any:

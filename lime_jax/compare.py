@@ -13,20 +13,17 @@ DIR/curves.png the curves.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import shlex
 from typing import Any
 
-from lime_jax import sweep
+from absl import app, flags
+
+from lime_jax import fileio, sweep
 
 
 def arm_row(member: sweep.Member, workdir: str, batch: int, seq_len: int) -> dict[str, Any]:
   """One table row from a finished member's workdir."""
   summary = sweep.member_summary(member, workdir)
-  with open(os.path.join(workdir, "compile_report.json"), encoding="utf-8") as f:
-    report = json.load(f)
+  report = fileio.read_json(fileio.join(workdir, "compile_report.json"))
   tokens = batch * seq_len
   tokens_s = summary["tokens_per_s"]
   return {
@@ -40,34 +37,31 @@ def arm_row(member: sweep.Member, workdir: str, batch: int, seq_len: int) -> dic
   }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  """Command-line arguments (argparse: lime_jax.sweep's absl flags are defined on import)."""
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--config", required=True, help="Comparison config file (get_config('PRESET,ARM')).")
-  p.add_argument("--workdir", required=True, help="Folder holding one workdir per arm and the table.")
-  p.add_argument("--preset", default="default", help="Preset shared by every arm.")
-  p.add_argument("--arms", default="", help="Comma-separated arms (default: the config module's ARMS).")
-  p.add_argument("--seeds", default="0", help="Comma-separated seeds (each arm runs every seed).")
-  p.add_argument("--set", action="append", default=[],
-                 help="Override applied to every arm, e.g. train.num_steps=500 (repeatable).")
-  p.add_argument("--dry_run", action="store_true", help="Print the commands instead of running them.")
-  return p.parse_args(argv)
+def define_flags() -> None:
+  """The flags (absl, as lime_jax.sweep / main / evaluate); defined when run as a program, not on import."""
+  sweep.define_common_flags()
+  flags.DEFINE_string("preset", "default", "Preset shared by every arm (get_config('PRESET,ARM')).")
+  flags.DEFINE_list("arms", [], "Arms, comma-separated (default: the config module's ARMS).")
 
 
-def main(argv: list[str] | None = None) -> None:
-  args = parse_args(argv)
-  module = sweep.load_config_module(args.config)
-  arms = [a for a in args.arms.split(",") if a] or list(module.ARMS)
-  members = [sweep.Member(f"{args.preset},{arm}", int(seed), tuple(args.set))
-             for arm in arms for seed in args.seeds.split(",")]
-  os.makedirs(args.workdir, exist_ok=True)
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  FLAGS = flags.FLAGS
+  root = sweep.workdir_flag("compare")
+  module = sweep.load_config_module(FLAGS.config)
+  arms = list(FLAGS.arms) or list(module.ARMS)
+  members = [sweep.Member(f"{FLAGS.preset},{arm}", int(seed), tuple(FLAGS.set))
+             for arm in arms for seed in FLAGS.seeds]
+  if FLAGS.dry_run:
+    for member in members:
+      print(sweep.dry_run_command(FLAGS.config, member, fileio.join(root, member.name)))
+    return
+  fileio.makedirs(root)
   rows = []
   for member in members:
-    workdir = os.path.join(args.workdir, member.name)
-    if args.dry_run:
-      print(shlex.join(sweep.member_command(args.config, member, workdir)))
-      continue
-    if sweep.run_member(args.config, member, workdir, tag="compare"):
+    workdir = fileio.join(root, member.name)
+    if sweep.run_member(FLAGS.config, member, workdir, tag="compare"):
       config = module.get_config(member.spec)
       for override in member.overrides:  # --set values that change the batch shape
         key, _, value = override.partition("=")
@@ -75,12 +69,11 @@ def main(argv: list[str] | None = None) -> None:
           section, name = key.split(".")
           config[section][name] = int(value)
       rows.append(arm_row(member, workdir, config.train.batch_size, config.data.seq_len))
-  if args.dry_run:
-    return
-  sweep.write_tables(rows, args.workdir)
-  print(open(os.path.join(args.workdir, "results.md"), encoding="utf-8").read() if rows else "no results")
-  print(f"[compare] curves: {sweep.plot_curves(members, args.workdir)}")
+  sweep.write_tables(rows, root)
+  print(fileio.read_text(fileio.join(root, "results.md")) if rows else "no results")
+  print(f"[compare] curves: {sweep.plot_curves(members, root)}")
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

@@ -21,6 +21,10 @@ TASKS = ("arithmetic", "multiplication", "lis", "copying", "counting", "text")
 LOSS_SCOPES = ("answer", "all")
 SEQ_VCR_VARIANTS = ("per_position", "batch_length")
 SEQ_VCR_POSITIONS = ("aligned", "answer", "all")
+NORM_TYPES = ("rms", "layer")
+MLP_ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
+POSITIONS = ("rope", "learned")
+ROPE_SCALINGS = ("none", "llama3")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -40,11 +44,46 @@ def default_config() -> ml_collections.ConfigDict:
   m.rms_eps = 1e-6
   m.init_std = 0.02
   m.tie_embeddings = True
+  # Backbone options of the pretrained families (README "Pretrained models"; lime_jax/hf/ sets them from
+  # a checkpoint's config.json). The defaults are the LLaMA backbone; each option costs nothing when off.
+  m.attn_head_dim = 0  # head dim decoupled from d_model / num_heads (Gemma, Qwen3); 0: d_model / num_heads.
+  m.norm_type = "rms"  # 'rms' (RMSNorm) | 'layer' (LayerNorm with bias, GPT-2); model.rms_eps is its eps.
+  m.norm_offset = 0.0  # every norm scales by (norm_offset + w): Gemma stores w around 0 and uses 1.
+  m.mlp_activation = "silu"  # 'silu' | 'gelu_tanh' (tanh approximation) | 'gelu' (exact erf).
+  m.mlp_gated = True  # True: down(act(gate x) * up x) (SwiGLU / GeGLU); False: down(act(up x)) (GPT-2).
+  m.mlp_bias = False  # biases on the MLP projections.
+  m.qkv_bias = False  # biases on q, k, v (Qwen2; with out_bias: Llama attention_bias, GPT-2).
+  m.out_bias = False  # bias on the attention output projection.
+  m.qk_norm = False  # RMSNorm over head_dim of q and k, before RoPE (Qwen3).
+  m.position = "rope"  # 'rope' | 'learned' (an absolute position table, GPT-2).
+  m.max_positions = 0  # 'learned': rows of the position table (positions must stay below it).
+  m.rope_scaling = "none"  # 'none' | 'llama3' (Llama 3.1 / 3.2 frequency rescaling, the four fields below).
+  m.rope_factor = 8.0
+  m.rope_low_freq_factor = 1.0
+  m.rope_high_freq_factor = 4.0
+  m.rope_original_max_positions = 8192
+  m.sliding_window = 0  # > 0: a query at q sees keys at q - k < sliding_window only (Mistral); 0: off.
+  m.global_layers = ()  # layers exempt from the sliding window (Gemma 2: the odd ones); (): none.
+  # Packed text: attention stays inside each document (the text pipeline gives per-document positions,
+  # restarting at 0 at each document's first token and at each window's start; RoPE / learned positions
+  # use them too). False: one causal sequence per window, documents separated only by EOS.
+  m.document_mask = False
+  m.embed_scale = False  # embeddings * sqrt(d_model), rounded to the compute dtype (Gemma).
+  m.post_norms = False  # a norm on the attention output and on the MLP output too (Gemma 2).
+  m.attn_logit_softcap = 0.0  # attention logits -> cap * tanh(logits / cap) (Gemma 2); 0: off.
+  m.final_logit_softcap = 0.0  # the same on the output logits; 0: off.
+  m.attn_scale_dim = 0.0  # logits * attn_scale_dim**-0.5 (Gemma 2 query_pre_attn_scalar); 0: head_dim.
   m.compute_dtype = "float32"  # activations; params, logits and softmax stay fp32.
   m.param_dtype = "float32"
   m.attention_impl = "xla"
   m.remat_policy = "none"
   m.topology = "plain"
+  # Fine-tune from a checkpoint (lime_jax/init_from.py): 'hf:PATH' (a Hugging Face folder: config.json +
+  # safetensors) or a lime_jax workdir 'DIR' / 'DIR:STEP' (default: its latest step). The architecture
+  # fields come from the source (a field set here must agree with it); its parameters are loaded at step
+  # 0 with a fresh optimizer; embedding rows for ids the source lacks (pause tokens) are added as the
+  # mean source embedding. '' = train from scratch.
+  m.init_from = ""
   # LIMe (SPEC §2); used when topology == 'lime'.
   m.lime = ml_collections.ConfigDict()
   m.lime.router = "kv"
@@ -132,6 +171,15 @@ def default_config() -> ml_collections.ConfigDict:
   d.text.eval_split = "validation"
   d.text.feature = "text"  # feature of the tfds examples holding the document text.
   d.text.validation_fraction = 0.1  # local_text: share of paragraphs held out (fixed at preparation).
+  # Where the documents come from: 'tfds' (data.text.name / data_dir via tfds.data_source, incl. the
+  # local_text builder) or 'files' (shards of parquet / jsonl / txt, local or gs://; lime_jax/data/corpus.py).
+  d.text.source = "tfds"
+  d.text.files = ""  # 'files': comma-separated globs of the train shards, e.g. 'data/train-*.parquet'.
+  d.text.eval_files = ""  # 'files': globs of the held-out shards ('' = none: set them for eval).
+  d.text.file_format = "auto"  # 'auto' (from the extension) | 'parquet' | 'jsonl' | 'txt'.
+  # Tokenizer of the text (and of any task that reads it): '' = the task's own (text: UTF-8 bytes, 272 ids);
+  # else a tokenizer.json, a folder with one (HF layout) or a SentencePiece .model (data/subword.py).
+  d.tokenizer = ""
 
   # ---------------------------------------------------------------- train
   t = c.train = ml_collections.ConfigDict()
@@ -152,6 +200,16 @@ def default_config() -> ml_collections.ConfigDict:
   t.keep_checkpoints = 3
   t.async_checkpoint = True
   t.stop_at_step = 0  # >0: checkpoint and exit after this step, schedule intact (split a run over job slots).
+  # jax's persistent compilation cache (lime_jax/caches.py): '' = $JAX_COMPILATION_CACHE_DIR if set, else
+  # <user cache dir>/jax_cache ($LIME_JAX_CACHE_DIR, $XDG_CACHE_HOME/lime_jax or ~/.cache/lime_jax);
+  # 'none' = off; anything else is the directory. A repeated start then skips the XLA compiles.
+  t.compilation_cache_dir = ""
+  # Weights & Biases sink beside TensorBoard and JSONL (optional extra: pip install -e '.[wandb]').
+  t.wandb = ml_collections.ConfigDict()
+  t.wandb.project = ""  # '' = off; else the wandb project the run logs to.
+  t.wandb.entity = ""  # '' = wandb's default entity.
+  t.wandb.name = ""  # '' = the workdir's name.
+  t.wandb.mode = "online"  # 'online' | 'offline' (sync later with `wandb sync`) | 'disabled'.
 
   # ----------------------------------------------------------------- eval
   e = c.eval = ml_collections.ConfigDict()
@@ -208,6 +266,47 @@ def _validate_seq_vcr(c: ml_collections.ConfigDict) -> None:
     _fail("train.batch_size", c.train.batch_size, "Seq-VCR takes covariances across the batch: use >= 2.")
 
 
+def _validate_backbone(m: ml_collections.ConfigDict) -> None:
+  """Checks the backbone options of the pretrained families (README "Pretrained models")."""
+  _check_choice("model.norm_type", m.norm_type, NORM_TYPES)
+  _check_choice("model.mlp_activation", m.mlp_activation, MLP_ACTIVATIONS)
+  _check_choice("model.position", m.position, POSITIONS)
+  _check_choice("model.rope_scaling", m.rope_scaling, ROPE_SCALINGS)
+  for name in ("mlp_gated", "mlp_bias", "qkv_bias", "out_bias", "qk_norm", "embed_scale", "post_norms"):
+    if not isinstance(m[name], bool):
+      _fail(f"model.{name}", m[name], "must be True or False.")
+  if m.position == "learned" and m.max_positions <= 0:
+    _fail("model.max_positions", m.max_positions, "model.position='learned' needs the table size (> 0), "
+          "at least data.seq_len.")
+  if m.rope_scaling == "llama3" and not (m.rope_factor >= 1.0 and 0 < m.rope_low_freq_factor
+                                         < m.rope_high_freq_factor and m.rope_original_max_positions > 0):
+    _fail("model.rope_factor/rope_low_freq_factor/rope_high_freq_factor/rope_original_max_positions",
+          (m.rope_factor, m.rope_low_freq_factor, m.rope_high_freq_factor, m.rope_original_max_positions),
+          "llama3 RoPE needs factor >= 1, 0 < low_freq_factor < high_freq_factor and a positive length.")
+  if m.sliding_window < 0:
+    _fail("model.sliding_window", m.sliding_window, "must be >= 0 (0: off).")
+  layers = tuple(m.global_layers)
+  if any(not 0 <= int(l) < m.num_layers for l in layers) or len(set(layers)) != len(layers):
+    _fail("model.global_layers", layers, f"must be distinct layer indices in [0, {m.num_layers - 1}].")
+  if layers and not m.sliding_window:
+    _fail("model.global_layers", layers, "only means something with model.sliding_window > 0.")
+  if layers and m.topology != "plain":
+    _fail("model.global_layers", layers, f"per-layer windows need topology 'plain' (topology "
+          f"{m.topology!r} does not pass the layer index to the Block); use a window on every layer.")
+  if m.sliding_window and m.attention_impl == "cudnn" and layers:
+    _fail("model.attention_impl", m.attention_impl, "cuDNN takes one static window; per-layer windows "
+          "(model.global_layers) need 'xla' or 'explicit'.")
+  for name in ("attn_logit_softcap", "final_logit_softcap", "attn_scale_dim", "norm_offset"):
+    if m[name] < 0:
+      _fail(f"model.{name}", m[name], "must be >= 0 (0: off).")
+  if m.attn_logit_softcap and m.attention_impl == "cudnn":
+    _fail("model.attention_impl", m.attention_impl, "the cuDNN kernel has no logit soft-capping: use "
+          "'xla' or 'explicit' with model.attn_logit_softcap.")
+  if m.topology == "lime" and m.lime.router != "kv" and (m.norm_type != "rms" or m.norm_offset):
+    _fail("model.lime.router", m.lime.router, "the v1 routers re-normalise hidden states with RMSNorm "
+          "scales: use router 'kv' with model.norm_type='layer' or model.norm_offset.")
+
+
 def _validate_topologies(m: ml_collections.ConfigDict) -> None:
   """Checks the sub-configs of the cross-layer topologies (always: they are cheap to check)."""
   df, hc, vr = m.denseformer, m.hyper_connections, m.value_residual
@@ -236,17 +335,24 @@ def validate(c: ml_collections.ConfigDict) -> None:
   for name in ("num_layers", "d_model", "num_heads", "ffn_dim"):
     if int(m[name]) <= 0:
       _fail(f"model.{name}", m[name], "must be a positive integer.")
-  if m.d_model % m.num_heads:
+  if m.attn_head_dim < 0:
+    _fail("model.attn_head_dim", m.attn_head_dim, "must be >= 0 (0: d_model / num_heads).")
+  if m.d_model % m.num_heads and not m.attn_head_dim:
     _fail("model.d_model", m.d_model,
           f"must be divisible by model.num_heads={m.num_heads} (head_dim = d_model / num_heads); "
-          f"pick d_model as a multiple of {m.num_heads} or change num_heads.")
+          f"pick d_model as a multiple of {m.num_heads}, change num_heads, or set model.attn_head_dim.")
   kv = m.num_kv_heads or m.num_heads
   if kv <= 0 or m.num_heads % kv:
     _fail("model.num_kv_heads", m.num_kv_heads,
           f"must divide model.num_heads={m.num_heads} (grouped-query attention); use a divisor of "
           f"{m.num_heads}, or 0 for num_kv_heads = num_heads.")
-  if (m.d_model // m.num_heads) % 2:
-    _fail("model.d_model", m.d_model, "head_dim = d_model / num_heads must be even for RoPE.")
+  if (m.attn_head_dim or m.d_model // m.num_heads) % 2 and m.position == "rope":
+    _fail("model.d_model", m.d_model, "head_dim (model.attn_head_dim or d_model / num_heads) must be even "
+          "for RoPE.")
+  _validate_backbone(m)
+  if m.document_mask and c.data.task != "text":
+    _fail("model.document_mask", m.document_mask, "masks the documents packed into a window, so it needs "
+          "data.task='text' (the synthetic tasks hold one example per row).")
   if m.rope_theta <= 0:
     _fail("model.rope_theta", m.rope_theta, "must be > 0.")
   if m.rms_eps <= 0:
@@ -260,6 +366,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check_choice("model.attention_impl", m.attention_impl, ATTENTION_IMPLS)
   _check_choice("model.remat_policy", m.remat_policy, REMAT_POLICIES)
   _check_choice("model.topology", m.topology, TOPOLOGIES)
+  if not isinstance(m.init_from, str) or m.init_from.strip() in ("hf:", ":"):
+    _fail("model.init_from", m.init_from, "use '' (from scratch), 'hf:/path/to/hf_folder' or a lime_jax "
+          "workdir 'DIR[:STEP]'.")
+  if m.init_from.startswith("<required"):
+    _fail("model.init_from", m.init_from, "this preset fine-tunes a pretrained model: pass "
+          "--config.model.init_from=hf:/path/to/hf_folder (e.g. GPT-2 small saved with save_pretrained).")
   _check_choice("model.lime.router", m.lime.router, LIME_ROUTERS)
   _check_choice("model.lime.init", m.lime.init, LIME_INITS)
   if not 0.0 < m.lime.top_p <= 1.0:
@@ -320,7 +432,19 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _fail("data.arithmetic.modulus", modulus,
           "must be a prime <= 100 (division needs every non-zero number to have an inverse); the "
           "paper uses 11.")
-  if d.task == "text" and not (d.text.data_dir or d.text.source_dir):
+  _check_choice("data.text.source", d.text.source, ("tfds", "files"))
+  _check_choice("data.text.file_format", d.text.file_format, ("auto", "parquet", "jsonl", "txt"))
+  if d.task == "text" and d.text.source == "files" and not d.text.files:
+    _fail("data.text.files", d.text.files, "data.text.source='files' needs a glob of train shards, e.g. "
+          "'data/train-*.parquet' (and data.text.eval_files for the held-out shards).")
+  if d.task == "text" and d.text.source == "files" and not d.text.eval_files:
+    _fail("data.text.eval_files", d.text.eval_files, "data.text.source='files' needs a glob of held-out "
+          "shards for the evaluation (e.g. 'data/val-*.parquet'); they must not overlap data.text.files.")
+  if d.task == "text" and not d.tokenizer and m.vocab_size > 1024:
+    _fail("data.tokenizer", d.tokenizer, f"model.vocab_size={m.vocab_size} asks for a subword vocabulary but "
+          "the text would be read as bytes (272 ids): set data.tokenizer to a tokenizer.json / folder / "
+          "SentencePiece .model (the paper presets: GPT-2's tokenizer.json), or model.vocab_size=0.")
+  if d.task == "text" and d.text.source == "tfds" and not (d.text.data_dir or d.text.source_dir):
     _fail("data.text.data_dir", d.text.data_dir,
           "task 'text' needs a tfds data_dir with the prepared dataset, or data.text.source_dir with "
           ".txt files to prepare it from.")
@@ -353,6 +477,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _fail("train.stop_at_step", t.stop_at_step, "must be >= 0 (0: run to train.num_steps).")
   if t.eval_every < 0:
     _fail("train.eval_every", t.eval_every, "must be >= 0 (0: only at the end).")
+  if not isinstance(t.compilation_cache_dir, str):
+    _fail("train.compilation_cache_dir", t.compilation_cache_dir,
+          "must be a string: '' (the user cache dir), 'none' (off) or a directory.")
+  _check_choice("train.wandb.mode", t.wandb.mode, ("online", "offline", "disabled"))
   if c.eval.num_examples <= 0 or c.eval.batch_size <= 0:
     _fail("eval.num_examples/batch_size", (c.eval.num_examples, c.eval.batch_size), "must be > 0.")
   for axis in ("data", "fsdp", "tensor"):

@@ -71,3 +71,61 @@ def decode_batch(cfg: ModelConfig, params: Any, batch: dict[str, Any]) -> np.nda
   prefill = int(prompt_len_B[real].min()) if real.any() else int(prompt_len_B.min())
   return np.asarray(greedy_predictions(cfg, params, jnp.asarray(batch["inputs"]),
                                        jnp.asarray(prompt_len_B), prefill_len=prefill))
+
+
+# -------------------------------------------------------------------------------------------- sampling
+def filter_logits(logits_BV: jax.Array, temperature: float | jax.Array = 1.0, top_k: int = 0,
+                  top_p: float | jax.Array = 1.0) -> jax.Array:
+  """Logits / temperature with the tokens outside the top-k and outside the nucleus set to -inf.
+
+  top_k (static; 0 = off) keeps the k largest logits (ties with the k-th are kept). top_p (1 = off)
+  keeps the smallest set of most likely tokens whose probability mass is >= top_p (after temperature
+  and top-k). temperature <= 0 is treated as 1 here (`sample_tokens` takes the argmax then).
+  """
+  t = jnp.asarray(temperature, jnp.float32)
+  logits_BV = logits_BV.astype(jnp.float32) / jnp.where(t > 0, t, 1.0)
+  neg_inf = jnp.array(-jnp.inf, jnp.float32)
+  if top_k > 0:
+    kth_B1 = jax.lax.top_k(logits_BV, min(top_k, logits_BV.shape[-1]))[0][:, -1:]
+    logits_BV = jnp.where(logits_BV < kth_B1, neg_inf, logits_BV)
+  probs_BV = jax.nn.softmax(logits_BV, axis=-1)
+  sorted_BV = -jnp.sort(-probs_BV, axis=-1)  # descending
+  before_BV = jnp.cumsum(sorted_BV, axis=-1) - sorted_BV  # mass of the more likely tokens
+  keep_BV = before_BV < jnp.asarray(top_p, jnp.float32)  # the first token is always kept
+  threshold_B1 = jnp.min(jnp.where(keep_BV, sorted_BV, jnp.inf), axis=-1, keepdims=True)
+  return jnp.where(probs_BV < threshold_B1, neg_inf, logits_BV)
+
+
+def sample_tokens(rng: jax.Array, logits_BV: jax.Array, temperature: float | jax.Array = 1.0,
+                  top_k: int = 0, top_p: float | jax.Array = 1.0) -> jax.Array:
+  """One token per row, int32 [B]: sampled from `filter_logits`, or the argmax where temperature <= 0."""
+  greedy_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+  sampled_B = jax.random.categorical(rng, filter_logits(logits_BV, temperature, top_k, top_p), axis=-1)
+  return jnp.where(jnp.asarray(temperature) > 0, sampled_B.astype(jnp.int32), greedy_B)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new", "top_k"))
+def sample(cfg: ModelConfig, params: Any, prompt_BP: jax.Array, rng: jax.Array, max_new: int,
+           temperature: float | jax.Array = 1.0, top_k: int = 0, top_p: float | jax.Array = 1.0
+           ) -> jax.Array:
+  """`max_new` tokens int32 [B, max_new] continuing each row's prompt [B, P] (all P tokens real), with
+  the KV cache: one prefill call, then one call per token. Nothing stops at EOS: cut the rows after it.
+  """
+  model = Transformer(cfg)
+  B, P = prompt_BP.shape
+  cache = init_cache(cfg, B, P + max_new, cfg.dtype)
+  positions_BP = jnp.broadcast_to(jnp.arange(P), (B, P))
+  logits_BPV, out = model.apply({"params": params}, prompt_BP, positions_BP, cache=cache)
+  rng, first = jax.random.split(rng)
+  token_B = sample_tokens(first, logits_BPV[:, -1], temperature, top_k, top_p)
+
+  def step(carry, xs):
+    cache, token_B = carry
+    t, key = xs
+    logits_B1V, out = model.apply({"params": params}, token_B[:, None], jnp.full((B, 1), t), cache=cache)
+    next_B = sample_tokens(key, logits_B1V[:, 0], temperature, top_k, top_p)
+    return (out.cache, next_B), token_B
+
+  keys = jax.random.split(rng, max_new)
+  _, tokens_NB = jax.lax.scan(step, (out.cache, token_B), (jnp.arange(P, P + max_new), keys))
+  return tokens_NB.T

@@ -2,7 +2,15 @@
 
   python -m lime_jax.evaluate --workdir=RUN_DIR --probes=collapse,copying [--step=N]
   python -m lime_jax.evaluate --workdir=OUT_DIR --random_init --config=experiments/baseline.py[:preset]
-  python -m lime_jax.evaluate --probes=entropy --compare RUN_A RUN_B [--out=DIR]
+  python -m lime_jax.evaluate --probes=entropy --compare RUN_A RUN_B [--out=DIR] [--recompute]
+  python -m lime_jax.evaluate --hf=HF_FOLDER --out=DIR [--dtype=bfloat16] --probes=copying,counting,...
+
+`--hf` probes a Hugging Face checkpoint (config.json, *.safetensors, tokenizer.json; lime_jax/probes/
+pretrained.py) with its own tokenizer; copying / counting are then asked in natural language.
+
+A probe that cannot run on the checkpoint (e.g. copying on an arithmetic run) fails the command, naming
+the reason and the probes that can run, unless --skip_incompatible. `--compare` reuses each run's saved
+results computed with the same step, config and options, and recomputes the rest.
 
 Writes RUN_DIR/eval/<step>/{results.json, *.png, summary.md}; `--compare` also writes compare.md and
 the overlaid plots to --out (default RUN_A/eval/compare). All logic lives in lime_jax/probes/runner.py.
@@ -10,11 +18,11 @@ the overlaid plots to --out (default RUN_A/eval/compare). All logic lives in lim
 
 from __future__ import annotations
 
-import os
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from lime_jax import cli, fileio
+from lime_jax.checkpoint import DamagedCheckpointError
 from lime_jax.probes import registry, runner
 
 _DEFAULTS = registry.ProbeOptions()
@@ -27,7 +35,8 @@ _RANDOM_INIT = flags.DEFINE_bool("random_init", False, "Probe an untrained model
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config[:preset] (--random_init).",
                                           lock_config=True)
 _COMPARE = flags.DEFINE_list("compare", [], "Run directories to compare (also: --compare RUN_A RUN_B ...).")
-_OUT = flags.DEFINE_string("out", None, "Output directory of --compare (default RUN_A/eval/compare).")
+_OUT = flags.DEFINE_string("out", None, "Output directory of --compare (default RUN_A/eval/compare) "
+                           "and of --hf (required there).")
 _LENGTHS = flags.DEFINE_list("lengths", [str(n) for n in _DEFAULTS.lengths], "copying / counting lengths.")
 _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", _DEFAULTS.num_examples,
                                      "Examples per length (copying, counting) or eval sequences (entropy).")
@@ -41,6 +50,18 @@ _OVERSQUASH_METHOD = flags.DEFINE_enum("oversquash_method", _DEFAULTS.oversquash
 _SEP_TOKENS = flags.DEFINE_list("separability_tokens", [], "separability: class strings (default: "
                                 "is,are,was,were for text, the first four digits otherwise).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the probes' random prompts.")
+_MC_TASKS = flags.DEFINE_list("mc_tasks", [], "lm: multiple-choice jsonl files (TASK=PATH or PATH named "
+                              "after the task: hellaswag, arc_easy, arc_challenge, piqa, winogrande, generic).")
+_MC_SHOTS = flags.DEFINE_integer("mc_shots", 0, "lm: few-shot examples before each question.")
+_MC_LIMIT = flags.DEFINE_integer("mc_limit", 0, "lm: questions per file (0 = all).")
+_SKIP_INCOMPATIBLE = flags.DEFINE_bool("skip_incompatible", False, "Skip (with a note) the probes that "
+                                       "cannot run on the checkpoint, instead of failing.")
+_HF = flags.DEFINE_string("hf", None, "A Hugging Face model folder (local or gs://) to probe; needs --out.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "--hf: activation (compute) dtype.")
+_TEXT_FILE = flags.DEFINE_string("text_file", "", "--hf: .txt whose paragraphs entropy / separability "
+                                 "read (default: built-in English sentences).")
+_RECOMPUTE = flags.DEFINE_bool("recompute", False, "--compare: run every probe again, even where a "
+                               "result computed with the same options is saved.")
 
 
 def _options() -> registry.ProbeOptions:
@@ -48,7 +69,8 @@ def _options() -> registry.ProbeOptions:
       lengths=tuple(int(n) for n in _LENGTHS.value), num_examples=_NUM_EXAMPLES.value,
       collapse_ns=tuple(int(n) for n in _COLLAPSE_NS.value), collapse_dtypes=tuple(_COLLAPSE_DTYPES.value),
       oversquash_length=_OVERSQUASH_LENGTH.value, oversquash_method=_OVERSQUASH_METHOD.value,
-      separability_tokens=tuple(_SEP_TOKENS.value), seed=_SEED.value)
+      separability_tokens=tuple(_SEP_TOKENS.value), text_file=_TEXT_FILE.value, seed=_SEED.value,
+      mc_tasks=tuple(_MC_TASKS.value), mc_shots=_MC_SHOTS.value, mc_limit=_MC_LIMIT.value)
 
 
 def _probe_names() -> list[str]:
@@ -71,24 +93,41 @@ def main(argv: list[str]) -> None:
       if len(compare_runs) < 2:
         raise app.UsageError("--compare needs at least two run directories.")
       runs = {}
-      for run_dir in compare_runs:
-        out_dir, results = runner.evaluate(run_dir, names, options, _STEP.value)
+      labels = [fileio.basename(d) for d in compare_runs]
+      for run_dir, label in zip(compare_runs, labels):
+        out_dir, results = runner.evaluate(run_dir, names, options, _STEP.value,
+                                           skip_incompatible=_SKIP_INCOMPATIBLE.value,
+                                           reuse=not _RECOMPUTE.value)
         print(f"{run_dir}: wrote {out_dir}")
-        runs[os.path.basename(os.path.normpath(run_dir))] = results
-      out = _OUT.value or os.path.join(compare_runs[0], "eval", "compare")
-      runner.compare(runs, out)
-      print(f"Comparison: {os.path.join(out, 'compare.md')}")
+        runs[label if labels.count(label) == 1 else run_dir.rstrip("/")] = results
+      out = _OUT.value or fileio.join(compare_runs[0], "eval", "compare")
+      runner.compare(runs, out, names)
+      print(f"Comparison: {fileio.join(out, 'compare.md')}")
+      return
+    if _HF.value:
+      if _WORKDIR.value or _RANDOM_INIT.value:
+        raise app.UsageError("--hf probes a Hugging Face folder: drop --workdir / --random_init, and give "
+                             "--out=DIR for the results.")
+      if not _OUT.value:
+        raise app.UsageError("--hf needs --out=DIR (where results.json and the plots go).")
+      from lime_jax.probes import pretrained  # pylint: disable=import-outside-toplevel
+      out_dir, _ = pretrained.evaluate_hf(_HF.value, _OUT.value, names, options, _DTYPE.value,
+                                          _SKIP_INCOMPATIBLE.value)
+      print(f"Wrote {out_dir}/results.json, summary.md and the plots.")
       return
     if not _WORKDIR.value:
-      raise app.UsageError("--workdir is required (or --compare RUN_A RUN_B ...).")
+      raise app.UsageError("--workdir is required (or --compare RUN_A RUN_B ..., or --hf=FOLDER --out=DIR).")
     if _RANDOM_INIT.value and _CONFIG.value is None:
       raise app.UsageError("--random_init needs --config=experiments/<name>.py[:preset].")
     out_dir, _ = runner.evaluate(_WORKDIR.value, names, options, _STEP.value,
-                                 _CONFIG.value if _RANDOM_INIT.value else None)
+                                 _CONFIG.value if _RANDOM_INIT.value else None,
+                                 skip_incompatible=_SKIP_INCOMPATIBLE.value)
     print(f"Wrote {out_dir}/results.json, summary.md and the plots.")
+  except DamagedCheckpointError as e:  # not a usage error: no usage text
+    raise SystemExit(f"FATAL: {e}") from None
   except (FileNotFoundError, ValueError) as e:
     raise app.UsageError(str(e)) from None
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -8,25 +8,37 @@ embedding lookup) + causal attention 2 x 2 x L x D_attn x T / 2 (QK^T and PV, ha
 
 from __future__ import annotations
 
+import os
 import time
 
 import jax
 import jax.numpy as jnp
 
+from lime_jax import caches
 from lime_jax.model.model_config import ModelConfig
 
 
 def matmul_params(cfg: ModelConfig) -> int:
   """Parameters that take part in matmuls per token (no embedding lookup, no norms)."""
   D, F, N, R, H, L = cfg.d_model, cfg.ffn_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.num_layers
-  per_layer = D * N * H + D * R * 2 * H + N * H * D + 3 * D * F
+  per_layer = D * N * H + D * R * 2 * H + N * H * D + (3 if cfg.mlp_gated else 2) * D * F
   return L * per_layer + D * cfg.vocab_size
 
 
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
   """Forward FLOPs per token of the plain backbone (see module docstring)."""
-  attention = 2 * 2 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len / 2
+  # A sliding window caps the keys each query sees (per windowed layer).
+  windowed = (cfg.num_layers - len(cfg.global_layers)) if cfg.sliding_window else 0
+  keys = (cfg.num_layers - windowed) * seq_len / 2 + windowed * _mean_keys(seq_len, cfg.sliding_window)
+  attention = 2 * 2 * cfg.num_heads * cfg.head_dim * keys
   return 2.0 * matmul_params(cfg) + attention + topology_extra_forward_flops(cfg)
+
+
+def _mean_keys(seq_len: int, window: int) -> float:
+  """Mean keys per query under a causal sliding window (seq_len / 2 with no window)."""
+  if window <= 0 or window >= seq_len:
+    return seq_len / 2
+  return (window * (window + 1) / 2 + (seq_len - window) * window) / seq_len
 
 
 def topology_extra_forward_flops(cfg: ModelConfig) -> float:
@@ -68,10 +80,21 @@ def measure_matmul_peak(n: int = 2048, repeats: int = 3) -> float:
   return 2.0 * n**3 / best
 
 
+def _cpu_count() -> int:
+  """CPUs this process may run on (its affinity mask under SLURM or a container), else all of them."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except (AttributeError, OSError):
+    return os.cpu_count() or 1
+
+
 def peak_flops_per_device() -> tuple[float, str]:
-  """(peak FLOP/s per device, how it was obtained): a data-sheet value, or a measured matmul on CPU."""
+  """(peak FLOP/s per device, how it was obtained): a data-sheet value, or a measured matmul on CPU,
+  measured once per (device kind, jax version, CPU count) and then read from the user cache dir."""
   kind = jax.devices()[0].device_kind
   for name, peak in _PEAK_BY_KIND.items():
     if name.lower() in kind.lower():
       return peak, f"data sheet ({kind})"
-  return measure_matmul_peak(), f"measured fp32 matmul ({kind})"
+  key = f"{kind} | jax {jax.__version__} | {_cpu_count()} cpus | fp32 2048^2 matmul"
+  peak, cached = caches.cached_value("cpu_peak_flops", key, measure_matmul_peak)
+  return peak, f"measured fp32 matmul ({kind}{', cached' if cached else ''})"

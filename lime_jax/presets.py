@@ -56,10 +56,20 @@ def deep_narrow_tiny(c: ml_collections.ConfigDict) -> None:
   c.eval.update(num_examples=16, batch_size=8)
 
 
+def paper_text_data(c: ml_collections.ConfigDict) -> None:
+  """The paper's data setting (SPEC §1): FineWeb-Edu parquet shards, GPT-2 BPE, seq 2048, loss on every
+  token. The user supplies the files (validation names each missing field before anything is built):
+    --config.data.tokenizer=PATH       GPT-2's tokenizer.json (or the folder of an HF `gpt2` snapshot)
+    --config.data.text.files=GLOB      train shards, e.g. 'fineweb-edu/sample/10BT/*.parquet' (gs:// too)
+    --config.data.text.eval_files=GLOB held-out shards (not among the train files)
+  """
+  c.data.update(task="text", loss_scope="all", seq_len=2048, tokenizer="")
+  c.data.text.update(source="files", file_format="parquet", feature="text", files="", eval_files="")
+
+
 def paper_deep_text(num_layers: int) -> Preset:
-  """A preset: `paper_deep_model` with `num_layers` on a tfds text corpus, loss on every token."""
+  """A preset: `paper_deep_model` with `num_layers` on the paper's text data (`paper_text_data`)."""
   def preset(c: ml_collections.ConfigDict) -> None:
     paper_deep_model(c, num_layers)
-    c.data.task = "text"
-    c.data.loss_scope = "all"
+    paper_text_data(c)
   return preset

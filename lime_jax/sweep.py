@@ -1,13 +1,16 @@
 """Sweep runner: run the members of a comparison one after another, then tabulate and plot them.
 
   python -m lime_jax.sweep --config=experiments/lime_deep.py --specs=default,baseline --specs=default,lime \
-      --seeds=0,1 --root=workdirs/lime_deep_cmp [--set=train.num_steps=500 ...] [--dry_run]
+      --seeds=0,1 --workdir=workdirs/lime_deep_cmp [--set=train.num_steps=500 ...] [--dry_run]
 
 Each member (spec x variation x seed) trains with `python -m lime_jax.main` in its own workdir
-ROOT/<spec>_s<seed>[_<overrides>] (a finished member is skipped, an interrupted one resumes). `--dry_run`
-prints the commands instead, to run them on a cluster. The results land in ROOT/results.md,
-ROOT/results.csv, ROOT/curves.png and, when the members ran greedy evaluation (eval.greedy),
-ROOT/ablation.png (greedy exact match and layer entropy per member).
+WORKDIR/<spec>[_<field>=<value>...]_s<seed> (e.g. `4x4-seqvcr_pause_lambda1=0.5_lambda2=0.002_s1`; a
+finished member is skipped, an interrupted one resumes). `--dry_run` prints the commands instead, to run
+them on a cluster (`python -m lime_jax.main`, the config path relative to the current directory). The
+results land in WORKDIR/results.md, WORKDIR/results.csv (one row per member), WORKDIR/results_by_group.md
+and .csv (seeds pooled: mean ± std of every metric per spec and variation), WORKDIR/curves.png and,
+when the members ran greedy evaluation (eval.greedy), WORKDIR/ablation.png (greedy exact match and
+layer entropy per member).
 
 Variations (ablations): `--vary="model.seq_vcr.lambda1=0.5 model.seq_vcr.lambda2=0.002"` (repeatable; one
 member group per flag), or `--sweep=NAME` for the override lists in the config file's `SWEEPS` dict
@@ -19,7 +22,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import importlib.util
+import io
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -27,6 +32,8 @@ import sys
 from typing import Any
 
 from absl import app, flags
+
+from lime_jax import fileio
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,10 +44,15 @@ class Member:
   vary: tuple[str, ...] = ()  # this member's own overrides (an ablation point)
 
   @property
+  def group(self) -> str:
+    """The member's name without its seed: `<spec>[_<field>=<value>...]` (a.b.c=0.5 -> c=0.5)."""
+    short = lambda o: o.partition("=")[0].split(".")[-1] + "=" + o.partition("=")[2]
+    return "_".join([self.spec.replace(",", "-"), *(short(o) for o in self.overrides + self.vary)])
+
+  @property
   def name(self) -> str:
-    short = lambda o: o.partition("=")[0].split(".")[-1] + o.partition("=")[2]  # a.b.c=0.5 -> c0.5
-    extra = "_".join(short(o) for o in self.overrides + self.vary)
-    return f"{self.spec.replace(',', '-')}_s{self.seed}" + (f"_{extra}" if extra else "")
+    """Workdir name: the group, then the seed (`seqvcr_pause_lambda1=0.5_lambda2=0.002_s1`)."""
+    return f"{self.group}_s{self.seed}"
 
 
 def member_command(config_file: str, member: Member, workdir: str, python: str = sys.executable) -> list[str]:
@@ -65,9 +77,14 @@ def run_member(config_file: str, member: Member, workdir: str, tag: str = "sweep
     return True
   cmd = member_command(config_file, member, workdir)
   print(f"[{tag}] {member.name}: {shlex.join(cmd)}", flush=True)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "stdout.log"), "a", encoding="utf-8") as log:
-    proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
+  fileio.makedirs(workdir)
+  log_path = fileio.join(workdir, "stdout.log")
+  if fileio.is_remote(workdir):  # a bucket cannot be appended to while the member runs
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+    fileio.append_text(log_path, proc.stdout)
+  else:
+    with open(log_path, "a", encoding="utf-8") as log:
+      proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
   if proc.returncode != 0:
     print(f"[{tag}] {member.name}: failed (exit {proc.returncode}); see {workdir}/stdout.log", flush=True)
   return proc.returncode == 0
@@ -82,31 +99,27 @@ def load_sweep(config_file: str, name: str) -> tuple[tuple[str, ...], ...]:
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in fileio.read_text(path).splitlines() if line.strip()]
 
 
 def is_finished(workdir: str) -> bool:
   """Whether a member ran to completion (a preempted or stopped run leaves status != 'completed')."""
-  path = os.path.join(workdir, "final_metrics.json")
-  if not os.path.exists(path):
+  path = fileio.join(workdir, "final_metrics.json")
+  if not fileio.exists(path):
     return False
-  with open(path, encoding="utf-8") as f:
-    return json.load(f).get("status") == "completed"
+  return fileio.read_json(path).get("status") == "completed"
 
 
 def member_summary(member: Member, workdir: str) -> dict[str, Any]:
   """Final train/eval metrics and step time of one finished member."""
-  with open(os.path.join(workdir, "final_metrics.json"), encoding="utf-8") as f:
-    final = json.load(f)
-  with open(os.path.join(workdir, "compile_report.json"), encoding="utf-8") as f:
-    report = json.load(f)
-  train_records = [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["split"] == "train"]
+  final = fileio.read_json(fileio.join(workdir, "final_metrics.json"))
+  report = fileio.read_json(fileio.join(workdir, "compile_report.json"))
+  train_records = [r for r in read_jsonl(fileio.join(workdir, "metrics.jsonl")) if r["split"] == "train"]
   tokens_s = [r["tokens_per_s"] for r in train_records[1:] if "tokens_per_s" in r]
   return {
-      "member": member.name, "spec": member.spec, "seed": member.seed,
+      "member": member.name, "group": member.group, "spec": member.spec, "seed": member.seed,
       "overrides": " ".join(member.overrides), "params": report.get("params"),
       "final_train_loss": final.get("train", {}).get("loss"),
       "eval_ce": final.get("eval", {}).get("ce"),
@@ -123,19 +136,76 @@ def member_summary(member: Member, workdir: str) -> dict[str, Any]:
   }
 
 
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def aggregate_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """One row per member group (spec and overrides, seeds pooled): `seeds`, and for every numeric metric
+  `<metric>_mean` and `<metric>_std` (sample std, ddof=1; 0 for one seed) over the seeds that have it."""
+  groups: dict[str, list[dict[str, Any]]] = {}
+  for row in rows:
+    groups.setdefault(row["group"], []).append(row)
+  skip = {"seed", "params"}
+  out = []
+  for group, members in groups.items():
+    agg: dict[str, Any] = {"group": group, "seeds": " ".join(str(m["seed"]) for m in members)}
+    agg["params"] = members[0].get("params")
+    for key in members[0]:
+      values = [m[key] for m in members if _is_number(m.get(key))]
+      if key in skip or not values:
+        continue
+      mean = sum(values) / len(values)
+      var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+      agg[f"{key}_mean"], agg[f"{key}_std"] = mean, math.sqrt(var)
+    out.append(agg)
+  return out
+
+
+def seed_table(aggregated: list[dict[str, Any]]) -> str:
+  """Markdown table of `aggregate_seeds` rows, each metric as `mean ± std`."""
+  metrics = [k[:-len("_mean")] for k in aggregated[0] if k.endswith("_mean")] if aggregated else []
+  lines = ["| group | seeds | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 2)]
+  for row in aggregated:
+    cells = [f"{row[m + '_mean']:.4g} ± {row[m + '_std']:.2g}" if m + "_mean" in row else ""
+             for m in metrics]
+    lines.append(f"| {row['group']} | {row['seeds']} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def _write_csv(rows: list[dict[str, Any]], path: str) -> None:
+  columns = list(dict.fromkeys(k for row in rows for k in row))
+  table = io.StringIO(newline="")
+  writer = csv.DictWriter(table, fieldnames=columns)
+  writer.writeheader()
+  writer.writerows(rows)
+  fileio.write_text(path, table.getvalue())
+
+
 def write_tables(rows: list[dict[str, Any]], root: str) -> None:
+  """results.csv / results.md (one row per member) and, pooled over seeds, results_by_group.csv /
+  results_by_group.md (mean ± std)."""
   if not rows:
     return
-  with open(os.path.join(root, "results.csv"), "w", newline="", encoding="utf-8") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
+  aggregated = aggregate_seeds(rows)
+  _write_csv(aggregated, fileio.join(root, "results_by_group.csv"))
+  fileio.write_text(fileio.join(root, "results_by_group.md"), seed_table(aggregated))
+  _write_csv(rows, fileio.join(root, "results.csv"))
   cols = list(rows[0])
   fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
   lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
-  with open(os.path.join(root, "results.md"), "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
+  fileio.write_text(fileio.join(root, "results.md"), "\n".join(lines) + "\n")
+
+
+def save_figure(fig: Any, path: str, dpi: int = 90) -> str:
+  """Writes a matplotlib figure as PNG to `path` (local or gs://) and closes it."""
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=dpi)
+  plt.close(fig)
+  fileio.write_bytes(path, buffer.getvalue())
+  return path
 
 
 def plot_curves(members: list[Member], root: str) -> str:
@@ -145,7 +215,7 @@ def plot_curves(members: list[Member], root: str) -> str:
   import matplotlib.pyplot as plt
   fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
   for member in members:
-    records = read_jsonl(os.path.join(root, member.name, "metrics.jsonl"))
+    records = read_jsonl(fileio.join(root, member.name, "metrics.jsonl"))
     train = [r for r in records if r["split"] == "train"]
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label=member.name)
     evals = [r for r in records if r["split"] == "eval"]
@@ -155,10 +225,7 @@ def plot_curves(members: list[Member], root: str) -> str:
   ax_acc.set(xlabel="step", ylabel="held-out exact match")
   ax_loss.legend(fontsize=7)
   fig.tight_layout()
-  path = os.path.join(root, "curves.png")
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
-  return path
+  return save_figure(fig, fileio.join(root, "curves.png"))
 
 
 def plot_ablation(rows: list[dict[str, Any]], root: str) -> str | None:
@@ -177,47 +244,85 @@ def plot_ablation(rows: list[dict[str, Any]], root: str) -> str | None:
     ax.set_xticks(range(len(rows)), names, rotation=60, ha="right", fontsize=6)
     ax.set_ylabel(label)
   fig.tight_layout()
-  path = os.path.join(root, "ablation.png")
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  return save_figure(fig, fileio.join(root, "ablation.png"))
+
+
+def define_common_flags() -> None:
+  """The flags `sweep` and `compare` share (defined when either runs as a program, not on import)."""
+  flags.DEFINE_string("config", None, "Experiment config file (its presets are picked by --specs / "
+                      "--preset).")
+  flags.DEFINE_string("workdir", None, "Folder holding one workdir per member, the tables and plots.")
+  flags.DEFINE_list("seeds", ["0"], "Seeds (every member group runs each).")
+  flags.DEFINE_multi_string("set", [], "Override applied to every member, e.g. train.num_steps=500.")
+  flags.DEFINE_bool("dry_run", False, "Print the commands (portable: `python -m lime_jax.main`, the "
+                    "config path relative to here) instead of running them.")
+
+
+def define_flags() -> None:
+  define_common_flags()
+  flags.DEFINE_multi_string("specs", ["default"], "A preset spec per member group; repeat the flag.")
+  flags.DEFINE_multi_string("vary", [], "Space-separated overrides of one member group; repeat.")
+  flags.DEFINE_string("sweep", None, "Name of an override list in the config file's SWEEPS.")
+  flags.DEFINE_string("root", None, "Deprecated: use --workdir.")
+
+
+def portable_path(path: str) -> str:
+  """`path` relative to the current directory when it lies below it (for commands run elsewhere)."""
+  if not fileio.is_remote(path) and os.path.isabs(path) and path.startswith(os.getcwd() + os.sep):
+    return os.path.relpath(path)
   return path
 
 
-_CONFIG = flags.DEFINE_string("config", None, "Experiment config file.", required=True)
-_SPECS = flags.DEFINE_multi_string("specs", ["default"], "A preset spec per member group; repeat the flag.")
-_SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds.")
-_SET = flags.DEFINE_multi_string("set", [], "Override applied to every member, e.g. train.num_steps=500.")
-_ROOT = flags.DEFINE_string("root", None, "Folder holding one workdir per member.", required=True)
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands instead of running them.")
-_VARY = flags.DEFINE_multi_string("vary", [], "Space-separated overrides of one member group; repeat.")
-_SWEEP = flags.DEFINE_string("sweep", None, "Name of an override list in the config file's SWEEPS.")
+def dry_run_command(config_file: str, member: Member, workdir: str) -> str:
+  """The command of one member for a cluster: plain `python`, the config path relative to here."""
+  return shlex.join(member_command(portable_path(config_file), member, workdir, python="python"))
+
+
+def workdir_flag(tag: str) -> str:
+  """--workdir (or the deprecated --root, with a warning); a UsageError when neither is given."""
+  FLAGS = flags.FLAGS
+  root = FLAGS["root"].value if "root" in FLAGS else None
+  if root:
+    print(f"[{tag}] --root is deprecated; use --workdir={root}.", file=sys.stderr, flush=True)
+    if FLAGS.workdir and FLAGS.workdir != root:
+      raise app.UsageError(f"--root={root} and --workdir={FLAGS.workdir} disagree; pass only --workdir.")
+  workdir = FLAGS.workdir or root
+  if not FLAGS.config or not workdir:
+    raise app.UsageError("--config=FILE and --workdir=DIR are required.")
+  return workdir
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  variations = [tuple(v.split()) for v in _VARY.value]
-  if _SWEEP.value:
-    variations += list(load_sweep(_CONFIG.value, _SWEEP.value))
-  members = [Member(spec, int(seed), tuple(_SET.value), vary) for spec in _SPECS.value
-             for vary in (variations or [()]) for seed in _SEEDS.value]
-  os.makedirs(_ROOT.value, exist_ok=True)
+  FLAGS = flags.FLAGS
+  root = workdir_flag("sweep")
+  variations = [tuple(v.split()) for v in FLAGS.vary]
+  if FLAGS.sweep:
+    variations += list(load_sweep(FLAGS.config, FLAGS.sweep))
+  members = [Member(spec, int(seed), tuple(FLAGS.set), vary) for spec in FLAGS.specs
+             for vary in (variations or [()]) for seed in FLAGS.seeds]
+  if FLAGS.dry_run:
+    for member in members:
+      print(dry_run_command(FLAGS.config, member, fileio.join(root, member.name)))
+    return
+  fileio.makedirs(root)
   rows = []
   for member in members:
-    workdir = os.path.join(_ROOT.value, member.name)
-    if _DRY_RUN.value:
-      print(shlex.join(member_command(_CONFIG.value, member, workdir)))
-      continue
-    if run_member(_CONFIG.value, member, workdir):
+    workdir = fileio.join(root, member.name)
+    if run_member(FLAGS.config, member, workdir):
       rows.append(member_summary(member, workdir))
-  if not _DRY_RUN.value:
-    write_tables(rows, _ROOT.value)
-    print(open(os.path.join(_ROOT.value, "results.md"), encoding="utf-8").read() if rows else "no results")
-    print(f"[sweep] curves: {plot_curves(members, _ROOT.value)}")
-    ablation = plot_ablation(rows, _ROOT.value)
-    if ablation:
-      print(f"[sweep] exact match and entropy: {ablation}")
+  write_tables(rows, root)
+  print(fileio.read_text(fileio.join(root, "results.md")) if rows else "no results")
+  if rows:
+    print("[sweep] pooled over seeds (mean ± std):")
+    print(fileio.read_text(fileio.join(root, "results_by_group.md")))
+  print(f"[sweep] curves: {plot_curves(members, root)}")
+  ablation = plot_ablation(rows, root)
+  if ablation:
+    print(f"[sweep] exact match and entropy: {ablation}")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -1,7 +1,7 @@
 """The training loop: build, restore, compile ahead of time, train with async dispatch, evaluate.
 
 Importable and notebook-friendly: `train(config, workdir)` does everything `python -m lime_jax.main`
-does and returns the final metrics.
+does and returns a `TrainResult` (the final train state and the final metrics).
 """
 
 from __future__ import annotations
@@ -15,17 +15,20 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
 from lime_jax import answer_eval
+from lime_jax import caches
 from lime_jax import checkpoint as ckpt_lib
 from lime_jax import config as config_lib
 from lime_jax import flops as flops_lib
+from lime_jax import init_from
+from lime_jax import lm_eval
 from lime_jax import optimizer as opt_lib
 from lime_jax import sharding as shard_lib
+from lime_jax import timing
 from lime_jax import train_step as step_lib
 from lime_jax import writers
 from lime_jax.data import pipeline
@@ -51,8 +54,12 @@ class Run:
 
 def build(config: ml_collections.ConfigDict, devices: list | None = None) -> Run:
   """Validates the config and builds model, optimizer, mesh (over `devices`, default all) and shardings
-  (no arrays allocated)."""
+  (no arrays allocated). With `model.init_from`, the architecture fields and data.tokenizer come from
+  the source first (lime_jax/init_from.py)."""
   config_lib.validate(config)
+  if config.model.init_from:
+    init_from.apply_source_fields(config)
+    config_lib.validate(config)
   model_cfg = ModelConfig.from_config(config.model, pipeline.vocab_size_for(config))
   mesh = shard_lib.make_mesh(config.mesh, devices)
   shard_lib.check_batch_divisible(config.train.batch_size, mesh)
@@ -67,11 +74,27 @@ def build(config: ml_collections.ConfigDict, devices: list | None = None) -> Run
              shard_lib.state_shardings(mesh, abstract_state), shard_lib.batch_sharding(mesh))
 
 
+# XLA's CPU backend spends seconds optimising the one-off init program (loops of random bits over the
+# stacked layers) that runs in milliseconds. Unoptimised it compiles several times faster and draws the
+# same values up to float rounding; it runs slower, so only for models up to this size.
+_FAST_INIT_COMPILE = {"xla_backend_optimization_level": 0}
+_FAST_INIT_MAX_PARAMS = 8_000_000
+
+
 def create_state(run: Run) -> step_lib.TrainState:
-  """Initialises parameters and optimizer state directly in their shardings."""
+  """Initialises parameters and optimizer state directly in their shardings (on CPU, a small model's
+  init program is compiled without LLVM optimisations: see _FAST_INIT_COMPILE)."""
   def init(rng):
     return step_lib.init_train_state(init_params(run.model_cfg, rng), run.optimizer)
-  return jax.jit(init, out_shardings=run.state_sharding)(jax.random.key(run.config.seed))
+  key = jax.random.key(run.config.seed)
+  if (run.mesh.devices.flat[0].platform == "cpu"
+      and param_count(jax.eval_shape(functools.partial(init_params, run.model_cfg), key))
+      <= _FAST_INIT_MAX_PARAMS):
+    try:
+      return jax.jit(init, out_shardings=run.state_sharding, compiler_options=_FAST_INIT_COMPILE)(key)
+    except Exception:  # an XLA without this option: the default compile below.
+      pass
+  return jax.jit(init, out_shardings=run.state_sharding)(key)
 
 
 def jit_train_step(run: Run):
@@ -136,6 +159,9 @@ def evaluate(run: Run, params: Any, eval_step, batches: list[dict[str, np.ndarra
       "exact_match": totals["exact_matches"] / max(totals["examples"], 1.0),
       "examples": totals["examples"],
   }
+  if batches and "num_bytes" in batches[0]:  # task 'text': perplexity, bits per byte.
+    result.update(lm_eval.lm_metrics(totals["ce_sum"], totals["ce_tokens"],
+                                     sum(float(b["num_bytes"].sum()) for b in batches)))
   if run.config.eval.greedy and jax.process_count() == 1:  # greedy decoding, per-position accuracy,
     # layer entropy; it decodes process-local batches, so multi-process runs skip it (teacher-forced EM
     # above equals greedy EM; see metrics.answer_metrics).
@@ -176,31 +202,61 @@ class _StopFlag:
       signal.signal(sig, handler)
 
 
+@dataclasses.dataclass
+class TrainResult:
+  """What `train` returns: `metrics` (the content of final_metrics.json: status, step, train, eval),
+  the final `state` (parameters, optimizer state, step; sharded on `run.mesh`) and the built `run`."""
+
+  metrics: dict[str, Any]
+  state: step_lib.TrainState
+  run: Run
+
+
 def _is_finite(values: dict[str, float]) -> bool:
   return all(np.isfinite(values[k]) for k in ("loss", "grad_norm"))
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains per `config`, checkpointing into `workdir`; resumes from its latest checkpoint."""
-  run = build(config)
+def train(config: ml_collections.ConfigDict, workdir: str,
+          startup: dict[str, float] | None = None) -> TrainResult:
+  """Trains per `config`, checkpointing into `workdir`; resumes from its latest checkpoint. Returns the
+  final state and metrics (`TrainResult`). `startup`: phases timed before the call (e.g. `imports_s`),
+  reported with the others in compile_report.json."""
+  phases = timing.Phases(startup)
+  with phases("build"):
+    run = build(config)
   t = config.train
+  cache_dir = caches.setup_compilation_cache(t.compilation_cache_dir)  # before the first compile
   is_lead = jax.process_index() == 0
   writers.make_dirs(workdir)  # a local path or a gs:// URL
   writer = writers.MetricWriter(workdir, t.num_steps, enabled=is_lead)
+  writer.add_sink(writers.make_wandb_sink(config, workdir, is_lead))  # None unless train.wandb.project
   checkpointer = ckpt_lib.Checkpointer(workdir, t.keep_checkpoints, t.async_checkpoint)
   signature = ckpt_lib.arch_signature(config.model, run.model_cfg.vocab_size)
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    checkpointer.check_compatible(latest, signature)
-  if is_lead:
-    writers.write_text(workdir, "config.json", config.to_json_best_effort(indent=2))
 
   data_iter = pipeline.make_train_iterator(config, jax.process_index(), jax.process_count())
-  state = create_state(run)
+  with phases("init"), caches.count_cache_events() as init_cache:
+    state = jax.block_until_ready(create_state(run))
+  # The newest intact checkpoint: a config mismatch raises; damaged newer steps are moved aside.
+  with phases("restore"):
+    found = checkpointer.restore_latest_intact(ckpt_lib.abstract_like(state), data_iter, signature,
+                                               log=writer.text)
+  latest = found.step
   if latest is not None:
-    state = checkpointer.restore(latest, ckpt_lib.abstract_like(state), data_iter)
+    state = found.value
     writer.text(f"Resumed from {checkpointer.directory}/{latest}.")
+  elif found.moved:
+    data_iter = pipeline.make_train_iterator(config, jax.process_index(), jax.process_count())
+    writer.text(f"No intact checkpoint left in {checkpointer.directory} (damaged ones moved aside); "
+                "starting from step 0.")
+  if latest is None and config.model.init_from:  # fine-tuning: the source's parameters, fresh optimizer
+    params, fresh = init_from.initial_params(config, run.model_cfg, state.params)
+    state = state.replace(params=params)
+    writer.text(f"Initialised from {init_from.describe(config.model.init_from)}"
+                + (f"; freshly initialised: {', '.join(fresh)}" if fresh else "") + ".")
   start_step = int(jax.device_get(state.step))
+  writer.start_at(start_step)  # drops metrics records of steps after the restored one (replayed now)
+  if is_lead:
+    writers.write_text(workdir, "config.json", config.to_json_best_effort(indent=2))
 
   train_step = jit_train_step(run)
   eval_step = jit_eval_step(run)
@@ -209,19 +265,28 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   # Ahead-of-time compile: report size, FLOPs and memory before step 1.
   first_local = next(data_iter)
   first_batch = shard_lib.to_global_batch(first_local, run.batch_sharding)
-  t0 = time.perf_counter()
-  compiled = train_step.lower(state, first_batch).compile()
+  with phases("compile"), caches.count_cache_events() as compile_cache:
+    compiled = train_step.lower(state, first_batch).compile()
   report = compile_report(compiled, run, state.params)
-  report["compile_s"] = time.perf_counter() - t0
-  peak, peak_source = flops_lib.peak_flops_per_device()
+  report["compile_s"] = phases.seconds["compile_s"]
+  with phases("peak"):
+    peak, peak_source = flops_lib.peak_flops_per_device()
   report["peak_flops_per_device"] = peak
+  # Start-up phases in seconds (first_step_s, dispatch to metrics of the first step, is added after it).
+  report["phases"] = phases.seconds
+  report["compilation_cache"] = {"dir": cache_dir or "none",
+                                 "hits": init_cache["hits"] + compile_cache["hits"],
+                                 "writes": init_cache["writes"] + compile_cache["writes"]}
   writer.text(
       f"Model: {report['params']:,} params | {run.model_cfg.num_layers} layers, d_model "
       f"{run.model_cfg.d_model}, topology {run.model_cfg.topology} | mesh {dict(run.mesh.shape)}\n"
       f"FLOPs/step: {report['flops_per_step_analytic']:.3e} analytic (3x forward, causal-halved attention)"
-      + f"\nMemory: " + ", ".join(f"{k.split('/')[1]}={v:.1f} MiB" for k, v in report.items()
+      + "\nMemory: " + ", ".join(f"{k.split('/')[1]}={v:.1f} MiB" for k, v in report.items()
                                   if k.startswith("memory/"))
-      + f"\nCompiled in {report['compile_s']:.1f}s; MFU peak {peak:.3e} FLOP/s per device, {peak_source}.")
+      + f"\nCompiled in {report['compile_s']:.1f}s; MFU peak {peak:.3e} FLOP/s per device, {peak_source}."
+      + "\nStart-up: " + ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in phases.seconds.items())
+      + f" | compilation cache {report['compilation_cache']['dir']}: "
+      + f"{report['compilation_cache']['hits']} hits, {report['compilation_cache']['writes']} writes")
   if is_lead:
     writers.write_text(workdir, "compile_report.json", json.dumps(report, indent=2))
 
@@ -230,7 +295,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   stop = _StopFlag()
   stop.install()
   pending: tuple[int, Any] | None = None
-  last_log_time, last_log_step = time.perf_counter(), start_step
+  step_timer = timing.StepTimer(start_step)  # tokens/s and MFU leave out checkpoint and eval time
   loop_start = time.perf_counter()
   last_values: dict[str, float] = {}
   last_good = latest
@@ -241,7 +306,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   def finish(step_and_metrics) -> dict[str, float]:
     """Fetches a dispatched step's metrics; stops the run on a non-finite loss."""
-    nonlocal last_log_time, last_log_step, last_values
+    nonlocal last_values
     step, device_metrics = step_and_metrics
     values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
     if not _is_finite(values):
@@ -250,15 +315,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           f"The last good checkpoint is step {last_good} in {checkpointer.directory}. Lower "
           "train.learning_rate, raise train.warmup_steps or enable train.grad_clip, then rerun to resume.")
     last_values = values
+    if "first_step_s" not in phases.seconds:
+      phases.seconds["first_step_s"] = time.perf_counter() - loop_start
+      if is_lead:
+        writers.write_text(workdir, "compile_report.json", json.dumps(report, indent=2))
     if step % t.log_every == 0 or step == t.num_steps:
       now = time.perf_counter()
-      rate = (step - last_log_step) / max(now - last_log_time, 1e-9)
+      rate = step_timer.steps_per_s(step)
       values["tokens_per_s"] = rate * tokens_per_step
-      values["mfu"] = rate * flops_lib.train_flops_per_step(run.model_cfg, t.batch_size,
-                                                            config.data.seq_len) / peak_total
-      last_log_time, last_log_step = now, step
-      writer.write(step, values)
-      writer.progress(step, values, now - loop_start, step - start_step)
+      values["mfu_pct"] = 100.0 * rate * flops_lib.train_flops_per_step(
+          run.model_cfg, t.batch_size, config.data.seq_len) / peak_total
+      with step_timer.excluded():  # writing metrics (TensorBoard, JSONL) is not training time either
+        writer.write(step, values)
+        writer.progress(step, values, now - loop_start, step - start_step)
     return values
 
   try:
@@ -275,12 +344,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         finish(pending)  # a checkpoint only holds a state whose loss was finite
         pending = None
         # The iterator has yielded exactly `step` batches here, so a resume continues bit-identically.
-        checkpointer.save(step, state, data_iter, meta(step), force=True)
+        with step_timer.excluded():
+          checkpointer.save(step, state, data_iter, meta(step), force=True)
         last_good = step
       if step < t.num_steps and not stop_here:
         batch = shard_lib.to_global_batch(next(data_iter), run.batch_sharding)
       if t.eval_every and step % t.eval_every == 0 and step < t.num_steps:
-        writer.write(step, evaluate(run, state.params, eval_step, eval_batches), prefix="eval")
+        jax.block_until_ready(state)  # the step still running counts as training time, the eval does not
+        with step_timer.excluded():
+          writer.write(step, evaluate(run, state.params, eval_step, eval_batches), prefix="eval")
       if stop_here:
         status = "preempted" if stop.signal is not None else "stopped"
         reason = f"Signal {stop.signal}" if stop.signal is not None else "train.stop_at_step"
@@ -303,4 +375,4 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if is_lead:
     writers.write_text(workdir, "final_metrics.json", json.dumps(result, indent=2))
   writer.close()
-  return result
+  return TrainResult(metrics=result, state=state, run=run)

@@ -31,8 +31,8 @@ def init_train_state(params: Any, optimizer: optax.GradientTransformation) -> Tr
 def loss_fn(params: Any, model: Transformer, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
   """CE on `loss_mask` plus the stack's auxiliary losses (each already weighted; e.g. Seq-VCR's
   `aux/seq_vcr_variance` and `aux/seq_vcr_covariance`, logged next to `ce`)."""
-  logits_BTV, out = model.apply({"params": params}, batch["inputs"], regularize=True,
-                                answer_mask_BT=batch.get("answer_mask"))
+  logits_BTV, out = model.apply({"params": params}, batch["inputs"], batch.get("positions"),
+                                regularize=True, answer_mask_BT=batch.get("answer_mask"))
   ce = metrics.masked_cross_entropy(logits_BTV, batch["targets"], batch["loss_mask"])
   aux_total = sum(out.aux.values(), jnp.zeros((), jnp.float32))
   stats = {"ce": ce, **{f"aux/{k}": v for k, v in out.aux.items()}}
@@ -70,7 +70,7 @@ def make_eval_step(model: Transformer) -> Callable[[Any, Batch], dict[str, jax.A
   """Returns `eval_step(params, batch) -> sums` (loss sums and answer metrics; no averaging)."""
 
   def eval_step(params: Any, batch: Batch) -> dict[str, jax.Array]:
-    logits_BTV, _ = model.apply({"params": params}, batch["inputs"])
+    logits_BTV, _ = model.apply({"params": params}, batch["inputs"], batch.get("positions"))
     mask_BT = batch["loss_mask"] * batch["example_mask"][:, None]
     ce_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
     sums = metrics.answer_metrics(logits_BTV, batch["targets"], batch["answer_mask"] * mask_BT,

@@ -57,24 +57,73 @@ class _RewrittenFile:
     self.flush()
 
 
+def records_up_to(text: str, step: int) -> str:
+  """The JSONL lines of `text` whose step is <= `step` (a line cut short by a kill is dropped too)."""
+  kept = []
+  for line in text.splitlines(keepends=True):
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue
+    if line.endswith("\n") and isinstance(record, dict) and int(record.get("step", 0)) <= step:
+      kept.append(line)
+  return "".join(kept)
+
+
 class MetricWriter:
-  """Writes scalars to WORKDIR/metrics.jsonl, WORKDIR/tensorboard/ and the console."""
+  """Writes scalars to WORKDIR/metrics.jsonl, WORKDIR/tensorboard/ and the console.
+
+  A resumed run calls `start_at(step)` first: the records of later steps, which the run is about to
+  replay, are dropped from metrics.jsonl, and TensorBoard's new event file starts with `purge_step` =
+  step + 1, so TensorBoard hides the older files' events from that step on (one point per step).
+  """
 
   def __init__(self, workdir: str, total_steps: int, enabled: bool = True, stream=None):
     self.enabled = enabled
     self.total_steps = total_steps
     self.stream = stream or sys.stdout
+    self._workdir = workdir
     self._jsonl = None
     self._tb = None
+    self._purge_step: int | None = None
+    self._sinks: list[Any] = []  # more sinks (`add_sink`): objects with log(step, scalars) and close()
     if enabled:
       make_dirs(workdir)
-      jsonl = os.path.join(workdir, "metrics.jsonl")
-      self._jsonl = _RewrittenFile(jsonl) if is_remote(workdir) else open(jsonl, "a", encoding="utf-8")
+      self._jsonl = self._open_jsonl()
+
+  def _open_jsonl(self):
+    jsonl = os.path.join(self._workdir, "metrics.jsonl")
+    return _RewrittenFile(jsonl) if is_remote(self._workdir) else open(jsonl, "a", encoding="utf-8")
+
+  def _tensorboard(self):
+    """The SummaryWriter, created at the first write (with the purge step of `start_at`)."""
+    if self._tb is None:
       try:
         from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
       except ImportError:  # TensorBoard output is optional.
-        self._tb = None
+        self._tb = False
+        return None
+      self._tb = SummaryWriter(os.path.join(self._workdir, "tensorboard"), purge_step=self._purge_step)
+    return self._tb or None
+
+  def start_at(self, step: int) -> None:
+    """The run continues after `step`: drop the metrics of later steps (see the class docstring)."""
+    if not self.enabled:
+      return
+    self._jsonl.close()
+    path = epath.Path(self._workdir) / "metrics.jsonl"
+    text = path.read_text() if path.exists() else ""
+    kept = records_up_to(text, step)
+    if kept != text and is_remote(self._workdir):
+      path.write_text(kept)
+    elif kept != text:  # a kill mid-rewrite keeps the old file
+      with open(f"{path}.tmp", "w", encoding="utf-8") as f:
+        f.write(kept)
+      os.replace(f"{path}.tmp", path)
+    self._jsonl = self._open_jsonl()
+    if self._tb:
+      self._tb.close()
+    self._tb, self._purge_step = None, step + 1
 
   def write(self, step: int, scalars: dict[str, Any], prefix: str = "train") -> dict[str, float]:
     values = {k: _scalar(v) for k, v in scalars.items()}
@@ -83,18 +132,27 @@ class MetricWriter:
     record = {"step": int(step), "split": prefix, "time": time.time(), **values}
     self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
-    if self._tb is not None:
+    tb = self._tensorboard()
+    if tb is not None:
       for k, v in values.items():
-        self._tb.add_scalar(f"{prefix}/{k}", v, step)
-      self._tb.flush()
+        tb.add_scalar(f"{prefix}/{k}", v, step)
+      tb.flush()
+    for sink in self._sinks:
+      sink.log(int(step), {f"{prefix}/{k}": v for k, v in values.items()})
     return values
+
+  def add_sink(self, sink: Any) -> None:
+    """Also sends every `write` to `sink` (`.log(step, {'split/name': value})`, `.close()`), e.g. a
+    `WandbSink`; ignored where the writer is disabled (processes other than 0)."""
+    if self.enabled and sink is not None:
+      self._sinks.append(sink)
 
   def progress(self, step: int, values: dict[str, float], elapsed_s: float, steps_done: int) -> None:
     """One console line: step/total, loss, lr, tokens/s, MFU and ETA."""
     if not self.enabled:
       return
     eta = elapsed_s / max(steps_done, 1) * (self.total_steps - step)
-    keys = ("loss", "exact_match", "learning_rate", "grad_norm", "tokens_per_s", "mfu")
+    keys = ("loss", "exact_match", "learning_rate", "grad_norm", "tokens_per_s", "mfu_pct")
     parts = [f"{k}={values[k]:.4g}" for k in keys if k in values]
     pct = 100.0 * step / max(self.total_steps, 1)
     print(f"[{step:>6d}/{self.total_steps} {pct:5.1f}%] " + " ".join(parts) + f" eta={format_duration(eta)}",
@@ -107,5 +165,49 @@ class MetricWriter:
   def close(self) -> None:
     if self._jsonl is not None:
       self._jsonl.close()
-    if self._tb is not None:
+    if self._tb:
       self._tb.close()
+    for sink in self._sinks:
+      sink.close()
+    self._sinks = []
+
+class WandbSink:
+  """Weights & Biases run of a training run (`config.train.wandb`; off while `project` is '').
+
+  The run id is kept in WORKDIR/wandb_id.txt, so a resumed training run logs into the same wandb run.
+  """
+
+  def __init__(self, settings: Any, workdir: str, run_config: dict[str, Any]):
+    try:
+      import wandb
+    except ImportError:
+      raise ImportError(
+          f"config.train.wandb.project={settings.project!r} needs the wandb package: pip install -e "
+          "'.[wandb]' (or pip install wandb), or set --config.train.wandb.project='' to log to "
+          "TensorBoard and metrics.jsonl only.") from None
+    id_path = epath.Path(workdir) / "wandb_id.txt"
+    name = settings.name or os.path.basename(os.path.normpath(str(workdir)))
+    if id_path.exists():
+      run_id = id_path.read_text().strip()
+    else:
+      safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+      run_id = f"{safe}-{os.urandom(4).hex()}"
+      id_path.write_text(run_id)
+    self._run = wandb.init(project=settings.project, entity=settings.entity or None, name=name, id=run_id,
+                           resume="allow", mode=settings.mode, config=run_config,
+                           dir=None if is_remote(workdir) else str(workdir))
+
+  def log(self, step: int, scalars: dict[str, float]) -> None:
+    self._run.log(scalars, step=step)
+
+  def close(self) -> None:
+    self._run.finish()
+
+
+def make_wandb_sink(config: Any, workdir: str, enabled: bool = True) -> WandbSink | None:
+  """A `WandbSink` when `config.train.wandb.project` is set and `enabled` (process 0), else None; wandb
+  is imported only then."""
+  settings = config.train.wandb
+  if not (enabled and settings.project):
+    return None
+  return WandbSink(settings, workdir, json.loads(config.to_json_best_effort()))

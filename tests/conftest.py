@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import sys
 
@@ -55,6 +56,17 @@ def random_params(cfg: ModelConfig, seed: int = 0, std: float = 0.1, norm_std: f
   if not cfg.tie_embeddings:
     params["unembed"] = w(D, V)
   return params
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_user_cache(tmp_path_factory):
+  """lime_jax's caches (lime_jax/caches.py: the CPU peak and jax's persistent compilation cache) in a
+  fresh directory per test session, which its subprocesses inherit through the environment: a run
+  neither reads nor fills ~/.cache, and every test process (binaries included) reuses the executables
+  an earlier test compiled. Exported LIME_JAX_CACHE_DIR / JAX_COMPILATION_CACHE_DIR are kept."""
+  root = os.environ.setdefault("LIME_JAX_CACHE_DIR", str(tmp_path_factory.mktemp("lime_jax_cache")))
+  jax_dir = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(root, "jax_cache"))
+  jax.config.update("jax_compilation_cache_dir", jax_dir)
 
 
 @pytest.fixture

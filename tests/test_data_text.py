@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 from lime_jax.config import default_config, validate
 from lime_jax.data import pipeline, text
 from lime_jax.data.tokenizer import EOS_ID, ByteTokenizer
+from lime_jax.model.model_config import ModelConfig
 
 SEQ_LEN = 32
 _WORDS = ("the quick brown fox jumps over lazy dogs while seven wizards quietly judge boxing "
@@ -74,21 +75,26 @@ def test_prepare_and_read_through_tfds_data_source(corpus):
   text.ensure_prepared(t)  # second call reuses the prepared files.
 
 
-def test_packed_chunks_cover_the_eos_joined_stream(corpus):
+def _stream(texts, tok=ByteTokenizer()) -> np.ndarray:
+  """The EOS-joined token stream of `texts` (the reference the packed windows must cut)."""
+  return np.concatenate([np.array(tok.encode(t) + [tok.eos_id], np.int32) for t in texts])
+
+
+def _windows(stream: np.ndarray, n: int, seq_len: int = SEQ_LEN) -> list[np.ndarray]:
+  return [stream[i * seq_len:i * seq_len + seq_len + 1] for i in range(n)]
+
+
+def test_tfds_stream_packs_the_shuffled_documents(corpus):
   c, _ = corpus
   source = text.open_split(c.data.text, "train")
-  tok = ByteTokenizer()
-  stream = np.concatenate([np.array(tok.encode(source[i]["text"].decode("utf-8")) + [EOS_ID],
-                                    np.int32) for i in range(len(source))])
-  packed = text.PackedText(source, SEQ_LEN)
-  assert len(packed) == (len(stream) - 1) // SEQ_LEN > 10
-  for i in range(len(packed)):
-    np.testing.assert_array_equal(packed.tokens(i), stream[i * SEQ_LEN:i * SEQ_LEN + SEQ_LEN + 1])
-  f = packed[3]
-  np.testing.assert_array_equal(f["inputs"][1:], f["targets"][:-1])
-  assert f["inputs"].dtype == np.int32 and f["loss_mask"].dtype == np.float32
-  assert f["loss_mask"].all() and f["answer_mask"].all()
-  assert sum(EOS_ID in packed.tokens(i) for i in range(len(packed))) >= len(source) - 1
+  docs = [source[i]["text"].decode("utf-8") for i in range(len(source))]
+  order = list(grain.MapDataset.source(list(range(len(docs)))).shuffle(seed=int(c.seed)))
+  want = _windows(_stream([docs[k] for k in order]), 12)
+  it = iter(text.packed_stream(c, "train"))
+  for w in want:
+    f = next(it)
+    np.testing.assert_array_equal(np.append(f["inputs"], f["targets"][-1]), w)
+    assert f["inputs"].dtype == np.int32 and f["loss_mask"].dtype == np.float32 and f["loss_mask"].all()
 
 
 def test_text_iterator_shapes_sharding_and_checkpoint(corpus, tmp_path):
@@ -100,9 +106,8 @@ def test_text_iterator_shapes_sharding_and_checkpoint(corpus, tmp_path):
   assert pipeline.vocab_size_for(c) == 272 and batches[0]["inputs"].max() < 272
 
   halves = [pipeline.make_train_iterator(c, p, 2) for p in range(2)]
-  for b in batches[:3]:
-    joined = np.concatenate([next(h)["inputs"] for h in halves])
-    np.testing.assert_array_equal(joined, b["inputs"])
+  first = [next(h)["inputs"] for h in halves]
+  assert all(f.shape == (2, SEQ_LEN) for f in first) and first[0].tobytes() != first[1].tobytes()
 
   with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
     manager.save(5, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
@@ -117,26 +122,25 @@ def test_text_iterator_shapes_sharding_and_checkpoint(corpus, tmp_path):
       np.testing.assert_array_equal(got[k], want[k])
 
 
-def test_text_epochs_cover_every_chunk(corpus):
+def test_text_epochs_cover_every_document(corpus):
   c, _ = corpus
   c.train.batch_size = 1
-  num_chunks = len(text.packed_split(c, "train"))
+  source = text.open_split(c.data.text, "train")
+  total = len(_stream([source[i]["text"].decode("utf-8") for i in range(len(source))]))
   it = pipeline.make_train_iterator(c)
-  first = {next(it)["inputs"].tobytes() for _ in range(num_chunks)}
-  second = [next(it)["inputs"].tobytes() for _ in range(num_chunks)]
-  assert len(first) == num_chunks and set(second) == first
+  first_epoch = np.concatenate([next(it)["targets"][0] for _ in range(total // SEQ_LEN)])
+  assert np.sum(first_epoch == EOS_ID) >= len(source) - 1  # every document's end went by.
 
 
 def test_text_eval_batches_use_validation_split(corpus):
   c, _ = corpus
   batches = pipeline.make_eval_batches(c)
-  valid = text.packed_split(c, "validation")
-  n = min(10, len(valid))
+  valid = text.open_split(c.data.text, "validation")
+  stream = _stream([valid[i]["text"].decode("utf-8") for i in range(len(valid))])
+  n = min(10, (len(stream) - 1) // SEQ_LEN)
   assert sum(b["example_mask"].sum() for b in batches) == n
   rows = np.concatenate([b["inputs"] for b in batches])[:n]
-  np.testing.assert_array_equal(rows, np.stack([valid[i]["inputs"] for i in range(n)]))
-  train_chunks = {text.packed_split(c, "train")[i]["inputs"].tobytes() for i in range(5)}
-  assert not train_chunks & {r.tobytes() for r in rows}
+  np.testing.assert_array_equal(rows, np.stack([w[:-1] for w in _windows(stream, n)]))
 
 
 def test_text_errors_name_the_config_fields(corpus, tmp_path):
@@ -153,3 +157,20 @@ def test_text_errors_name_the_config_fields(corpus, tmp_path):
   c.data.seq_len = 100_000
   with pytest.raises(ValueError, match=r"data\.seq_len"):
     pipeline.make_eval_batches(c)
+  c.data.seq_len, c.model.vocab_size = SEQ_LEN, 100
+  with pytest.raises(ValueError, match=r"model\.vocab_size=100.*272 ids.*data\.tokenizer"):
+    ModelConfig.from_config(c.model, pipeline.vocab_size_for(c))
+
+
+def test_tfds_stream_in_worker_processes_resumes_exactly(corpus):
+  c, _ = corpus
+  c.data.num_workers = 2
+  it = pipeline.make_train_iterator(c)
+  for _ in range(3):
+    next(it)
+  state = it.get_state()
+  want = [next(it)["inputs"] for _ in range(4)]
+  resumed = pipeline.make_train_iterator(c)
+  resumed.set_state(state)
+  for w in want:
+    np.testing.assert_array_equal(next(resumed)["inputs"], w)

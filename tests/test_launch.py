@@ -90,7 +90,7 @@ def test_tpu_create_spot_and_queued():
 def test_tpu_setup_sync_run_tail_stop_delete():
   (setup,) = dry("setup", *COMMON)
   assert "ssh my-tpu" in setup and "--worker=all" in setup
-  assert "jax[tpu]" in setup and "pip install -e lime_jax" in setup
+  assert "pip install -e" in setup and "./lime_jax[tpu]" in setup and "jax.default_backend()" in setup
   tar, scp, untar, rm = dry("sync", *COMMON)
   assert tar.startswith("+ tar -czf") and f"-C {REPO}" in tar and "--exclude=.git" in tar
   assert "tpu-vm scp" in scp and "my-tpu:lime_jax_code.tar.gz" in scp and "--worker=all" in scp
@@ -182,6 +182,79 @@ def test_slurm_submit_refuses_missing_arguments(args, message):
 def test_sbatch_script_uses_slurm_autodetection_and_refuses_missing_flags():
   text = open(SBATCH, encoding="utf-8").read()
   assert "#SBATCH --ntasks-per-node=1" in text and "#SBATCH --signal=TERM@120" in text
-  assert 'srun --kill-on-bad-exit=1' in text and 'python -m lime_jax.main "$@"' in text
+  assert 'srun --kill-on-bad-exit=1' in text and 'python -m lime_jax.main' in text
   proc = sh(SBATCH, "--config=c.py")
   assert proc.returncode == 2 and "--workdir=DIR are required" in proc.stderr
+
+
+def _fake_slurm_bin(tmp_path, backend: str) -> dict:
+  """python (-c: prints `backend`; else records argv) and srun (marks that it ran, then runs the rest)."""
+  tmp_path.mkdir(exist_ok=True)
+  env = _fake_bin(tmp_path)
+  bin_dir = tmp_path / "bin"
+  (bin_dir / "python").write_text(
+      '#!/usr/bin/env bash\nif [ "$1" = -c ]; then echo ' + backend + '; exit 0; fi\n'
+      'printf "%s\\n" "$@" > "$HOME/argv"\n')
+  (bin_dir / "srun").write_text('#!/usr/bin/env bash\necho ran > "$HOME/srun"\n'
+                                'while [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
+  (bin_dir / "srun").chmod(0o755)
+  return env
+
+
+def test_sbatch_refuses_cpu_only_jax_with_the_install_command(tmp_path):
+  env = _fake_slurm_bin(tmp_path / "cpu", "cpu")
+  proc = subprocess.run([SBATCH, "--config=c.py", "--workdir=/w"], capture_output=True, text=True,
+                        timeout=60, env=env, cwd=tmp_path / "cpu")
+  assert proc.returncode == 2 and "sees no GPU (default backend: cpu)" in proc.stderr
+  assert "pip install -e '.[cuda]'" in proc.stderr
+  assert not (tmp_path / "cpu" / "home" / "srun").exists()
+  env = _fake_slurm_bin(tmp_path / "gpu", "gpu")
+  proc = subprocess.run([SBATCH, "--config=c.py", "--workdir=/w"], capture_output=True, text=True,
+                        timeout=60, env=env, cwd=tmp_path / "gpu")
+  assert proc.returncode == 0, proc.stderr
+  assert (tmp_path / "gpu" / "home" / "srun").exists()
+  argv = (tmp_path / "gpu" / "home" / "argv").read_text().splitlines()
+  assert argv == ["-m", "lime_jax.main", "--config=c.py", "--workdir=/w"]
+
+
+def test_pyproject_has_accelerator_extras_and_readme_names_them():
+  tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+  with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+    extras = tomllib.load(f)["project"]["optional-dependencies"]
+  assert any(r.startswith("jax[cuda12]") for r in extras["cuda"])
+  assert any(r.startswith("jax[cuda13]") for r in extras["cuda13"])
+  assert any(r.startswith("jax[tpu]") for r in extras["tpu"])
+  readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+  assert 'pip install -e ".[cuda]"' in readme and 'pip install -e ".[tpu]"' in readme
+
+
+@pytest.mark.parametrize("args", [
+    ["run", *COMMON, "--config", "c.py", "--workdir", "gs://b/r", "--", "--config.x=1", "--dry-run"],
+    ["run", *COMMON, "--config", "c.py", "--dry-run", "--workdir", "gs://b/r"],
+    ["setup", *COMMON, "--", "--dry_run"],
+    ["create", *COMMON, "--accelerator", "v4-8", "--queued", "--", "--dry-run"],
+])
+def test_tpu_dry_run_anywhere_runs_nothing(tmp_path, args):
+  """--dry-run after `--` too: the commands are printed, nothing runs, nothing claims to have started."""
+  env = _fake_bin(tmp_path)
+  proc = sh(TPU, *args, env=env)
+  assert proc.returncode == 0, proc.stderr
+  lines = proc.stdout.splitlines()
+  assert lines and all(l.startswith("+ ") for l in lines), proc.stdout
+  assert "--dry-run" not in proc.stdout and "--dry_run" not in proc.stdout
+  assert "Started" not in proc.stderr and "Queued" not in proc.stderr
+  assert not (tmp_path / "home" / "argv").exists() and not (tmp_path / "home" / "lime_logs").exists()
+
+
+def test_slurm_dry_run_anywhere_runs_nothing(tmp_path):
+  env = _fake_slurm_bin(tmp_path, "gpu")
+  proc = sh(SUBMIT, "--config", "c.py", "--workdir", "/w", "--", "--config.x=1", "--dry-run", env=env)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.startswith("+ sbatch ") and "--config.x=1" in proc.stdout
+  assert "--dry-run" not in proc.stdout
+  proc = subprocess.run([SBATCH, "--config=c.py", "--dry-run", "--workdir=/w"], capture_output=True,
+                        text=True, timeout=60, env=env, cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.startswith("+ srun ") and "--workdir=/w" in proc.stdout
+  assert "--dry-run" not in proc.stdout
+  assert not (tmp_path / "home" / "argv").exists() and not (tmp_path / "home" / "srun").exists()

@@ -23,7 +23,7 @@ from lime_jax.model import lime as lime_mod
 from lime_jax.model import lime_vjp
 from lime_jax.model.block import Block
 from lime_jax.model.lime import (flops_per_token, mixing_flops_per_token, router_param_count,
-                                 routing_weights, top_p_keep, unit_rms)
+                                 top_p_keep, unit_rms)
 
 ROUTERS = ("kv", "static", "top_p", "dynamic")
 POLICIES = ("none", "full", "save_dots")

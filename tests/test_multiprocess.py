@@ -26,7 +26,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS, STOP_AT = 6, 3
 ARGS = ("--config=experiments/baseline.py:tiny", "--config.train.log_every=1",
         "--config.train.checkpoint_every=100", f"--config.train.eval_every={STOP_AT}",
-        "--config.train.async_checkpoint=False", "--config.data.prefetch=0")
+        "--config.train.async_checkpoint=False", "--config.data.prefetch=0",
+        "--config.train.compilation_cache_dir=none")  # every process compiles: no cache state shared
 # Same cheap code generation in every run (the runs are compared with each other only).
 XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 TIMEOUT_S = 240

@@ -21,6 +21,16 @@ XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_pas
 TIMEOUT_S = 240
 
 
+def assert_same_state(workdir_a, workdir_b, step: int) -> None:
+  """The two runs' checkpoints at `step` hold the same parameters and optimizer state, bit for bit."""
+  _, a = ckpt_lib.restore_raw_state(str(workdir_a), step)
+  _, b = ckpt_lib.restore_raw_state(str(workdir_b), step)
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
 def command(workdir) -> list[str]:
   return [sys.executable, "-m", "lime_jax.main", "--config=experiments/baseline.py:tiny",
           f"--workdir={workdir}",
@@ -94,9 +104,4 @@ def test_sigterm_checkpoints_exits_zero_and_resumes_to_the_same_parameters(tmp_p
   done, ref = final_metrics(preempted), final_metrics(straight)
   assert done["status"] == ref["status"] == "completed" and done["step"] == NUM_STEPS
   assert done["train"]["loss"] == ref["train"]["loss"]
-  _, state_a = ckpt_lib.restore_raw_state(str(preempted), NUM_STEPS)
-  _, state_b = ckpt_lib.restore_raw_state(str(straight), NUM_STEPS)
-  leaves_a, leaves_b = jax.tree.leaves(state_a), jax.tree.leaves(state_b)
-  assert len(leaves_a) == len(leaves_b)
-  for a, b in zip(leaves_a, leaves_b):  # parameters and optimizer state, bit for bit
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert_same_state(preempted, straight, NUM_STEPS)

@@ -168,7 +168,7 @@ def test_pauses_share_one_embedding_row_and_carry_no_ce():
   c.data.multiplication.num_digits = 2
   task = tasks.get_task(c.data, 0)
   for scope in ("answer", "all"):
-    f = pipeline.encode_example(task.tokenizer, task.example("train", 0), 20, 3, scope)
+    f = pipeline.encode_example(task.tokenizer, task.example("train", 0), 24, 3, scope)
     pauses = np.nonzero(f["inputs"] == PAUSE_ID)[0]
     assert len(pauses) == 3  # K copies of ONE token id: its embedding row is the shared pause embedding
     # No CE where the target is a pause token or </pause_start> / </pause_end>.

@@ -9,7 +9,8 @@ from lime_jax import sweep
 
 def test_member_command_and_name():
   member = sweep.Member("default,baseline", 1, ("train.num_steps=10",))
-  assert member.name == "default-baseline_s1_num_steps10"
+  assert member.name == "default-baseline_num_steps=10_s1"
+  assert member.group == "default-baseline_num_steps=10"
   cmd = sweep.member_command("experiments/lime_deep.py", member, "/tmp/w", python="python")
   assert cmd == ["python", "-m", "lime_jax.main", "--config=experiments/lime_deep.py:default,baseline",
                  "--workdir=/tmp/w", "--config.seed=1", "--config.train.num_steps=10"]
@@ -35,6 +36,24 @@ def test_summary_table_and_plot(tmp_path):
   assert row["tokens_per_s"] == 3000.0  # the first interval (compile, warm-up) is left out
   sweep.write_tables([row], str(tmp_path))
   table = (tmp_path / "results.md").read_text().splitlines()
-  assert table[0].startswith("| member | spec | seed") and "default-lime_s0" in table[2]
+  assert table[0].startswith("| member | group | spec | seed") and "default-lime_s0" in table[2]
+  assert (tmp_path / "results_by_group.md").read_text().count("\n") == 3
   assert (tmp_path / "results.csv").read_text().count("\n") == 2
   assert (tmp_path / sweep.plot_curves([member], str(tmp_path))).stat().st_size > 1000
+
+
+def test_seed_aggregation_is_mean_and_sample_std_per_group():
+  rows = [{"member": f"a_s{s}", "group": "a", "seed": s, "params": 10, "eval_exact_match": v,
+           "eval_entropy": None, "spec": "a"} for s, v in ((0, 0.2), (1, 0.4), (2, 0.9))]
+  rows.append({"member": "b_s0", "group": "b", "seed": 0, "params": 10, "eval_exact_match": 0.5,
+               "eval_entropy": 2.0, "spec": "b"})
+  by_group = {r["group"]: r for r in sweep.aggregate_seeds(rows)}
+  a = by_group["a"]
+  assert a["seeds"] == "0 1 2" and a["params"] == 10 and "seed_mean" not in a
+  assert abs(a["eval_exact_match_mean"] - 0.5) < 1e-12
+  # sample std of (0.2, 0.4, 0.9): sqrt(((-0.3)^2 + (-0.1)^2 + 0.4^2) / 2) = sqrt(0.13)
+  assert abs(a["eval_exact_match_std"] - 0.13 ** 0.5) < 1e-12
+  assert "eval_entropy_mean" not in a  # no seed of group a has it
+  assert by_group["b"]["eval_exact_match_std"] == 0.0 and by_group["b"]["eval_entropy_mean"] == 2.0
+  table = sweep.seed_table(sweep.aggregate_seeds(rows))
+  assert "| a | 0 1 2 | 0.5 ± 0.36 |" in table

@@ -10,7 +10,6 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from lime_jax import checkpoint as ckpt_lib
@@ -43,18 +42,22 @@ def test_main_end_to_end(tmp_path):
   assert saved["model"]["num_layers"] == 3  # the override reached the run
   records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   train_records = [r for r in records if r["split"] == "train"]
-  assert {"loss", "learning_rate", "grad_norm", "tokens_per_s", "mfu"} <= set(train_records[-1])
+  assert {"loss", "learning_rate", "grad_norm", "tokens_per_s", "mfu_pct"} <= set(train_records[-1])
   assert sorted(int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit()) == [3, 4]
 
 
 def test_resume_is_bit_identical(tmp_path):
   """2N steps straight == N steps, restart from the checkpoint, N more steps."""
-  straight = train_lib.train(tiny_config(num_steps=6, checkpoint_every=3), str(tmp_path / "a"))
+  straight = train_lib.train(tiny_config(num_steps=6, checkpoint_every=3), str(tmp_path / "a")).metrics
   first = train_lib.train(tiny_config(num_steps=6, checkpoint_every=3, stop_at_step=3), str(tmp_path / "b"))
-  assert first["status"] == "stopped" and first["step"] == 3
+  assert first.metrics["status"] == "stopped" and first.metrics["step"] == 3
+  assert int(first.state.step) == 3  # the final state comes back with the metrics
   resumed = train_lib.train(tiny_config(num_steps=6, checkpoint_every=3), str(tmp_path / "b"))
-  assert resumed["step"] == 6
-  assert resumed["train"]["loss"] == straight["train"]["loss"]
+  assert resumed.metrics["step"] == 6
+  assert resumed.metrics["train"]["loss"] == straight["train"]["loss"]
+  for a, b in zip(jax.tree.leaves(resumed.state.params), jax.tree.leaves(
+      ckpt_lib.restore_raw_state(str(tmp_path / "b"))[1]["params"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # returned state == last checkpoint
   _, state_a = ckpt_lib.restore_raw_state(str(tmp_path / "a"))
   _, state_b = ckpt_lib.restore_raw_state(str(tmp_path / "b"))
   leaves_a, leaves_b = jax.tree.leaves(state_a["params"]), jax.tree.leaves(state_b["params"])

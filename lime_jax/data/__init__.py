@@ -8,8 +8,9 @@ Modules:
   copying     `CopyingTask` (Glasses §3.1: last / first / hint / interleaved), the shared tokenizer.
   counting    `CountingTask` (Glasses §3.2: sum / ones / bits / word).
   tasks       `get_task(config.data, seed)`: registry of the synthetic tasks by `config.data.task`.
-  text        `local_text` tfds builder (array_record, no TensorFlow), `prepare_local_text`,
-              `PackedText` (EOS-joined byte stream cut into fixed-length chunks).
+  subword     `load_tokenizer` (HF tokenizer.json / folder, SentencePiece .model) behind `Tokenizer`.
+  corpus      parquet / jsonl / txt shards read with a resumable cursor; `PackIterDataset` packing.
+  text        `local_text` tfds builder, the tfds / files document sources, tokenise + pack streams.
   pipeline    `encode_example`, `make_train_iterator` (checkpointable grain iterator, process-sliced
               global batches), `make_eval_batches`, `vocab_size_for`.
 """

@@ -16,9 +16,13 @@ Masks (per target position): `answer_mask` = 1 where the target is an answer tok
 Train order: the global batch of step s holds the examples with train indices s*B .. s*B+B-1
 (B = train.batch_size), and process p of P reads rows p*B/P .. (p+1)*B/P-1 of it, so the global batch
 is the same whatever the process count. Arithmetic examples are i.i.d. draws, so index order needs no
-shuffle; text chunks are shuffled per epoch by grain (seed = config.seed). The iterator is a grain
-`DatasetIterator` over a `MapDataset`: its state is the next batch index (`get_state`/`set_state`,
-`grain.checkpoint.CheckpointSave/CheckpointRestore` under orbax).
+shuffle. The iterator is a grain `DatasetIterator` over a `MapDataset`: its state is the next batch
+index (`get_state`/`set_state`, `grain.checkpoint.CheckpointSave/CheckpointRestore` under orbax).
+
+Task 'text' is a stream instead (data/text.py, data/corpus.py): process p reads its share of the
+shuffled documents (tfds) or shards (files), tokenised and packed on the fly; its state is a cursor,
+so a resumed run continues exactly, but the global batch depends on the process count and the state
+restores only under the process count that saved it.
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ import ml_collections
 import numpy as np
 from absl import flags
 
+from lime_jax import lm_eval
 from lime_jax.data import base, tasks, text
-from lime_jax.data.tokenizer import ByteTokenizer
 
 FEATURE_KEYS = ("inputs", "targets", "loss_mask", "answer_mask")
 LOSS_SCOPES = ("answer", "all")
@@ -161,12 +165,23 @@ def to_iterator(batches: grain.MapDataset, data_config: ml_collections.ConfigDic
   return iter(dataset)
 
 
+def _text_train_iterator(config: ml_collections.ConfigDict, process_index: int,
+                         process_count: int) -> grain.DatasetIterator:
+  """Task 'text': this process's share of the documents, tokenised and packed on the fly (in the
+  `data.num_workers` grain worker processes when > 0), batched; checkpointable (data/corpus.py)."""
+  d = config.data
+  b = local_batch_size(int(config.train.batch_size), process_count)
+  dataset = text.packed_stream(config, "train", process_index, process_count).batch(b, drop_remainder=True)
+  if int(d.num_workers) > 0:
+    _use_default_absl_flags_if_unparsed()
+    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=int(d.num_workers), per_worker_buffer_size=max(1, int(d.prefetch))))
+  return iter(dataset)
+
+
 def _train_examples(config: ml_collections.ConfigDict) -> grain.MapDataset:
   """Infinite MapDataset of train feature dicts in global index order."""
   d = config.data
-  if d.task == tasks.TEXT_TASK:
-    chunks = text.packed_split(config, d.text.split)
-    return grain.MapDataset.source(chunks).shuffle(seed=int(config.seed)).repeat()
   task = tasks.get_task(d, int(config.seed))
   check_fits(task, d)
   return grain.MapDataset.source(TaskExamples(task, "train", d))
@@ -177,6 +192,8 @@ def make_train_iterator(config: ml_collections.ConfigDict, process_index: int = 
   """Endless iterator of this process's train batches (dicts of numpy arrays, leading dim
   train.batch_size // process_count); deterministic from config.seed, checkpointable."""
   local_batch_size(int(config.train.batch_size), process_count)
+  if config.data.task == tasks.TEXT_TASK:
+    return _text_train_iterator(config, process_index, process_count)
   batches = shard_batches(_train_examples(config), int(config.train.batch_size), process_index,
                           process_count)
   return to_iterator(batches, config.data)
@@ -184,7 +201,7 @@ def make_train_iterator(config: ml_collections.ConfigDict, process_index: int = 
 
 def _pad_rows(features: list[dict[str, np.ndarray]], batch_size: int) -> dict[str, np.ndarray]:
   """Stacks rows into one batch, padding to batch_size with PAD/zero-mask rows; adds example_mask."""
-  batch = {k: np.stack([f[k] for f in features]) for k in FEATURE_KEYS}
+  batch = {k: np.stack([f[k] for f in features]) for k in FEATURE_KEYS + ("positions",) if k in features[0]}
   pad = batch_size - len(features)
   out = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
   out["example_mask"] = (np.arange(batch_size) < len(features)).astype(np.float32)
@@ -197,8 +214,9 @@ def make_eval_batches(config: ml_collections.ConfigDict, split: str = "test",
   """Held-out batches (defaults: eval.num_examples rows, eval.batch_size per batch) in index order.
 
   The last batch is padded: padded rows have PAD tokens, zero masks and `example_mask` 0 (1 on real
-  rows). For task 'text', split 'test' means `data.text.eval_split`; the examples are the first
-  chunks of that split (all of them when it has fewer).
+  rows). For task 'text', split 'test' means `data.text.eval_split` / `eval_files`; the examples are
+  the first windows of that split (all of them when it has fewer), and `num_bytes` float32[B] holds the
+  UTF-8 bytes of each row's targets (bits per byte).
   """
   num_examples = int(num_examples if num_examples is not None else config.eval.num_examples)
   batch_size = int(batch_size if batch_size is not None else config.eval.batch_size)
@@ -207,18 +225,27 @@ def make_eval_batches(config: ml_collections.ConfigDict, split: str = "test",
                      "(config.eval.num_examples / config.eval.batch_size).")
   d = config.data
   if d.task == tasks.TEXT_TASK:
-    source: Any = text.packed_split(config, d.text.eval_split if split == "test" else split)
-    num_examples = min(num_examples, len(source))
+    if split not in ("test", d.text.eval_split):
+      raise ValueError(f"task 'text' evaluates on data.text.eval_split / eval_files, not {split!r}.")
+    source: Any = text.eval_windows(config, num_examples)
+    num_examples = len(source)
   else:
     task = tasks.get_task(d, int(config.seed))
     check_fits(task, d)
     source = TaskExamples(task, split, d)
   rows = [source[i] for i in range(num_examples)]
-  return [_pad_rows(rows[i:i + batch_size], batch_size) for i in range(0, num_examples, batch_size)]
+  batches = [_pad_rows(rows[i:i + batch_size], batch_size) for i in range(0, num_examples, batch_size)]
+  if d.task == tasks.TEXT_TASK:  # bytes of each row's targets: bits per byte (lm_eval.lm_metrics).
+    num_bytes = lm_eval.target_bytes(text.tokenizer_for(d), np.stack([r["targets"] for r in rows]),
+                                     np.stack([r["loss_mask"] for r in rows]))
+    for i, b in enumerate(batches):
+      chunk = num_bytes[i * batch_size:(i + 1) * batch_size]
+      b["num_bytes"] = np.concatenate([chunk, np.zeros((batch_size - len(chunk),), np.float32)])
+  return batches
 
 
 def vocab_size_for(config: ml_collections.ConfigDict) -> int:
   """Vocabulary size of the configured task's tokenizer."""
   if config.data.task == tasks.TEXT_TASK:
-    return ByteTokenizer.vocab_size
+    return text.tokenizer_for(config.data).vocab_size
   return tasks.get_task(config.data, int(config.seed)).tokenizer.vocab_size

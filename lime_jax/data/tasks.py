@@ -7,6 +7,7 @@ corpus, not a question/answer generator, and `pipeline.py` routes it to `text.py
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import ml_collections
@@ -67,12 +68,35 @@ def known_tasks() -> tuple[str, ...]:
   return (*_REGISTRY, TEXT_TASK)
 
 
+class WithTokenizer:
+  """A task whose examples are encoded with another tokenizer (`data.tokenizer`, e.g. GPT-2's BPE for a
+  model fine-tuned from it); everything else is the wrapped task's."""
+
+  def __init__(self, task: base.Task, tokenizer: base.Tokenizer):
+    self._task, self.tokenizer = task, tokenizer
+
+  def __getattr__(self, name: str):
+    if name.startswith("__") or name == "_task":  # pickling looks these up before __init__ ran
+      raise AttributeError(name)
+    return getattr(self._task, name)
+
+
+@functools.lru_cache(maxsize=8)
+def _subword(path: str, pause_tokens: bool) -> base.Tokenizer:
+  from lime_jax.data import subword  # pylint: disable=import-outside-toplevel
+  return subword.load_tokenizer(path, pause_tokens=pause_tokens)
+
+
 def get_task(data_config: ml_collections.ConfigDict, seed: int) -> base.Task:
-  """The task named by `data_config.task`, built from its sub-config and `seed`."""
+  """The task named by `data_config.task`, built from its sub-config and `seed`; with `data.tokenizer`
+  set, its examples are encoded with that tokenizer (pause ids appended when `data.num_pause > 0`)."""
   name = data_config.task
   if name not in _REGISTRY:
     hint = (" 'text' is a corpus: use pipeline.make_train_iterator / make_eval_batches."
             if name == TEXT_TASK else "")
     raise ValueError(f"config.data.task={name!r} has no generator; known tasks: "
                      f"{', '.join(map(repr, known_tasks()))}.{hint}")
-  return _REGISTRY[name](data_config, seed)
+  task = _REGISTRY[name](data_config, seed)
+  if data_config.get("tokenizer"):
+    return WithTokenizer(task, _subword(str(data_config.tokenizer), int(data_config.num_pause) > 0))
+  return task

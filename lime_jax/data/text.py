@@ -1,20 +1,23 @@
-"""Language modelling on local text through tensorflow-datasets (array_record files, no TensorFlow).
+"""Language modelling: documents from tfds or from shard files, tokenised and packed on the fly.
 
-Preparation: the `local_text` tfds builder reads the `.txt` files under a source folder (recursively,
-in sorted order, UTF-8), splits each file into paragraphs at blank lines and sends each paragraph to
-the 'validation' split when a stable hash of its text is below `validation_fraction` (so repeated
-paragraphs never straddle the splits), else to 'train'. A document (one tfds example, feature `text`)
-is a maximal run of consecutive same-split paragraphs of one file, joined by a blank line.
-`prepare_local_text` writes it as array_record files under `data_dir`; nothing is downloaded.
-tfds needs no TensorFlow for this: array_record writing and `tfds.data_source` reading are pure
-Python/C++ (the TFRecord format is the one that needs TensorFlow).
+Sources (`data.text.source`):
+- 'tfds': any tfds dataset prepared as array_record, opened by name with `tfds.data_source` (random
+  access, length from its metadata: no scan). The `local_text` builder below prepares one from a folder
+  of `.txt` files: it splits each file into paragraphs at blank lines and sends each paragraph to
+  'validation' when a stable hash of its text is below `validation_fraction` (repeated paragraphs never
+  straddle the splits), else to 'train'; a document is a maximal run of same-split paragraphs of one
+  file. Preparation writes array_record files under `data_dir` (pure Python/C++, no TensorFlow) and is
+  the one step that reads the whole folder.
+- 'files': parquet / jsonl / txt shards, local or gs:// (`data.text.files`, `eval_files`), streamed by
+  `corpus.py` with nothing read at start-up but the shard listing.
 
-Reading: `PackedText` opens a split with `tfds.data_source` (random access) and views it as one token
-stream: every document byte-tokenised (`ByteTokenizer`) and followed by EOS, documents in the split's
-stored order. Chunk i is stream[i*seq_len : i*seq_len + seq_len + 1] (consecutive chunks share one
-token, so every token but the first is a target exactly once; the tail shorter than a chunk is
-dropped). Document boundaries are marked only by EOS: attention is not masked across documents.
-Chunks are index-addressable, so the grain iterator over them checkpoints as a single index.
+Train: the documents (tfds) or shards (files) are shuffled per epoch (seed = config.seed) and process
+p of P reads every P-th; eval reads `eval_split` / `eval_files` once, in stored order. Each document is
+tokenised by `data.tokenizer` ('' = `ByteTokenizer`; else `subword.load_tokenizer`) in the grain worker
+processes, followed by the tokenizer's EOS, and `corpus.PackIterDataset` cuts the concatenation into
+windows of seq_len + 1 tokens (consecutive windows share one token). Document boundaries are marked
+only by EOS: attention is not masked across documents. The iterator's state is a cursor (see
+corpus.py), so a restored iterator continues exactly.
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ import pathlib
 import re
 from typing import Any, Sequence
 
+import grain
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from lime_jax.data import base
-from lime_jax.data.tokenizer import EOS_ID, ByteTokenizer
+from lime_jax.data import base, corpus, subword
+from lime_jax.data.tokenizer import ByteTokenizer
 
 LOCAL_TEXT_NAME = "local_text"
 TEXT_FEATURE = "text"
@@ -172,67 +176,108 @@ def open_split(text_config: ml_collections.ConfigDict, split: str) -> Sequence[A
         "with download_and_prepare(file_format='array_record') or check the split name.") from e
 
 
-def _document_bytes(record: Any, feature: str) -> bytes:
-  value = record[feature]
-  return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+class _TfdsTexts:
+  """Random-access view of a tfds data source as {'text': str} records (no scan: len from metadata)."""
 
-
-class PackedText:
-  """Fixed-length chunks of a split's EOS-separated byte stream, as training features.
-
-  A grain `RandomAccessDataSource`: `len()` chunks, `[i]` -> dict with `inputs`/`targets`
-  int32[seq_len], `loss_mask`/`answer_mask` float32[seq_len] (all ones: chunks are never padded).
-  """
-
-  def __init__(self, source: Sequence[Any], seq_len: int, feature: str = TEXT_FEATURE):
-    self._source = source
-    self._feature = feature
-    self.seq_len = seq_len
-    self.tokenizer = ByteTokenizer()
-    lengths = np.array([len(_document_bytes(source[i], feature)) + 1 for i in range(len(source))],
-                       dtype=np.int64)  # + 1: the EOS after each document.
-    self._ends = np.cumsum(lengths)
-    total = int(self._ends[-1]) if len(lengths) else 0
-    self._num_chunks = max(0, (total - 1) // seq_len)
-
-  @property
-  def num_tokens(self) -> int:
-    return int(self._ends[-1]) if len(self._ends) else 0
+  def __init__(self, source: Sequence[Any], feature: str):
+    self._source, self._feature = source, feature
 
   def __len__(self) -> int:
-    return self._num_chunks
+    return len(self._source)
 
-  def tokens(self, index: int) -> np.ndarray:
-    """int32[seq_len + 1]: stream[index * seq_len : index * seq_len + seq_len + 1]."""
-    if not 0 <= index < self._num_chunks:
-      raise IndexError(f"chunk {index} out of range [0, {self._num_chunks}).")
-    start, stop = index * self.seq_len, index * self.seq_len + self.seq_len + 1
-    doc = int(np.searchsorted(self._ends, start, side="right"))
-    pieces = []
-    while True:
-      doc_start = int(self._ends[doc - 1]) if doc else 0
-      ids = np.frombuffer(_document_bytes(self._source[doc], self._feature), dtype=np.uint8)
-      ids = np.append(ids.astype(np.int32) + self.tokenizer.num_special, EOS_ID).astype(np.int32)
-      pieces.append(ids[max(0, start - doc_start):stop - doc_start])
-      if int(self._ends[doc]) >= stop:
-        break
-      doc += 1
-    out = np.concatenate(pieces)
-    assert out.shape == (self.seq_len + 1,), out.shape
-    return out
-
-  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    seq = self.tokens(int(index))
-    ones = np.ones((self.seq_len,), np.float32)
-    return {"inputs": seq[:-1], "targets": seq[1:], "loss_mask": ones, "answer_mask": ones.copy()}
+  def __getitem__(self, index: int) -> dict[str, str]:
+    record = self._source[int(index)]
+    if self._feature not in record:
+      raise ValueError(f"tfds records have no feature config.data.text.feature={self._feature!r}; "
+                       f"their features: {sorted(record)}.")
+    value = record[self._feature]
+    return {"text": value.decode("utf-8") if isinstance(value, bytes) else str(value)}
 
 
-def packed_split(config: ml_collections.ConfigDict, split: str) -> PackedText:
-  """`PackedText` of one split of `config.data.text`, with a clear error when it has no chunk."""
-  t = config.data.text
-  packed = PackedText(open_split(t, split), int(config.data.seq_len), t.feature)
-  if len(packed) == 0:
-    raise ValueError(f"split {split!r} of {t.name!r} has {packed.num_tokens} tokens, fewer than one "
-                     f"chunk of config.data.seq_len + 1 = {config.data.seq_len + 1}; lower "
-                     "data.seq_len or add text.")
-  return packed
+def tokenizer_for(data_config: ml_collections.ConfigDict) -> base.Tokenizer:
+  """`data.tokenizer` ('' = `ByteTokenizer`); pause ids are appended when `data.num_pause > 0`."""
+  if not data_config.tokenizer:
+    return ByteTokenizer()
+  return subword.load_tokenizer(data_config.tokenizer, pause_tokens=int(data_config.num_pause) > 0)
+
+
+class Tokenise:
+  """grain map {'text'} -> int32 ids + EOS; loads the tokenizer once per (worker) process."""
+
+  def __init__(self, data_config: ml_collections.ConfigDict):
+    self._tokenizer_path = str(data_config.tokenizer)
+    self._pause = int(data_config.num_pause) > 0
+    self._tokenizer: base.Tokenizer | None = None
+
+  def __getstate__(self) -> dict[str, Any]:
+    return {**self.__dict__, "_tokenizer": None}  # workers load their own.
+
+  def __call__(self, record: dict[str, str]) -> np.ndarray:
+    if self._tokenizer is None:
+      self._tokenizer = (subword.load_tokenizer(self._tokenizer_path, pause_tokens=self._pause)
+                         if self._tokenizer_path else ByteTokenizer())
+    tok = self._tokenizer
+    return np.array(tok.encode(record["text"]) + [tok.eos_id], np.int32)
+
+
+def _is_train(split_kind: str) -> bool:
+  if split_kind not in ("train", "eval"):
+    raise ValueError(f"split_kind={split_kind!r} must be 'train' or 'eval'.")
+  return split_kind == "train"
+
+
+def document_dataset(config: ml_collections.ConfigDict, split_kind: str, process_index: int = 0,
+                     process_count: int = 1) -> grain.IterDataset:
+  """IterDataset of {'text'} documents of the train (endless, shuffled, this process's share) or eval
+  (one pass, stored order) split of `config.data.text`. Reads nothing but metadata / the shard listing."""
+  t, train = config.data.text, _is_train(split_kind)
+  options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
+  if t.source == "tfds":
+    ds = grain.MapDataset.source(_TfdsTexts(open_split(t, t.split if train else t.eval_split),
+                                            t.feature))
+    if len(ds) == 0:
+      raise ValueError(f"the {'train' if train else 'eval'} split of tfds dataset {t.name!r} is empty.")
+    if train:
+      ds = ds.shuffle(seed=int(config.seed)).repeat()[process_index::process_count]
+    return ds.to_iter_dataset(options)
+  shards = corpus.list_shards(t.files if train else t.eval_files,
+                              "config.data.text.files" if train else "config.data.text.eval_files")
+  for path in shards:
+    corpus.shard_format(path, t.file_format)  # fail early on an unknown extension.
+  if train:
+    overlap = set(shards) & set(corpus.list_shards(t.eval_files, "config.data.text.eval_files")) \
+        if t.eval_files else set()
+    if overlap:
+      raise ValueError(f"config.data.text.files and eval_files share {len(overlap)} shard(s), e.g. "
+                       f"{sorted(overlap)[0]!r}; hold out separate shards for evaluation.")
+  ds = grain.MapDataset.source(shards)
+  if train:
+    ds = ds.shuffle(seed=int(config.seed)).repeat()[process_index::process_count]
+  return corpus.ShardDocumentsIterDataset(ds.to_iter_dataset(options), t.file_format, t.feature)
+
+
+def packed_stream(config: ml_collections.ConfigDict, split_kind: str, process_index: int = 0,
+                  process_count: int = 1, segment_ids: bool = False) -> grain.IterDataset:
+  """Tokenised, packed windows (see `corpus.PackIterDataset`) of one split of `config.data.text`, with
+  per-document `positions` when `config.model.document_mask`."""
+  docs = document_dataset(config, split_kind, process_index, process_count)
+  return corpus.PackIterDataset(docs.map(Tokenise(config.data)), int(config.data.seq_len),
+                                segment_ids=segment_ids, positions=bool(config.model.document_mask))
+
+
+def eval_windows(config: ml_collections.ConfigDict, num_examples: int) -> list[dict[str, np.ndarray]]:
+  """The first `num_examples` windows of the eval split (fewer when it is shorter); raises when it has
+  none."""
+  it = iter(packed_stream(config, "eval"))
+  rows = []
+  for _ in range(num_examples):
+    try:
+      rows.append(next(it))
+    except StopIteration:
+      break
+  if not rows:
+    t = config.data.text
+    where = t.eval_files if t.source == "files" else f"{t.name}:{t.eval_split}"
+    raise ValueError(f"the eval split {where!r} has fewer than config.data.seq_len + 1 = "
+                     f"{config.data.seq_len + 1} tokens; lower data.seq_len or add text.")
+  return rows

@@ -1,6 +1,6 @@
 """Flax modules of the decoder.
 
-- layers.py: RMSNorm, RoPE, SwiGLU;      - attention.py: causal GQA attention (xla / cudnn / explicit);
+- layers.py: norms, RoPE, MLPs;          - attention.py: causal GQA attention (xla / cudnn / explicit);
 - block.py: one pre-norm layer;          - stack.py: the scanned stack and the topology registry;
 - transformer.py: embeddings -> stack -> logits;  - model_config.py: the hashable ModelConfig.
 - lime.py: LIMe routers and the 'lime' topology;  - lime_vjp.py: its memory-linear custom VJP.

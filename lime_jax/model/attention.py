@@ -4,6 +4,11 @@
   - 'xla': `jax.nn.dot_product_attention(implementation='xla')` (default, runs everywhere);
   - 'cudnn': the cuDNN fused kernel (GPU only);
   - 'explicit': einsum + fp32 softmax, whose probabilities are returned for the probes.
+
+Options of pretrained families: `scale` (logit scale, default 1/sqrt(H)), `softcap` (cap * tanh(logits /
+cap), Gemma 2; computed with the explicit einsums under 'xla', refused under 'cudnn') and `window`
+(sliding window: a key at position k is seen from q only when q - k < window; a static int here, a
+per-layer window comes as part of the mask, `window_mask`).
 """
 
 from __future__ import annotations
@@ -17,14 +22,33 @@ def causal_mask(q_positions_BT: jax.Array, k_positions_BS: jax.Array) -> jax.Arr
   return (k_positions_BS[:, None, None, :] <= q_positions_BT[:, None, :, None])
 
 
+def document_mask(positions_BT: jax.Array) -> jax.Array:
+  """Boolean [B, 1, T, T]: query and key lie in the same document of a packed row, the documents being
+  the runs of `positions_BT` that start at position 0 (per-document positions, data/corpus.py). A row
+  whose positions are 0..T-1 is one document."""
+  doc_BT = jnp.cumsum(positions_BT == 0, axis=1)
+  return doc_BT[:, None, :, None] == doc_BT[:, None, None, :]
+
+
+def window_mask(q_positions_BT: jax.Array, k_positions_BS: jax.Array, window) -> jax.Array:
+  """Boolean [B, 1, T, S]: key within the sliding window of the query (q - k < window; int or traced)."""
+  return (q_positions_BT[:, None, :, None] - k_positions_BS[:, None, None, :]) < window
+
+
 def explicit_attention(q_BTNH: jax.Array, k_BSRH: jax.Array, v_BSRH: jax.Array,
-                       mask_B1TS: jax.Array) -> tuple[jax.Array, jax.Array]:
+                       mask_B1TS: jax.Array, scale: float | None = None,
+                       softcap: float = 0.0) -> tuple[jax.Array, jax.Array]:
   """Softmax attention written out; returns (out_BTNH, probs_BNTS) with fp32 logits and softmax."""
   B, T, N, H = q_BTNH.shape
   R = k_BSRH.shape[2]
   q_BTRGH = q_BTNH.reshape(B, T, R, N // R, H)
-  logits_BRGTS = jnp.einsum("btrgh,bsrh->brgts", q_BTRGH, k_BSRH,
-                            preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(H))
+  logits_BRGTS = jnp.einsum("btrgh,bsrh->brgts", q_BTRGH, k_BSRH, preferred_element_type=jnp.float32)
+  if scale is None:
+    logits_BRGTS = logits_BRGTS / jnp.sqrt(jnp.float32(H))
+  else:
+    logits_BRGTS = logits_BRGTS * jnp.float32(scale)
+  if softcap:
+    logits_BRGTS = softcap * jnp.tanh(logits_BRGTS / softcap)
   logits_BRGTS = jnp.where(mask_B1TS[:, :, None], logits_BRGTS, jnp.finfo(jnp.float32).min)
   probs_BRGTS = jax.nn.softmax(logits_BRGTS, axis=-1)
   out_BTRGH = jnp.einsum("brgts,bsrh->btrgh", probs_BRGTS.astype(v_BSRH.dtype), v_BSRH)
@@ -32,17 +56,34 @@ def explicit_attention(q_BTNH: jax.Array, k_BSRH: jax.Array, v_BSRH: jax.Array,
 
 
 def attend(q_BTNH: jax.Array, k_BSRH: jax.Array, v_BSRH: jax.Array, impl: str,
-           mask_B1TS: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
-  """Causal attention; `mask_B1TS=None` means plain causal, the T queries being the last T of the S keys."""
+           mask_B1TS: jax.Array | None = None, *, scale: float | None = None, softcap: float = 0.0,
+           window: int = 0) -> tuple[jax.Array, jax.Array | None]:
+  """Causal attention; `mask_B1TS=None` means plain causal, the T queries being the last T of the S keys.
+
+  `window` (static, > 0) applies a sliding window to that plain causal case; a given mask must already
+  hold any window. `scale`: the logit scale (None: 1/sqrt(H)); `softcap`: 0 = off.
+  """
   T, S = q_BTNH.shape[1], k_BSRH.shape[1]
-  if mask_B1TS is None and (impl == "explicit" or T != S):  # is_causal would align top-left.
-    mask_B1TS = jnp.tril(jnp.ones((T, S), bool), k=S - T)[None, None]
-  if impl == "explicit":
-    return explicit_attention(q_BTNH, k_BSRH, v_BSRH, mask_B1TS)
-  if impl not in ("xla", "cudnn"):
+  if impl not in ("xla", "cudnn", "explicit"):
     raise ValueError(f"config.model.attention_impl={impl!r} is unknown: use 'xla', 'cudnn' or 'explicit'.")
+  if softcap and impl == "cudnn":
+    raise ValueError("config.model.attn_logit_softcap needs config.model.attention_impl='xla' or "
+                     "'explicit'; the cuDNN kernel has no logit soft-capping.")
+  if mask_B1TS is None and (impl == "explicit" or T != S or softcap):  # is_causal would align top-left.
+    mask_B1TS = jnp.tril(jnp.ones((T, S), bool), k=S - T)
+    if window:
+      mask_B1TS = mask_B1TS & ~jnp.tril(jnp.ones((T, S), bool), k=S - T - window)
+    mask_B1TS = mask_B1TS[None, None]
+  if impl == "explicit" or softcap:
+    out_BTNH, probs_BNTS = explicit_attention(q_BTNH, k_BSRH, v_BSRH, mask_B1TS, scale, softcap)
+    return out_BTNH, probs_BNTS if impl == "explicit" else None
   if impl == "cudnn" and jax.default_backend() != "gpu":
     raise ValueError("config.model.attention_impl='cudnn' needs a GPU backend; use 'xla' here.")
+  kwargs = {}
+  if scale is not None:
+    kwargs["scale"] = scale
+  if window and mask_B1TS is None:
+    kwargs["local_window_size"] = (window - 1, 0)
   out_BTNH = jax.nn.dot_product_attention(
-      q_BTNH, k_BSRH, v_BSRH, mask=mask_B1TS, is_causal=mask_B1TS is None, implementation=impl)
+      q_BTNH, k_BSRH, v_BSRH, mask=mask_B1TS, is_causal=mask_B1TS is None, implementation=impl, **kwargs)
   return out_BTNH, None

@@ -1,4 +1,9 @@
-"""One pre-norm LLaMA decoder layer: h += Attn(RMSNorm(h)); h += SwiGLU(RMSNorm(h))."""
+"""One pre-norm decoder layer: h += Attn(Norm(h)); h += MLP(Norm(h)).
+
+The default is LLaMA's (RMSNorm, RoPE, SwiGLU, no biases); the options of `ModelConfig` cover the
+pretrained families of lime_jax/hf/ (biases, q/k norms, LayerNorm, GeGLU / GELU MLPs, learned positions,
+sliding windows, logit soft-capping, Gemma 2's post-norms). Each option adds work only when on.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,8 @@ import jax.numpy as jnp
 
 from lime_jax import sharding
 from lime_jax.model import attention
-from lime_jax.model.layers import RMSNorm, SwiGLU, apply_rope, normal_init, rope_angles
+from lime_jax.model.layers import (Mlp, apply_rope, make_norm, normal_init, rms_norm, rope_angles,
+                                   rope_scaling_params)
 from lime_jax.model.model_config import ModelConfig
 
 # A kv mixer maps this layer's raw (pre-RoPE) keys/values [B, T, R, 2H] to the ones attention uses.
@@ -21,10 +27,39 @@ KvMixer = Callable[[jax.Array], jax.Array]
 KvInput = Callable[[jax.Array], jax.Array]
 
 
-def project_kv(cfg: ModelConfig, x_BTD: jax.Array, wkv_DRC: jax.Array) -> jax.Array:
+def project_kv(cfg: ModelConfig, x_BTD: jax.Array, params_l: Any) -> jax.Array:
   """The raw (pre-RoPE) keys/values [B, T, R, 2H] of the normed input: the Block's kv projection
-  (lime_jax/model/lime.py recomputes it outside the Block from the same parameters)."""
-  return jnp.einsum("btd,drc->btrc", x_BTD, wkv_DRC.astype(cfg.dtype))
+  (lime_jax/model/lime.py recomputes it outside the Block from the same parameters).
+
+  `x_BTD` is [B, T, D], or one input per kv head [B, T, R, D] (the `kv_input` hook). `params_l`: the
+  layer's parameters; reads wkv, and bkv (`qkv_bias`) and k_norm (`qk_norm`, on the keys) when on.
+  """
+  wkv_DRC = params_l["wkv"].astype(cfg.dtype)
+  if x_BTD.ndim == 3:
+    kv_BTRC = jnp.einsum("btd,drc->btrc", x_BTD, wkv_DRC)
+  else:
+    kv_BTRC = jnp.einsum("btrd,drc->btrc", x_BTD, wkv_DRC)
+  if cfg.qkv_bias:
+    kv_BTRC = kv_BTRC + params_l["bkv"].astype(cfg.dtype)[None, None]
+  if cfg.qk_norm:
+    H = cfg.head_dim
+    k_BTRH = rms_norm(kv_BTRC[..., :H], params_l["k_norm"], cfg.rms_eps, cfg.norm_offset)
+    kv_BTRC = jnp.concatenate([k_BTRH, kv_BTRC[..., H:]], axis=-1)
+  return kv_BTRC
+
+
+def layer_window(cfg: ModelConfig, layer: jax.Array | None) -> Any:
+  """Layer `layer`'s sliding window: 0 (off), the static `cfg.sliding_window`, or (with `global_layers`)
+  a traced scalar, huge for the global layers."""
+  if not cfg.sliding_window:
+    return 0
+  if not cfg.global_layers:
+    return cfg.sliding_window
+  if layer is None:
+    raise ValueError(f"config.model.global_layers={cfg.global_layers} needs the layer index in the Block; "
+                     f"topology {cfg.topology!r} does not pass it: use topology 'plain'.")
+  is_global = jnp.isin(layer, jnp.asarray(cfg.global_layers, jnp.int32))
+  return jnp.where(is_global, jnp.iinfo(jnp.int32).max, cfg.sliding_window)
 
 
 class Residual(NamedTuple):
@@ -46,7 +81,10 @@ class Block(nn.Module):
   The first argument is the residual state: h [B, T, D], or what a `residual` hook keeps (n streams).
 
   Parameters: attn_norm, wq [D, N, H], wkv [D, R, 2H] (k then v per kv head), wo [N, H, D], mlp_norm,
-  mlp (SwiGLU). `cache` (decoding) holds the keys/values attention used, RoPE'd, [B, S, R, H] each.
+  mlp (lime_jax/model/layers.py Mlp); with the options: bq [N, H] and bkv [R, 2H] (`qkv_bias`), bo [D]
+  (`out_bias`), q_norm / k_norm [H] (`qk_norm`), attn_post_norm / mlp_post_norm (`post_norms`). `cache`
+  (decoding) holds the keys/values attention used, RoPE'd, [B, S, R, H] each. `layer` (the layer index)
+  is needed only for per-layer sliding windows (`global_layers`).
   """
 
   cfg: ModelConfig
@@ -54,48 +92,73 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, h_BTD: jax.Array, positions_BT: jax.Array, kv_mixer: KvMixer | None = None,
                kv_input: KvInput | None = None, cache: dict | None = None,
-               residual: Residual = PLAIN_RESIDUAL) -> tuple[Any, dict]:
+               residual: Residual = PLAIN_RESIDUAL, layer: jax.Array | None = None) -> tuple[Any, dict]:
     cfg = self.cfg
     state, (h_BTD, ctx) = h_BTD, residual.read("attn", h_BTD)
     D, N, R, H = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    init = normal_init(cfg.init_std)
+    init, zeros, ones = normal_init(cfg.init_std), nn.initializers.zeros, nn.initializers.ones
     wq_DNH = self.param("wq", init, (D, N, H), cfg.pdtype)
-    wkv_DRC = self.param("wkv", init, (D, R, 2 * H), cfg.pdtype)
+    kv_params = {"wkv": self.param("wkv", init, (D, R, 2 * H), cfg.pdtype)}
     wo_NHD = self.param("wo", init, (N, H, D), cfg.pdtype)
 
-    x_BTD = RMSNorm(cfg.rms_eps, cfg.pdtype, name="attn_norm")(h_BTD).astype(cfg.dtype)
+    x_BTD = make_norm(cfg, "attn_norm")(h_BTD).astype(cfg.dtype)
     q_BTNH = jnp.einsum("btd,dnh->btnh", x_BTD, wq_DNH.astype(cfg.dtype))
-    if kv_input is None:
-      raw_kv_BTRC = project_kv(cfg, x_BTD, wkv_DRC)
-    else:
-      x_BTRD = kv_input(x_BTD).astype(cfg.dtype)
-      raw_kv_BTRC = jnp.einsum("btrd,drc->btrc", x_BTRD, wkv_DRC.astype(cfg.dtype))
+    if cfg.qkv_bias:
+      q_BTNH = q_BTNH + self.param("bq", zeros, (N, H), cfg.pdtype).astype(cfg.dtype)[None, None]
+      kv_params["bkv"] = self.param("bkv", zeros, (R, 2 * H), cfg.pdtype)
+    if cfg.qk_norm:
+      norm_init = zeros if cfg.norm_offset else ones
+      q_norm_H = self.param("q_norm", norm_init, (H,), cfg.pdtype)
+      q_BTNH = rms_norm(q_BTNH, q_norm_H, cfg.rms_eps, cfg.norm_offset)
+      kv_params["k_norm"] = self.param("k_norm", norm_init, (H,), cfg.pdtype)
+    kv_x = x_BTD if kv_input is None else kv_input(x_BTD).astype(cfg.dtype)
+    raw_kv_BTRC = project_kv(cfg, kv_x, kv_params)
     kv_BTRC = raw_kv_BTRC if kv_mixer is None else kv_mixer(raw_kv_BTRC).astype(cfg.dtype)
     q_BTNH = sharding.constrain(q_BTNH, ("batch", "length", "heads", "kv"))  # no-ops outside a mesh
     kv_BTRC = sharding.constrain(kv_BTRC, ("batch", "length", "kv_heads", "kv"))
     k_BTRH, v_BTRH = kv_BTRC[..., :H], kv_BTRC[..., H:]
 
-    cos_BTH, sin_BTH = rope_angles(positions_BT, H, cfg.rope_theta)
-    q_BTNH = apply_rope(q_BTNH, cos_BTH, sin_BTH)
-    k_BTRH = apply_rope(k_BTRH, cos_BTH, sin_BTH)
+    if cfg.position == "rope":
+      cos_BTH, sin_BTH = rope_angles(positions_BT, H, cfg.rope_theta, rope_scaling_params(cfg))
+      q_BTNH = apply_rope(q_BTNH, cos_BTH, sin_BTH)
+      k_BTRH = apply_rope(k_BTRH, cos_BTH, sin_BTH)
 
+    window = layer_window(cfg, layer)
     new_cache, mask_B1TS = None, None
     if cache is not None:
-      k_BTRH, v_BTRH, new_cache, mask_B1TS = _update_cache(cache, k_BTRH, v_BTRH, positions_BT)
-    out_BTNH, probs_BNTS = attention.attend(q_BTNH, k_BTRH, v_BTRH, cfg.attention_impl, mask_B1TS)
+      k_BTRH, v_BTRH, new_cache, mask_B1TS = _update_cache(cache, k_BTRH, v_BTRH, positions_BT, window)
+    elif cfg.document_mask:  # packed documents: causal within each (positions restart at 0 per document)
+      mask_B1TS = attention.causal_mask(positions_BT, positions_BT) & attention.document_mask(positions_BT)
+      if not isinstance(window, int) or window:
+        mask_B1TS = mask_B1TS & attention.window_mask(positions_BT, positions_BT, window)
+    elif not isinstance(window, int):  # per-layer window: a mask, the same for every impl
+      mask_B1TS = (attention.causal_mask(positions_BT, positions_BT)
+                   & attention.window_mask(positions_BT, positions_BT, window))
+    scale = cfg.attn_scale_dim ** -0.5 if cfg.attn_scale_dim else None
+    out_BTNH, probs_BNTS = attention.attend(
+        q_BTNH, k_BTRH, v_BTRH, cfg.attention_impl, mask_B1TS, scale=scale,
+        softcap=cfg.attn_logit_softcap, window=window if isinstance(window, int) and mask_B1TS is None else 0)
     attn_out_BTD = jnp.einsum("btnh,nhd->btd", out_BTNH, wo_NHD.astype(cfg.dtype))
+    if cfg.out_bias:
+      attn_out_BTD = attn_out_BTD + self.param("bo", zeros, (D,), cfg.pdtype).astype(cfg.dtype)[None, None]
+    if cfg.post_norms:
+      attn_out_BTD = make_norm(cfg, "attn_post_norm")(attn_out_BTD)
     state = residual.write("attn", state, ctx, attn_out_BTD)
 
     h_BTD, ctx = residual.read("mlp", state)
-    y_BTD = RMSNorm(cfg.rms_eps, cfg.pdtype, name="mlp_norm")(h_BTD)
-    mlp = SwiGLU(D, cfg.ffn_dim, cfg.init_std, cfg.dtype, cfg.pdtype, name="mlp")
-    state = residual.write("mlp", state, ctx, mlp(y_BTD))
+    y_BTD = make_norm(cfg, "mlp_norm")(h_BTD)
+    mlp_out_BTD = Mlp(cfg, name="mlp")(y_BTD)
+    if cfg.post_norms:
+      mlp_out_BTD = make_norm(cfg, "mlp_post_norm")(mlp_out_BTD)
+    state = residual.write("mlp", state, ctx, mlp_out_BTD)
     extras = {"raw_kv": raw_kv_BTRC, "value": v_BTRH, "cache": new_cache, "attn_probs": probs_BNTS}
     return state, extras
 
 
-def _update_cache(cache: dict, k_BTRH: jax.Array, v_BTRH: jax.Array, positions_BT: jax.Array):
-  """Writes the new keys/values at `cache['index']` and returns what attention reads."""
+def _update_cache(cache: dict, k_BTRH: jax.Array, v_BTRH: jax.Array, positions_BT: jax.Array,
+                  window: Any = 0):
+  """Writes the new keys/values at `cache['index']` and returns what attention reads (slot s holds
+  position s); keys outside a sliding `window` (> 0) are masked."""
   index = cache["index"]
   k_BSRH = jax.lax.dynamic_update_slice_in_dim(cache["k"], k_BTRH.astype(cache["k"].dtype), index, 1)
   v_BSRH = jax.lax.dynamic_update_slice_in_dim(cache["v"], v_BTRH.astype(cache["v"].dtype), index, 1)
@@ -103,5 +166,7 @@ def _update_cache(cache: dict, k_BTRH: jax.Array, v_BTRH: jax.Array, positions_B
   slot_positions_BS = jnp.broadcast_to(jnp.arange(S), (B, S))
   filled_BS = slot_positions_BS < index + k_BTRH.shape[1]
   mask_B1TS = attention.causal_mask(positions_BT, slot_positions_BS) & filled_BS[:, None, None, :]
+  if not isinstance(window, int) or window:
+    mask_B1TS = mask_B1TS & attention.window_mask(positions_BT, slot_positions_BS, window)
   new_cache = {"k": k_BSRH, "v": v_BSRH, "index": index + k_BTRH.shape[1]}
   return k_BSRH.astype(k_BTRH.dtype), v_BSRH.astype(v_BTRH.dtype), new_cache, mask_B1TS

@@ -1,6 +1,9 @@
-"""Small building blocks of the LLaMA backbone: RMSNorm, RoPE, SwiGLU."""
+"""Small building blocks of the backbone: RMSNorm / LayerNorm, RoPE (+ llama3 scaling), the MLPs."""
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -17,19 +20,83 @@ class RMSNorm(nn.Module):
 
   eps: float = 1e-6
   param_dtype: jnp.dtype = jnp.float32
+  offset: float = 0.0  # scales by (offset + w); Gemma stores w around 0 and uses offset 1 (init 0).
 
   @nn.compact
   def __call__(self, x_BTD: jax.Array) -> jax.Array:
-    scale_D = self.param("scale", nn.initializers.ones, (x_BTD.shape[-1],), self.param_dtype)
+    init = nn.initializers.zeros if self.offset else nn.initializers.ones
+    scale_D = self.param("scale", init, (x_BTD.shape[-1],), self.param_dtype)
+    return rms_norm(x_BTD, scale_D, self.eps, self.offset)
+
+
+def rms_norm(x_BTD: jax.Array, scale_D: jax.Array, eps: float, offset: float = 0.0) -> jax.Array:
+  """(offset + scale) * x / rms(x) over the last axis, in fp32, cast back to x's dtype."""
+  x32_BTD = x_BTD.astype(jnp.float32)
+  inv_rms_BT1 = jax.lax.rsqrt(jnp.mean(jnp.square(x32_BTD), axis=-1, keepdims=True) + eps)
+  scale_11D = scale_D.astype(jnp.float32).reshape((1,) * (x_BTD.ndim - 1) + (-1,))
+  if offset:
+    scale_11D = scale_11D + offset
+  return (scale_11D * (x32_BTD * inv_rms_BT1)).astype(x_BTD.dtype)
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm with scale and bias over the last axis, in fp32 and cast back (as torch.nn.LayerNorm)."""
+
+  eps: float = 1e-5
+  param_dtype: jnp.dtype = jnp.float32
+  offset: float = 0.0
+
+  @nn.compact
+  def __call__(self, x_BTD: jax.Array) -> jax.Array:
+    init = nn.initializers.zeros if self.offset else nn.initializers.ones
+    scale_D = self.param("scale", init, (x_BTD.shape[-1],), self.param_dtype)
+    bias_D = self.param("bias", nn.initializers.zeros, (x_BTD.shape[-1],), self.param_dtype)
     x32_BTD = x_BTD.astype(jnp.float32)
-    inv_rms_BT1 = jax.lax.rsqrt(jnp.mean(jnp.square(x32_BTD), axis=-1, keepdims=True) + self.eps)
-    scale_11D = scale_D.astype(jnp.float32).reshape((1,) * (x_BTD.ndim - 1) + (-1,))
-    return (scale_11D * (x32_BTD * inv_rms_BT1)).astype(x_BTD.dtype)
+    mean_BT1 = jnp.mean(x32_BTD, axis=-1, keepdims=True)
+    var_BT1 = jnp.mean(jnp.square(x32_BTD - mean_BT1), axis=-1, keepdims=True)
+    y_BTD = (x32_BTD - mean_BT1) * jax.lax.rsqrt(var_BT1 + self.eps)
+    shape = (1,) * (x_BTD.ndim - 1) + (-1,)
+    y_BTD = (y_BTD * (scale_D.astype(jnp.float32) + self.offset).reshape(shape)
+             + bias_D.astype(jnp.float32).reshape(shape))
+    return y_BTD.astype(x_BTD.dtype)
 
 
-def rope_angles(positions_BT: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-  """cos/sin tables [B, T, head_dim] in the 'rotate half' layout of LLaMA."""
+def make_norm(cfg: Any, name: str | None = None) -> nn.Module:
+  """The norm `cfg.norm_type` selects ('rms' | 'layer'), with `cfg.rms_eps` and `cfg.norm_offset`."""
+  if cfg.norm_type == "rms":
+    return RMSNorm(cfg.rms_eps, cfg.pdtype, cfg.norm_offset, name=name)
+  if cfg.norm_type == "layer":
+    return LayerNorm(cfg.rms_eps, cfg.pdtype, cfg.norm_offset, name=name)
+  raise ValueError(f"config.model.norm_type={cfg.norm_type!r} is unknown: use 'rms' or 'layer'.")
+
+
+def rope_scaling_params(cfg: Any) -> tuple[float, float, float, int] | None:
+  """(factor, low_freq_factor, high_freq_factor, original_max_positions) for 'llama3' RoPE, else None."""
+  if cfg.rope_scaling == "none":
+    return None
+  if cfg.rope_scaling != "llama3":
+    raise ValueError(f"config.model.rope_scaling={cfg.rope_scaling!r} is unknown: use 'none' or 'llama3'.")
+  return (cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor,
+          cfg.rope_original_max_positions)
+
+
+def _llama3_inv_freq(inv_freq_K: jax.Array, scaling: tuple[float, float, float, int]) -> jax.Array:
+  """Llama 3.1's frequency rescaling: long wavelengths / factor, short kept, a smooth blend between."""
+  factor, low, high, original = scaling
+  wavelen_K = 2 * math.pi / inv_freq_K
+  scaled_K = jnp.where(wavelen_K > original / low, inv_freq_K / factor, inv_freq_K)
+  smooth_K = (original / wavelen_K - low) / (high - low)
+  smoothed_K = (1 - smooth_K) * scaled_K / factor + smooth_K * scaled_K
+  medium_K = (wavelen_K >= original / high) & (wavelen_K <= original / low)
+  return jnp.where(medium_K, smoothed_K, scaled_K)
+
+
+def rope_angles(positions_BT: jax.Array, head_dim: int, theta: float,
+                scaling: tuple[float, float, float, int] | None = None) -> tuple[jax.Array, jax.Array]:
+  """cos/sin tables [B, T, head_dim] in the 'rotate half' layout of LLaMA (`scaling`: llama3's)."""
   inv_freq_K = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  if scaling is not None:
+    inv_freq_K = _llama3_inv_freq(inv_freq_K, scaling)
   angles_BTK = positions_BT.astype(jnp.float32)[..., None] * inv_freq_K[None, None, :]
   angles_BTC = jnp.concatenate([angles_BTK, angles_BTK], axis=-1)
   return jnp.cos(angles_BTC), jnp.sin(angles_BTC)
@@ -63,3 +130,40 @@ class SwiGLU(nn.Module):
     gate_BTF = jnp.einsum("btd,df->btf", x_BTD, w_gate_DF.astype(self.dtype))
     up_BTF = jnp.einsum("btd,df->btf", x_BTD, w_up_DF.astype(self.dtype))
     return jnp.einsum("btf,fd->btd", nn.silu(gate_BTF) * up_BTF, w_down_FD.astype(self.dtype))
+
+
+ACTIVATIONS = {"silu": nn.silu, "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
+               "gelu": lambda x: nn.gelu(x, approximate=False)}
+
+
+class Mlp(nn.Module):
+  """Gated down(act(gate x) * up x) (SwiGLU / GeGLU) or plain down(act(up x)) (GPT-2), biases optional.
+
+  Parameters: w_gate [D, F] (gated only), w_up [D, F], w_down [F, D]; with bias b_gate, b_up [F], b_down [D].
+  """
+
+  cfg: Any
+
+  @nn.compact
+  def __call__(self, x_BTD: jax.Array) -> jax.Array:
+    cfg = self.cfg
+    D, F, dtype, pdtype = cfg.d_model, cfg.ffn_dim, cfg.dtype, cfg.pdtype
+    if cfg.mlp_activation not in ACTIVATIONS:
+      raise ValueError(f"config.model.mlp_activation={cfg.mlp_activation!r} is unknown: use one of "
+                       f"{sorted(ACTIVATIONS)}.")
+    act = ACTIVATIONS[cfg.mlp_activation]
+    init = normal_init(cfg.init_std)
+    x_BTD = x_BTD.astype(dtype)
+
+    def dense(name: str, x, d_in: int, d_out: int):
+      w = self.param(f"w_{name}", init, (d_in, d_out), pdtype)
+      y = jnp.einsum("btd,df->btf", x, w.astype(dtype))
+      if cfg.mlp_bias:
+        y = y + self.param(f"b_{name}", nn.initializers.zeros, (d_out,), pdtype).astype(dtype)[None, None]
+      return y
+
+    if cfg.mlp_gated:
+      hidden_BTF = act(dense("gate", x_BTD, D, F)) * dense("up", x_BTD, D, F)
+    else:
+      hidden_BTF = act(dense("up", x_BTD, D, F))
+    return dense("down", hidden_BTF, F, D)

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from lime_jax.model.block import Block, project_kv
-from lime_jax.model.layers import RMSNorm
+from lime_jax.model.layers import make_norm
 from lime_jax.model.lime_vjp import LayerFns, buffer_scan, lime_stack
 from lime_jax.model.model_config import ModelConfig
 from lime_jax.model.stack import StackOutput, Topology, pick_collected, register_topology
@@ -212,8 +212,8 @@ _stored.defvjp(_stored_fwd, _stored_bwd)
 
 def _kv_entry(cfg, params_l, h_BTD: jax.Array) -> jax.Array:
   """Layer l's raw k/v [R, B, T, 2H] on its own: the Block's attn_norm and kv projection."""
-  x_BTD = RMSNorm(cfg.rms_eps, cfg.pdtype).apply({"params": params_l["attn_norm"]}, h_BTD).astype(cfg.dtype)
-  return project_kv(cfg, x_BTD, params_l["wkv"]).transpose(2, 0, 1, 3)
+  x_BTD = make_norm(cfg).apply({"params": params_l["attn_norm"]}, h_BTD).astype(cfg.dtype)
+  return project_kv(cfg, x_BTD, params_l).transpose(2, 0, 1, 3)
 
 
 def _kv_post(cfg, params_l, router_l, coef_RMR, prev_RBTC, h_BTD, positions_BT, l, cache_l, entry=None):

@@ -82,6 +82,31 @@ class ModelConfig:
   rms_eps: float = 1e-6
   init_std: float = 0.02
   tie_embeddings: bool = True
+  # Backbone options for pretrained families (lime_jax/hf/; config.py documents each). Defaults: LLaMA.
+  attn_head_dim: int = 0  # H decoupled from D / N; 0: d_model // num_heads.
+  norm_type: str = "rms"  # 'rms' | 'layer' (LayerNorm with bias).
+  norm_offset: float = 0.0  # norms scale by (norm_offset + w): Gemma's 1 + w.
+  mlp_activation: str = "silu"  # 'silu' | 'gelu_tanh' | 'gelu'.
+  mlp_gated: bool = True  # down(act(gate x) * up x); False: down(act(up x)).
+  mlp_bias: bool = False
+  qkv_bias: bool = False
+  out_bias: bool = False
+  qk_norm: bool = False  # RMSNorm over head_dim of q and k before RoPE (Qwen3).
+  position: str = "rope"  # 'rope' | 'learned' (params['pos_embed'] [max_positions, D]).
+  max_positions: int = 0
+  rope_scaling: str = "none"  # 'none' | 'llama3'.
+  rope_factor: float = 8.0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_positions: int = 8192
+  sliding_window: int = 0  # keys at q - k < sliding_window only; 0: off.
+  document_mask: bool = False  # attention within the documents of a packed row (positions restart at 0).
+  global_layers: tuple[int, ...] = ()  # layers without the window (Gemma 2: odd ones).
+  embed_scale: bool = False  # embeddings * sqrt(d_model) in the compute dtype (Gemma).
+  post_norms: bool = False  # norms on the attention and MLP outputs (Gemma 2).
+  attn_logit_softcap: float = 0.0  # cap * tanh(logits / cap); 0: off.
+  final_logit_softcap: float = 0.0
+  attn_scale_dim: float = 0.0  # logits * attn_scale_dim**-0.5; 0: head_dim.
   compute_dtype: str = "float32"
   param_dtype: str = "float32"
   attention_impl: str = "xla"
@@ -95,7 +120,7 @@ class ModelConfig:
 
   @property
   def head_dim(self) -> int:
-    return self.d_model // self.num_heads
+    return self.attn_head_dim or self.d_model // self.num_heads
 
   @property
   def dtype(self) -> jnp.dtype:
@@ -114,7 +139,15 @@ class ModelConfig:
       if not vocab_size:
         raise ValueError("config.model.vocab_size is 0 and no tokenizer vocab size was given.")
       kwargs["vocab_size"] = int(vocab_size)
+    elif vocab_size and kwargs["vocab_size"] < vocab_size:  # ids >= vocab_size would index past the table.
+      raise ValueError(
+          f"config.model.vocab_size={kwargs['vocab_size']} is smaller than the tokenizer's vocabulary "
+          f"({vocab_size} ids; config.data.tokenizer, or the task's own when ''): set model.vocab_size to "
+          f"0 (the tokenizer's), {vocab_size}, or larger (padded rows are never produced by the data, "
+          f"e.g. {-(-int(vocab_size) // 128) * 128} so that the vocab axis shards).")
     kwargs["num_kv_heads"] = kwargs.get("num_kv_heads") or kwargs["num_heads"]
+    if "global_layers" in kwargs:
+      kwargs["global_layers"] = tuple(int(l) for l in kwargs["global_layers"])
     lime = LimeConfig(**{f.name: model_cfg.lime[f.name] for f in dataclasses.fields(LimeConfig)
                          if "lime" in model_cfg and f.name in model_cfg.lime})
     seq_vcr = SeqVcrConfig()

@@ -106,7 +106,7 @@ def run_plain_stack(cfg: ModelConfig, layers: Any, topo_params: Any, h_BTD: jax.
 
   def body(carry, xs):
     params_l, cache_l, l = xs
-    h_BTD, extras = block.apply({"params": params_l}, carry["h"], positions_BT, cache=cache_l)
+    h_BTD, extras = block.apply({"params": params_l}, carry["h"], positions_BT, cache=cache_l, layer=l)
     ys = {"collected": pick_collected(extras, h_BTD, collect), "cache": extras["cache"]}
     aux = carry["aux"] if layer_hook is None else layer_hook(l, h_BTD, carry["aux"])
     return {"h": h_BTD, "aux": aux}, ys

@@ -1,4 +1,4 @@
-"""The decoder: embeddings -> scanned layer stack (per topology) -> final RMSNorm -> fp32 logits."""
+"""The decoder: embeddings -> scanned layer stack (per topology) -> final norm -> fp32 logits."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from lime_jax import sharding
 from lime_jax.model import regularizers
 from lime_jax.model.block import Block
-from lime_jax.model.layers import RMSNorm, normal_init
+from lime_jax.model.layers import make_norm, normal_init
 from lime_jax.model.model_config import ModelConfig
 from lime_jax.model.stack import StackOutput, get_topology
 
@@ -18,14 +18,17 @@ def init_layer_params(rng: jax.Array, cfg: ModelConfig) -> dict:
   """Stacked parameters of all layers: every leaf gets a leading [L] axis (one init key per layer)."""
   dummy_h_BTD = jnp.zeros((1, 1, cfg.d_model), cfg.dtype)
   dummy_pos_BT = jnp.zeros((1, 1), jnp.int32)
-  init_one = lambda key: Block(cfg).init(key, dummy_h_BTD, dummy_pos_BT)["params"]
+  layer = jnp.zeros((), jnp.int32)  # the shapes do not depend on it
+  init_one = lambda key: Block(cfg).init(key, dummy_h_BTD, dummy_pos_BT, layer=layer)["params"]
   return jax.vmap(init_one)(jax.random.split(rng, cfg.num_layers))
 
 
 class Transformer(nn.Module):
   """LLaMA-style decoder. Parameters: embed [V, D], layers (stacked [L, ...]), final_norm,
   unembed [D, V] when untied, router (topology parameters, e.g. LIMe) when the topology has them,
-  seq_vcr_proj [K, D, P] with Seq-VCR and a projection (lime_jax/model/regularizers.py)."""
+  seq_vcr_proj [K, D, P] with Seq-VCR and a projection (lime_jax/model/regularizers.py), pos_embed
+  [max_positions, D] with learned positions (GPT-2). Gemma's `embed_scale` multiplies the embeddings
+  (given ones too) by sqrt(D); `final_logit_softcap` caps the logits."""
 
   cfg: ModelConfig
 
@@ -51,6 +54,12 @@ class Transformer(nn.Module):
 
     h_BTD = (jnp.take(embed_VD, tokens_BT, axis=0) if embeddings_BTD is None else embeddings_BTD
              ).astype(cfg.dtype)
+    if cfg.embed_scale:  # HF Gemma: sqrt(D) rounded to the activations' dtype
+      h_BTD = h_BTD * jnp.asarray(cfg.d_model ** 0.5, cfg.dtype)
+    if cfg.position == "learned":
+      pos_PD = self.param("pos_embed", normal_init(cfg.init_std), (cfg.max_positions, cfg.d_model),
+                          cfg.pdtype)
+      h_BTD = h_BTD + jnp.take(pos_PD, positions_BT, axis=0).astype(cfg.dtype)
     h_BTD = sharding.constrain(h_BTD, ("batch", "length", "embed"))  # no-op outside a mesh
     hook = None
     if cfg.seq_vcr.enabled:
@@ -61,13 +70,15 @@ class Transformer(nn.Module):
         hook = regularizers.make_hook(cfg, proj_KDP, tokens_BT, answer_mask_BT)
     out = regularizers.run_stack(topology, hook, cfg, layers, topo_params, h_BTD, positions_BT, cache,
                                  collect)
-    h_BTD = RMSNorm(cfg.rms_eps, cfg.pdtype, name="final_norm")(out.h_BTD).astype(jnp.float32)
+    h_BTD = make_norm(cfg, "final_norm")(out.h_BTD).astype(jnp.float32)
     if cfg.tie_embeddings:
       logits_BTV = jnp.einsum("btd,vd->btv", h_BTD, embed_VD.astype(jnp.float32))
     else:
       unembed_DV = self.param("unembed", normal_init(cfg.init_std), (cfg.d_model, cfg.vocab_size),
                               cfg.pdtype)
       logits_BTV = jnp.einsum("btd,dv->btv", h_BTD, unembed_DV.astype(jnp.float32))
+    if cfg.final_logit_softcap:
+      logits_BTV = cfg.final_logit_softcap * jnp.tanh(logits_BTV / cfg.final_logit_softcap)
     return sharding.constrain(logits_BTV, ("batch", "length", "vocab")), out
 
 

@@ -117,12 +117,17 @@ def _toys(ns) -> dict:
                                                  for k in ("linf", "l1")}}}
 
 
+def compatible(ctx: ProbeContext) -> str | None:
+  return None if common.encode_chars(ctx.tokenizer, "1") is not None else (
+      "the tokenizer has no single token for the digit 1")
+
+
 def run(ctx: ProbeContext) -> dict:
   opts, tok = ctx.options, ctx.tokenizer
   ns = sorted(int(n) for n in opts.collapse_ns)
   sep = _separator(tok)
-  if common.encode_chars(tok, "1") is None:
-    reason = "collapse probe skipped: the tokenizer has no single token for the digit 1."
+  if compatible(ctx):
+    reason = f"collapse probe skipped: {compatible(ctx)}."
     return {"metrics": {"skipped": reason}, "notes": [reason]}
   families = [f for f in FAMILIES if f != "ones_commas" or sep is not None]
   ctx.progress.start("collapse", len(opts.collapse_dtypes) * len(families) * len(ns))
@@ -190,4 +195,5 @@ def run(ctx: ProbeContext) -> dict:
           "plots": plots, "summary": summary, "notes": notes}
 
 
-register(Probe("collapse", run, "P_n vs P*_n last-token distances (fp32 / bf16) and the toy checks"))
+register(Probe("collapse", run, "P_n vs P*_n last-token distances (fp32 / bf16) and the toy checks",
+               compatible))

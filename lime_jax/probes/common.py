@@ -30,8 +30,8 @@ def probe_model_cfg(cfg: ModelConfig, compute_dtype: str | None = None, explicit
 def _jitted_forward(cfg: ModelConfig, collect: tuple[str, ...]):
   model = Transformer(cfg)
 
-  def forward(params, tokens_BT):
-    logits_BTV, out = model.apply({"params": params}, tokens_BT, collect=collect)
+  def forward(params, tokens_BT, positions_BT=None):
+    logits_BTV, out = model.apply({"params": params}, tokens_BT, positions_BT, collect=collect)
     return logits_BTV, out.collected
 
   return jax.jit(forward)
@@ -46,10 +46,13 @@ def place_batch(x: np.ndarray, sharding: Any) -> Any:
 
 
 def forward(params: Any, cfg: ModelConfig, tokens_BT: np.ndarray, collect: tuple[str, ...] = (),
-            sharding: Any = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """(fp32 logits [B, T, V], {name: per-layer collection [L, B, T, ...]}) of a token batch."""
-  return _jitted_forward(cfg, tuple(collect))(params, place_batch(np.asarray(tokens_BT, np.int32),
-                                                                  sharding))
+            sharding: Any = None, positions_BT: np.ndarray | None = None
+            ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(fp32 logits [B, T, V], {name: per-layer collection [L, B, T, ...]}) of a token batch; `positions_BT`
+  (default 0..T-1 per row): e.g. the per-document positions of packed text (`model.document_mask`)."""
+  place = lambda x: place_batch(np.asarray(x, np.int32), sharding)
+  return _jitted_forward(cfg, tuple(collect))(
+      params, place(tokens_BT), None if positions_BT is None else place(positions_BT))
 
 
 def encode_chars(tokenizer: Any, text: str) -> list[int] | None:
@@ -124,6 +127,34 @@ def prompt_ids(tokenizer: Any, question: str, num_pause: int = 0) -> list[int]:
   pause = ([tokenizer.pause_start_id] + [tokenizer.pause_id] * num_pause + [tokenizer.pause_end_id]
            if num_pause > 0 else [])
   return [tokenizer.bos_id, *tokenizer.encode(question), *pause]
+
+
+TEXT_TOKENS = 128  # tokens per sequence of a pretrained model's probe text (entropy, separability).
+
+
+def eval_tokens(ctx: Any, num: int) -> tuple[np.ndarray, np.ndarray]:
+  """(token ids [B, T], mask of the real tokens [B, T]) of `num` probe sequences: the run's held-out
+  data, or for a pretrained model (`ctx.pretrained`) paragraphs of `--text_file` (blank-line separated)
+  or of the built-in sentences (`prompts.probe_sentences`), BOS + at most TEXT_TOKENS tokens each."""
+  if not ctx.pretrained:
+    from lime_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+    batch = pipeline.make_eval_batches(ctx.config, "test", num_examples=num, batch_size=num)[0]
+    return batch["inputs"], (batch["inputs"] != ctx.tokenizer.pad_id) & (batch["example_mask"][:, None] > 0)
+  from lime_jax.probes import nl_tasks, prompts  # pylint: disable=import-outside-toplevel
+  if ctx.options.text_file:
+    from etils import epath  # pylint: disable=import-outside-toplevel
+    path = epath.Path(ctx.options.text_file)
+    if not path.is_file():
+      raise FileNotFoundError(f"--text_file={ctx.options.text_file!r} does not exist.")
+    texts = [p.strip() for p in path.read_text(encoding="utf-8").split("\n\n") if p.strip()][:num]
+    if not texts:
+      raise ValueError(f"--text_file={ctx.options.text_file!r} holds no text.")
+  else:
+    texts = prompts.probe_sentences(num, ctx.options.seed)
+  rows = [nl_tasks.encode_prompt(ctx.tokenizer, t, ctx.model_cfg.vocab_size)[:TEXT_TOKENS + 1] for t in texts]
+  ids_BT, lengths_B = pad_rows(rows, 0)
+  mask_BT = np.arange(ids_BT.shape[1])[None] < lengths_B[:, None]
+  return ids_BT, mask_BT
 
 
 def train_max_length(config: Any, task_name: str) -> int | None:

@@ -3,7 +3,8 @@
 For each variant and each length of `--lengths`: accuracy of the greedy answer on `num_examples`
 held-out examples (`CopyingTask.example_at('test', i, n, variant)`), and whether the paper's own prompt
 (`canonical_example`: 1...10, 01...1, the hint, 1010...0) is answered correctly. Needs a model with the
-copying/counting tokenizer (a run of task 'copying' or 'counting', or `--random_init` with one).
+copying/counting tokenizer (a run of task 'copying' or 'counting', or `--random_init` with one). A model
+with its own subword tokenizer is asked in natural language instead (`nl_tasks.run_copying`).
 """
 
 from __future__ import annotations
@@ -14,16 +15,26 @@ import numpy as np
 
 from lime_jax.data import copying as copying_data
 from lime_jax.model import ModelConfig
-from lime_jax.probes import common
+from lime_jax.probes import common, nl_tasks
 from lime_jax.probes.registry import Probe, ProbeContext, register
+
+
+def tokenizer_reason(ctx: ProbeContext) -> str | None:
+  """Why the copying/counting prompts cannot run on ctx's checkpoint (its tokenizer cannot encode them),
+  or None (`Probe.compatible` of both probes). A subword tokenizer gets the natural-language prompts."""
+  if nl_tasks.is_natural_language(ctx.tokenizer) or common.encodable(ctx.tokenizer,
+                                                                     copying_data.HINT + "count cat:=+"):
+    return None
+  return (f"the run's tokenizer (task {ctx.config.data.task!r}) cannot encode its prompts; train with "
+          "--config.data.task=copying or counting")
 
 
 def incompatible(ctx: ProbeContext, family: str) -> dict | None:
   """A 'skipped' result when the run's tokenizer cannot encode the copying/counting prompts."""
-  if common.encodable(ctx.tokenizer, copying_data.HINT + "count cat:=+"):
+  reason = tokenizer_reason(ctx)
+  if reason is None:
     return None
-  reason = (f"{family} probe skipped: the run's tokenizer (task {ctx.config.data.task!r}) cannot encode "
-            "its prompts; train with --config.data.task=copying or counting.")
+  reason = f"{family} probe skipped: {reason}."
   return {"metrics": {"skipped": reason}, "notes": [reason]}
 
 
@@ -47,6 +58,8 @@ def start_length_sweep(ctx: ProbeContext, family: str, variants: Sequence[str]
 
 
 def run(ctx: ProbeContext) -> dict:
+  if nl_tasks.is_natural_language(ctx.tokenizer):
+    return nl_tasks.run_copying(ctx)
   skipped = incompatible(ctx, "copying")
   if skipped:
     return skipped
@@ -77,4 +90,5 @@ def run(ctx: ProbeContext) -> dict:
           "plots": [plot], "summary": summary}
 
 
-register(Probe("copying", run, "copying accuracy vs length (last / first / hint / interleaved)"))
+register(Probe("copying", run, "copying accuracy vs length (last / first / hint / interleaved)",
+               tokenizer_reason))

@@ -75,15 +75,13 @@ def effective_rank(x_TD: np.ndarray) -> float:
 
 def layer_representations(ctx: ProbeContext, num: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
   """({'hidden': [L, B, T, D], 'value': [L, B, T, R*H]} as float32 numpy, mask [B, T]) of eval data."""
-  from lime_jax.data import pipeline  # model and data imports stay out of the pure functions' path
-  from lime_jax.probes import common
-  batch = pipeline.make_eval_batches(ctx.config, "test", num_examples=num, batch_size=num)[0]
+  from lime_jax.probes import common  # model and data imports stay out of the pure functions' path
+  inputs_BT, mask = common.eval_tokens(ctx, num)
   cfg = common.probe_model_cfg(ctx.model_cfg)
-  _, col = common.forward(ctx.params, cfg, batch["inputs"], ("hidden", "value"), ctx.batch_sharding)
+  _, col = common.forward(ctx.params, cfg, inputs_BT, ("hidden", "value"), ctx.batch_sharding)
   hidden = np.asarray(col["hidden"], np.float32)
   value = np.asarray(col["value"], np.float32)
   value = value.reshape(*value.shape[:3], -1)
-  mask = (batch["inputs"] != ctx.tokenizer.pad_id) & (batch["example_mask"][:, None] > 0)
   return {"hidden": hidden, "value": value}, mask
 
 

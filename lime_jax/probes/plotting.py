@@ -7,9 +7,11 @@ y_lo / y_hi draw a band), or `kind='hist'` with `values`, or `kind='heatmap'` wi
 
 from __future__ import annotations
 
-import os
+import io
 
 import numpy as np
+
+from lime_jax import fileio
 
 _FIGSIZE = (6.0, 4.0)
 _DPI = 90
@@ -35,8 +37,9 @@ def _draw_series(ax, spec: dict, series: list[dict]) -> None:
   for s in series:
     y = _finite_positive(s["y"], floor) if logy else np.asarray(s["y"], np.float64)
     style = s.get("style", "-")
-    marker = "o" if style == "o" else "."
-    line = ax.plot(s["x"], y, style if style != "o" else "", marker=marker, label=s["label"],
+    marker = s.get("marker", "o" if style == "o" else ".")
+    linestyle = s.get("linestyle", "" if style == "o" else style)
+    line = ax.plot(s["x"], y, linestyle=linestyle or "none", marker=marker, label=s["label"],
                    color=s.get("color"))[0]
     if "y_lo" in s and "y_hi" in s:
       lo = _finite_positive(s["y_lo"], floor) if logy else s["y_lo"]
@@ -78,22 +81,34 @@ def render(spec: dict, out_dir: str, series: list[dict] | None = None, title_suf
     ax.legend(fontsize=6, loc="best")
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, f"{spec['name']}.png")
-  fig.savefig(path, dpi=_DPI)
+  fileio.makedirs(out_dir)
+  path = fileio.join(out_dir, f"{spec['name']}.png")
+  buffer = io.BytesIO()  # through epath, so that out_dir may be a gs:// URL
+  fig.savefig(buffer, format="png", dpi=_DPI)
   plt.close(fig)
+  fileio.write_bytes(path, buffer.getvalue())
   return path
 
 
+_LINESTYLES = ("-", "--", ":", "-.")
+_MARKERS = (".", "o", "s", "^", "v", "D", "x", "+")
+
+
+def overlay_series(specs_by_run: dict[str, dict]) -> list[dict]:
+  """The series of one plot across runs: the run name prefixes each label, each run has its colour and
+  the series within a run (e.g. fp32 / bf16) differ by line style and marker, the same in every run."""
+  series = []
+  for i, (run, spec) in enumerate(specs_by_run.items()):
+    for j, s in enumerate(spec["series"]):
+      linestyle = "" if s.get("style") == "o" else _LINESTYLES[j % len(_LINESTYLES)]
+      series.append({**s, "label": f"{run}: {s['label']}", "color": f"C{i % 10}", "linestyle": linestyle,
+                     "marker": _MARKERS[j % len(_MARKERS)]})
+  return series
+
+
 def render_compare(specs_by_run: dict[str, dict], out_dir: str) -> str | None:
-  """Overlays one plot across runs (series labels prefixed by the run name); heatmaps and histograms
-  are not overlaid (None)."""
+  """Overlays one plot across runs (`overlay_series`); heatmaps and histograms are not overlaid (None)."""
   first = next(iter(specs_by_run.values()))
   if first.get("kind", "line") != "line":
     return None
-  series = []
-  colors = [f"C{i}" for i in range(10)]
-  for i, (run, spec) in enumerate(specs_by_run.items()):
-    for s in spec["series"]:
-      series.append({**s, "label": f"{run}: {s['label']}", "color": colors[i % 10]})
-  return render(first, out_dir, series=series, title_suffix=" (compare)")
+  return render(first, out_dir, series=overlay_series(specs_by_run), title_suffix=" (compare)")

@@ -7,7 +7,10 @@ JSON-ready and has up to four keys, which `runner.py` turns into files:
   summary  a list of [name, value] rows for summary.md and the comparison table;
   notes    short strings (skips, substitutions) shown in summary.md.
 Adding a probe: write `lime_jax/probes/<name>.py` with a `run(ctx)`, call
-`register(Probe('<name>', run, '<one line>'))` at its end, and add the module to `BUILTIN_MODULES`.
+`register(Probe('<name>', run, '<one line>', compatible))` at its end, and add the module to
+`BUILTIN_MODULES`. `compatible(ctx) -> str | None` says why the probe cannot run on a checkpoint (e.g. its
+tokenizer cannot encode the prompts); the runner then fails before running anything, unless
+`--skip_incompatible`. A probe that finds out only while running returns `metrics['skipped']` = reason.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ if TYPE_CHECKING:
 
 # Modules that register the built-in probes (imported on first use, so that importing one pure helper,
 # e.g. `lime_jax.probes.entropy.matrix_entropy`, does not import the model).
-BUILTIN_MODULES = ("copying", "counting", "collapse", "oversquash", "entropy", "separability", "router")
+BUILTIN_MODULES = ("copying", "counting", "collapse", "oversquash", "entropy", "separability", "router",
+                   "lm")
 
 
 @dataclasses.dataclass
@@ -41,6 +45,10 @@ class ProbeOptions:
   hutchinson_samples: int = 64
   entropy_alphas: tuple[float, ...] = (0.5, 0.99, 1.0)
   separability_tokens: tuple[str, ...] = ()  # () = is,are,was,were for text, else the first digits.
+  text_file: str = ""  # pretrained models: .txt read by entropy / separability ('' = built-in sentences).
+  mc_tasks: tuple[str, ...] = ()  # lm: multiple-choice jsonl files, TASK=PATH or PATH (lm_eval.py).
+  mc_shots: int = 0  # lm: few-shot examples before each question.
+  mc_limit: int = 0  # lm: questions per file (0 = all).
   seed: int = 0
 
 
@@ -55,6 +63,7 @@ class ProbeContext:
   options: ProbeOptions
   progress: Any  # runner.Progress: `.start(probe, total)`, `.advance(label)`.
   batch_sharding: Any = None  # NamedSharding for a batch split over the devices (None: default).
+  pretrained: str = ""  # the HF folder of `evaluate --hf` (no task: probes read text, ask in words).
 
   def task(self):
     """The run's synthetic task (None for text)."""
@@ -66,9 +75,22 @@ class ProbeContext:
 
 @dataclasses.dataclass(frozen=True)
 class Probe:
+  """`compatible(ctx)` returns None when the probe can run on ctx's checkpoint (task, tokenizer,
+  topology; it must not need the parameters), else the reason it cannot; None means it always can."""
+
   name: str
   run: Callable[[ProbeContext], dict]
   description: str = ""
+  compatible: Callable[[ProbeContext], str | None] | None = None
+
+
+class IncompatibleProbeError(ValueError):
+  """A requested probe cannot run on the checkpoint (`lime_jax.evaluate --skip_incompatible` skips it)."""
+
+
+def incompatibility(probe: Probe, ctx: ProbeContext) -> str | None:
+  """Why `probe` cannot run on ctx's checkpoint, or None when it can."""
+  return probe.compatible(ctx) if probe.compatible is not None else None
 
 
 _PROBES: dict[str, Probe] = {}

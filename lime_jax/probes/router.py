@@ -7,10 +7,15 @@ from lime_jax.data import pipeline
 from lime_jax.probes.registry import Probe, ProbeContext, register
 
 
+def compatible(ctx: ProbeContext) -> str | None:
+  topology = ctx.model_cfg.topology
+  return None if topology in ("lime", "lime_scan") else f"not a LIMe checkpoint (topology {topology!r})"
+
+
 def run(ctx: ProbeContext) -> dict:
   cfg = ctx.model_cfg
-  if cfg.topology not in ("lime", "lime_scan"):
-    reason = f"router probe skipped: not a LIMe checkpoint (topology {cfg.topology!r})."
+  if compatible(ctx):
+    reason = f"router probe skipped: {compatible(ctx)}."
     return {"metrics": {"skipped": reason}, "notes": [reason]}
   ctx.progress.start("router", 1)
   ctx.progress.advance(cfg.lime.router)
@@ -37,4 +42,4 @@ def run(ctx: ProbeContext) -> dict:
   return {"metrics": analysis, "plots": plots, "summary": summary}
 
 
-register(Probe("router", run, "LIMe routing heatmaps and summaries"))
+register(Probe("router", run, "LIMe routing heatmaps and summaries", compatible))

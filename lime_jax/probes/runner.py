@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import functools
+import hashlib
 import json
-import os
 import sys
 import time
 from typing import Any
@@ -22,22 +22,32 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lime_jax import checkpoint as ckpt_lib
 from lime_jax import config as config_lib
+from lime_jax import fileio
 from lime_jax import sharding as shard_lib
 from lime_jax.data import pipeline, tasks
-from lime_jax.data.tokenizer import ByteTokenizer
+from lime_jax.data import text as text_data
 from lime_jax.model import ModelConfig, init_params
 from lime_jax.probes import plotting
-from lime_jax.probes.registry import ProbeContext, ProbeOptions, get_probe
+from lime_jax.probes.registry import (IncompatibleProbeError, ProbeContext, ProbeOptions, get_probe,
+                                     incompatibility, known_probes)
 
 
 class Progress:
-  """One console line: overall probe index, the probe's inner steps (lengths, layers), elapsed time."""
+  """One console line: overall probe index, the probe's inner steps (lengths, layers), elapsed time.
+
+  On a terminal the line is redrawn in place (`\\r`); on anything else (a SLURM or tmux log file, a
+  pipe) every update is its own newline-terminated line, repeated updates dropped.
+  """
 
   def __init__(self, probes: list[str], stream=None, width: int = 24):
     self.probes, self.stream, self.width = probes, stream or sys.stderr, width
     self.index, self.total, self.done, self.name = -1, 1, 0, ""
     self.t0 = time.perf_counter()
+    isatty = getattr(self.stream, "isatty", None)
+    self.tty = bool(isatty()) if callable(isatty) else False
+    self._last = ""  # the last line written without its elapsed time (non-TTY: no repeats)
 
   def next_probe(self, name: str) -> None:
     """The runner moves to the next probe."""
@@ -58,21 +68,26 @@ class Progress:
     filled = int(self.width * min(self.done, self.total) / self.total)
     bar = "#" * filled + "." * (self.width - filled)
     elapsed = time.perf_counter() - self.t0
-    self.stream.write(f"\r[{self.index + 1}/{len(self.probes)} {self.name}] [{bar}] {self.done}/{self.total} "
-                      f"{label:<36.36} {elapsed:6.0f}s")
+    line = f"[{self.index + 1}/{len(self.probes)} {self.name}] [{bar}] {self.done}/{self.total} "
+    if self.tty:
+      self.stream.write(f"\r{line}{label:<36.36} {elapsed:6.0f}s")
+    elif line + label != self._last:
+      self.stream.write(f"{line}{label} {elapsed:.0f}s\n")
+    self._last = line + label
     self.stream.flush()
 
   def finish(self) -> None:
-    self.stream.write("\n")
-    self.stream.flush()
+    if self.tty:
+      self.stream.write("\n")
+      self.stream.flush()
 
 
 # ------------------------------------------------------------------------------------------- restoring
 def _manager(workdir: str) -> ocp.CheckpointManager:
-  if not os.path.isdir(workdir):
+  if not fileio.isdir(workdir):
     raise FileNotFoundError(f"--workdir {workdir!r} does not exist.")
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(directory):
+  directory = fileio.join(fileio.absolute(workdir), "checkpoints")
+  if not fileio.isdir(directory):
     raise FileNotFoundError(f"No checkpoints in {workdir!r}: expected {directory}. Train with "
                             "`python -m lime_jax.main --workdir=...` first, or use --random_init "
                             "--config=...")
@@ -117,14 +132,16 @@ def model_config_for(config: ml_collections.ConfigDict) -> ModelConfig:
 
 
 def _check_shapes(saved_params: Any, abstract_params: Any, where: str) -> None:
-  """Raises ValueError listing the parameters whose checkpoint shape differs from the config's."""
+  """Raises CheckpointMismatchError (a ValueError) listing the parameters whose checkpoint shape differs
+  from the config's."""
   shapes = lambda tree: {jax.tree_util.keystr(p): tuple(x.shape)
                          for p, x in jax.tree_util.tree_leaves_with_path(tree)}
   saved, want = shapes(saved_params), shapes(abstract_params)
   problems = [f"{k}: checkpoint {saved.get(k)} vs config {v}" for k, v in want.items() if saved.get(k) != v]
   problems += [f"{k}: in the checkpoint, not in the config" for k in saved if k not in want]
   if problems:
-    raise ValueError(f"The parameters in {where} do not match the shapes of the run's saved config "
+    raise ckpt_lib.CheckpointMismatchError(
+        f"The parameters in {where} do not match the shapes of the run's saved config "
                      f"({len(problems)} differ): " + "; ".join(problems[:6]) +
                      ". The checkpoint and its saved config disagree: was the workdir reused with another "
                      "model?")
@@ -132,24 +149,44 @@ def _check_shapes(saved_params: Any, abstract_params: Any, where: str) -> None:
 
 def restore_params(workdir: str, step: int | None = None, mesh: jax.sharding.Mesh | None = None
                    ) -> tuple[int, ml_collections.ConfigDict, Any]:
-  """(step, the run's saved config, parameters only) restored replicated onto `mesh` (all devices)."""
+  """(step, the run's saved config, parameters only) restored replicated onto `mesh` (all devices).
+
+  Without `step`, the newest intact step: damaged newer ones are moved aside with one line on stderr
+  (`checkpoint.restore_newest_intact`). A damaged `step` raises DamagedCheckpointError naming the file
+  and the intact steps."""
   manager = _manager(workdir)
-  step = _resolve_step(manager, step)
-  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  config = config_from_dict(meta.get("config", {}))
-  model_cfg = model_config_for(config)
-  abstract = jax.eval_shape(functools.partial(init_params, model_cfg), jax.random.key(0))
-  state_meta = manager.item_metadata(step)["state"]
-  saved_tree = getattr(state_meta, "tree", state_meta)
-  _check_shapes(saved_tree["params"], abstract, f"{manager.directory}/{step}")
+  _resolve_step(manager, step)  # no checkpoint, or no such step: FileNotFoundError
   mesh = mesh or _eval_mesh()
   replicated = shard_lib.replicated(mesh)
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
-  restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=replicated), target)
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item={"params": target}, restore_args={"params": restore_args}, partial_restore=True)))
-  manager.close()
-  return step, config, restored["state"]["params"]
+
+  def attempt(s: int) -> tuple[ml_collections.ConfigDict, Any]:
+    meta = manager.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    config = config_from_dict(meta.get("config", {}))
+    model_cfg = model_config_for(config)
+    abstract = jax.eval_shape(functools.partial(init_params, model_cfg), jax.random.key(0))
+    state_meta = manager.item_metadata(s)["state"]
+    if state_meta is None:
+      raise FileNotFoundError(f"{manager.directory}/{s}/state has no readable metadata.")
+    saved_tree = getattr(state_meta, "tree", state_meta)
+    _check_shapes(saved_tree["params"], abstract, f"{manager.directory}/{s}")
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
+    restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=replicated), target)
+    restored = manager.restore(s, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item={"params": target}, restore_args={"params": restore_args}, partial_restore=True)))
+    return config, restored["state"]["params"]
+
+  try:
+    found = ckpt_lib.restore_newest_intact(str(manager.directory), sorted(manager.all_steps()), attempt,
+                                           ("state", "meta"), lambda line: print(line, file=sys.stderr),
+                                           step)
+  finally:
+    manager.close()
+  if found.step is None:
+    raise ckpt_lib.DamagedCheckpointError(
+        f"No intact checkpoint in {manager.directory}: every step was damaged (moved to "
+        f"{', '.join(found.moved)}). Train again with `python -m lime_jax.main --workdir=...`.")
+  config, params = found.value
+  return found.step, config, params
 
 
 def _eval_mesh() -> jax.sharding.Mesh:
@@ -168,27 +205,67 @@ def random_init_params(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
 
 def tokenizer_for(config: ml_collections.ConfigDict) -> Any:
   if config.data.task == tasks.TEXT_TASK:
-    return ByteTokenizer()
+    return text_data.tokenizer_for(config.data)  # data.tokenizer ('' = bytes).
   return tasks.get_task(config.data, int(config.seed)).tokenizer
 
 
 # --------------------------------------------------------------------------------------------- running
+def _incompatible_message(reasons: dict[str, str], ctx: ProbeContext) -> str:
+  runnable = [n for n in known_probes() if incompatibility(get_probe(n), ctx) is None and n not in reasons]
+  return ("; ".join(f"probe {n!r} cannot run on this checkpoint: {r}" for n, r in reasons.items()) +
+          f". Probes that can run on it (task {ctx.config.data.task!r}, topology "
+          f"{ctx.model_cfg.topology!r}): "
+          f"{', '.join(runnable) or 'none'}. Drop the probe from --probes, or pass --skip_incompatible to "
+          "skip it with a note.")
+
+
+def _skipped(reason: str) -> dict:
+  return {"metrics": {"skipped": reason}, "notes": [reason], "seconds": 0.0}
+
+
+def check_compatible(ctx: ProbeContext, probe_names: list[str], skip_incompatible: bool = False
+                     ) -> dict[str, str]:
+  """{probe: reason} for the named probes that cannot run on ctx's checkpoint; raises
+  IncompatibleProbeError naming them, the reasons and the probes that can run, unless skip_incompatible."""
+  reasons = {n: r for n in probe_names if (r := incompatibility(get_probe(n), ctx)) is not None}
+  if reasons and not skip_incompatible:
+    raise IncompatibleProbeError(_incompatible_message(reasons, ctx))
+  return reasons
+
+
 def run_probes(params: Any, config: ml_collections.ConfigDict, probe_names: list[str], options: ProbeOptions,
-               mesh: jax.sharding.Mesh | None = None, stream=None) -> dict[str, dict]:
-  """Runs the named probes; returns {probe: result dict} (see registry.py)."""
+               mesh: jax.sharding.Mesh | None = None, stream=None, skip_incompatible: bool = False,
+               model_cfg: ModelConfig | None = None, tokenizer: Any = None, pretrained: str = ""
+               ) -> dict[str, dict]:
+  """Runs the named probes; returns {probe: result dict} (see registry.py). `model_cfg` / `tokenizer`
+  (default: from `config`) and `pretrained` (the HF folder) come from `probes/pretrained.py`.
+
+  A probe that cannot run on the checkpoint (`Probe.compatible`, checked before any probe runs, or a
+  `metrics['skipped']` reason it returns) raises IncompatibleProbeError, unless `skip_incompatible`: then
+  its result is the reason, as a note.
+  """
   probes = [get_probe(n) for n in probe_names]
   mesh = mesh or _eval_mesh()
   progress = Progress(probe_names, stream)
-  ctx = ProbeContext(params=params, model_cfg=model_config_for(config), config=config,
-                     tokenizer=tokenizer_for(config), options=options, progress=progress,
-                     batch_sharding=shard_lib.batch_sharding(mesh))
+  ctx = ProbeContext(params=params, model_cfg=model_cfg or model_config_for(config), config=config,
+                     tokenizer=tokenizer if tokenizer is not None else tokenizer_for(config),
+                     options=options, progress=progress, batch_sharding=shard_lib.batch_sharding(mesh),
+                     pretrained=pretrained)
+  reasons = check_compatible(ctx, probe_names, skip_incompatible)
   results = {}
   try:
     for probe in probes:
-      t0 = time.perf_counter()
       progress.next_probe(probe.name)
+      if probe.name in reasons:
+        results[probe.name] = _skipped(f"{probe.name} probe skipped: {reasons[probe.name]}.")
+        continue
+      t0 = time.perf_counter()
       results[probe.name] = probe.run(ctx)
       results[probe.name]["seconds"] = round(time.perf_counter() - t0, 2)
+      metrics = results[probe.name].get("metrics")
+      skipped = metrics.get("skipped") if isinstance(metrics, dict) else None
+      if skipped and not skip_incompatible:
+        raise IncompatibleProbeError(_incompatible_message({probe.name: skipped}, ctx))
   finally:
     progress.finish()
   return results
@@ -213,30 +290,44 @@ def _sanitize(x: Any) -> Any:
 
 def _previous(out_dir: str) -> dict:
   """The results.json already in `out_dir` (probes of earlier invocations), or {}."""
-  path = os.path.join(out_dir, "results.json")
-  if not os.path.exists(path):
+  path = fileio.join(out_dir, "results.json")
+  if not fileio.exists(path):
     return {}
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  return fileio.read_json(path)
+
+
+def config_digest(config: ml_collections.ConfigDict) -> str:
+  """A short hash of the full config (with the step, it identifies what a saved result was computed on)."""
+  return hashlib.sha256(config.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:16]
+
+
+def reusable(previous: dict, header: dict) -> dict[str, dict]:
+  """The probe results of an earlier results.json (`previous`) computed on the same checkpoint step and
+  config with the same options as `header`'s; results saved without their options never match."""
+  if any(previous.get(k) != header[k] for k in ("step", "config_digest")):
+    return {}
+  options = _sanitize(header["options"])
+  return {k: v for k, v in previous.get("probes", {}).items() if v.get("options") == options}
 
 
 def write_outputs(out_dir: str, header: dict, results: dict[str, dict]) -> dict:
   """results.json, one PNG per plot, summary.md; returns the results.json content.
 
-  Probes evaluated earlier into the same directory (same checkpoint step) are kept unless re-run, so
-  separate invocations (`--probes=collapse`, later `--probes=entropy`) accumulate in one results.json.
+  Each probe's result records the options it was computed with. Probes evaluated earlier into the same
+  directory are kept (unless re-run) only when `reusable`, i.e. computed on the same step and config with
+  the same options, so separate invocations (`--probes=collapse`, later `--probes=entropy`) accumulate
+  in one results.json, and results of other options never mix in.
   """
-  os.makedirs(out_dir, exist_ok=True)
+  fileio.makedirs(out_dir)
   previous = _previous(out_dir)
   images: dict[str, list[str]] = {}
   for name, result in results.items():
-    images[name] = [os.path.basename(plotting.render(spec, out_dir)) for spec in result.get("plots", [])]
-  if previous.get("step") == header["step"]:
-    results = {**{k: v for k, v in previous.get("probes", {}).items() if k not in results}, **results}
-    images = {**{k: v for k, v in previous.get("images", {}).items() if k not in images}, **images}
+    images[name] = [fileio.basename(plotting.render(spec, out_dir)) for spec in result.get("plots", [])]
+  kept = {k: v for k, v in reusable(previous, header).items() if k not in results}
+  results = {**kept, **{k: {**v, "options": header["options"]} for k, v in results.items()}}
+  images = {**{k: previous.get("images", {}).get(k, []) for k in kept}, **images}
   content = _sanitize({**header, "probes": results, "images": images})
-  with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
-    json.dump(content, f, indent=1, allow_nan=False)
+  fileio.write_text(fileio.join(out_dir, "results.json"), json.dumps(content, indent=1, allow_nan=False))
   lines = [f"# Evaluation of `{header['workdir']}` at step {header['step']}", "",
            f"{header['created']} · {header['devices']} · probes: {', '.join(results)}", ""]
   for name, result in results.items():
@@ -245,42 +336,57 @@ def write_outputs(out_dir: str, header: dict, results: dict[str, dict]) -> dict:
     if result.get("summary"):
       lines += ["| quantity | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in result["summary"]]
     lines += [""] + [f"![{img}]({img})" for img in images[name]] + [""]
-  with open(os.path.join(out_dir, "summary.md"), "w", encoding="utf-8") as f:
-    f.write("\n".join(lines))
+  fileio.write_text(fileio.join(out_dir, "summary.md"), "\n".join(lines))
   return content
 
 
 def _header(workdir: str, step: Any, config: ml_collections.ConfigDict, options: ProbeOptions) -> dict:
-  return {"workdir": os.path.abspath(workdir), "step": step,
+  return {"workdir": fileio.absolute(workdir), "step": step,
           "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
           "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
           "model": {k: config.model[k] for k in ("num_layers", "d_model", "num_heads", "topology",
                                                  "compute_dtype")},
-          "task": config.data.task, "options": dataclasses.asdict(options)}
+          "task": config.data.task, "config_digest": config_digest(config),
+          "options": _sanitize(dataclasses.asdict(options))}
 
 
 def evaluate(workdir: str, probe_names: list[str], options: ProbeOptions | None = None,
              step: int | None = None, random_init_config: ml_collections.ConfigDict | None = None,
-             stream=None) -> tuple[str, dict]:
-  """Evaluates one run (or a random-init model of `random_init_config`); returns (out_dir, results)."""
+             stream=None, skip_incompatible: bool = False, reuse: bool = False) -> tuple[str, dict]:
+  """Evaluates one run (or a random-init model of `random_init_config`); returns (out_dir, results).
+
+  `reuse`: probes whose result is already saved in out_dir with the same step, config and options
+  (`reusable`) are not run again (`--compare` does this); `skip_incompatible`: see `run_probes`.
+  """
   options = options or ProbeOptions()
   for name in probe_names:
     get_probe(name)  # unknown names fail before anything is restored
   mesh = _eval_mesh()
   if random_init_config is not None:
     config, params, label = random_init_config, random_init_params(random_init_config, mesh), "random_init"
-    os.makedirs(workdir, exist_ok=True)
+    fileio.makedirs(workdir)
   else:
     step, config, params = restore_params(workdir, step, mesh)
     label = str(step)
-  results = run_probes(params, config, probe_names, options, mesh, stream)
-  out_dir = os.path.join(workdir, "eval", label)
-  return out_dir, write_outputs(out_dir, _header(workdir, label, config, options), results)
+  out_dir = fileio.join(workdir, "eval", label)
+  header = _header(workdir, label, config, options)
+  saved = {k: v for k, v in reusable(_previous(out_dir), header).items()
+           if not (isinstance(v.get("metrics"), dict) and v["metrics"].get("skipped"))} if reuse else {}
+  todo = [n for n in probe_names if n not in saved]
+  if saved.keys() & set(probe_names):
+    print(f"{workdir}: reusing the saved {', '.join(n for n in probe_names if n in saved)} (same step, "
+          "config and options)", file=stream or sys.stderr)
+  results = run_probes(params, config, todo, options, mesh, stream, skip_incompatible) if todo else {}
+  return out_dir, write_outputs(out_dir, header, results)
 
 
-def compare(runs: dict[str, dict], out_dir: str) -> list[str]:
-  """Overlays each plot that several runs share and writes one table (compare.md, compare.json)."""
-  os.makedirs(out_dir, exist_ok=True)
+def compare(runs: dict[str, dict], out_dir: str, probe_names: list[str] | None = None) -> list[str]:
+  """Overlays each plot that several runs share and writes one table (compare.md, compare.json); only
+  the probes in `probe_names` when given (a results.json may hold others)."""
+  if probe_names is not None:
+    runs = {n: {**r, "probes": {p: v for p, v in r["probes"].items() if p in probe_names}}
+            for n, r in runs.items()}
+  fileio.makedirs(out_dir)
   written = []
   names = list(runs)
   probes = sorted({p for r in runs.values() for p in r["probes"]})
@@ -303,12 +409,11 @@ def compare(runs: dict[str, dict], out_dir: str) -> list[str]:
       path = plotting.render_compare(spec_by_run, out_dir)
       if path:
         written.append(path)
-        lines.append(f"![{spec_name}]({os.path.basename(path)})")
+        lines.append(f"![{spec_name}]({fileio.basename(path)})")
     lines.append("")
-  with open(os.path.join(out_dir, "compare.md"), "w", encoding="utf-8") as f:
-    f.write("\n".join(lines))
-  with open(os.path.join(out_dir, "compare.json"), "w", encoding="utf-8") as f:
-    json.dump({n: {"workdir": r["workdir"], "step": r["step"],
-                   "summary": {p: v.get("summary", []) for p, v in r["probes"].items()}}
-               for n, r in runs.items()}, f, indent=1)
+  fileio.write_text(fileio.join(out_dir, "compare.md"), "\n".join(lines))
+  fileio.write_text(fileio.join(out_dir, "compare.json"), json.dumps(
+      {n: {"workdir": r["workdir"], "step": r["step"],
+           "summary": {p: v.get("summary", []) for p, v in r["probes"].items()}}
+       for n, r in runs.items()}, indent=1))
   return written

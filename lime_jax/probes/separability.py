@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lime_jax.data import pipeline, tasks
+from lime_jax.data import tasks
 from lime_jax.probes import common
 from lime_jax.probes.registry import Probe, ProbeContext, register
 
@@ -29,6 +29,8 @@ FOLDS, EPOCHS, LR, BATCH = 5, 1, 1e-2, 64
 def default_classes(ctx: ProbeContext) -> tuple[str, ...]:
   if ctx.options.separability_tokens:
     return tuple(ctx.options.separability_tokens)
+  if ctx.pretrained or ctx.config.data.get("tokenizer"):  # subword tokenizers carry the leading space
+    return tuple(f" {w}" for w in TEXT_DEFAULT)
   if ctx.config.data.task == tasks.TEXT_TASK:
     return TEXT_DEFAULT
   return tuple(d for d in "0123456789" if common.encodable(ctx.tokenizer, d))[:4]
@@ -38,7 +40,13 @@ def find_occurrences(inputs_BT: np.ndarray, mask_BT: np.ndarray, tokenizer: Any,
                      ) -> list[tuple[int, int, int]]:
   """(row, position of the last token, class index) of every occurrence of every class string."""
   found = []
-  alnum = lambda i: tokenizer.decode([int(i)]).isalnum() if int(i) >= 16 else False
+
+  def word_edge(i, at_end: bool) -> bool:  # does token i's text end (start) with a letter or digit?
+    if int(i) < 16:  # the char / byte tokenizers' specials
+      return False
+    text_i = tokenizer.decode([int(i)])
+    return (text_i[-1:] if at_end else text_i[:1]).isalnum()
+
   for c, text in enumerate(classes):
     ids = np.asarray(tokenizer.encode(text))
     k = len(ids)
@@ -47,8 +55,9 @@ def find_occurrences(inputs_BT: np.ndarray, mask_BT: np.ndarray, tokenizer: Any,
       for p in range(k - 1, inputs_BT.shape[1]):
         if not mask_BT[b, p] or not np.array_equal(row[p - k + 1:p + 1], ids):
           continue
-        if len(text) > 1 and ((p - k >= 0 and alnum(row[p - k])) or
-                              (p + 1 < len(row) and mask_BT[b, p + 1] and alnum(row[p + 1]))):
+        # a class with a leading space (subword tokenizers) is delimited on the left by it
+        if len(text) > 1 and ((text[0].isalnum() and p - k >= 0 and word_edge(row[p - k], True)) or
+                              (p + 1 < len(row) and mask_BT[b, p + 1] and word_edge(row[p + 1], False))):
           continue
         found.append((b, p, c))
   return found
@@ -100,9 +109,8 @@ def cross_validated_accuracy(x_ND: np.ndarray, y_N: np.ndarray, num_classes: int
 def run(ctx: ProbeContext) -> dict:
   classes = default_classes(ctx)
   num = max(ctx.options.num_examples, 64)
-  batch = pipeline.make_eval_batches(ctx.config, "test", num_examples=num, batch_size=num)[0]
-  mask_BT = (batch["inputs"] != ctx.tokenizer.pad_id) & (batch["example_mask"][:, None] > 0)
-  occ = find_occurrences(batch["inputs"], mask_BT, ctx.tokenizer, classes)
+  inputs_BT, mask_BT = common.eval_tokens(ctx, num)
+  occ = find_occurrences(inputs_BT, mask_BT, ctx.tokenizer, classes)
   counts = [sum(1 for o in occ if o[2] == c) for c in range(len(classes))]
   present = [c for c in range(len(classes)) if counts[c] >= FOLDS]
   if len(present) < 2:
@@ -113,7 +121,7 @@ def run(ctx: ProbeContext) -> dict:
   rows, pos = np.array([o[0] for o in occ]), np.array([o[1] for o in occ])
   y = np.array([present.index(o[2]) for o in occ])
   cfg = common.probe_model_cfg(ctx.model_cfg)
-  _, col = common.forward(ctx.params, cfg, batch["inputs"], ("hidden", "value"), ctx.batch_sharding)
+  _, col = common.forward(ctx.params, cfg, inputs_BT, ("hidden", "value"), ctx.batch_sharding)
   L = ctx.model_cfg.num_layers
   ctx.progress.start("separability", 2 * L)
   metrics: dict[str, Any] = {"classes": [classes[c] for c in present], "counts": [counts[c] for c in present],

@@ -1,0 +1,225 @@
+"""Fine-tuning from a checkpoint: `config.model.init_from` = 'hf:PATH' or a lime_jax workdir 'DIR[:STEP]'.
+
+`apply_source_fields(config)` (in `train.build`, before validation) sets the architecture fields of
+`config.model` from the source: `hf.model_fields(PATH)` for a Hugging Face folder, the saved config's
+model section for a workdir. A field the config sets to a non-default value must agree with the source,
+else a ValueError names it. The vocabulary becomes max(source rows, the task tokenizer's ids): with
+`data.tokenizer` = the model's tokenizer and pause tokens, the three pause ids are new rows.
+
+`initial_params(config, model_cfg, fresh_params)` (in `train.train`, only when the run starts at step
+0; a resumed run restores its own checkpoint) returns the source parameters in the layout of
+`fresh_params`: new embedding rows (and unembedding columns) are the mean of the source's rows,
+parameters the source lacks (e.g. `seq_vcr_proj`) keep their fresh initialisation, and a shape that
+differs otherwise, or a source parameter the model has no place for, is an error naming it. The
+optimizer state starts fresh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from lime_jax import config as config_lib
+from lime_jax import fileio
+from lime_jax.model.model_config import ModelConfig
+
+HF_PREFIX = "hf:"
+# A preset that only makes sense fine-tuned (experiments/seqvcr_mult.py:gpt2_table1) sets this; validation
+# then asks for the source before anything is built.
+REQUIRED = "<required: hf:/path/to/hf_folder>"
+# config.model fields that describe how a run computes, not the checkpoint's architecture.
+_RUNTIME_FIELDS = ("compute_dtype", "param_dtype", "attention_impl", "remat_policy", "seq_vcr", "init_from",
+                   "vocab_size")
+_VOCAB_PARAMS = {"embed": 0, "unembed": 1}  # top-level parameter -> its vocabulary axis.
+
+
+def parse(spec: str) -> tuple[str, str, int | None]:
+  """('hf', PATH, None) or ('workdir', DIR, STEP or None) of an init_from string."""
+  if spec.startswith(HF_PREFIX):
+    return "hf", spec[len(HF_PREFIX):], None
+  found = re.fullmatch(r"(.+):(\d+)", spec)
+  if found and not found.group(1).endswith(":/"):  # 'gs://b/run:400', not the scheme's colon
+    return "workdir", found.group(1), int(found.group(2))
+  return "workdir", spec, None
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in node.items():
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def _workdir_meta(workdir: str, step: int | None) -> tuple[int, dict]:
+  """(step, the saved config) of a lime_jax workdir's checkpoint (latest when step is None)."""
+  from lime_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  directory = fileio.join(fileio.absolute(workdir), "checkpoints")
+  if not fileio.isdir(directory):
+    raise FileNotFoundError(f"config.model.init_from={workdir!r}: no checkpoints in {directory}; give a "
+                            "lime_jax workdir (DIR or DIR:STEP) or 'hf:/path/to/hf_folder'.")
+  ckpt = checkpoint.Checkpointer(workdir, async_save=False)
+  try:
+    steps = ckpt.all_steps()
+    step = max(steps) if step is None and steps else step
+    if step is None or step not in steps:
+      raise FileNotFoundError(f"config.model.init_from: step {step} not in {directory}; available: "
+                              f"{sorted(steps)}.")
+    return step, ckpt.read_meta(step).get("config", {})
+  finally:
+    ckpt.close()
+
+
+def source_fields(spec: str) -> dict[str, Any]:
+  """The architecture fields of config.model (dotted names) the source defines, vocab_size included."""
+  kind, path, step = parse(spec)
+  if kind == "hf":
+    from lime_jax import hf  # pylint: disable=import-outside-toplevel
+    if not fileio.isdir(path) or not fileio.exists(fileio.join(path, "config.json")):
+      raise FileNotFoundError(f"config.model.init_from={spec!r}: {path!r} is not a Hugging Face folder "
+                              "with config.json (and *.safetensors).")
+    return dict(hf.model_fields(path))
+  _, saved = _workdir_meta(path, step)
+  model = _flatten(saved.get("model", {}))
+  return {k: v for k, v in model.items() if k.split(".")[0] not in _RUNTIME_FIELDS or k == "vocab_size"}
+
+
+def _same(a: Any, b: Any) -> bool:
+  norm = lambda x: tuple(x) if isinstance(x, (list, tuple)) else x
+  return norm(a) == norm(b)
+
+
+def _set_tokenizer(config: ml_collections.ConfigDict, spec: str) -> None:
+  """`data.tokenizer` '' becomes the source's tokenizer (the HF folder; a workdir's own data.tokenizer);
+  another tokenizer than a workdir source's is refused (the embedding rows would mean other tokens)."""
+  kind, path, step = parse(spec)
+  if kind == "hf":
+    source_tok = path
+  else:
+    source_tok = str(_workdir_meta(path, step)[1].get("data", {}).get("tokenizer", ""))
+  if not config.data.tokenizer:
+    config.data.tokenizer = source_tok
+  elif kind == "workdir" and config.data.tokenizer != source_tok:
+    raise ValueError(f"config.data.tokenizer={config.data.tokenizer!r} differs from the tokenizer of "
+                     f"init_from={spec!r} ({source_tok!r}); drop the override.")
+
+
+def apply_source_fields(config: ml_collections.ConfigDict) -> None:
+  """Sets config.model's architecture fields and data.tokenizer from `config.model.init_from`
+  (no-op when '').
+
+  Raises ValueError naming each field the config sets (to a non-default value) differently from the
+  source. The model's vocabulary is the larger of the source's rows and the task tokenizer's ids.
+  """
+  spec = str(config.model.init_from)
+  if not spec:
+    return
+  from lime_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  fields = source_fields(spec)
+  _set_tokenizer(config, spec)
+  tokenizer_vocab = pipeline.vocab_size_for(config)
+  defaults = _flatten(config_lib.default_config().model)
+  current = _flatten(config.model)
+  clashes = []
+  for name, value in fields.items():
+    if name == "vocab_size" or name not in current:
+      continue
+    if not _same(current[name], defaults.get(name)) and not _same(current[name], value):
+      clashes.append(f"config.model.{name}={current[name]!r} but the source has {value!r}")
+  if clashes:
+    raise ValueError(f"config.model.init_from={spec!r} disagrees with the config: " + "; ".join(clashes) +
+                     ". Drop these overrides (the architecture comes from the source) or use another source.")
+  # A field config.model does not define is harmless when it keeps the backbone's default; a workdir's
+  # saved config may also hold fields of older versions.
+  model_defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+  unknown = sorted(n for n in fields if n not in current and n != "vocab_size"
+                   and not _same(fields[n], model_defaults.get(n, object())))
+  if unknown and parse(spec)[0] == "hf":
+    raise ValueError(f"config.model.init_from={spec!r}: the source sets fields this version has no config "
+                     f"for: {unknown}.")
+  for name, value in fields.items():
+    if name == "vocab_size" or name not in current:
+      continue
+    node = config.model
+    *parents, leaf = name.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = tuple(value) if isinstance(value, list) else value
+  vocab = int(fields.get("vocab_size", 0))
+  if int(config.model.vocab_size) and int(config.model.vocab_size) < vocab:
+    raise ValueError(f"config.model.vocab_size={config.model.vocab_size} is smaller than the source's "
+                     f"{vocab} embedding rows (init_from={spec!r}); set it to 0.")
+  config.model.vocab_size = max(vocab, int(config.model.vocab_size), int(tokenizer_vocab or 0))
+
+
+def _source_params(spec: str, model_cfg: Any) -> Any:
+  kind, path, step = parse(spec)
+  if kind == "hf":
+    from lime_jax import hf  # pylint: disable=import-outside-toplevel
+    _, params = hf.load_pretrained(path, param_dtype=str(model_cfg.param_dtype))
+    return params
+  from lime_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  _, state = checkpoint.restore_raw_state(path, step)
+  return state["params"]
+
+
+def resize_vocab(name: str, x: np.ndarray, rows: int) -> np.ndarray:
+  """`x` with its vocabulary axis grown to `rows`; new entries are the mean over the source's ids."""
+  axis = _VOCAB_PARAMS[name]
+  have = x.shape[axis]
+  if have == rows:
+    return x
+  if have > rows:
+    raise ValueError(f"params[{name!r}] has {have} vocabulary entries, more than the model's {rows}.")
+  mean = x.mean(axis=axis, keepdims=True)
+  extra = np.repeat(mean, rows - have, axis=axis)
+  return np.concatenate([x, extra], axis=axis)
+
+
+def initial_params(config: ml_collections.ConfigDict, model_cfg: Any, fresh_params: Any
+                   ) -> tuple[Any, list[str]]:
+  """(the source's parameters in the structure, shapes, dtypes and shardings of `fresh_params`, the
+  parameters kept at their fresh initialisation)."""
+  spec = str(config.model.init_from)
+  source = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), _source_params(spec, model_cfg))
+  src = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(source)}
+  for name in _VOCAB_PARAMS:
+    key = jax.tree_util.keystr((jax.tree_util.DictKey(name),))
+    if key in src:
+      src[key] = resize_vocab(name, src[key], model_cfg.vocab_size)
+  kept, used, problems = [], set(), []
+
+  def take(path, fresh):
+    key = jax.tree_util.keystr(path)
+    if key not in src:
+      kept.append(key)
+      return fresh
+    used.add(key)
+    if tuple(src[key].shape) != tuple(fresh.shape):
+      problems.append(f"{key}: source {tuple(src[key].shape)} vs model {tuple(fresh.shape)}")
+      return fresh
+    sharding = getattr(fresh, "sharding", None)
+    value = np.asarray(src[key], dtype=fresh.dtype)
+    return jax.device_put(value, sharding) if sharding is not None else value
+
+  params = jax.tree_util.tree_map_with_path(take, fresh_params)
+  problems += [f"{k}: in the source, not in the model" for k in src if k not in used]
+  if problems:
+    raise ValueError(f"config.model.init_from={spec!r}: the source's parameters do not fit the model "
+                     f"({len(problems)}): " + "; ".join(problems[:6]))
+  return params, kept
+
+
+def describe(spec: str) -> str:
+  kind, path, step = parse(spec)
+  if kind == "hf":
+    return f"Hugging Face folder {path}"
+  return f"workdir {path}" + (f" step {step}" if step else "")
+

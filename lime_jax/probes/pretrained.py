@@ -1,0 +1,118 @@
+"""Probing a pretrained Hugging Face checkpoint: `python -m lime_jax.evaluate --hf=PATH --out=DIR`.
+
+PATH is a local folder (or a gs:// URL, copied to a local temporary folder first) in the HF layout:
+`config.json` + `*.safetensors` (read by `lime_jax.hf.load_pretrained`) and the model's own
+`tokenizer.json` (read with the `tokenizers` library, `lime_jax.data.subword`). The probes run on those
+parameters (fp32) with activations in `--dtype` (float32 or bfloat16); copying / counting ask in natural
+language (`nl_tasks.py`), entropy / separability read text (`common.eval_tokens`). Results go to DIR:
+`results.json` (with `hf` = PATH and the dtype), the PNGs and `summary.md`, as for a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import jax
+import ml_collections
+from etils import epath
+
+from lime_jax import config as config_lib
+from lime_jax import sharding as shard_lib
+from lime_jax.data import subword
+from lime_jax.probes import runner
+from lime_jax.probes.registry import ProbeOptions, get_probe
+
+DTYPES = ("float32", "bfloat16")
+_REQUIRED = ("config.json", subword.TOKENIZER_JSON)
+
+
+def local_folder(path: str) -> str:
+  """`path` itself when local; a gs:// (or other remote) folder is copied to a temporary local folder."""
+  if "://" not in str(path):
+    return os.path.abspath(os.path.expanduser(path))
+  remote = epath.Path(path)
+  if not remote.is_dir():
+    raise FileNotFoundError(f"--hf={path!r} does not exist (or is not a folder).")
+  local = tempfile.mkdtemp(prefix="lime_hf_")
+  for f in remote.iterdir():
+    if f.is_file():
+      with f.open("rb") as src, open(os.path.join(local, f.name), "wb") as dst:
+        shutil.copyfileobj(src, dst)
+  return local
+
+
+def check_folder(path: str) -> None:
+  """Raises FileNotFoundError naming what an HF folder lacks (config.json, weights, tokenizer.json)."""
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"--hf={path!r} is not a folder; give a Hugging Face model folder "
+                            "(config.json, *.safetensors, tokenizer.json), e.g. from save_pretrained().")
+  missing = [n for n in _REQUIRED if not os.path.isfile(os.path.join(path, n))]
+  if not any(n.endswith(".safetensors") for n in os.listdir(path)):
+    missing.append("*.safetensors")
+  if missing:
+    hint = (" The probes need the model's own tokenizer: save it next to the weights "
+            "(tokenizer.save_pretrained(PATH), or tokenizers' Tokenizer.save(PATH/tokenizer.json))."
+            if subword.TOKENIZER_JSON in missing else "")
+    raise FileNotFoundError(f"--hf={path!r} lacks {', '.join(missing)}.{hint}")
+
+
+def hf_config(path: str, compute_dtype: str = "float32") -> ml_collections.ConfigDict:
+  """The full config describing the checkpoint: defaults, the model fields of its config.json
+  (`hf.model_fields`, dotted names for sub-configs), `compute_dtype`, `model.init_from='hf:PATH'`."""
+  from lime_jax import hf  # pylint: disable=import-outside-toplevel
+  if compute_dtype not in DTYPES:
+    raise ValueError(f"--dtype={compute_dtype!r} is unknown; use one of {DTYPES}.")
+  config = config_lib.default_config()
+  for name, value in hf.model_fields(path).items():
+    node = config.model
+    *parents, leaf = name.split(".")
+    for p in parents:
+      node = node[p]
+    if leaf in node or not node.is_locked:
+      node[leaf] = tuple(value) if isinstance(value, list) else value
+  config.model.compute_dtype = compute_dtype
+  if "init_from" in config.model:
+    config.model.init_from = f"hf:{path}"
+  return config
+
+
+def load(path: str, compute_dtype: str = "float32", mesh: jax.sharding.Mesh | None = None
+         ) -> tuple[ml_collections.ConfigDict, Any, Any, Any]:
+  """(config, ModelConfig, parameters replicated on `mesh`, tokenizer) of the HF folder `path`."""
+  from lime_jax import hf  # pylint: disable=import-outside-toplevel
+  check_folder(path)
+  config = hf_config(path, compute_dtype)
+  model_cfg, params = hf.load_pretrained(path, param_dtype="float32")
+  model_cfg = dataclasses.replace(model_cfg, compute_dtype=compute_dtype, remat_policy="none")
+  tokenizer = subword.load_tokenizer(path)
+  if model_cfg.vocab_size < tokenizer.vocab_size:
+    raise ValueError(f"{path}/tokenizer.json has {tokenizer.vocab_size} ids but the model's embedding has "
+                     f"{model_cfg.vocab_size} rows: the tokenizer does not belong to this checkpoint.")
+  mesh = mesh or runner._eval_mesh()  # pylint: disable=protected-access
+  params = jax.device_put(params, shard_lib.replicated(mesh))
+  return config, model_cfg, params, tokenizer
+
+
+def evaluate_hf(path: str, out_dir: str, probe_names: list[str], options: ProbeOptions | None = None,
+                compute_dtype: str = "float32", skip_incompatible: bool = False, stream=None
+                ) -> tuple[str, dict]:
+  """Runs the probes on the HF checkpoint at `path`, writing into `out_dir`; returns (out_dir, results)."""
+  options = options or ProbeOptions()
+  for name in probe_names:
+    get_probe(name)  # unknown names fail before anything is loaded
+  if not out_dir:
+    raise ValueError("--out is required with --hf (the folder that receives results.json and the plots).")
+  folder = local_folder(path)
+  mesh = runner._eval_mesh()  # pylint: disable=protected-access
+  config, model_cfg, params, tokenizer = load(folder, compute_dtype, mesh)
+  results = runner.run_probes(params, config, probe_names, options, mesh, stream, skip_incompatible,
+                              model_cfg=model_cfg, tokenizer=tokenizer, pretrained=str(path))
+  epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
+  header = runner._header(out_dir, "hf", config, options)  # pylint: disable=protected-access
+  header.update(hf=str(path), task=None, compute_dtype=compute_dtype,
+                tokenizer_vocab=int(tokenizer.vocab_size))
+  return out_dir, runner.write_outputs(out_dir, header, results)

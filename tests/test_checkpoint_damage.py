@@ -1,0 +1,207 @@
+"""A damaged checkpoint does not stop a run: `main` and `evaluate` move it aside to <step>.corrupt, name
+the step and the file, and use the newest intact step; a config mismatch is reported as such; a resumed
+run keeps one metrics record per step; a misspelt --config field names the nearest valid one.
+
+One tiny run (checkpoints 20, 30, 40) is trained per module; each test damages a copy of it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from lime_jax import checkpoint as ckpt_lib
+from lime_jax import cli
+from lime_jax import train as train_lib
+from lime_jax.probes import runner
+from test_preemption import assert_same_state
+from test_train import REPO, tiny_config
+
+STEPS = dict(num_steps=40, checkpoint_every=10, log_every=5)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("damage") / "run"
+  train_lib.train(tiny_config(**STEPS), str(workdir))
+  assert ckpt_lib.Checkpointer(str(workdir)).all_steps() == [20, 30, 40]
+  return workdir
+
+
+def copy_of(trained, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(trained, workdir)
+  return workdir
+
+
+def random_bytes(step_dir):
+  """Random bytes over the largest file of the state (an OCDBT data file)."""
+  files = [os.path.join(r, f) for r, _, names in os.walk(step_dir / "state") for f in names]
+  path = max(files, key=os.path.getsize)
+  noise = os.urandom(os.path.getsize(path))
+  with open(path, "wb") as f:
+    f.write(noise)
+  return os.path.relpath(path, step_dir), noise
+
+
+DAMAGES = {  # name: (inject(step_dir), what the log line names)
+    "manifest_deleted": (lambda d: (d / "state" / "manifest.ocdbt").unlink(),
+                         "40/state/manifest.ocdbt (missing)"),
+    "metadata_garbage": (lambda d: (d / "state" / "_METADATA").write_text("garbage{"),
+                         "40/state/_METADATA (not valid JSON)"),
+    "meta_deleted": (lambda d: shutil.rmtree(d / "meta"), "40/meta (missing)"),
+    "data_deleted": (lambda d: shutil.rmtree(d / "data"), "40/data (missing)"),
+}
+
+
+def checkpoint_dirs(workdir):
+  return sorted(os.listdir(workdir / "checkpoints"))
+
+
+def _run(args, timeout=300):
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_FLAGS", "JAX_"))}
+  return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                        env={**env, "JAX_PLATFORMS": "cpu"})
+
+
+# ------------------------------------------------------------------------------------------------ main
+@pytest.mark.parametrize("kind", list(DAMAGES))
+def test_train_moves_a_damaged_step_aside_and_resumes_from_the_newest_intact(trained, tmp_path, capsys, kind):
+  inject, names = DAMAGES[kind]
+  workdir = copy_of(trained, tmp_path)
+  inject(workdir / "checkpoints" / "40")
+  train_lib.train(tiny_config(**STEPS), str(workdir))
+  log = capsys.readouterr().out
+  assert f"Checkpoint step 40 is damaged ({workdir}/checkpoints/{names}" in log, log
+  assert f"Resumed from {workdir}/checkpoints/30." in log
+  assert "does not match" not in log  # damage, not a config mismatch
+  assert "40.corrupt" in checkpoint_dirs(workdir) and "40" in checkpoint_dirs(workdir)  # kept, redone
+  assert_same_state(workdir, trained, 40)
+
+
+def test_main_binary_survives_random_bytes_in_the_latest_state(trained, tmp_path):
+  workdir = copy_of(trained, tmp_path)
+  relpath, noise = random_bytes(workdir / "checkpoints" / "40")
+  proc = _run(["-m", "lime_jax.main", "--config=experiments/baseline.py:tiny", f"--workdir={workdir}",
+               *[f"--config.train.{k}={v}" for k, v in STEPS.items()],
+               "--config.train.async_checkpoint=False"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = next(l for l in proc.stdout.splitlines() if "is damaged" in l)
+  assert line.startswith(f"Checkpoint step 40 is damaged ({workdir}/checkpoints/40/state: "), line
+  assert "ZSTD" in line and f"moved it to {workdir}/checkpoints/40.corrupt" in line
+  assert f"Resumed from {workdir}/checkpoints/30." in proc.stdout
+  assert (workdir / "checkpoints" / "40.corrupt" / relpath).read_bytes() == noise  # moved, not deleted
+  assert_same_state(workdir, trained, 40)
+
+
+def test_a_mismatch_is_reported_as_a_mismatch_and_moves_nothing(trained, tmp_path):
+  workdir = copy_of(trained, tmp_path)
+  checkpointer = ckpt_lib.Checkpointer(str(workdir), async_save=False)
+  _, raw = ckpt_lib.restore_raw_state(str(workdir), 40)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), raw)
+  abstract["params"]["embed"] = jax.ShapeDtypeStruct((7, 3), np.float32)
+  signature = checkpointer.read_meta(40)["arch"]
+  with pytest.raises(ckpt_lib.CheckpointMismatchError,
+                     match=r"/40 is intact but does not match this config's state structure or shapes "
+                           r"\(1 differ: params/embed: checkpoint \(\d+, 32\) vs config \(7, 3\)\)\. "
+                           r"Use a new --workdir"):
+    checkpointer.restore_latest_intact(abstract, None, signature)
+  checkpointer.close()
+  assert checkpoint_dirs(workdir) == ["20", "30", "40"]
+
+
+# -------------------------------------------------------------------------------------------- evaluate
+def test_evaluate_uses_the_newest_intact_step(trained, tmp_path, capsys):
+  workdir = copy_of(trained, tmp_path)
+  random_bytes(workdir / "checkpoints" / "40")
+  shutil.rmtree(workdir / "checkpoints" / "30" / "meta")
+  shutil.rmtree(workdir / "checkpoints" / "20" / "data")  # evaluate does not need it
+  step, _, params = runner.restore_params(str(workdir))
+  err = capsys.readouterr().err
+  assert step == 20 and "step 20 is damaged" not in err
+  assert f"Checkpoint step 40 is damaged ({workdir}/checkpoints/40/state: " in err and "ZSTD" in err
+  assert f"Checkpoint step 30 is damaged ({workdir}/checkpoints/30/meta (missing)" in err
+  assert checkpoint_dirs(workdir) == ["20", "30.corrupt", "40.corrupt"]
+  _, raw = ckpt_lib.restore_raw_state(str(workdir), 20)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(raw["params"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_evaluate_named_damaged_step_fails_naming_the_file_and_the_intact_steps(trained, tmp_path):
+  workdir = copy_of(trained, tmp_path)
+  (workdir / "checkpoints" / "40" / "state" / "manifest.ocdbt").unlink()
+  with pytest.raises(ckpt_lib.DamagedCheckpointError,
+                     match=r"step 40 in .* is damaged \(.*/40/state/manifest\.ocdbt \(missing\)\)\. "
+                           r"Intact steps: \[20, 30\]"):
+    runner.restore_params(str(workdir), step=40)
+  proc = _run(["-m", "lime_jax.evaluate", f"--workdir={workdir}", "--probes=entropy", "--step=40"])
+  assert proc.returncode == 1
+  assert "FATAL: Checkpoint step 40" in proc.stderr and "Intact steps: [20, 30]" in proc.stderr
+  assert "Traceback" not in proc.stderr and "--probes=collapse,copying" not in proc.stderr  # no usage
+  assert checkpoint_dirs(workdir) == ["20", "30", "40"]  # a named step is reported, not moved
+
+
+# --------------------------------------------------------------------------------------------- metrics
+def tensorboard_steps(logdir, tag):
+  """The steps TensorBoard shows for `tag`: event files in order, a SessionLog START at step s (the
+  purge step) hiding the earlier files' events at steps >= s."""
+  from tensorboardX.proto import event_pb2
+  steps: list[int] = []
+  for name in sorted(os.listdir(logdir)):
+    data, i = (logdir / name).read_bytes(), 0
+    while i + 12 <= len(data):
+      (length,) = struct.unpack("<Q", data[i:i + 8])
+      event = event_pb2.Event.FromString(data[i + 12:i + 12 + length])
+      i += 12 + length + 4
+      if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
+        steps = [s for s in steps if s < event.step]
+      steps += [event.step for v in event.summary.value if v.tag == tag]
+  return steps
+
+
+def test_resume_after_a_kill_keeps_one_metrics_record_per_step(trained, tmp_path):
+  workdir = copy_of(trained, tmp_path)
+  # Killed after step 40's metrics were written, before its checkpoint committed, mid-way through a line.
+  shutil.rmtree(workdir / "checkpoints" / "40")
+  with open(workdir / "metrics.jsonl", "a", encoding="utf-8") as f:
+    f.write('{"step": 41, "split": "tr')
+  train_lib.train(tiny_config(**STEPS), str(workdir))
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  train_steps = [r["step"] for r in records if r["split"] == "train"]
+  assert train_steps == list(range(5, 41, 5))
+  assert [r["step"] for r in records if r["split"] == "eval"] == [40]
+  assert tensorboard_steps(workdir / "tensorboard", "train/loss") == list(range(5, 41, 5))
+  assert_same_state(workdir, trained, 40)
+
+
+def test_records_up_to_drops_later_and_cut_lines():
+  from lime_jax import writers
+  text = '{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 2, "x": 1}\n{"step": 2'
+  assert writers.records_up_to(text, 2) == '{"step": 1}\n{"step": 2}\n{"step": 2, "x": 1}\n'
+
+
+# ------------------------------------------------------------------------------------------ --config.*
+def test_misspelt_override_names_the_nearest_field():
+  argv = ["prog", "--config=experiments/baseline.py:tiny"]
+  assert cli.misspelt_override(argv + ["--config.train.num_steps=5"]) is None
+  message = cli.misspelt_override(argv + ["--config.model.d_model=64", "--config.num_layers=3"])
+  assert message.startswith("--config.num_layers: the config has no field 'num_layers'. Did you mean "
+                            "--config.model.num_layers?"), message
+
+
+@pytest.mark.parametrize("binary,extra", [("main", ["--workdir=unused"]),
+                                          ("evaluate", ["--workdir=unused", "--random_init"])])
+def test_misspelt_field_fails_naming_it_in_both_binaries(binary, extra):
+  proc = _run(["-m", f"lime_jax.{binary}", "--config=experiments/baseline.py:tiny", *extra,
+               "--config.train.num_step=5"], timeout=120)
+  assert proc.returncode == 1
+  assert ("FATAL Flags parsing error: --config.train.num_step: the config has no field 'train.num_step'. "
+          "Did you mean --config.train.num_steps?") in proc.stderr, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr

@@ -1,0 +1,408 @@
+"""Pretrained families (lime_jax/hf/): logits and cached decoding against `transformers`, refusals,
+sharded loading, export round trips and upcycling into the cross-layer topologies.
+
+Each family is a small random `transformers` model built once per module, saved to a local folder
+(no hub) and loaded with `hf.load_pretrained`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lime_jax import hf
+from lime_jax.decode import greedy_predictions
+from lime_jax.model import Transformer, init_cache
+from lime_jax.model.model_config import ModelConfig
+
+transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch")
+
+V, T, B = 96, 40, 2
+_BASE = dict(vocab_size=V, hidden_size=64, intermediate_size=112, num_hidden_layers=2, num_attention_heads=4)
+FAMILY_CONFIGS = {
+    # llama3 RoPE scaling (short original context, so every band of frequencies is hit), decoupled
+    # head_dim, GQA, untied.
+    "llama": ("LlamaConfig", dict(_BASE, num_key_value_heads=2, head_dim=24, tie_word_embeddings=False,
+                                  rope_parameters={"rope_type": "llama3", "rope_theta": 500_000.0,
+                                                   "factor": 8.0, "low_freq_factor": 1.0,
+                                                   "high_freq_factor": 4.0,
+                                                   "original_max_position_embeddings": 16})),
+    "llama_bias": ("LlamaConfig", dict(_BASE, num_key_value_heads=4, attention_bias=True, mlp_bias=True,
+                                       tie_word_embeddings=True)),
+    "mistral": ("MistralConfig", dict(_BASE, num_key_value_heads=2, head_dim=16, sliding_window=8,
+                                      tie_word_embeddings=False)),
+    "qwen2": ("Qwen2Config", dict(_BASE, num_key_value_heads=2, tie_word_embeddings=True)),
+    "qwen3": ("Qwen3Config", dict(_BASE, num_key_value_heads=2, head_dim=32, tie_word_embeddings=False)),
+    "gemma": ("GemmaConfig", dict(_BASE, num_key_value_heads=1, head_dim=32)),
+    "gemma2": ("Gemma2Config", dict(_BASE, num_key_value_heads=2, head_dim=32, sliding_window=8,
+                                    query_pre_attn_scalar=24, attn_logit_softcapping=2.0,
+                                    final_logit_softcapping=3.0)),
+    "gpt2": ("GPT2Config", dict(vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=64,
+                                bos_token_id=0, eos_token_id=0)),
+}
+FAMILIES = list(FAMILY_CONFIGS)
+# Families with a sliding window: also checked with the explicit attention implementation.
+WINDOWED = ("mistral", "gemma2")
+
+
+def _randomize(model, seed: int) -> None:
+  """Random weights everywhere: norms (HF inits them to 1, or 0 for Gemma) and biases too."""
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      noise = torch.randn(p.shape, generator=gen)
+      is_norm = p.ndim == 1 and ("norm" in name or ".ln_" in name)
+      p.copy_((1.0 if is_norm else 0.0) + 0.3 * noise if p.ndim == 1 else 0.1 * noise)
+
+
+def _build(family: str, folder: str):
+  name, kwargs = FAMILY_CONFIGS[family]
+  config = getattr(transformers, name)(**kwargs)
+  config._attn_implementation = "eager"  # pylint: disable=protected-access
+  torch.manual_seed(0)
+  model = transformers.AutoModelForCausalLM.from_config(config).to(torch.float32).eval()
+  _randomize(model, FAMILIES.index(family))
+  model.save_pretrained(folder)
+  return model
+
+
+@pytest.fixture(scope="module")
+def hf_models(tmp_path_factory):
+  """family -> (the torch model, its saved folder), built lazily once per module."""
+  root = tmp_path_factory.mktemp("hf")
+  cache: dict[str, tuple] = {}
+
+  def get(family: str):
+    if family not in cache:
+      folder = str(root / family)
+      cache[family] = (_build(family, folder), folder)
+    return cache[family]
+
+  return get
+
+
+def _tokens(seed: int = 1, batch: int = B, length: int = T) -> np.ndarray:
+  return np.random.default_rng(seed).integers(0, V, (batch, length)).astype(np.int32)
+
+
+def _hf_logits(model, tokens_BT: np.ndarray) -> np.ndarray:
+  with torch.no_grad():
+    return model(input_ids=torch.from_numpy(tokens_BT.astype(np.int64)), use_cache=False).logits.numpy()
+
+
+def _forward(cfg: ModelConfig, params, tokens_BT) -> np.ndarray:
+  logits, _ = jax.jit(lambda p, t: Transformer(cfg).apply({"params": p}, t))(params, jnp.asarray(tokens_BT))
+  return np.asarray(logits)
+
+
+def _max_diff(a, b) -> float:
+  return float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))))
+
+
+# ------------------------------------------------------------------------------------------ parity
+@pytest.mark.parametrize("family", FAMILIES)
+def test_forward_matches_hf(hf_models, family):
+  from lime_jax import sharding  # pylint: disable=g-import-not-at-top
+  model, folder = hf_models(family)
+  cfg, params = hf.load_pretrained(folder)
+  assert sharding.unruled_params(params) == []  # every new parameter has a PARAM_AXES rule
+  tokens_BT = _tokens()
+  theirs = _hf_logits(model, tokens_BT)
+  assert np.std(theirs) > 0.1, "logits too flat to test anything"
+  impls = ("xla", "explicit") if family in WINDOWED else ("xla",)
+  for impl in impls:
+    ours = _forward(dataclasses.replace(cfg, attention_impl=impl), params, tokens_BT)
+    assert _max_diff(ours, theirs) <= 1e-4, (impl, _max_diff(ours, theirs))
+
+
+def test_families_set_their_options(hf_models):
+  """The options each family is meant to exercise are on (a test of the tests)."""
+  cfgs = {f: hf.load_pretrained(hf_models(f)[1])[0] for f in ("llama", "mistral", "gemma2", "gpt2")}
+  assert cfgs["llama"].rope_scaling == "llama3" and cfgs["llama"].head_dim == 24
+  assert cfgs["mistral"].sliding_window == 8 and cfgs["mistral"].global_layers == ()
+  assert cfgs["gemma2"].global_layers == (1,) and cfgs["gemma2"].attn_logit_softcap == 2.0
+  assert cfgs["gpt2"].position == "learned" and not cfgs["gpt2"].mlp_gated
+  assert T > 2 * cfgs["mistral"].sliding_window
+
+
+def _decode(cfg: ModelConfig, params, tokens_BT: np.ndarray, prompt: int):
+  """Greedy continuation of the first `prompt` tokens with the KV cache (the Block cache path): one
+  prefill call, then one token per call in a scan. Returns (tokens [B, T], logits [B, T, V])."""
+  model = Transformer(cfg)
+
+  @jax.jit
+  def run(params, prompt_BP):
+    cache = init_cache(cfg, B, T, cfg.dtype)
+    positions_BP = jnp.broadcast_to(jnp.arange(prompt), (B, prompt))
+    logits_BPV, out = model.apply({"params": params}, prompt_BP, positions_BP, cache=cache)
+
+    def step(carry, t):
+      cache, token_B = carry
+      logits_B1V, out = model.apply({"params": params}, token_B[:, None], jnp.full((B, 1), t), cache=cache)
+      return (out.cache, jnp.argmax(logits_B1V[:, 0], -1).astype(jnp.int32)), (token_B, logits_B1V[:, 0])
+
+    first_B = jnp.argmax(logits_BPV[:, -1], -1).astype(jnp.int32)
+    _, (tokens_SB, logits_SBV) = jax.lax.scan(step, (out.cache, first_B), jnp.arange(prompt, T))
+    return (jnp.concatenate([prompt_BP, tokens_SB.T], axis=1),
+            jnp.concatenate([logits_BPV, logits_SBV.transpose(1, 0, 2)], axis=1))
+
+  tokens, logits = run(params, jnp.asarray(tokens_BT[:, :prompt]))
+  return np.asarray(tokens), np.asarray(logits)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_decoding_matches_hf(hf_models, family):
+  """Greedy decoding with the KV cache: the logits at every position equal HF's on the sequence it
+  generated, and each generated token is HF's argmax there (so HF's greedy loop gives the same tokens).
+  Windowed families and GPT-2 also go through lime_jax/decode.py's greedy_predictions."""
+  model, folder = hf_models(family)
+  cfg, params = hf.load_pretrained(folder)
+  prompt = 5
+  ours_tokens, ours_logits = _decode(cfg, params, _tokens(seed=2), prompt)
+  theirs = _hf_logits(model, ours_tokens)
+  assert _max_diff(ours_logits, theirs) <= 1e-4
+  np.testing.assert_array_equal(ours_tokens[:, prompt:], theirs[:, prompt - 1:-1].argmax(-1))
+  if family in WINDOWED + ("gpt2",):
+    inputs_BT = np.concatenate([ours_tokens[:, :prompt], np.zeros((B, T - prompt), np.int32)], axis=1)
+    pred_BT = greedy_predictions(cfg, params, jnp.asarray(inputs_BT), jnp.full((B,), prompt, jnp.int32),
+                                 prefill_len=prompt)
+    np.testing.assert_array_equal(np.asarray(pred_BT)[:, prompt - 1:-1], ours_tokens[:, prompt:])
+
+
+# ---------------------------------------------------------------------------------------- refusals
+def _llama_json(**changes) -> dict:
+  config = transformers.LlamaConfig(**_BASE).to_dict()
+  config.update(changes)
+  return config
+
+
+@pytest.mark.parametrize("changes,field", [
+    (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}),
+     "rope_parameters.rope_type"),
+    (dict(rope_parameters=None, rope_scaling={"type": "dynamic", "factor": 2.0}), "rope_scaling.rope_type"),
+    (dict(rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}),
+     "partial_rotary_factor"),
+    (dict(hidden_act="relu"), "hidden_act"),
+    (dict(model_type="falcon"), "model_type"),
+    (dict(quantization_config={"quant_method": "gptq"}), "quantization_config"),
+    (dict(pretraining_tp=2), "pretraining_tp"),
+])
+def test_refuses_unimplemented_llama_features(changes, field):
+  with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+    hf.fields_from_hf(_llama_json(**changes))
+
+
+def test_refuses_unimplemented_features_of_other_families():
+  gpt2 = transformers.GPT2Config(vocab_size=V, n_embd=64, n_layer=2, n_head=4).to_dict()
+  with pytest.raises(ValueError, match="scale_attn_by_inverse_layer_idx"):
+    hf.fields_from_hf({**gpt2, "scale_attn_by_inverse_layer_idx": True})
+  with pytest.raises(ValueError, match="activation_function"):
+    hf.fields_from_hf({**gpt2, "activation_function": "gelu_fast"})
+  gemma2 = transformers.Gemma2Config(**_BASE).to_dict()
+  with pytest.raises(ValueError, match=r"layer_types\[1\]"):
+    hf.fields_from_hf({**gemma2, "layer_types": ["sliding_attention", "chunked_attention"]})
+  with pytest.raises(ValueError, match="use_bidirectional_attention"):
+    hf.fields_from_hf({**gemma2, "use_bidirectional_attention": True})
+
+
+def test_missing_folder_and_weights_are_clear(tmp_path):
+  with pytest.raises(FileNotFoundError, match="config.json"):
+    hf.model_fields(str(tmp_path))
+  (tmp_path / "config.json").write_text(json.dumps(_llama_json()))
+  with pytest.raises(FileNotFoundError, match="safetensors"):
+    hf.load_pretrained(str(tmp_path))
+
+
+def test_state_dict_with_extra_weights_is_refused(hf_models, tmp_path):
+  """A checkpoint whose tensors the config does not describe (here: biases) is refused, not dropped."""
+  _, folder = hf_models("llama_bias")
+  config = hf.read_config(folder)
+  config.update(attention_bias=False)
+  for name in os.listdir(folder):
+    os.symlink(os.path.join(folder, name), tmp_path / name)
+  os.remove(tmp_path / "config.json")
+  (tmp_path / "config.json").write_text(json.dumps(config))
+  with pytest.raises(ValueError, match="q_proj.bias"):
+    hf.load_pretrained(str(tmp_path))
+
+
+# ------------------------------------------------------------------------------- sharded checkpoints
+def test_sharded_safetensors_load_like_a_single_file(hf_models, tmp_path):
+  model, folder = hf_models("qwen2")
+  model.save_pretrained(tmp_path, max_shard_size="40KB")
+  assert os.path.isfile(tmp_path / "model.safetensors.index.json")
+  assert len([n for n in os.listdir(tmp_path) if n.endswith(".safetensors")]) > 2
+  cfg_one, params_one = hf.load_pretrained(folder)
+  cfg_sharded, params_sharded = hf.load_pretrained(str(tmp_path))
+  assert cfg_one == cfg_sharded
+  jax.tree.map(np.testing.assert_array_equal, params_one, params_sharded)
+
+
+def test_model_fields_fill_a_config(hf_models):
+  """`model_fields` are `config.model` fields: written into the default config they validate and give
+  the loaded ModelConfig."""
+  from lime_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  _, folder = hf_models("gemma2")
+  config = config_lib.default_config()
+  for name, value in hf.model_fields(folder).items():
+    config.model[name] = value
+  config_lib.validate(config)
+  cfg, _ = hf.load_pretrained(folder)
+  assert ModelConfig.from_config(config.model) == cfg
+
+
+def test_bfloat16_params(hf_models):
+  _, folder = hf_models("llama")
+  cfg, params = hf.load_pretrained(folder, param_dtype="bfloat16")
+  assert cfg.param_dtype == "bfloat16"
+  assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
+
+
+# ------------------------------------------------------------------------------------------- export
+@pytest.mark.parametrize("family", FAMILIES)
+def test_export_round_trip(hf_models, family, tmp_path):
+  """lime_jax -> save_pretrained -> transformers loads it -> the same logits; and back to lime_jax."""
+  model, folder = hf_models(family)
+  cfg, params = hf.load_pretrained(folder)
+  hf.save_pretrained(params, cfg, str(tmp_path))
+  assert hf.read_config(str(tmp_path))["model_type"] == family.split("_")[0]
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(
+      str(tmp_path), attn_implementation="eager", dtype=torch.float32).eval()
+  tokens_BT = _tokens(seed=3)
+  assert _max_diff(_hf_logits(reloaded, tokens_BT), _hf_logits(model, tokens_BT)) <= 1e-5
+  cfg_back, params_back = hf.load_pretrained(str(tmp_path))
+  assert hf.model_fields(str(tmp_path)) == hf.model_fields(folder)
+  assert dataclasses.replace(cfg_back, init_std=cfg.init_std) == cfg
+  jax.tree.map(np.testing.assert_array_equal, params_back, params)
+
+
+def test_export_refuses_what_hf_cannot_express():
+  cfg = ModelConfig(vocab_size=V, num_layers=2, d_model=64, num_heads=4)
+  with pytest.raises(ValueError, match="topology"):
+    hf.hf_config_for(dataclasses.replace(cfg, topology="lime"))
+  with pytest.raises(ValueError, match="config.model.qk_norm"):  # Gemma 1 has no q/k norms
+    hf.hf_config_for(dataclasses.replace(cfg, norm_offset=1.0, embed_scale=True, qk_norm=True))
+
+
+# ----------------------------------------------------------------------------------------- upcycling
+UPCYCLE = {
+    "lime": {"topology": "lime", "lime": {"init": "identity"}},
+    "denseformer": {"topology": "denseformer"},
+    "hyper_connections": {"topology": "hyper_connections"},
+    "value_residual": {"topology": "value_residual", "value_residual": {"init_lambda": 0.0}},
+    "value_residual_learnable": {"topology": "value_residual",
+                                 "value_residual": {"init_lambda": 0.0, "learnable": True}},
+}
+
+
+@pytest.mark.parametrize("family,name", [("llama", name) for name in UPCYCLE]
+                         + [("llama_bias", "lime"), ("gpt2", "lime")])
+def test_upcycling_starts_from_the_pretrained_logits(hf_models, family, name):
+  """A pretrained model loaded into a cross-layer topology gives the plain model's logits at step 0
+  (LIMe with biases and with LayerNorm too: its kv entry goes through the Block's `project_kv`)."""
+  _, folder = hf_models(family)
+  plain_cfg, plain_params = hf.load_pretrained(folder)
+  changes = dict(UPCYCLE[name])
+  subs = {k: v for k, v in changes.items() if isinstance(v, dict)}
+  base = ModelConfig(vocab_size=1, topology=changes["topology"])
+  for sub, values in subs.items():
+    base = dataclasses.replace(base, **{sub: dataclasses.replace(getattr(base, sub), **values)})
+  cfg, params = hf.load_pretrained(folder, base)
+  assert cfg.topology == changes["topology"] and cfg.vocab_size == V
+  tokens_BT = _tokens(seed=4)
+  plain = _forward(plain_cfg, plain_params, tokens_BT)
+  ours = _forward(cfg, params, tokens_BT)
+  assert _max_diff(ours, plain) <= 1e-5
+
+
+# ------------------------------------------------------------------------------------------ export CLI
+@pytest.mark.slow  # trains a run first (~1 min on 2 shared cores); save_pretrained is tested above
+def test_export_cli_writes_a_folder_transformers_loads(tmp_path):
+  """`python -m lime_jax.export --workdir=RUN --out=DIR` on a trained run: transformers loads DIR to the
+  logits lime_jax gives with the checkpoint's parameters."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from lime_jax.probes import runner  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  run = lambda *args: subprocess.run([sys.executable, "-m", *args], cwd=repo, capture_output=True, text=True,
+                                     timeout=400)
+  workdir, out = tmp_path / "run", tmp_path / "hf"
+  proc = run("lime_jax.main", "--config=experiments/baseline.py:tiny", f"--workdir={workdir}",
+             "--config.train.num_steps=2", "--config.train.checkpoint_every=2", "--config.data.seq_len=32")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = run("lime_jax.export", f"--workdir={workdir}", f"--out={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "llama" in proc.stdout
+  _, config, params = runner.restore_params(str(workdir))
+  cfg = runner.model_config_for(config)
+  model = transformers.AutoModelForCausalLM.from_pretrained(str(out), attn_implementation="eager").eval()
+  tokens_BT = np.random.default_rng(5).integers(0, cfg.vocab_size, (2, 24)).astype(np.int32)
+  assert _max_diff(_hf_logits(model, tokens_BT), _forward(cfg, params, tokens_BT)) <= 1e-4
+  from lime_jax import export  # pylint: disable=g-import-not-at-top
+  with pytest.raises(FileNotFoundError):
+    export.export(str(tmp_path / "nothing"), str(tmp_path / "hf2"))
+
+
+# --------------------------------------------------------------------------------- backbone options
+def test_sliding_window_is_the_same_in_every_attention_path():
+  """xla's static window (local_window_size), the explicit mask and a per-layer (traced) window agree."""
+  from lime_jax.model import attention  # pylint: disable=g-import-not-at-top
+  g = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(g.standard_normal((2, 12, n, 8)), jnp.float32) for n in (4, 2, 2))
+  window = 3
+  xla, _ = attention.attend(q, k, v, "xla", window=window)
+  explicit, probs = attention.attend(q, k, v, "explicit", window=window)
+  pos = jnp.broadcast_to(jnp.arange(12), (2, 12))
+  mask = attention.causal_mask(pos, pos) & attention.window_mask(pos, pos, jnp.int32(window))
+  traced, _ = attention.attend(q, k, v, "xla", mask)
+  np.testing.assert_allclose(xla, explicit, atol=1e-6)
+  np.testing.assert_allclose(traced, explicit, atol=1e-6)
+  seen = np.asarray(probs[0, 0] > 0)
+  assert seen.sum(axis=1).tolist() == [min(t + 1, window) for t in range(12)]
+
+
+@pytest.mark.parametrize("changes,field", [
+    (dict(position="learned"), "model.max_positions"),
+    (dict(sliding_window=4, global_layers=(1,), topology="lime"), "model.global_layers"),
+    (dict(global_layers=(1,)), "model.global_layers"),
+    (dict(norm_type="batch"), "model.norm_type"),
+    (dict(rope_scaling="yarn"), "model.rope_scaling"),
+    (dict(attn_logit_softcap=30.0, attention_impl="cudnn"), "model.attention_impl"),
+    (dict(d_model=72, num_heads=5), "model.d_model"),
+])
+def test_backbone_options_are_validated(changes, field):
+  from lime_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.default_config()
+  for name, value in changes.items():
+    config.model[name] = value
+  with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+    config_lib.validate(config)
+  if field == "model.d_model":  # a decoupled head_dim makes it valid
+    config.model.attn_head_dim = 16
+    config_lib.validate(config)
+
+
+def test_flops_and_checkpoint_signature_follow_the_options():
+  """GPT-2's MLP has two matrices, a sliding window caps the attention FLOPs, and the checkpoint
+  signature names a shape-changing option only when it is set (older checkpoints still match)."""
+  from lime_jax import checkpoint, flops  # pylint: disable=g-import-not-at-top
+  from lime_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  cfg = ModelConfig(vocab_size=V, num_layers=2, d_model=64, num_heads=4, ffn_dim=128)
+  gelu = dataclasses.replace(cfg, mlp_gated=False)
+  assert flops.matmul_params(cfg) - flops.matmul_params(gelu) == 2 * 64 * 128
+  windowed = dataclasses.replace(cfg, sliding_window=8)
+  attn = lambda c: flops.forward_flops_per_token(c, 1024) - 2.0 * flops.matmul_params(c)
+  assert attn(windowed) == pytest.approx(attn(cfg) * (8 * 9 / 2 + 1016 * 8) / 1024 / 512)
+  half = attn(dataclasses.replace(windowed, global_layers=(1,)))
+  assert half == pytest.approx((attn(cfg) + attn(windowed)) / 2)
+  model = config_lib.default_config().model
+  plain = checkpoint.arch_signature(model, V)
+  model.qkv_bias = True
+  assert checkpoint.arch_signature(model, V) == {**plain, "qkv_bias": True}
