@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from absl import app, flags
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The lime_jax run directory (checkpoints/ inside).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the newest intact one.")
-_OUT = flags.DEFINE_string("out", None, "Output folder for config.json + model.safetensors.")
-flags.mark_flags_as_required(["workdir", "out"])
+
+def define_flags() -> None:
+  """The CLI's flags; defined only when run as a program, so importing this module defines none."""
+  flags.DEFINE_string("workdir", None, "The lime_jax run directory (checkpoints/ inside).")
+  flags.DEFINE_integer("step", None, "Checkpoint step; default: the newest intact one.")
+  flags.DEFINE_string("out", None, "Output folder for config.json + model.safetensors.")
+  flags.mark_flags_as_required(["workdir", "out"])
 
 
 def export(workdir: str, out_dir: str, step: int | None = None) -> str:
@@ -32,9 +35,11 @@ def export(workdir: str, out_dir: str, step: int | None = None) -> str:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  family = export(_WORKDIR.value, _OUT.value, _STEP.value)
-  print(f"wrote {_OUT.value} ({family}: config.json + model.safetensors)")
+  FLAGS = flags.FLAGS
+  family = export(FLAGS.workdir, FLAGS.out, FLAGS.step)
+  print(f"wrote {FLAGS.out} ({family}: config.json + model.safetensors)")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

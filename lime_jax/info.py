@@ -117,23 +117,26 @@ def format_info(info: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].",
-                                          lock_config=True)
-_COMPILE = flags.DEFINE_bool("compile", True, "Compile the train step for XLA's memory analysis.")
-_JSON = flags.DEFINE_bool("json", False, "Print JSON instead of text.")
-flags.mark_flags_as_required(["config"])
+def define_flags() -> None:
+  """The CLI's flags; defined only when run as a program, so importing this module defines none."""
+  config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].", lock_config=True)
+  flags.DEFINE_bool("compile", True, "Compile the train step for XLA's memory analysis.")
+  flags.DEFINE_bool("json", False, "Print JSON instead of text.")
+  flags.mark_flags_as_required(["config"])
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.ERROR)
+  FLAGS = flags.FLAGS
   try:
-    info = config_info(_CONFIG.value, _COMPILE.value)
+    info = config_info(FLAGS.config, FLAGS.compile)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  print(json.dumps(info, indent=1) if _JSON.value else format_info(info))
+  print(json.dumps(info, indent=1) if FLAGS.json else format_info(info))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=cli.parse_flags)

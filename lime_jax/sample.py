@@ -19,17 +19,19 @@ from absl import app, flags, logging
 from lime_jax import decode
 from lime_jax.probes import common, runner
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (with checkpoints/).")
-_PROMPT = flags.DEFINE_string("prompt", None, "Text to continue (the task's question, for task runs).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Softmax temperature; 0 = greedy.")
-_TOP_K = flags.DEFINE_integer("top_k", 0, "Keep only the k most likely tokens (0 = off).")
-_TOP_P = flags.DEFINE_float("top_p", 1.0, "Keep the smallest set of tokens with probability mass >= p "
-                            "(1 = off).")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate per sample.")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Samples of the prompt (one batch).")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.mark_flags_as_required(["workdir", "prompt"])
+
+def define_flags() -> None:
+  """The CLI's flags; defined only when run as a program, so importing this module defines none."""
+  flags.DEFINE_string("workdir", None, "Run directory (with checkpoints/).")
+  flags.DEFINE_string("prompt", None, "Text to continue (the task's question, for task runs).")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  flags.DEFINE_float("temperature", 1.0, "Softmax temperature; 0 = greedy.")
+  flags.DEFINE_integer("top_k", 0, "Keep only the k most likely tokens (0 = off).")
+  flags.DEFINE_float("top_p", 1.0, "Keep the smallest set of tokens with probability mass >= p (1 = off).")
+  flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate per sample.")
+  flags.DEFINE_integer("num_samples", 1, "Samples of the prompt (one batch).")
+  flags.DEFINE_integer("seed", 0, "Sampling seed.")
+  flags.mark_flags_as_required(["workdir", "prompt"])
 
 
 def check_options(temperature: float, top_k: int, top_p: float, max_new: int, num_samples: int) -> None:
@@ -71,15 +73,17 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.ERROR)
+  FLAGS = flags.FLAGS
   try:
-    texts = generate(_WORKDIR.value, _PROMPT.value, step=_STEP.value, temperature=_TEMPERATURE.value,
-                     top_k=_TOP_K.value, top_p=_TOP_P.value, max_new=_MAX_NEW.value,
-                     num_samples=_NUM_SAMPLES.value, seed=_SEED.value)
+    texts = generate(FLAGS.workdir, FLAGS.prompt, step=FLAGS.step, temperature=FLAGS.temperature,
+                     top_k=FLAGS.top_k, top_p=FLAGS.top_p, max_new=FLAGS.max_new_tokens,
+                     num_samples=FLAGS.num_samples, seed=FLAGS.seed)
   except (FileNotFoundError, ValueError) as e:
     raise app.UsageError(str(e)) from None
   for i, text in enumerate(texts):
-    print(f"[{i}] {_PROMPT.value}{text}")
+    print(f"[{i}] {FLAGS.prompt}{text}")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -323,7 +323,6 @@ def test_upcycling_starts_from_the_pretrained_logits(hf_models, family, name):
 
 
 # ------------------------------------------------------------------------------------------ export CLI
-@pytest.mark.slow  # trains a run first (~1 min on 2 shared cores); save_pretrained is tested above
 def test_export_cli_writes_a_folder_transformers_loads(tmp_path):
   """`python -m lime_jax.export --workdir=RUN --out=DIR` on a trained run: transformers loads DIR to the
   logits lime_jax gives with the checkpoint's parameters."""
