@@ -24,6 +24,7 @@ rounded up to a multiple of 128 so that the vocab axis shards); `check_model_voc
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import pathlib
@@ -83,7 +84,7 @@ def _resolve_specials(named: dict[str, int], path: str) -> dict[str, int]:
           "sep": named.get("sep", -1)}
 
 
-class _SubwordBase:
+class _SubwordBase(abc.ABC):
   """Special-id bookkeeping shared by both backends; subclasses set `_base_size` and implement
   `_encode` / `_decode_run`."""
 
@@ -128,11 +129,13 @@ class _SubwordBase:
     """UTF-8 bytes of the decoded text of `ids` (bits-per-byte denominators)."""
     return len(self.decode(list(ids)).encode("utf-8"))
 
+  @abc.abstractmethod
   def _encode(self, text: str) -> list[int]:
-    raise NotImplementedError
+    """The library's ids of `text`, no specials added."""
 
+  @abc.abstractmethod
   def _decode_run(self, ids: list[int]) -> str:
-    raise NotImplementedError
+    """The text of a run of the library's own ids (no pause ids)."""
 
 
 class HFTokenizer(_SubwordBase):
