@@ -19,8 +19,9 @@ import re
 import sys
 
 if __name__ == "__main__":  # 8 fake CPU devices, before jax starts (not when imported by the tests)
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                             + " --xla_force_host_platform_device_count=8").strip()
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  ).strip()
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
@@ -31,8 +32,20 @@ from lime_jax import train as train_lib  # noqa: E402
 
 MESHES = ((8, 1, 1), (1, 8, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8))
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
-_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "f32": 4, "s32": 4, "u32": 4,
-                "f64": 8, "s64": 8, "u64": 8}
+_DTYPE_BYTES = {
+  "pred": 1,
+  "s8": 1,
+  "u8": 1,
+  "bf16": 2,
+  "f16": 2,
+  "s16": 2,
+  "f32": 4,
+  "s32": 4,
+  "u32": 4,
+  "f64": 8,
+  "s64": 8,
+  "u64": 8,
+}
 _SHAPE = re.compile(r"\b(pred|[su]\d+|bf16|f16|f32|f64)\[([\d,]*)\]")
 _OP = re.compile(r"=\s*(.*?)\s(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
 
@@ -40,8 +53,9 @@ _OP = re.compile(r"=\s*(.*?)\s(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
 def bench_config(topology: str, mesh: tuple[int, int, int]):
   """A small model whose every dim divides every mesh: 4 layers, d 256, 8 heads, ffn 1024, vocab 256."""
   c = config_lib.default_config()
-  c.model.update(num_layers=4, d_model=256, num_heads=8, num_kv_heads=8, ffn_dim=1024, vocab_size=256,
-                 topology=topology)
+  c.model.update(
+    num_layers=4, d_model=256, num_heads=8, num_kv_heads=8, ffn_dim=1024, vocab_size=256, topology=topology
+  )
   c.data.update(task="arithmetic", seq_len=64)
   c.train.update(batch_size=16)
   c.eval.batch_size = 16
@@ -52,12 +66,16 @@ def bench_config(topology: str, mesh: tuple[int, int, int]):
 def compiled_hlo(config) -> str:
   run = train_lib.build(config)
   abstract = jax.eval_shape(lambda: train_lib.create_state(run))
-  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
-                       run.state_sharding)
+  state = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, run.state_sharding
+  )
   B, T = config.train.batch_size, config.data.seq_len
-  batch = {k: jax.ShapeDtypeStruct((B, T), jnp.int32 if k in ("inputs", "targets") else jnp.float32,
-                                   sharding=run.batch_sharding)
-           for k in ("inputs", "targets", "loss_mask", "answer_mask")}
+  batch = {
+    k: jax.ShapeDtypeStruct(
+      (B, T), jnp.int32 if k in ("inputs", "targets") else jnp.float32, sharding=run.batch_sharding
+    )
+    for k in ("inputs", "targets", "loss_mask", "answer_mask")
+  }
   return train_lib.jit_train_step(run).lower(state, batch).compile().as_text()
 
 
@@ -103,8 +121,10 @@ def count_collectives(hlo: str) -> dict[str, dict[str, float]]:
       if not m or "-done(" in line:
         continue
       op, times = m.group(2), mult.get(comp, 1)
-      size = sum(_DTYPE_BYTES[d] * math.prod(int(n) for n in dims.split(",") if n)
-                 for d, dims in _SHAPE.findall(m.group(1)))
+      size = sum(
+        _DTYPE_BYTES[d] * math.prod(int(n) for n in dims.split(",") if n)
+        for d, dims in _SHAPE.findall(m.group(1))
+      )
       out[op]["count"] += times
       out[op]["bytes"] += times * size
   return out
@@ -124,13 +144,17 @@ def main() -> None:
     for mesh in MESHES:
       counts = count_collectives(compiled_hlo(bench_config(topology, mesh)))
       rows.append({"topology": topology, "mesh": mesh, **counts})
-      print(f"{topology} {mesh}: " + ", ".join(f"{op} {v['count']}x {_fmt_bytes(v['bytes'])}"
-                                                 for op, v in counts.items() if v["count"]), flush=True)
+      print(
+        f"{topology} {mesh}: "
+        + ", ".join(f"{op} {v['count']}x {_fmt_bytes(v['bytes'])}" for op, v in counts.items() if v["count"]),
+        flush=True,
+      )
   print("\n| topology | mesh (data, fsdp, tensor) | " + " | ".join(COLLECTIVES) + " |")
   print("|---|---|" + "---|" * len(COLLECTIVES))
   for r in rows:
-    cells = [f"{r[op]['count']} / {_fmt_bytes(r[op]['bytes'])}" if r[op]["count"] else "-"
-             for op in COLLECTIVES]
+    cells = [
+      f"{r[op]['count']} / {_fmt_bytes(r[op]['bytes'])}" if r[op]["count"] else "-" for op in COLLECTIVES
+    ]
     print(f"| {r['topology']} | {r['mesh']} | " + " | ".join(cells) + " |")
   if args.json:
     with open(args.json, "w", encoding="utf-8") as f:

@@ -22,8 +22,9 @@ import shutil
 import tempfile
 
 DUMP_DIR = tempfile.mkdtemp(prefix="lime_live_memory_")
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={DUMP_DIR}"
-                           " --xla_dump_hlo_module_re=.*jit_step.*")
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={DUMP_DIR} --xla_dump_hlo_module_re=.*jit_step.*"
+)
 
 from lime_vs_baseline import MIB, compile_step, model_config  # noqa: E402  (XLA_FLAGS first: see above)
 
@@ -64,8 +65,10 @@ def main() -> None:
 
 def _table(args: argparse.Namespace) -> None:
   print(f"B={args.batch} T={args.seq} D=256 N=R=8 F=1024 fp32, MiB")
-  print(f"{'policy':>6} {'L':>3} {'buf+cot':>8} {'temp base':>9} {'temp lime':>9} {'ovh/bc':>6} "
-        f"{'live base':>9} {'live lime':>9} {'ovh/bc':>6}")
+  print(
+    f"{'policy':>6} {'L':>3} {'buf+cot':>8} {'temp base':>9} {'temp lime':>9} {'ovh/bc':>6} "
+    f"{'live base':>9} {'live lime':>9} {'ovh/bc':>6}"
+  )
   for policy in args.policies:
     for depth in args.depths:
       base = model_config(depth, policy)
@@ -74,9 +77,12 @@ def _table(args: argparse.Namespace) -> None:
         run = compile_step(cfg, args.batch, args.seq)
         temp[name], live[name] = run["temp"], peak_live_bytes(run["compiled"])
       bufcot = 2 * buffer_bytes(dataclasses.replace(base, topology="lime"), args.batch, args.seq)
-      print(f"{policy:>6} {depth:>3} {bufcot / MIB:8.1f} {temp['base'] / MIB:9.2f} {temp['lime'] / MIB:9.2f} "
-            f"{(temp['lime'] - temp['base']) / bufcot:6.3f} {live['base'] / MIB:9.2f} {live['lime'] / MIB:9.2f} "
-            f"{(live['lime'] - live['base']) / bufcot:6.3f}", flush=True)
+      print(
+        f"{policy:>6} {depth:>3} {bufcot / MIB:8.1f} {temp['base'] / MIB:9.2f} {temp['lime'] / MIB:9.2f} "
+        f"{(temp['lime'] - temp['base']) / bufcot:6.3f} {live['base'] / MIB:9.2f} {live['lime'] / MIB:9.2f} "
+        f"{(live['lime'] - live['base']) / bufcot:6.3f}",
+        flush=True,
+      )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,14 @@ def collapse_grid(trained: dict, random: dict, out: str) -> str:
         for reading, style in (("heads_linf", "-"), ("chunks_linf", "--")):
           y = np.array([r["mean"] for r in rows[reading]])
           y = np.where(y > 0, y, 1e-9)  # exactly 0 (bf16 collapse) drawn at 1e-9
-          ax.plot(m["ns"], y, style, marker=".", color=color,
-                  label=f"{'fp32' if dtype == 'float32' else 'bf16'} {reading.split('_')[0]}")
+          ax.plot(
+            m["ns"],
+            y,
+            style,
+            marker=".",
+            color=color,
+            label=f"{'fp32' if dtype == 'float32' else 'bf16'} {reading.split('_')[0]}",
+          )
       ax.axhline(m["bf16_resolution"], color="k", ls=":", lw=0.8, label="2^-7")
       ax.set(xscale="log", yscale="log", title=f"{label}: {fam}")
       ax.grid(alpha=0.3)
@@ -59,14 +65,16 @@ def length_generalisation(copying: dict, counting: dict, out: str) -> str:
   for variant, acc in c["accuracy"].items():
     axes[0].plot(c["lengths"], acc, marker=".", label=variant)
   axes[0].axvline(c["train_max_length"], color="grey", ls="--", lw=0.8, label="train max length")
-  axes[0].set(xscale="log", ylim=(-0.02, 1.02), xlabel="length n", ylabel="greedy accuracy",
-              title="copying model")
+  axes[0].set(
+    xscale="log", ylim=(-0.02, 1.02), xlabel="length n", ylabel="greedy accuracy", title="copying model"
+  )
   k = counting["probes"]["counting"]["metrics"]
   for variant, err in k["abs_error"].items():
     axes[1].plot(k["lengths"], err, marker=".", label=variant)
   axes[1].axvline(k["train_max_length"], color="grey", ls="--", lw=0.8, label="train max length")
-  axes[1].set(xscale="log", yscale="symlog", xlabel="length n", ylabel="mean |predicted - true|",
-              title="counting model")
+  axes[1].set(
+    xscale="log", yscale="symlog", xlabel="length n", ylabel="mean |predicted - true|", title="counting model"
+  )
   axes[1].set_ylim(bottom=0)
   for ax in axes:
     ax.grid(alpha=0.3)

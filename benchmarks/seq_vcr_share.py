@@ -66,9 +66,12 @@ def _step_fn(c, vocab: int):
   step = jax.jit(step_lib.make_train_step(Transformer(cfg), optimizer, opt_lib.lr_schedule(c.train)))
   rng = np.random.default_rng(0)
   B, T = c.train.batch_size, c.data.seq_len
-  batch = {"inputs": jnp.asarray(rng.integers(1, vocab, (B, T)), jnp.int32),
-           "targets": jnp.asarray(rng.integers(1, vocab, (B, T)), jnp.int32),
-           "loss_mask": jnp.ones((B, T), jnp.float32), "answer_mask": jnp.ones((B, T), jnp.float32)}
+  batch = {
+    "inputs": jnp.asarray(rng.integers(1, vocab, (B, T)), jnp.int32),
+    "targets": jnp.asarray(rng.integers(1, vocab, (B, T)), jnp.int32),
+    "loss_mask": jnp.ones((B, T), jnp.float32),
+    "answer_mask": jnp.ones((B, T), jnp.float32),
+  }
   return step, (state, batch), cfg
 
 
@@ -112,12 +115,15 @@ def main() -> None:
     t["proj_loss"].append(_time(proj_grad, (h, proj), args.iters, args.repeats))
   ms = {k: 1e3 * min(v) for k, v in t.items()}
   result = {
-      "model": f"{cfg.num_layers} layers x d_model {D}, {cfg.num_heads} heads, FFN {cfg.ffn_dim}",
-      "N": N, "T": T, "proj_dim": P, "backend": jax.default_backend(),
-      **{f"{k}_ms": round(v, 3) for k, v in ms.items()},
-      "share_loss": round(ms["loss"] / ms["step_seqvcr"], 4),
-      "share_proj_loss": round(ms["proj_loss"] / ms["step_seqvcr"], 4),
-      "share_end_to_end": round((ms["step_seqvcr"] - ms["step_plain"]) / ms["step_seqvcr"], 4),
+    "model": f"{cfg.num_layers} layers x d_model {D}, {cfg.num_heads} heads, FFN {cfg.ffn_dim}",
+    "N": N,
+    "T": T,
+    "proj_dim": P,
+    "backend": jax.default_backend(),
+    **{f"{k}_ms": round(v, 3) for k, v in ms.items()},
+    "share_loss": round(ms["loss"] / ms["step_seqvcr"], 4),
+    "share_proj_loss": round(ms["proj_loss"] / ms["step_seqvcr"], 4),
+    "share_end_to_end": round((ms["step_seqvcr"] - ms["step_plain"]) / ms["step_seqvcr"], 4),
   }
   print(json.dumps(result, indent=2))
 

@@ -65,8 +65,7 @@ def prepare(_args) -> None:
     docs = scenes(path.read_text(encoding="utf-8"))
     split = "val" if path.stem in VALIDATION_PLAYS else "train"
     out = DATA / f"{split}-{path.stem}.jsonl"
-    out.write_text("".join(json.dumps({"text": d, "play": path.stem}) + "\n" for d in docs),
-                   encoding="utf-8")
+    out.write_text("".join(json.dumps({"text": d, "play": path.stem}) + "\n" for d in docs), encoding="utf-8")
     s = stats[split]
     s[0], s[1], s[2] = s[0] + 1, s[1] + len(docs), s[2] + sum(map(len, docs))
     if split == "train":
@@ -75,13 +74,22 @@ def prepare(_args) -> None:
   tok = tokenizers.Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
-  tok.train_from_iterator(train_docs, trainers.BpeTrainer(
-      vocab_size=VOCAB_SIZE, special_tokens=["<|endoftext|>"],
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  tok.train_from_iterator(
+    train_docs,
+    trainers.BpeTrainer(
+      vocab_size=VOCAB_SIZE,
+      special_tokens=["<|endoftext|>"],
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    ),
+  )
   tok.save(str(DATA / "tokenizer.json"))
   tokens = sum(len(e.ids) for e in tok.encode_batch(train_docs))
-  summary = {"plays/scenes/chars": stats, "train_tokens": tokens,
-             "train_bytes": sum(len(d.encode("utf-8")) for d in train_docs), "vocab_size": VOCAB_SIZE}
+  summary = {
+    "plays/scenes/chars": stats,
+    "train_tokens": tokens,
+    "train_bytes": sum(len(d.encode("utf-8")) for d in train_docs),
+    "vocab_size": VOCAB_SIZE,
+  }
   (DATA / "summary.json").write_text(json.dumps(summary, indent=1))
   print(json.dumps(summary))
 
@@ -117,8 +125,15 @@ def run(args) -> None:
       if (workdir / "final_metrics.json").exists():
         print(f"{workdir}: done, skipped")
         continue
-      cmd = [sys.executable, "-m", "lime_jax.main", f"--config=experiments/text_demo.py:{arm}",
-             f"--workdir={workdir}", f"--config.seed={seed}", *args.extra]
+      cmd = [
+        sys.executable,
+        "-m",
+        "lime_jax.main",
+        f"--config=experiments/text_demo.py:{arm}",
+        f"--workdir={workdir}",
+        f"--config.seed={seed}",
+        *args.extra,
+      ]
       print(" ".join(cmd), flush=True)
       subprocess.run(cmd, check=True, cwd=ROOT)
 
@@ -130,9 +145,12 @@ def _curves(workdir: pathlib.Path) -> dict:
   for line in (workdir / "metrics.jsonl").read_text().splitlines():
     r = json.loads(line)
     (evals if r.get("split") == "eval" else train).append(r)
-  return {"flops_per_step": flops, "params": report.get("params"),
-          "train": [(r["step"] * flops, r["loss"]) for r in train if "loss" in r],
-          "eval": [(r["step"] * flops, r["ce"], r.get("bits_per_byte")) for r in evals if "ce" in r]}
+  return {
+    "flops_per_step": flops,
+    "params": report.get("params"),
+    "train": [(r["step"] * flops, r["loss"]) for r in train if "loss" in r],
+    "eval": [(r["step"] * flops, r["ce"], r.get("bits_per_byte")) for r in evals if "ce" in r],
+  }
 
 
 def _run_probes(wd: pathlib.Path, args) -> None:
@@ -140,16 +158,29 @@ def _run_probes(wd: pathlib.Path, args) -> None:
   more is/are/was/were occurrences); each result set is copied out of eval/<step>/ (the runner keeps
   only results of one option set there)."""
   step = json.loads((wd / "final_metrics.json").read_text())["step"]
-  for probes, n, name in (("entropy,lm", args.num_examples, "probes_main.json"),
-                          ("separability", args.sep_examples, "probes_sep.json")):
-    subprocess.run([sys.executable, "-m", "lime_jax.evaluate", f"--workdir={wd}", f"--probes={probes}",
-                    f"--num_examples={n}", f"--mc_tasks=generic={DATA / 'mc-next-line.jsonl'}"],
-                   check=True, cwd=ROOT)
+  for probes, n, name in (
+    ("entropy,lm", args.num_examples, "probes_main.json"),
+    ("separability", args.sep_examples, "probes_sep.json"),
+  ):
+    subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "lime_jax.evaluate",
+        f"--workdir={wd}",
+        f"--probes={probes}",
+        f"--num_examples={n}",
+        f"--mc_tasks=generic={DATA / 'mc-next-line.jsonl'}",
+      ],
+      check=True,
+      cwd=ROOT,
+    )
     (wd / name).write_text((wd / "eval" / str(step) / "results.json").read_text())
 
 
 def report(args) -> None:
   import matplotlib  # pylint: disable=import-outside-toplevel
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
@@ -173,13 +204,19 @@ def report(args) -> None:
     arm = name.split("_s")[0]
     x, y = zip(*r["curves"]["train"])
     k = 5  # running mean over 5 log points (50 steps): single 8-sequence batches are noisy.
-    smooth = [sum(y[max(0, i - k + 1):i + 1]) / len(y[max(0, i - k + 1):i + 1]) for i in range(len(y))]
-    axes[0].plot(x, smooth, color=colors[arm], alpha=0.7, label=name,
-                 linestyle="-" if name.endswith("_s0") else "--")
+    smooth = [sum(y[max(0, i - k + 1) : i + 1]) / len(y[max(0, i - k + 1) : i + 1]) for i in range(len(y))]
+    axes[0].plot(
+      x, smooth, color=colors[arm], alpha=0.7, label=name, linestyle="-" if name.endswith("_s0") else "--"
+    )
     ex, ey, _ = zip(*r["curves"]["eval"])
     axes[1].plot(ex, ey, "o-" if name.endswith("_s0") else "s--", color=colors[arm], alpha=0.7, label=name)
-  for ax, title in zip(axes, ("train loss, running mean of 5 logs (nats/token)",
-                              "held-out CE, 48 windows of Hamlet + Tempest (nats/token)")):
+  for ax, title in zip(
+    axes,
+    (
+      "train loss, running mean of 5 logs (nats/token)",
+      "held-out CE, 48 windows of Hamlet + Tempest (nats/token)",
+    ),
+  ):
     ax.set_xlabel("training FLOPs (analytic)")
     ax.set_title(title)
     ax.legend()
@@ -228,8 +265,10 @@ def _probe_plot(out: dict, path: pathlib.Path, plt) -> None:
 
 
 def _print_table(out: dict) -> None:
-  print("| run | params | final CE | bits/byte | ppl | value entropy per layer | value sep. per layer | "
-        "hidden sep. per layer | next-line MC acc / acc_norm |")
+  print(
+    "| run | params | final CE | bits/byte | ppl | value entropy per layer | value sep. per layer | "
+    "hidden sep. per layer | next-line MC acc / acc_norm |"
+  )
   print("|---|---|---|---|---|---|---|---|---|")
   for name, r in out["runs"].items():
     f = r["final_eval"]
@@ -241,8 +280,10 @@ def _print_table(out: dict) -> None:
     mc = r["probes"].get("lm", {}).get("metrics", {}).get("generic", {})
     mc_s = f"{mc['acc']:.3f} / {mc['acc_norm']:.3f}" if mc else "-"
     bpb = f.get("bits_per_byte", float("nan"))
-    print(f"| {name} | {r['curves']['params']} | {f['ce']:.4f} | {bpb:.4f} | "
-          f"{f.get('perplexity', float('nan')):.1f} | {ent_s} | {sep_s} | {hid_s} | {mc_s} |")
+    print(
+      f"| {name} | {r['curves']['params']} | {f['ce']:.4f} | {bpb:.4f} | "
+      f"{f.get('perplexity', float('nan')):.1f} | {ent_s} | {sep_s} | {hid_s} | {mc_s} |"
+    )
 
 
 def main() -> None:

@@ -17,10 +17,10 @@ import argparse
 import dataclasses
 
 import jax
+from lime_vs_baseline import MIB, compile_step, time_steps  # same folder (run as a script)
 
 from lime_jax import flops
 from lime_jax.model import ModelConfig
-from lime_vs_baseline import MIB, compile_step, time_steps  # same folder (run as a script)
 
 VARIANTS = ("plain", "lime", "denseformer", "hyper_connections", "value_residual", "denseformer_scan")
 
@@ -39,11 +39,20 @@ def main() -> None:
   parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
   args = parser.parse_args()
 
-  base = ModelConfig(vocab_size=args.vocab, num_layers=args.depth, d_model=args.d_model, num_heads=args.heads,
-                     num_kv_heads=args.heads, ffn_dim=4 * args.d_model, remat_policy=args.policy)
+  base = ModelConfig(
+    vocab_size=args.vocab,
+    num_layers=args.depth,
+    d_model=args.d_model,
+    num_heads=args.heads,
+    num_kv_heads=args.heads,
+    ffn_dim=4 * args.d_model,
+    remat_policy=args.policy,
+  )
   cfgs = {v: dataclasses.replace(base, topology=v) for v in args.variants}
-  print(f"device: {jax.devices()[0].device_kind} | jax {jax.__version__} | L={args.depth} D={args.d_model} "
-        f"N=R={args.heads} B={args.batch} T={args.seq} vocab={args.vocab} remat={args.policy} fp32")
+  print(
+    f"device: {jax.devices()[0].device_kind} | jax {jax.__version__} | L={args.depth} D={args.d_model} "
+    f"N=R={args.heads} B={args.batch} T={args.seq} vocab={args.vocab} remat={args.policy} fp32"
+  )
   runs = {}
   for name, cfg in cfgs.items():
     runs[name] = compile_step(cfg, args.batch, args.seq)
@@ -54,9 +63,12 @@ def main() -> None:
   print("|---|---:|---:|---:|---:|---:|---:|---:|")
   for name, run in runs.items():
     f_ratio = flops.forward_flops_per_token(cfgs[name], args.seq) / ref_flops
-    print(f"| {name} | {run['step_ms']:.1f} | {run['step_ms'] / ref['step_ms']:.3f} | "
-          f"{run['cpu_ms'] / ref['cpu_ms']:.3f} | {f_ratio:.4f} | {run['compile_s']:.1f} | "
-          f"{run['temp'] / MIB:.1f} | {run['temp'] / ref['temp']:.3f} |", flush=True)
+    print(
+      f"| {name} | {run['step_ms']:.1f} | {run['step_ms'] / ref['step_ms']:.3f} | "
+      f"{run['cpu_ms'] / ref['cpu_ms']:.3f} | {f_ratio:.4f} | {run['compile_s']:.1f} | "
+      f"{run['temp'] / MIB:.1f} | {run['temp'] / ref['temp']:.3f} |",
+      flush=True,
+    )
 
 
 if __name__ == "__main__":

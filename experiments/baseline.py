@@ -1,9 +1,10 @@
-"""The LLaMA baseline (SPEC §1).
+"""The LLaMA baseline (docs/methods.md §1).
 
 Presets:
   default  arithmetic (2 operators, mod 5, chain of thought) on 2 CPU cores in ~3 minutes (4 layers x 128).
   tiny     seconds-long smoke run (tests).
-  paper    SPEC §1 main config (1.2B, 16 x 2048), GPT-2 BPE, FineWeb-Edu-style parquet shards, seq 2048:
+  paper    docs/methods.md §1 main config (1.2B, 16 x 2048), GPT-2 BPE, FineWeb-Edu-style parquet shards, seq
+  2048:
            set data.tokenizer, data.text.files and data.text.eval_files (presets.paper_text_data).
 """
 
@@ -18,8 +19,16 @@ def _default(c):
   c.model.update(num_layers=4, d_model=128, num_heads=4, ffn_dim=512)
   c.data.update(task="arithmetic", seq_len=16)
   c.data.arithmetic.update(num_operators=2, cot=True, modulus=5, test_fraction=0.1)
-  c.train.update(batch_size=64, num_steps=1000, learning_rate=3e-3, warmup_steps=100, weight_decay=0.1,
-                 log_every=100, checkpoint_every=500, eval_every=500)
+  c.train.update(
+    batch_size=64,
+    num_steps=1000,
+    learning_rate=3e-3,
+    warmup_steps=100,
+    weight_decay=0.1,
+    log_every=100,
+    checkpoint_every=500,
+    eval_every=500,
+  )
   c.eval.num_examples = 1024
 
 

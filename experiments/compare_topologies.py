@@ -1,9 +1,10 @@
-"""Residual topologies compared at matched data, steps and seed (SPEC §3; README "Residual topologies").
+"""Residual topologies compared at matched data, steps and seed (docs/methods.md §3; README "Residual
+topologies").
 
   --config=experiments/compare_topologies.py[:PRESET[,ARM]]
 
 PRESET: default (CPU: 16 layers x 64, 2-operator CoT arithmetic mod 5, 1000 steps, a few minutes per
-arm), tiny (seconds, tests), paper32 / paper64 (SPEC §1 deep shapes on a tfds text corpus).
+arm), tiny (seconds, tests), paper32 / paper64 (docs/methods.md §1 deep shapes on a tfds text corpus).
 ARM selects the topology, all else equal: plain, lime (kv v2), denseformer, hyper_connections (dynamic,
 n = 4), value_residual (lambda fixed 0.5), and the variants hc_static, value_residual_learned,
 denseformer_k2p2 (dilation 2, period 2).
@@ -29,19 +30,28 @@ def _tiny(c):
 
 
 # default: the setting of experiments/lime_deep.py:default (deep and narrow: cross-layer methods matter).
-PRESETS = {"default": deep_narrow_cpu, "tiny": _tiny, "paper32": paper_deep_text(32),
-           "paper64": paper_deep_text(64)}
+PRESETS = {
+  "default": deep_narrow_cpu,
+  "tiny": _tiny,
+  "paper32": paper_deep_text(32),
+  "paper64": paper_deep_text(64),
+}
 
 
 def _arm(c, arm: str) -> None:
   """Sets the topology (and its router lr multiplier) of one arm."""
   m = c.model
-  topology = {"hc_static": "hyper_connections", "value_residual_learned": "value_residual",
-              "denseformer_k2p2": "denseformer"}.get(arm, arm)
+  topology = {
+    "hc_static": "hyper_connections",
+    "value_residual_learned": "value_residual",
+    "denseformer_k2p2": "denseformer",
+  }.get(arm, arm)
   if topology not in ARMS:
-    raise ValueError(f"Unknown arm {arm!r} for experiments/compare_topologies.py; use one of "
-                     f"{', '.join(ARMS)}, hc_static, value_residual_learned or denseformer_k2p2, e.g. "
-                     "--config=experiments/compare_topologies.py:default,denseformer.")
+    raise ValueError(
+      f"Unknown arm {arm!r} for experiments/compare_topologies.py; use one of "
+      f"{', '.join(ARMS)}, hc_static, value_residual_learned or denseformer_k2p2, e.g. "
+      "--config=experiments/compare_topologies.py:default,denseformer."
+    )
   m.topology = topology
   c.train.router_lr_multiplier = 10.0 if topology == "lime" else 1.0
   if arm == "hc_static":

@@ -1,4 +1,4 @@
-"""Copying and counting (Glasses §3; SPEC §5) as training tasks, to probe length generalisation.
+"""Copying and counting (Glasses §3; docs/methods.md §5) as training tasks, to probe length generalisation.
 
   --config=experiments/glasses.py[:PRESET]
 
@@ -13,8 +13,9 @@ from lime_jax.presets import apply_preset
 
 def _common(c):
   c.model.update(num_layers=3, d_model=64, num_heads=4, ffn_dim=256)
-  c.train.update(batch_size=32, num_steps=1200, learning_rate=3e-3, warmup_steps=100, log_every=100,
-                 checkpoint_every=600)
+  c.train.update(
+    batch_size=32, num_steps=1200, learning_rate=3e-3, warmup_steps=100, log_every=100, checkpoint_every=600
+  )
   c.eval.update(num_examples=256, batch_size=128)
 
 

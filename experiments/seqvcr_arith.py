@@ -1,4 +1,4 @@
-"""Seq-VCR and pause tokens on arithmetic expressions mod 11 (SPEC §4, §5; Feng et al. task).
+"""Seq-VCR and pause tokens on arithmetic expressions mod 11 (docs/methods.md §4, §5; Feng et al. task).
 
   --config=experiments/seqvcr_arith.py[:PRESET[,ARM]]
 
@@ -18,8 +18,15 @@ from lime_jax.seqvcr_arms import SWEEPS  # noqa: F401  (read by lime_jax.sweep -
 CONFIG_FILE = "experiments/seqvcr_arith.py"
 LAMBDAS = {"lambda1": 0.1, "lambda2": 0.5}  # Seq-VCR coefficients (App. A)
 _DEFAULT = seqvcr_arms.cpu_preset(
-    "arithmetic", {"num_operators": 2, "modulus": 5, "test_fraction": 0.1}, LAMBDAS, batch_size=64,
-    num_steps=1000, learning_rate=3e-3, checkpoint_every=500, eval_every=500)
+  "arithmetic",
+  {"num_operators": 2, "modulus": 5, "test_fraction": 0.1},
+  LAMBDAS,
+  batch_size=64,
+  num_steps=1000,
+  learning_rate=3e-3,
+  checkpoint_every=500,
+  eval_every=500,
+)
 
 
 def _paper(num_operators: int) -> Preset:
@@ -27,8 +34,31 @@ def _paper(num_operators: int) -> Preset:
   return seqvcr_arms.feng_paper_preset("arithmetic", fields, LAMBDAS)
 
 
-PRESETS = {"default": _DEFAULT, "tiny": seqvcr_arms.tiny_preset(_DEFAULT), "ops4": _paper(4),
-           "ops5": _paper(5), "ops6": _paper(6)}
+def _cpu(num_operators: int, num_steps: int) -> Preset:
+  """The CPU study's regime (docs/results.md, issue 20): `num_operators` mod 11, the 4 x 128 model."""
+  fields = {"num_operators": num_operators, "modulus": 11, "test_fraction": 0.01}
+  return seqvcr_arms.cpu_preset(
+    "arithmetic",
+    fields,
+    LAMBDAS,
+    batch_size=64,
+    num_steps=num_steps,
+    learning_rate=1e-3,
+    checkpoint_every=1000,
+    eval_every=1000,
+  )
+
+
+PRESETS = {
+  "default": _DEFAULT,
+  "tiny": seqvcr_arms.tiny_preset(_DEFAULT),
+  "ops4": _paper(4),
+  "ops5": _paper(5),
+  "ops6": _paper(6),
+  "cpu_ops2": _cpu(2, 3000),
+  "cpu_ops3": _cpu(3, 3000),
+  "cpu_ops4": _cpu(4, 3000),
+}
 NUM_PAUSE = {"ops4": 7, "ops5": 7, "ops6": 7}  # others: 2
 
 

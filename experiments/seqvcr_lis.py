@@ -1,4 +1,4 @@
-"""Seq-VCR and pause tokens on the longest increasing subsequence (SPEC §4, §5; Feng et al. task).
+"""Seq-VCR and pause tokens on the longest increasing subsequence (docs/methods.md §4, §5; Feng et al. task).
 
   --config=experiments/seqvcr_lis.py[:PRESET[,ARM]]
 
@@ -16,16 +16,29 @@ from lime_jax.seqvcr_arms import SWEEPS  # noqa: F401  (read by lime_jax.sweep -
 
 CONFIG_FILE = "experiments/seqvcr_lis.py"
 LAMBDAS = {"lambda1": 0.1, "lambda2": 0.5}  # Seq-VCR coefficients (App. A)
-_DEFAULT = seqvcr_arms.cpu_preset("lis", {"length": 10, "test_fraction": 0.01}, LAMBDAS, batch_size=64,
-                                  num_steps=1000, learning_rate=2e-3, checkpoint_every=500, eval_every=500)
+_DEFAULT = seqvcr_arms.cpu_preset(
+  "lis",
+  {"length": 10, "test_fraction": 0.01},
+  LAMBDAS,
+  batch_size=64,
+  num_steps=1000,
+  learning_rate=2e-3,
+  checkpoint_every=500,
+  eval_every=500,
+)
 
 
 def _paper(length: int) -> Preset:
   return seqvcr_arms.feng_paper_preset("lis", {"length": length, "test_fraction": 0.01}, LAMBDAS)
 
 
-PRESETS = {"default": _DEFAULT, "tiny": seqvcr_arms.tiny_preset(_DEFAULT, length=5), "len50": _paper(50),
-           "len80": _paper(80), "len100": _paper(100)}
+PRESETS = {
+  "default": _DEFAULT,
+  "tiny": seqvcr_arms.tiny_preset(_DEFAULT, length=5),
+  "len50": _paper(50),
+  "len80": _paper(80),
+  "len100": _paper(100),
+}
 NUM_PAUSE = {"len50": 4, "len80": 4, "len100": 4}  # others: 2
 
 

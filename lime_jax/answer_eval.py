@@ -10,6 +10,7 @@ accuracy, and the matrix entropy of the Seq-VCR layer's representations.
   (the regularised layer; final by default, also measured when Seq-VCR is off) over the example's real
   (non-PAD) positions, under teacher forcing; see `matrix_entropy`. `entropy_normalized` divides it by
   log(min(T_real, d)), its maximum.
+- `entropy_layer/LL`: the same for the output of every block LL (0 = first).
 """
 
 from __future__ import annotations
@@ -43,18 +44,18 @@ def matrix_entropy(z_BTD: jax.Array, mask_BT: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _layer_entropy(cfg: ModelConfig, params: Any, inputs_BT: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(entropy [B], its maximum log(min(T_real, d)) [B]) of the Seq-VCR layer's output."""
+def _layer_entropies(cfg: ModelConfig, params: Any, inputs_BT: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(entropy [L, B] of every block's output, its maximum log(min(T_real, d)) [B])."""
   _, out = Transformer(cfg).apply({"params": params}, inputs_BT, collect=("hidden",))
-  layer = int(cfg.seq_vcr.layers[0]) % cfg.num_layers
   mask_BT = (inputs_BT != PAD_ID).astype(jnp.float32)
-  z_BTD = out.collected["hidden"][layer]
-  bound_B = jnp.log(jnp.maximum(jnp.minimum(jnp.sum(mask_BT, axis=1), z_BTD.shape[-1]), 2.0))
-  return matrix_entropy(z_BTD, mask_BT), bound_B
+  z_LBTD = out.collected["hidden"]
+  bound_B = jnp.log(jnp.maximum(jnp.minimum(jnp.sum(mask_BT, axis=1), z_LBTD.shape[-1]), 2.0))
+  return jax.vmap(lambda z_BTD: matrix_entropy(z_BTD, mask_BT))(z_LBTD), bound_B
 
 
-def generation_sums(pred_BT: np.ndarray, batch: dict[str, np.ndarray], max_positions: int
-                    ) -> dict[str, np.ndarray]:
+def generation_sums(
+  pred_BT: np.ndarray, batch: dict[str, np.ndarray], max_positions: int
+) -> dict[str, np.ndarray]:
   """Counts of one batch: exact matches, right answer tokens, and per answer position right / seen."""
   targets, answer = np.asarray(batch["targets"]), np.asarray(batch["answer_mask"]) != 0
   real_B = np.asarray(batch.get("example_mask", answer.any(axis=1))) != 0
@@ -65,28 +66,44 @@ def generation_sums(pred_BT: np.ndarray, batch: dict[str, np.ndarray], max_posit
   np.add.at(pos_right, offset_BT[correct], 1.0)
   np.add.at(pos_seen, offset_BT[answer], 1.0)
   exact_B = (correct.sum(axis=1) == answer.sum(axis=1)) & real_B
-  return {"exact": float(exact_B.sum()), "examples": float(real_B.sum()), "right": float(correct.sum()),
-          "tokens": float(answer.sum()), "pos_right": pos_right, "pos_seen": pos_seen}
+  return {
+    "exact": float(exact_B.sum()),
+    "examples": float(real_B.sum()),
+    "right": float(correct.sum()),
+    "tokens": float(answer.sum()),
+    "pos_right": pos_right,
+    "pos_seen": pos_seen,
+  }
 
 
-def evaluate_generation(cfg: ModelConfig, params: Any, batches: list[dict[str, np.ndarray]]
-                        ) -> dict[str, float]:
+def evaluate_generation(
+  cfg: ModelConfig, params: Any, batches: list[dict[str, np.ndarray]]
+) -> dict[str, float]:
   """Greedy exact match, token and per-position accuracy, and layer entropy over eval batches."""
   T = int(np.asarray(batches[0]["inputs"]).shape[1])
   totals: dict[str, Any] = {}
   ent_sum = ent_norm_sum = 0.0
+  ent_layer_sum = np.zeros(cfg.num_layers)
+  layer = int(cfg.seq_vcr.layers[0]) % cfg.num_layers  # the Seq-VCR layer (the final block by default)
   for batch in batches:
     sums = generation_sums(decode.decode_batch(cfg, params, batch), batch, T)
     for k, v in sums.items():
       totals[k] = totals.get(k, 0.0) + v
-    ent_B, bound_B = jax.device_get(_layer_entropy(cfg, params, jnp.asarray(batch["inputs"])))
+    ent_LB, bound_B = jax.device_get(_layer_entropies(cfg, params, jnp.asarray(batch["inputs"])))
+    ent_B = ent_LB[layer]
     real_B = np.asarray(batch.get("example_mask", np.ones(len(ent_B)))) != 0
+    ent_layer_sum += ent_LB[:, real_B].sum(axis=1)
     ent_sum += float(np.sum(ent_B[real_B]))
     ent_norm_sum += float(np.sum(ent_B[real_B] / bound_B[real_B]))
   n = max(totals["examples"], 1.0)
-  result = {"greedy_exact_match": totals["exact"] / n,
-            "greedy_token_accuracy": totals["right"] / max(totals["tokens"], 1.0),
-            "entropy": ent_sum / n, "entropy_normalized": ent_norm_sum / n}
+  result = {
+    "greedy_exact_match": totals["exact"] / n,
+    "greedy_token_accuracy": totals["right"] / max(totals["tokens"], 1.0),
+    "entropy": ent_sum / n,
+    "entropy_normalized": ent_norm_sum / n,
+  }
+  for l in range(cfg.num_layers):
+    result[f"entropy_layer/{l:02d}"] = float(ent_layer_sum[l] / n)
   for k in np.nonzero(totals["pos_seen"])[0]:
     result[f"greedy_pos_acc/{k:02d}"] = float(totals["pos_right"][k] / totals["pos_seen"][k])
   return result

@@ -38,20 +38,26 @@ class StepTiming:
 def random_batch(cfg: ModelConfig, batch: int, seq: int, seed: int = 0) -> dict[str, jax.Array]:
   tokens_BT = jax.random.randint(jax.random.key(seed), (batch, seq + 1), 0, cfg.vocab_size)
   ones_BT = jnp.ones((batch, seq), jnp.float32)
-  return {"inputs": tokens_BT[:, :-1], "targets": tokens_BT[:, 1:], "loss_mask": ones_BT,
-          "answer_mask": ones_BT}
+  return {
+    "inputs": tokens_BT[:, :-1],
+    "targets": tokens_BT[:, 1:],
+    "loss_mask": ones_BT,
+    "answer_mask": ones_BT,
+  }
 
 
-def time_train_step(cfg: ModelConfig, train_cfg: ml_collections.ConfigDict, batch: int, seq: int,
-                    steps: int = 5) -> StepTiming:
+def time_train_step(
+  cfg: ModelConfig, train_cfg: ml_collections.ConfigDict, batch: int, seq: int, steps: int = 5
+) -> StepTiming:
   """Compiles the real train step (AdamW included) and times `steps` steps after one warm-up."""
   model = Transformer(cfg)
   params = init_params(cfg, jax.random.key(0))
   optimizer = opt_lib.make_optimizer(train_cfg, params)
   state = step_lib.init_train_state(params, optimizer)
   data = random_batch(cfg, batch, seq)
-  step_fn = jax.jit(step_lib.make_train_step(model, optimizer, opt_lib.lr_schedule(train_cfg)),
-                    donate_argnums=(0,))
+  step_fn = jax.jit(
+    step_lib.make_train_step(model, optimizer, opt_lib.lr_schedule(train_cfg)), donate_argnums=(0,)
+  )
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, data).compile()
   compile_s = time.perf_counter() - t0
@@ -65,13 +71,21 @@ def time_train_step(cfg: ModelConfig, train_cfg: ml_collections.ConfigDict, batc
     state, m = compiled(state, data)
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t0)
-  return StepTiming(compile_s, statistics.median(times), temp_mib,
-                    flops_lib.train_flops_per_step(cfg, batch, seq))
+  return StepTiming(
+    compile_s, statistics.median(times), temp_mib, flops_lib.train_flops_per_step(cfg, batch, seq)
+  )
 
 
 def model_config(num_layers: int, d_model: int, num_heads: int, vocab: int, **overrides: Any) -> ModelConfig:
-  return ModelConfig(vocab_size=vocab, num_layers=num_layers, d_model=d_model, num_heads=num_heads,
-                     num_kv_heads=num_heads, ffn_dim=4 * d_model, **overrides)
+  return ModelConfig(
+    vocab_size=vocab,
+    num_layers=num_layers,
+    d_model=d_model,
+    num_heads=num_heads,
+    num_kv_heads=num_heads,
+    ffn_dim=4 * d_model,
+    **overrides,
+  )
 
 
 _DEPTHS = flags.DEFINE_list("depths", ["4", "16", "32"], "Numbers of layers.")
@@ -88,20 +102,29 @@ def main(argv: list[str]) -> None:
   del argv
   peak = flops_lib.measure_matmul_peak(n=2048)
   train_cfg = default_config().train
-  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} | jax {jax.__version__} | "
-        f"measured fp32 2048^2 matmul peak: {peak / 1e9:.1f} GFLOP/s")
-  print(f"baseline LLaMA, d_model={_D_MODEL.value}, heads={_HEADS.value}, batch={_BATCH.value}, "
-        f"seq={_SEQ.value}, remat={_REMAT.value}, vocab={_VOCAB.value}")
+  print(
+    f"device: {jax.devices()[0].device_kind} x{jax.device_count()} | jax {jax.__version__} | "
+    f"measured fp32 2048^2 matmul peak: {peak / 1e9:.1f} GFLOP/s"
+  )
+  print(
+    f"baseline LLaMA, d_model={_D_MODEL.value}, heads={_HEADS.value}, batch={_BATCH.value}, "
+    f"seq={_SEQ.value}, remat={_REMAT.value}, vocab={_VOCAB.value}"
+  )
   print("| layers | params | compile (s) | step (ms) | tokens/s | MFU (%) | temp memory (MiB) |")
   print("|---:|---:|---:|---:|---:|---:|---:|")
   for depth in map(int, _DEPTHS.value):
     cfg = model_config(depth, _D_MODEL.value, _HEADS.value, _VOCAB.value, remat_policy=_REMAT.value)
     timing = time_train_step(cfg, train_cfg, _BATCH.value, _SEQ.value, _STEPS.value)
-    n_params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(functools.partial(init_params, cfg), jax.random.key(0))))
+    n_params = sum(
+      x.size for x in jax.tree.leaves(jax.eval_shape(functools.partial(init_params, cfg), jax.random.key(0)))
+    )
     tokens_s = _BATCH.value * _SEQ.value / timing.step_s
     mfu_pct = 100.0 * timing.flops_per_step / timing.step_s / peak  # percent, as train's `mfu_pct`
-    print(f"| {depth} | {n_params:,} | {timing.compile_s:.2f} | {timing.step_s * 1e3:.1f} | {tokens_s:,.0f} | "
-          f"{mfu_pct:.2f} | {timing.temp_mib:.1f} |", flush=True)
+    print(
+      f"| {depth} | {n_params:,} | {timing.compile_s:.2f} | {timing.step_s * 1e3:.1f} | {tokens_s:,.0f} | "
+      f"{mfu_pct:.2f} | {timing.temp_mib:.1f} |",
+      flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 
@@ -52,8 +52,9 @@ def setup_compilation_cache(setting: str) -> str | None:
   """
   path = resolve_compilation_cache_dir(setting)
   enabled = path is not None
-  changed = (bool(jax.config.jax_enable_compilation_cache) != enabled
-             or (enabled and jax.config.jax_compilation_cache_dir != path))
+  changed = bool(jax.config.jax_enable_compilation_cache) != enabled or (
+    enabled and jax.config.jax_compilation_cache_dir != path
+  )
   if enabled and "://" not in path:
     os.makedirs(path, exist_ok=True)
   jax.config.update("jax_enable_compilation_cache", enabled)
@@ -63,6 +64,7 @@ def setup_compilation_cache(setting: str) -> str | None:
       jax.config.update("jax_persistent_cache_min_compile_time_secs", _MIN_COMPILE_TIME_S)
   if changed:
     from jax.experimental.compilation_cache import compilation_cache
+
     compilation_cache.reset_cache()
   return path
 

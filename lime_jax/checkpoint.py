@@ -18,7 +18,8 @@ import dataclasses
 import json
 import os
 import re
-from typing import Any, Callable, NamedTuple, TypeVar
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
 
 import grain
 import jax
@@ -27,14 +28,39 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from lime_jax.model import model_config
+from lime_jax.model.topologies import get_topology
+
 # Model fields whose change makes a checkpoint's parameters unusable (shapes or semantics).
-_ARCH_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "ffn_dim",
-                "tie_embeddings", "topology", "param_dtype")
+_ARCH_FIELDS = (
+  "vocab_size",
+  "num_layers",
+  "d_model",
+  "num_heads",
+  "num_kv_heads",
+  "ffn_dim",
+  "tie_embeddings",
+  "topology",
+  "param_dtype",
+)
 # Backbone options of the pretrained families (lime_jax/hf/) that add or reshape parameters, with their
-# defaults: in the signature only when set, so checkpoints written before they existed still match.
-_BACKBONE_FIELDS = {"attn_head_dim": 0, "norm_type": "rms", "mlp_gated": True, "mlp_bias": False,
-                    "qkv_bias": False, "out_bias": False, "qk_norm": False, "position": "rope",
-                    "max_positions": 0, "post_norms": False}
+# defaults (ModelConfig's): in the signature only when set, so checkpoints written before they existed
+# still match.
+_BACKBONE_FIELDS = {
+  name: model_config.defaults(model_config.ModelConfig)[name]
+  for name in (
+    "attn_head_dim",
+    "norm_type",
+    "mlp_gated",
+    "mlp_bias",
+    "qkv_bias",
+    "out_bias",
+    "qk_norm",
+    "position",
+    "max_positions",
+    "post_norms",
+  )
+}
 
 
 def arch_signature(model_cfg: ml_collections.ConfigDict, vocab_size: int) -> dict[str, Any]:
@@ -42,10 +68,12 @@ def arch_signature(model_cfg: ml_collections.ConfigDict, vocab_size: int) -> dic
   sig = {k: model_cfg[k] for k in _ARCH_FIELDS if k in model_cfg}
   sig["vocab_size"] = int(model_cfg.vocab_size or vocab_size)
   sig["num_kv_heads"] = int(model_cfg.num_kv_heads or model_cfg.num_heads)
-  sig.update({k: model_cfg[k] for k, default in _BACKBONE_FIELDS.items()
-              if k in model_cfg and model_cfg[k] != default})
-  if model_cfg.topology == "lime":
-    sig["lime.router"] = model_cfg.lime.router
+  sig.update(
+    {k: model_cfg[k] for k, default in _BACKBONE_FIELDS.items() if k in model_cfg and model_cfg[k] != default}
+  )
+  topology_signature = get_topology(model_cfg.topology).signature
+  if topology_signature is not None:  # e.g. LIMe's router kind
+    sig.update(topology_signature(model_cfg))
   if "seq_vcr" in model_cfg and model_cfg.seq_vcr.enabled and model_cfg.seq_vcr.proj_dim:
     # params['seq_vcr_proj'] [K, D, P] exists only then.
     sig["seq_vcr.projection"] = [len(model_cfg.seq_vcr.layers), int(model_cfg.seq_vcr.proj_dim)]
@@ -71,13 +99,20 @@ T = TypeVar("T")
 _JSON_NAMES = ("_CHECKPOINT_METADATA", "_METADATA", "_sharding", "metadata")
 _REQUIRED = {"state": ("_METADATA",), "meta": ("metadata",)}
 # Failures of the machine rather than of the files (memory, transient storage or access errors): raised.
-_NOT_DAMAGE = ("RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "PERMISSION_DENIED",
-               "UNAUTHENTICATED", "Out of memory")
+_NOT_DAMAGE = (
+  "RESOURCE_EXHAUSTED",
+  "UNAVAILABLE",
+  "DEADLINE_EXCEEDED",
+  "PERMISSION_DENIED",
+  "UNAUTHENTICATED",
+  "Out of memory",
+)
 
 
 class Intact(NamedTuple):
   """What `restore_newest_intact` found: the step (None: no intact step), what `attempt` returned for
   it, and where the damaged newer steps were moved."""
+
   step: int | None
   value: Any
   moved: list[str]
@@ -126,8 +161,9 @@ def file_damage(step_dir: str, items: tuple[str, ...]) -> str | None:
   return None
 
 
-def _try_step(directory: str, step: int, attempt: Callable[[int], T], items: tuple[str, ...]
-              ) -> tuple[T | None, str | None]:
+def _try_step(
+  directory: str, step: int, attempt: Callable[[int], T], items: tuple[str, ...]
+) -> tuple[T | None, str | None]:
   """(attempt(step), None), or (None, 'FILE: reason') if the step is damaged. A mismatch propagates."""
   step_dir = os.path.join(directory, str(step))
   problem = file_damage(step_dir, items)
@@ -161,9 +197,14 @@ def move_aside(directory: str, step: int) -> str:
   return str(target)
 
 
-def restore_newest_intact(directory: str, steps: list[int], attempt: Callable[[int], T],
-                          items: tuple[str, ...], log: Callable[[str], None] = print,
-                          step: int | None = None) -> Intact:
+def restore_newest_intact(
+  directory: str,
+  steps: list[int],
+  attempt: Callable[[int], T],
+  items: tuple[str, ...],
+  log: Callable[[str], None] = print,
+  step: int | None = None,
+) -> Intact:
   """Runs `attempt(step)` (reads and checks every item of that step) on the newest step first.
 
   A `CheckpointMismatchError` (wrong config) propagates. Any other failure, or a missing or unparsable
@@ -179,16 +220,16 @@ def restore_newest_intact(directory: str, steps: list[int], attempt: Callable[[i
       return Intact(step, value, [])
     intact = [s for s in sorted(steps) if s != step and _try_step(directory, s, attempt, items)[1] is None]
     raise DamagedCheckpointError(
-        f"Checkpoint step {step} in {directory} is damaged ({where}). Intact steps: {intact or 'none'}; "
-        "choose one of them, or leave the step out to use the newest intact one.")
+      f"Checkpoint step {step} in {directory} is damaged ({where}). Intact steps: {intact or 'none'}; "
+      "choose one of them, or leave the step out to use the newest intact one."
+    )
   moved = []
   for s in sorted(steps, reverse=True):
     value, where = _try_step(directory, s, attempt, items)
     if where is None:
       return Intact(s, value, moved)
     moved.append(move_aside(directory, s))
-    log(f"Checkpoint step {s} is damaged ({where}); moved it to {moved[-1]} and trying the next older "
-        "step.")
+    log(f"Checkpoint step {s} is damaged ({where}); moved it to {moved[-1]} and trying the next older step.")
   return Intact(None, None, moved)
 
 
@@ -209,9 +250,10 @@ class DataIteratorHandler(grain.checkpoint.CheckpointHandler):
     states = {f.read_text() for f in directory.glob("process_*-of-*.json")}
     if len(states) != 1:
       raise CheckpointMismatchError(
-          f"The data iterator checkpoint in {directory} was written by another process count and its "
-          f"per-process states differ ({len(states)} distinct), so it cannot be restored by {count} "
-          "process(es); resume with the original process count.")
+        f"The data iterator checkpoint in {directory} was written by another process count and its "
+        f"per-process states differ ({len(states)} distinct), so it cannot be restored by {count} "
+        "process(es); resume with the original process count."
+      )
     item.set_state(json.loads(states.pop()))
     item.start_prefetch()
     return item
@@ -234,16 +276,21 @@ class Checkpointer:
 
   def __init__(self, workdir: str, max_to_keep: int = 3, async_save: bool = True):
     self.directory = os.path.join(_resolve(workdir), "checkpoints")
-    self._options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                                 enable_async_checkpointing=async_save)
+    self._options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save
+    )
     self.manager = self._open()
 
   def _open(self) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
-        self.directory, options=self._options,
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "data": DataIteratorHandler(),
-                       "meta": ocp.JsonCheckpointHandler()})
+      self.directory,
+      options=self._options,
+      item_handlers={
+        "state": ocp.StandardCheckpointHandler(),
+        "data": DataIteratorHandler(),
+        "meta": ocp.JsonCheckpointHandler(),
+      },
+    )
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -268,8 +315,9 @@ class Checkpointer:
     if diffs:
       lines = ", ".join(f"model.{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diffs.items())
       raise CheckpointMismatchError(
-          f"The checkpoint at {self.directory}/{step} was made with a different model config ({lines}). "
-          "Use a new --workdir, or set these fields back to the checkpoint's values.")
+        f"The checkpoint at {self.directory}/{step} was made with a different model config ({lines}). "
+        "Use a new --workdir, or set these fields back to the checkpoint's values."
+      )
 
   def check_structure(self, step: int, abstract_state: Any) -> None:
     """Raises CheckpointMismatchError if the saved state's tree or shapes (from orbax's metadata) differ
@@ -282,25 +330,33 @@ class Checkpointer:
     problems += [f"{k}: in the checkpoint, not in the config" for k in saved if k not in want]
     if problems:
       raise CheckpointMismatchError(
-          f"Checkpoint {self.directory}/{step} is intact but does not match this config's state structure "
-          f"or shapes ({len(problems)} differ: {'; '.join(problems[:6])}). Use a new --workdir or the "
-          "config it was made with.")
+        f"Checkpoint {self.directory}/{step} is intact but does not match this config's state structure "
+        f"or shapes ({len(problems)} differ: {'; '.join(problems[:6])}). Use a new --workdir or the "
+        "config it was made with."
+      )
 
   def restore(self, step: int, abstract_state: Any, data_iterator: Any | None) -> Any:
     """Restores the state into the shardings of `abstract_state`, then the iterator in place (only once
     the state has been read). A mismatch raises CheckpointMismatchError; anything else is a read error."""
     self.check_structure(step, abstract_state)
-    state = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state)))["state"]
+    state = self.manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+    )["state"]
     if data_iterator is not None:
       self.manager.restore(step, args=ocp.args.Composite(data=DataRestore(data_iterator)))
     return state
 
-  def restore_latest_intact(self, abstract_state: Any, data_iterator: Any | None, signature: dict[str, Any],
-                            log: Callable[[str], None] = print) -> Intact:
+  def restore_latest_intact(
+    self,
+    abstract_state: Any,
+    data_iterator: Any | None,
+    signature: dict[str, Any],
+    log: Callable[[str], None] = print,
+  ) -> Intact:
     """The newest intact step restored (`restore_newest_intact`): meta readable and compatible with
     `signature`, the state's metadata matching `abstract_state`, state and data iterator restorable.
     Damaged newer steps are moved aside; the manager is then re-created (it caches its step list)."""
+
     def attempt(step: int) -> Any:
       self.check_compatible(step, signature)
       return self.restore(step, abstract_state, data_iterator)
@@ -322,14 +378,17 @@ class Checkpointer:
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   """{'params/embed': shape, ...} of a tree of arrays, ShapeDtypeStructs or orbax array metadata."""
-  return {jax.tree_util.keystr(path, simple=True, separator="/"): tuple(x.shape)
-          for path, x in jax.tree_util.tree_leaves_with_path(tree)}
+  return {
+    jax.tree_util.keystr(path, simple=True, separator="/"): tuple(x.shape)
+    for path, x in jax.tree_util.tree_leaves_with_path(tree)
+  }
 
 
 def abstract_like(tree: Any) -> Any:
   """ShapeDtypeStructs (with shardings) describing `tree`, for restoring into the same layout."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-                      tree)
+  return jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree
+  )
 
 
 def restore_raw_state(workdir: str, step: int | None = None) -> tuple[int, Any]:
@@ -346,8 +405,9 @@ def restore_raw_state(workdir: str, step: int | None = None) -> tuple[int, Any]:
     raise FileNotFoundError(f"Checkpoint step {step} not found in {directory}; available: {sorted(steps)}.")
   # Onto this process's first device, whatever mesh and process count wrote it.
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                        manager.item_metadata(step)["state"])
+  target = jax.tree.map(
+    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), manager.item_metadata(step)["state"]
+  )
   state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
   manager.close()
   return step, state

@@ -27,13 +27,16 @@ def arm_row(member: sweep.Member, workdir: str, batch: int, seq_len: int) -> dic
   tokens = batch * seq_len
   tokens_s = summary["tokens_per_s"]
   return {
-      "arm": member.spec.partition(",")[2] or member.spec, "seed": member.seed,
-      "params": summary["params"],
-      "flops_per_token": report["flops_per_step_analytic"] / tokens,
-      "final_train_loss": summary["final_train_loss"], "eval_ce": summary["eval_ce"],
-      "eval_token_accuracy": summary["eval_token_accuracy"], "eval_exact_match": summary["eval_exact_match"],
-      "step_ms": 1e3 * tokens / tokens_s if tokens_s else None,
-      "temp_memory_mib": summary["temp_memory_mib"],
+    "arm": member.spec.partition(",")[2] or member.spec,
+    "seed": member.seed,
+    "params": summary["params"],
+    "flops_per_token": report["flops_per_step_analytic"] / tokens,
+    "final_train_loss": summary["final_train_loss"],
+    "eval_ce": summary["eval_ce"],
+    "eval_token_accuracy": summary["eval_token_accuracy"],
+    "eval_exact_match": summary["eval_exact_match"],
+    "step_ms": 1e3 * tokens / tokens_s if tokens_s else None,
+    "temp_memory_mib": summary["temp_memory_mib"],
   }
 
 
@@ -51,8 +54,9 @@ def main(argv: list[str]) -> None:
   root = sweep.workdir_flag("compare")
   module = sweep.load_config_module(FLAGS.config)
   arms = list(FLAGS.arms) or list(module.ARMS)
-  members = [sweep.Member(f"{FLAGS.preset},{arm}", int(seed), tuple(FLAGS.set))
-             for arm in arms for seed in FLAGS.seeds]
+  members = [
+    sweep.Member(f"{FLAGS.preset},{arm}", int(seed), tuple(FLAGS.set)) for arm in arms for seed in FLAGS.seeds
+  ]
   if FLAGS.dry_run:
     for member in members:
       print(sweep.dry_run_command(FLAGS.config, member, fileio.join(root, member.name)))

@@ -1,30 +1,40 @@
 """Default configuration and validation.
 
 Every experiment in `experiments/` starts from `default_config()` and only overrides fields. Every field a
-run can use is defined here, with its default, so that a typo in an override fails loudly
-(ml_collections refuses unknown keys on a locked ConfigDict).
+run can use is defined once, with its default, so that a typo in an override fails loudly
+(ml_collections refuses unknown keys on a locked ConfigDict): `config.model` is generated from the
+typed dataclasses of lime_jax/model/model_config.py (each field's default, doc and choices are written
+there), plus the run options `config.model` holds beside them (`MODEL_RUN_OPTIONS`); the data, train,
+eval and mesh sections are written here.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
-from lime_jax.data import multiplication
+from lime_jax.data import copying, counting, multiplication, tasks
+from lime_jax.model import model_config
+from lime_jax.model.model_config import LimeConfig, ModelConfig
 
-TOPOLOGIES = ("plain", "lime", "denseformer", "hyper_connections", "value_residual")
-LIME_ROUTERS = ("kv", "static", "dynamic", "top_p")
-LIME_INITS = ("paper", "identity")
-ATTENTION_IMPLS = ("xla", "cudnn", "explicit")
-REMAT_POLICIES = ("none", "full", "save_dots")
-DTYPES = ("float32", "bfloat16")
-TASKS = ("arithmetic", "multiplication", "lis", "copying", "counting", "text")
-LOSS_SCOPES = ("answer", "all")
-SEQ_VCR_VARIANTS = ("per_position", "batch_length")
-SEQ_VCR_POSITIONS = ("aligned", "answer", "all")
-NORM_TYPES = ("rms", "layer")
-MLP_ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
-POSITIONS = ("rope", "learned")
-ROPE_SCALINGS = ("none", "llama3")
+# Choices of the model fields: read from their dataclass field (model_config.py), never written here.
+TOPOLOGIES = model_config.field_choices(ModelConfig, "topology")
+LIME_ROUTERS = model_config.field_choices(LimeConfig, "router")
+REMAT_POLICIES = model_config.field_choices(ModelConfig, "remat_policy")
+TASKS = tasks.known_tasks()
+LOSS_SCOPES = ("answer", "all")  # data.loss_scope: CE on the answer (+eos) only, or on every non-pad token.
+
+# `config.model` fields that are run options, not model hyperparameters (ModelConfig.from_config ignores
+# them), with their defaults.
+MODEL_RUN_OPTIONS = {
+  # Fine-tune from a checkpoint (lime_jax/init_from.py): 'hf:PATH' (a Hugging Face folder: config.json +
+  # safetensors) or a lime_jax workdir 'DIR' / 'DIR:STEP' (default: its latest step). The architecture
+  # fields come from the source (a field set here must agree with it); its parameters are loaded at
+  # step 0 with a fresh optimizer; embedding rows for ids the source lacks (pause tokens) are added as
+  # the mean source embedding. '' = train from scratch.
+  "init_from": "",
+}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -33,102 +43,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   # ---------------------------------------------------------------- model
-  m = c.model = ml_collections.ConfigDict()
-  m.vocab_size = 0  # 0: taken from the task's tokenizer.
-  m.num_layers = 4
-  m.d_model = 256
-  m.num_heads = 8
-  m.num_kv_heads = 0  # 0: same as num_heads (no grouping).
-  m.ffn_dim = 1024
-  m.rope_theta = 10_000.0
-  m.rms_eps = 1e-6
-  m.init_std = 0.02
-  m.tie_embeddings = True
-  # Backbone options of the pretrained families (README "Pretrained models"; lime_jax/hf/ sets them from
-  # a checkpoint's config.json). The defaults are the LLaMA backbone; each option costs nothing when off.
-  m.attn_head_dim = 0  # head dim decoupled from d_model / num_heads (Gemma, Qwen3); 0: d_model / num_heads.
-  m.norm_type = "rms"  # 'rms' (RMSNorm) | 'layer' (LayerNorm with bias, GPT-2); model.rms_eps is its eps.
-  m.norm_offset = 0.0  # every norm scales by (norm_offset + w): Gemma stores w around 0 and uses 1.
-  m.mlp_activation = "silu"  # 'silu' | 'gelu_tanh' (tanh approximation) | 'gelu' (exact erf).
-  m.mlp_gated = True  # True: down(act(gate x) * up x) (SwiGLU / GeGLU); False: down(act(up x)) (GPT-2).
-  m.mlp_bias = False  # biases on the MLP projections.
-  m.qkv_bias = False  # biases on q, k, v (Qwen2; with out_bias: Llama attention_bias, GPT-2).
-  m.out_bias = False  # bias on the attention output projection.
-  m.qk_norm = False  # RMSNorm over head_dim of q and k, before RoPE (Qwen3).
-  m.position = "rope"  # 'rope' | 'learned' (an absolute position table, GPT-2).
-  m.max_positions = 0  # 'learned': rows of the position table (positions must stay below it).
-  m.rope_scaling = "none"  # 'none' | 'llama3' (Llama 3.1 / 3.2 frequency rescaling, the four fields below).
-  m.rope_factor = 8.0
-  m.rope_low_freq_factor = 1.0
-  m.rope_high_freq_factor = 4.0
-  m.rope_original_max_positions = 8192
-  m.sliding_window = 0  # > 0: a query at q sees keys at q - k < sliding_window only (Mistral); 0: off.
-  m.global_layers = ()  # layers exempt from the sliding window (Gemma 2: the odd ones); (): none.
-  # Packed text: attention stays inside each document (the text pipeline gives per-document positions,
-  # restarting at 0 at each document's first token and at each window's start; RoPE / learned positions
-  # use them too). False: one causal sequence per window, documents separated only by EOS.
-  m.document_mask = False
-  m.embed_scale = False  # embeddings * sqrt(d_model), rounded to the compute dtype (Gemma).
-  m.post_norms = False  # a norm on the attention output and on the MLP output too (Gemma 2).
-  m.attn_logit_softcap = 0.0  # attention logits -> cap * tanh(logits / cap) (Gemma 2); 0: off.
-  m.final_logit_softcap = 0.0  # the same on the output logits; 0: off.
-  m.attn_scale_dim = 0.0  # logits * attn_scale_dim**-0.5 (Gemma 2 query_pre_attn_scalar); 0: head_dim.
-  m.compute_dtype = "float32"  # activations; params, logits and softmax stay fp32.
-  m.param_dtype = "float32"
-  m.attention_impl = "xla"
-  m.remat_policy = "none"
-  m.topology = "plain"
-  # Fine-tune from a checkpoint (lime_jax/init_from.py): 'hf:PATH' (a Hugging Face folder: config.json +
-  # safetensors) or a lime_jax workdir 'DIR' / 'DIR:STEP' (default: its latest step). The architecture
-  # fields come from the source (a field set here must agree with it); its parameters are loaded at step
-  # 0 with a fresh optimizer; embedding rows for ids the source lacks (pause tokens) are added as the
-  # mean source embedding. '' = train from scratch.
-  m.init_from = ""
-  # LIMe (SPEC §2); used when topology == 'lime'.
-  m.lime = ml_collections.ConfigDict()
-  m.lime.router = "kv"
-  m.lime.init = "paper"
-  m.lime.top_p = 0.9
-  m.lime.static_init_std = 0.1
-  m.lime.block_size = 4  # source layers mixed per block of the triangular schedule.
-  # kv router: layers per group of the two-level schedule (far sources mixed once per group); 0: auto
-  # (~sqrt(num_layers), a multiple of block_size dividing num_layers), 1: per-layer schedule.
-  m.lime.group_size = 0
-  # Grouped schedule with remat: keep each layer's far part (its mix of the slots below its group) from
-  # the forward pass (L - G buffer slots) instead of recomputing it in the backward pass (~2% faster at
-  # 64 layers on 2 CPU cores); False: recompute, less memory.
-  m.lime.keep_far = True
-  # Other cross-layer topologies (SPEC §3; README "Residual topologies"); each used when selected.
-  m.denseformer = ml_collections.ConfigDict()  # lime_jax/model/denseformer.py
-  m.denseformer.dilation = 1  # the DWA after block i averages X_j with j = i+1 (mod dilation) only.
-  m.denseformer.period = 1  # a DWA after every `period`-th block; the others pass their output on.
-  m.denseformer.block_size = 8  # history slots mixed per block of the triangular schedule.
-  m.hyper_connections = ml_collections.ConfigDict()  # lime_jax/model/hyper_connections.py
-  m.hyper_connections.num_streams = 4  # n residual streams (expansion rate).
-  m.hyper_connections.dynamic = True  # DHC (input-dependent, tanh, scale 0.01) on top of static SHC.
-  m.value_residual = ml_collections.ConfigDict()  # lime_jax/model/value_residual.py
-  m.value_residual.learnable = False  # False: lambda fixed; True: one learnable lambda per layer.
-  m.value_residual.init_lambda = 0.5  # U_n = A_n(lambda V_1 + (1 - lambda) V_n).
-  # Seq-VCR (SPEC §4): a variance-covariance regulariser on chosen layers' outputs, added to the CE.
-  # See lime_jax/model/regularizers.py.
-  m.seq_vcr = ml_collections.ConfigDict()
-  m.seq_vcr.enabled = False
-  m.seq_vcr.lambda1 = 1.0  # variance hinge weight (App. A: 1.0 multiplication; 0.1 arithmetic / LIS).
-  m.seq_vcr.lambda2 = 0.004  # off-diagonal covariance weight (0.004 multiplication; 0.5 arith. / LIS).
-  m.seq_vcr.eta = 1e-3
-  m.seq_vcr.variant = "per_position"  # or 'batch_length' (one covariance over all N*T vectors).
-  m.seq_vcr.layers = (-1,)  # outputs of these blocks (0 = first block, -1 = final block).
-  m.seq_vcr.proj_dim = 2048  # trainable projection trained only by Seq-VCR; 0 = raw representation.
-  # Positions counted: 'aligned' (real tokens in every example of the batch), 'answer' (positions
-  # predicting an answer token in every example), 'all' (every position, padding included).
-  m.seq_vcr.positions = "aligned"
+  # Every field, its default and its choices: lime_jax/model/model_config.py (`model_config.field_doc`).
+  c.model = model_config.config_dict_from_dataclass(ModelConfig)
+  c.model.update(MODEL_RUN_OPTIONS)
 
   # ----------------------------------------------------------------- data
   d = c.data = ml_collections.ConfigDict()
   d.task = "arithmetic"
   d.seq_len = 64  # tokens per example fed to the model (inputs are seq_len, targets shifted by one).
-  d.loss_scope = "answer"  # CE on the answer (+eos) only, or on every non-pad token.
-  d.num_pause = 0  # pause tokens between question and answer (SPEC §4.1).
+  d.loss_scope = "answer"  # one of LOSS_SCOPES.
+  d.num_pause = 0  # pause tokens between question and answer (docs/methods.md §4.1).
   d.num_workers = 0  # grain worker processes; 0 reads in the main process.
   d.prefetch = 2
   d.arithmetic = ml_collections.ConfigDict()
@@ -136,7 +60,7 @@ def default_config() -> ml_collections.ConfigDict:
   d.arithmetic.cot = False
   d.arithmetic.modulus = 11
   d.arithmetic.test_fraction = 0.01  # share of the expression space reserved for the test split.
-  d.multiplication = ml_collections.ConfigDict()  # Deng et al. format (SPEC §5).
+  d.multiplication = ml_collections.ConfigDict()  # Deng et al. format (docs/methods.md §5).
   d.multiplication.num_digits = 4  # n x n digits; operands have exactly n digits.
   d.multiplication.cot = False  # answer `<partial products> #### C` instead of `#### C`.
   # Without CoT: keep the `####` before C, as the official no-CoT target (da03/implicit_chain_of_thought
@@ -146,12 +70,13 @@ def default_config() -> ml_collections.ConfigDict:
   # the test split reads it and train excludes its pairs; '' holds test pairs out by hash only.
   d.multiplication.eval_file = ""
   d.multiplication.test_fraction = 0.01  # hash-held-out share of the pair space (always off train).
-  d.lis = ml_collections.ConfigDict()  # longest increasing subsequence (Feng et al.; SPEC §5).
+  d.lis = ml_collections.ConfigDict()  # longest increasing subsequence (Feng et al.; docs/methods.md §5).
   d.lis.length = 50  # numbers per sequence (the paper: 50 / 80 / 100).
   d.lis.cot = False  # answer `dp_1 ... dp_L = k` instead of `k`.
   d.lis.number_range = 0  # numbers in [length+1, number_range); 0: length + 150 (the paper).
   d.lis.test_fraction = 0.01  # share of the sequence space reserved for the test split.
-  # Glasses copying / counting (SPEC §5; lime_jax/data/copying.py, counting.py): training tasks too.
+  # Glasses copying / counting (docs/methods.md §5; lime_jax/data/copying.py, counting.py): training tasks
+  # too.
   d.copying = ml_collections.ConfigDict()
   d.copying.variant = "mixed"  # 'last' | 'first' | 'hint' | 'interleaved' | 'mixed' (one per example).
   d.copying.min_length = 1  # sequence length in digits, uniform in [min_length, max_length].
@@ -193,7 +118,7 @@ def default_config() -> ml_collections.ConfigDict:
   t.b2 = 0.95
   t.eps = 1e-8
   t.grad_clip = 1.0
-  t.router_lr_multiplier = 10.0  # LIMe router lr = multiplier * learning_rate (SPEC §2.1).
+  t.router_lr_multiplier = 10.0  # LIMe router lr = multiplier * learning_rate (docs/methods.md §2.1).
   t.log_every = 25
   t.eval_every = 0  # 0: evaluate only at the end.
   t.checkpoint_every = 200
@@ -237,52 +162,74 @@ def _check_choice(field: str, value, choices) -> None:
     _fail(field, value, f"choose one of {', '.join(map(repr, choices))}.")
 
 
+def _check_typed_fields(node: ml_collections.ConfigDict, cls: type, prefix: str) -> None:
+  """Checks every field of dataclass `cls` in `node` from its declaration: a choice field holds one of
+  its choices, a bool field True or False; sub-dataclasses recursively. `prefix`: the node's dotted name."""
+  kinds = model_config.field_types(cls)
+  for f in dataclasses.fields(cls):
+    name, kind, value = f"{prefix}.{f.name}", kinds[f.name], node[f.name]
+    if dataclasses.is_dataclass(kind):
+      _check_typed_fields(value, kind, name)
+    elif choices := model_config.field_choices(cls, f.name):
+      _check_choice(name, value, choices)
+    elif kind is bool and not isinstance(value, bool):
+      _fail(name, value, "must be True or False.")
+
+
 def _validate_seq_vcr(c: ml_collections.ConfigDict) -> None:
   """Checks `model.seq_vcr` (only when enabled)."""
   s, L = c.model.seq_vcr, c.model.num_layers
   if not s.enabled:
     return
-  _check_choice("model.seq_vcr.variant", s.variant, SEQ_VCR_VARIANTS)
-  _check_choice("model.seq_vcr.positions", s.positions, SEQ_VCR_POSITIONS)
   for name in ("lambda1", "lambda2"):
     if s[name] < 0:
       _fail(f"model.seq_vcr.{name}", s[name], "must be >= 0.")
   if not s.eta > 0:
-    _fail("model.seq_vcr.eta", s.eta, "must be > 0 (it keeps sqrt(var + eta) differentiable); the paper "
-          "uses 1e-3.")
+    _fail(
+      "model.seq_vcr.eta",
+      s.eta,
+      "must be > 0 (it keeps sqrt(var + eta) differentiable); the paper uses 1e-3.",
+    )
   if s.proj_dim < 0:
     _fail("model.seq_vcr.proj_dim", s.proj_dim, "must be >= 0 (0: no projection; the paper: 2048).")
   layers = tuple(s.layers)
   if not layers or any(not -L <= int(l) < L for l in layers):
-    _fail("model.seq_vcr.layers", layers, f"must be a non-empty tuple of block indices in [-{L}, {L - 1}] "
-          "(0 = first block, -1 = final block).")
+    _fail(
+      "model.seq_vcr.layers",
+      layers,
+      f"must be a non-empty tuple of block indices in [-{L}, {L - 1}] (0 = first block, -1 = final block).",
+    )
   if len({int(l) % L for l in layers}) != len(layers):
     _fail("model.seq_vcr.layers", layers, "names a block twice (negative indices count from the end).")
   if c.model.topology != "plain" and any(int(l) % L != L - 1 for l in layers):
-    _fail("model.seq_vcr.layers", layers,
-          f"topology {c.model.topology!r} supports Seq-VCR on the final block only (its stack takes no "
-          "per-layer hook); use layers=(-1,) or topology 'plain'.")
+    _fail(
+      "model.seq_vcr.layers",
+      layers,
+      f"topology {c.model.topology!r} supports Seq-VCR on the final block only (its stack takes no "
+      "per-layer hook); use layers=(-1,) or topology 'plain'.",
+    )
   if c.train.batch_size < 2:
     _fail("train.batch_size", c.train.batch_size, "Seq-VCR takes covariances across the batch: use >= 2.")
 
 
 def _validate_backbone(m: ml_collections.ConfigDict) -> None:
   """Checks the backbone options of the pretrained families (README "Pretrained models")."""
-  _check_choice("model.norm_type", m.norm_type, NORM_TYPES)
-  _check_choice("model.mlp_activation", m.mlp_activation, MLP_ACTIVATIONS)
-  _check_choice("model.position", m.position, POSITIONS)
-  _check_choice("model.rope_scaling", m.rope_scaling, ROPE_SCALINGS)
-  for name in ("mlp_gated", "mlp_bias", "qkv_bias", "out_bias", "qk_norm", "embed_scale", "post_norms"):
-    if not isinstance(m[name], bool):
-      _fail(f"model.{name}", m[name], "must be True or False.")
   if m.position == "learned" and m.max_positions <= 0:
-    _fail("model.max_positions", m.max_positions, "model.position='learned' needs the table size (> 0), "
-          "at least data.seq_len.")
-  if m.rope_scaling == "llama3" and not (m.rope_factor >= 1.0 and 0 < m.rope_low_freq_factor
-                                         < m.rope_high_freq_factor and m.rope_original_max_positions > 0):
-    _fail("model.rope_factor/rope_low_freq_factor/rope_high_freq_factor/rope_original_max_positions",
-          (m.rope_factor, m.rope_low_freq_factor, m.rope_high_freq_factor, m.rope_original_max_positions),
-          "llama3 RoPE needs factor >= 1, 0 < low_freq_factor < high_freq_factor and a positive length.")
+    _fail(
+      "model.max_positions",
+      m.max_positions,
+      "model.position='learned' needs the table size (> 0), at least data.seq_len.",
+    )
+  if m.rope_scaling == "llama3" and not (
+    m.rope_factor >= 1.0
+    and 0 < m.rope_low_freq_factor < m.rope_high_freq_factor
+    and m.rope_original_max_positions > 0
+  ):
+    _fail(
+      "model.rope_factor/rope_low_freq_factor/rope_high_freq_factor/rope_original_max_positions",
+      (m.rope_factor, m.rope_low_freq_factor, m.rope_high_freq_factor, m.rope_original_max_positions),
+      "llama3 RoPE needs factor >= 1, 0 < low_freq_factor < high_freq_factor and a positive length.",
+    )
   if m.sliding_window < 0:
     _fail("model.sliding_window", m.sliding_window, "must be >= 0 (0: off).")
   layers = tuple(m.global_layers)
@@ -291,20 +238,34 @@ def _validate_backbone(m: ml_collections.ConfigDict) -> None:
   if layers and not m.sliding_window:
     _fail("model.global_layers", layers, "only means something with model.sliding_window > 0.")
   if layers and m.topology != "plain":
-    _fail("model.global_layers", layers, f"per-layer windows need topology 'plain' (topology "
-          f"{m.topology!r} does not pass the layer index to the Block); use a window on every layer.")
+    _fail(
+      "model.global_layers",
+      layers,
+      f"per-layer windows need topology 'plain' (topology "
+      f"{m.topology!r} does not pass the layer index to the Block); use a window on every layer.",
+    )
   if m.sliding_window and m.attention_impl == "cudnn" and layers:
-    _fail("model.attention_impl", m.attention_impl, "cuDNN takes one static window; per-layer windows "
-          "(model.global_layers) need 'xla' or 'explicit'.")
+    _fail(
+      "model.attention_impl",
+      m.attention_impl,
+      "cuDNN takes one static window; per-layer windows (model.global_layers) need 'xla' or 'explicit'.",
+    )
   for name in ("attn_logit_softcap", "final_logit_softcap", "attn_scale_dim", "norm_offset"):
     if m[name] < 0:
       _fail(f"model.{name}", m[name], "must be >= 0 (0: off).")
   if m.attn_logit_softcap and m.attention_impl == "cudnn":
-    _fail("model.attention_impl", m.attention_impl, "the cuDNN kernel has no logit soft-capping: use "
-          "'xla' or 'explicit' with model.attn_logit_softcap.")
+    _fail(
+      "model.attention_impl",
+      m.attention_impl,
+      "the cuDNN kernel has no logit soft-capping: use 'xla' or 'explicit' with model.attn_logit_softcap.",
+    )
   if m.topology == "lime" and m.lime.router != "kv" and (m.norm_type != "rms" or m.norm_offset):
-    _fail("model.lime.router", m.lime.router, "the v1 routers re-normalise hidden states with RMSNorm "
-          "scales: use router 'kv' with model.norm_type='layer' or model.norm_offset.")
+    _fail(
+      "model.lime.router",
+      m.lime.router,
+      "the v1 routers re-normalise hidden states with RMSNorm "
+      "scales: use router 'kv' with model.norm_type='layer' or model.norm_offset.",
+    )
 
 
 def _validate_topologies(m: ml_collections.ConfigDict) -> None:
@@ -314,14 +275,13 @@ def _validate_topologies(m: ml_collections.ConfigDict) -> None:
     if int(df[name]) < 1:
       _fail(f"model.denseformer.{name}", df[name], "must be a positive integer (1 = the plain DWA).")
   if df.period > m.num_layers:
-    _fail("model.denseformer.period", df.period,
-          f"must be <= model.num_layers={m.num_layers}, else no block gets a DWA.")
+    _fail(
+      "model.denseformer.period",
+      df.period,
+      f"must be <= model.num_layers={m.num_layers}, else no block gets a DWA.",
+    )
   if int(hc.num_streams) < 1:
     _fail("model.hyper_connections.num_streams", hc.num_streams, "must be a positive integer (paper: 4).")
-  if not isinstance(hc.dynamic, bool):
-    _fail("model.hyper_connections.dynamic", hc.dynamic, "must be True or False.")
-  if not isinstance(vr.learnable, bool):
-    _fail("model.value_residual.learnable", vr.learnable, "must be True or False.")
   if not 0.0 <= vr.init_lambda <= 1.0:
     _fail("model.value_residual.init_lambda", vr.init_lambda, "must be in [0, 1] (the paper: 0.5).")
 
@@ -332,27 +292,41 @@ def validate(c: ml_collections.ConfigDict) -> None:
   Runs before any array is allocated or any function is compiled.
   """
   m, d, t = c.model, c.data, c.train
+  _check_typed_fields(m, ModelConfig, "model")  # every choice and bool of config.model
   for name in ("num_layers", "d_model", "num_heads", "ffn_dim"):
     if int(m[name]) <= 0:
       _fail(f"model.{name}", m[name], "must be a positive integer.")
   if m.attn_head_dim < 0:
     _fail("model.attn_head_dim", m.attn_head_dim, "must be >= 0 (0: d_model / num_heads).")
   if m.d_model % m.num_heads and not m.attn_head_dim:
-    _fail("model.d_model", m.d_model,
-          f"must be divisible by model.num_heads={m.num_heads} (head_dim = d_model / num_heads); "
-          f"pick d_model as a multiple of {m.num_heads}, change num_heads, or set model.attn_head_dim.")
+    _fail(
+      "model.d_model",
+      m.d_model,
+      f"must be divisible by model.num_heads={m.num_heads} (head_dim = d_model / num_heads); "
+      f"pick d_model as a multiple of {m.num_heads}, change num_heads, or set model.attn_head_dim.",
+    )
   kv = m.num_kv_heads or m.num_heads
   if kv <= 0 or m.num_heads % kv:
-    _fail("model.num_kv_heads", m.num_kv_heads,
-          f"must divide model.num_heads={m.num_heads} (grouped-query attention); use a divisor of "
-          f"{m.num_heads}, or 0 for num_kv_heads = num_heads.")
+    _fail(
+      "model.num_kv_heads",
+      m.num_kv_heads,
+      f"must divide model.num_heads={m.num_heads} (grouped-query attention); use a divisor of "
+      f"{m.num_heads}, or 0 for num_kv_heads = num_heads.",
+    )
   if (m.attn_head_dim or m.d_model // m.num_heads) % 2 and m.position == "rope":
-    _fail("model.d_model", m.d_model, "head_dim (model.attn_head_dim or d_model / num_heads) must be even "
-          "for RoPE.")
+    _fail(
+      "model.d_model",
+      m.d_model,
+      "head_dim (model.attn_head_dim or d_model / num_heads) must be even for RoPE.",
+    )
   _validate_backbone(m)
   if m.document_mask and c.data.task != "text":
-    _fail("model.document_mask", m.document_mask, "masks the documents packed into a window, so it needs "
-          "data.task='text' (the synthetic tasks hold one example per row).")
+    _fail(
+      "model.document_mask",
+      m.document_mask,
+      "masks the documents packed into a window, so it needs "
+      "data.task='text' (the synthetic tasks hold one example per row).",
+    )
   if m.rope_theta <= 0:
     _fail("model.rope_theta", m.rope_theta, "must be > 0.")
   if m.rms_eps <= 0:
@@ -361,29 +335,26 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _fail("model.init_std", m.init_std, "must be > 0.")
   if m.vocab_size < 0:
     _fail("model.vocab_size", m.vocab_size, "must be >= 0 (0 takes it from the task's tokenizer).")
-  _check_choice("model.compute_dtype", m.compute_dtype, DTYPES)
-  _check_choice("model.param_dtype", m.param_dtype, DTYPES)
-  _check_choice("model.attention_impl", m.attention_impl, ATTENTION_IMPLS)
-  _check_choice("model.remat_policy", m.remat_policy, REMAT_POLICIES)
-  _check_choice("model.topology", m.topology, TOPOLOGIES)
   if not isinstance(m.init_from, str) or m.init_from.strip() in ("hf:", ":"):
-    _fail("model.init_from", m.init_from, "use '' (from scratch), 'hf:/path/to/hf_folder' or a lime_jax "
-          "workdir 'DIR[:STEP]'.")
+    _fail(
+      "model.init_from",
+      m.init_from,
+      "use '' (from scratch), 'hf:/path/to/hf_folder' or a lime_jax workdir 'DIR[:STEP]'.",
+    )
   if m.init_from.startswith("<required"):
-    _fail("model.init_from", m.init_from, "this preset fine-tunes a pretrained model: pass "
-          "--config.model.init_from=hf:/path/to/hf_folder (e.g. GPT-2 small saved with save_pretrained).")
-  _check_choice("model.lime.router", m.lime.router, LIME_ROUTERS)
-  _check_choice("model.lime.init", m.lime.init, LIME_INITS)
+    _fail(
+      "model.init_from",
+      m.init_from,
+      "this preset fine-tunes a pretrained model: pass "
+      "--config.model.init_from=hf:/path/to/hf_folder (e.g. GPT-2 small saved with save_pretrained).",
+    )
   if not 0.0 < m.lime.top_p <= 1.0:
     _fail("model.lime.top_p", m.lime.top_p, "must be in (0, 1].")
   if m.lime.block_size <= 0:
     _fail("model.lime.block_size", m.lime.block_size, "must be a positive integer.")
-  lime_block = min(m.lime.block_size, m.num_layers)
-  if m.lime.group_size < 0 or (m.lime.group_size > 1 and (m.lime.group_size % lime_block
-                                                          or m.num_layers % m.lime.group_size)):
-    _fail("model.lime.group_size", m.lime.group_size,
-          f"use 0 (auto), 1 (off) or a multiple of block_size={lime_block} that divides "
-          f"num_layers={m.num_layers}.")
+  from lime_jax.model.routers import kv  # pylint: disable=import-outside-toplevel
+
+  kv.check_group_size(int(m.lime.group_size), int(m.lime.block_size), int(m.num_layers))
   _validate_topologies(m)
   _validate_seq_vcr(c)
 
@@ -407,20 +378,26 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if d.lis.length < 3:
     _fail("data.lis.length", d.lis.length, "must be >= 3 (the paper: 50, 80, 100).")
   if d.lis.number_range and d.lis.number_range < 2 * d.lis.length + 1:
-    _fail("data.lis.number_range", d.lis.number_range,
-          f"must be 0 (length + 150, the paper) or >= 2*length+1 = {2 * d.lis.length + 1} (numbers "
-          "lie in [length+1, number_range); a planted run can need `length` distinct values).")
+    _fail(
+      "data.lis.number_range",
+      d.lis.number_range,
+      f"must be 0 (length + 150, the paper) or >= 2*length+1 = {2 * d.lis.length + 1} (numbers "
+      "lie in [length+1, number_range); a planted run can need `length` distinct values).",
+    )
   if not 0.0 < d.lis.test_fraction < 0.5:
     _fail("data.lis.test_fraction", d.lis.test_fraction, "must be in (0, 0.5).")
   for name in ("copying", "counting"):
     sub = d[name]
     if not 1 <= sub.min_length <= sub.max_length:
-      _fail(f"data.{name}.min_length/max_length", (sub.min_length, sub.max_length),
-            "must satisfy 1 <= min_length <= max_length.")
+      _fail(
+        f"data.{name}.min_length/max_length",
+        (sub.min_length, sub.max_length),
+        "must satisfy 1 <= min_length <= max_length.",
+      )
     if not 0.0 < sub.test_fraction < 0.5:
       _fail(f"data.{name}.test_fraction", sub.test_fraction, "must be in (0, 0.5).")
-  _check_choice("data.copying.variant", d.copying.variant, ("last", "first", "hint", "interleaved", "mixed"))
-  _check_choice("data.counting.variant", d.counting.variant, ("sum", "ones", "bits", "word", "mixed"))
+  _check_choice("data.copying.variant", d.copying.variant, (*copying.VARIANTS, "mixed"))
+  _check_choice("data.counting.variant", d.counting.variant, (*counting.VARIANTS, "mixed"))
   if not 0.0 <= d.counting.p_one <= 1.0:
     _fail("data.counting.p_one", d.counting.p_one, "must be in [0, 1].")
   if not 0.0 < d.text.validation_fraction < 1.0:
@@ -429,28 +406,48 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _fail("data.num_workers/prefetch", (d.num_workers, d.prefetch), "must be >= 0.")
   modulus = d.arithmetic.modulus
   if modulus < 2 or modulus > 100 or any(modulus % k == 0 for k in range(2, int(modulus**0.5) + 1)):
-    _fail("data.arithmetic.modulus", modulus,
-          "must be a prime <= 100 (division needs every non-zero number to have an inverse); the "
-          "paper uses 11.")
+    _fail(
+      "data.arithmetic.modulus",
+      modulus,
+      "must be a prime <= 100 (division needs every non-zero number to have an inverse); the paper uses 11.",
+    )
   _check_choice("data.text.source", d.text.source, ("tfds", "files"))
   _check_choice("data.text.file_format", d.text.file_format, ("auto", "parquet", "jsonl", "txt"))
   if d.task == "text" and d.text.source == "files" and not d.text.files:
-    _fail("data.text.files", d.text.files, "data.text.source='files' needs a glob of train shards, e.g. "
-          "'data/train-*.parquet' (and data.text.eval_files for the held-out shards).")
+    _fail(
+      "data.text.files",
+      d.text.files,
+      "data.text.source='files' needs a glob of train shards, e.g. "
+      "'data/train-*.parquet' (and data.text.eval_files for the held-out shards).",
+    )
   if d.task == "text" and d.text.source == "files" and not d.text.eval_files:
-    _fail("data.text.eval_files", d.text.eval_files, "data.text.source='files' needs a glob of held-out "
-          "shards for the evaluation (e.g. 'data/val-*.parquet'); they must not overlap data.text.files.")
+    _fail(
+      "data.text.eval_files",
+      d.text.eval_files,
+      "data.text.source='files' needs a glob of held-out "
+      "shards for the evaluation (e.g. 'data/val-*.parquet'); they must not overlap data.text.files.",
+    )
   if d.task == "text" and not d.tokenizer and m.vocab_size > 1024:
-    _fail("data.tokenizer", d.tokenizer, f"model.vocab_size={m.vocab_size} asks for a subword vocabulary but "
-          "the text would be read as bytes (272 ids): set data.tokenizer to a tokenizer.json / folder / "
-          "SentencePiece .model (the paper presets: GPT-2's tokenizer.json), or model.vocab_size=0.")
+    _fail(
+      "data.tokenizer",
+      d.tokenizer,
+      f"model.vocab_size={m.vocab_size} asks for a subword vocabulary but "
+      "the text would be read as bytes (272 ids): set data.tokenizer to a tokenizer.json / folder / "
+      "SentencePiece .model (the paper presets: GPT-2's tokenizer.json), or model.vocab_size=0.",
+    )
   if d.task == "text" and d.text.source == "tfds" and not (d.text.data_dir or d.text.source_dir):
-    _fail("data.text.data_dir", d.text.data_dir,
-          "task 'text' needs a tfds data_dir with the prepared dataset, or data.text.source_dir with "
-          ".txt files to prepare it from.")
+    _fail(
+      "data.text.data_dir",
+      d.text.data_dir,
+      "task 'text' needs a tfds data_dir with the prepared dataset, or data.text.source_dir with "
+      ".txt files to prepare it from.",
+    )
   if c.eval.greedy and d.task == "text":
-    _fail("eval.greedy", c.eval.greedy, "greedy answer decoding needs a question/answer task; set it False "
-          "for task 'text'.")
+    _fail(
+      "eval.greedy",
+      c.eval.greedy,
+      "greedy answer decoding needs a question/answer task; set it False for task 'text'.",
+    )
 
   if t.batch_size <= 0:
     _fail("train.batch_size", t.batch_size, "must be a positive integer.")
@@ -478,8 +475,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if t.eval_every < 0:
     _fail("train.eval_every", t.eval_every, "must be >= 0 (0: only at the end).")
   if not isinstance(t.compilation_cache_dir, str):
-    _fail("train.compilation_cache_dir", t.compilation_cache_dir,
-          "must be a string: '' (the user cache dir), 'none' (off) or a directory.")
+    _fail(
+      "train.compilation_cache_dir",
+      t.compilation_cache_dir,
+      "must be a string: '' (the user cache dir), 'none' (off) or a directory.",
+    )
   _check_choice("train.wandb.mode", t.wandb.mode, ("online", "offline", "disabled"))
   if c.eval.num_examples <= 0 or c.eval.batch_size <= 0:
     _fail("eval.num_examples/batch_size", (c.eval.num_examples, c.eval.batch_size), "must be > 0.")

@@ -31,8 +31,9 @@ def prompt_lengths(answer_mask_BT: np.ndarray) -> np.ndarray:
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "prefill_len"))
-def greedy_predictions(cfg: ModelConfig, params: Any, inputs_BT: jax.Array, prompt_len_B: jax.Array,
-                       prefill_len: int) -> jax.Array:
+def greedy_predictions(
+  cfg: ModelConfig, params: Any, inputs_BT: jax.Array, prompt_len_B: jax.Array, prefill_len: int
+) -> jax.Array:
   """Greedy next-token predictions int32 [B, T] (see the module doc), decoding with the KV cache.
 
   Args:
@@ -69,13 +70,17 @@ def decode_batch(cfg: ModelConfig, params: Any, batch: dict[str, Any]) -> np.nda
   prompt_len_B = prompt_lengths(np.asarray(batch["answer_mask"]))
   real = np.asarray(batch.get("example_mask", np.ones(len(prompt_len_B)))) != 0
   prefill = int(prompt_len_B[real].min()) if real.any() else int(prompt_len_B.min())
-  return np.asarray(greedy_predictions(cfg, params, jnp.asarray(batch["inputs"]),
-                                       jnp.asarray(prompt_len_B), prefill_len=prefill))
+  return np.asarray(
+    greedy_predictions(
+      cfg, params, jnp.asarray(batch["inputs"]), jnp.asarray(prompt_len_B), prefill_len=prefill
+    )
+  )
 
 
 # -------------------------------------------------------------------------------------------- sampling
-def filter_logits(logits_BV: jax.Array, temperature: float | jax.Array = 1.0, top_k: int = 0,
-                  top_p: float | jax.Array = 1.0) -> jax.Array:
+def filter_logits(
+  logits_BV: jax.Array, temperature: float | jax.Array = 1.0, top_k: int = 0, top_p: float | jax.Array = 1.0
+) -> jax.Array:
   """Logits / temperature with the tokens outside the top-k and outside the nucleus set to -inf.
 
   top_k (static; 0 = off) keeps the k largest logits (ties with the k-th are kept). top_p (1 = off)
@@ -96,8 +101,13 @@ def filter_logits(logits_BV: jax.Array, temperature: float | jax.Array = 1.0, to
   return jnp.where(probs_BV < threshold_B1, neg_inf, logits_BV)
 
 
-def sample_tokens(rng: jax.Array, logits_BV: jax.Array, temperature: float | jax.Array = 1.0,
-                  top_k: int = 0, top_p: float | jax.Array = 1.0) -> jax.Array:
+def sample_tokens(
+  rng: jax.Array,
+  logits_BV: jax.Array,
+  temperature: float | jax.Array = 1.0,
+  top_k: int = 0,
+  top_p: float | jax.Array = 1.0,
+) -> jax.Array:
   """One token per row, int32 [B]: sampled from `filter_logits`, or the argmax where temperature <= 0."""
   greedy_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
   sampled_B = jax.random.categorical(rng, filter_logits(logits_BV, temperature, top_k, top_p), axis=-1)
@@ -105,9 +115,16 @@ def sample_tokens(rng: jax.Array, logits_BV: jax.Array, temperature: float | jax
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new", "top_k"))
-def sample(cfg: ModelConfig, params: Any, prompt_BP: jax.Array, rng: jax.Array, max_new: int,
-           temperature: float | jax.Array = 1.0, top_k: int = 0, top_p: float | jax.Array = 1.0
-           ) -> jax.Array:
+def sample(
+  cfg: ModelConfig,
+  params: Any,
+  prompt_BP: jax.Array,
+  rng: jax.Array,
+  max_new: int,
+  temperature: float | jax.Array = 1.0,
+  top_k: int = 0,
+  top_p: float | jax.Array = 1.0,
+) -> jax.Array:
   """`max_new` tokens int32 [B, max_new] continuing each row's prompt [B, P] (all P tokens real), with
   the KV cache: one prefill call, then one call per token. Nothing stops at EOS: cut the rows after it.
   """

@@ -28,9 +28,11 @@ def maybe_initialize() -> bool:
   """Initialises the distributed runtime if this is a multi-process run; returns whether it did."""
   coordinator = os.environ.get("LIME_COORDINATOR")
   if coordinator:
-    jax.distributed.initialize(coordinator_address=coordinator,
-                               num_processes=int(os.environ["LIME_NUM_PROCESSES"]),
-                               process_id=int(os.environ["LIME_PROCESS_ID"]))
+    jax.distributed.initialize(
+      coordinator_address=coordinator,
+      num_processes=int(os.environ["LIME_NUM_PROCESSES"]),
+      process_id=int(os.environ["LIME_PROCESS_ID"]),
+    )
     return True
   if _on_cloud_tpu() or _under_slurm() or os.environ.get("LIME_DISTRIBUTED") == "auto":
     jax.distributed.initialize()

@@ -26,51 +26,88 @@ from lime_jax.checkpoint import DamagedCheckpointError
 from lime_jax.probes import registry, runner
 
 _DEFAULTS = registry.ProbeOptions()
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (with checkpoints/), or the output "
-                               "directory for --random_init.")
-_PROBES = flags.DEFINE_list("probes", ["collapse", "entropy"], "Probes to run, comma-separated; 'all' "
-                            "runs every registered probe.")
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Run directory (with checkpoints/), or the output directory for --random_init."
+)
+_PROBES = flags.DEFINE_list(
+  "probes", ["collapse", "entropy"], "Probes to run, comma-separated; 'all' runs every registered probe."
+)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 _RANDOM_INIT = flags.DEFINE_bool("random_init", False, "Probe an untrained model built from --config.")
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config[:preset] (--random_init).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Experiment config[:preset] (--random_init).", lock_config=True
+)
 _COMPARE = flags.DEFINE_list("compare", [], "Run directories to compare (also: --compare RUN_A RUN_B ...).")
-_OUT = flags.DEFINE_string("out", None, "Output directory of --compare (default RUN_A/eval/compare) "
-                           "and of --hf (required there).")
+_OUT = flags.DEFINE_string(
+  "out", None, "Output directory of --compare (default RUN_A/eval/compare) and of --hf (required there)."
+)
 _LENGTHS = flags.DEFINE_list("lengths", [str(n) for n in _DEFAULTS.lengths], "copying / counting lengths.")
-_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", _DEFAULTS.num_examples,
-                                     "Examples per length (copying, counting) or eval sequences (entropy).")
+_NUM_EXAMPLES = flags.DEFINE_integer(
+  "num_examples",
+  _DEFAULTS.num_examples,
+  "Examples per length (copying, counting) or eval sequences (entropy).",
+)
 _COLLAPSE_NS = flags.DEFINE_list("collapse_ns", [str(n) for n in _DEFAULTS.collapse_ns], "collapse: n grid.")
-_COLLAPSE_DTYPES = flags.DEFINE_list("collapse_dtypes", list(_DEFAULTS.collapse_dtypes),
-                                     "collapse: activation dtypes.")
-_OVERSQUASH_LENGTH = flags.DEFINE_integer("oversquash_length", _DEFAULTS.oversquash_length,
-                                          "oversquash: prompt length.")
-_OVERSQUASH_METHOD = flags.DEFINE_enum("oversquash_method", _DEFAULTS.oversquash_method,
-                                       ["auto", "exact", "hutchinson"], "oversquash: Jacobian norm method.")
-_SEP_TOKENS = flags.DEFINE_list("separability_tokens", [], "separability: class strings (default: "
-                                "is,are,was,were for text, the first four digits otherwise).")
+_COLLAPSE_DTYPES = flags.DEFINE_list(
+  "collapse_dtypes", list(_DEFAULTS.collapse_dtypes), "collapse: activation dtypes."
+)
+_OVERSQUASH_LENGTH = flags.DEFINE_integer(
+  "oversquash_length", _DEFAULTS.oversquash_length, "oversquash: prompt length."
+)
+_OVERSQUASH_METHOD = flags.DEFINE_enum(
+  "oversquash_method",
+  _DEFAULTS.oversquash_method,
+  ["auto", "exact", "hutchinson"],
+  "oversquash: Jacobian norm method.",
+)
+_SEP_TOKENS = flags.DEFINE_list(
+  "separability_tokens",
+  [],
+  "separability: class strings (default: is,are,was,were for text, the first four digits otherwise).",
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the probes' random prompts.")
-_MC_TASKS = flags.DEFINE_list("mc_tasks", [], "lm: multiple-choice jsonl files (TASK=PATH or PATH named "
-                              "after the task: hellaswag, arc_easy, arc_challenge, piqa, winogrande, generic).")
+_MC_TASKS = flags.DEFINE_list(
+  "mc_tasks",
+  [],
+  "lm: multiple-choice jsonl files (TASK=PATH or PATH named "
+  "after the task: hellaswag, arc_easy, arc_challenge, piqa, winogrande, generic).",
+)
 _MC_SHOTS = flags.DEFINE_integer("mc_shots", 0, "lm: few-shot examples before each question.")
 _MC_LIMIT = flags.DEFINE_integer("mc_limit", 0, "lm: questions per file (0 = all).")
-_SKIP_INCOMPATIBLE = flags.DEFINE_bool("skip_incompatible", False, "Skip (with a note) the probes that "
-                                       "cannot run on the checkpoint, instead of failing.")
+_SKIP_INCOMPATIBLE = flags.DEFINE_bool(
+  "skip_incompatible",
+  False,
+  "Skip (with a note) the probes that cannot run on the checkpoint, instead of failing.",
+)
 _HF = flags.DEFINE_string("hf", None, "A Hugging Face model folder (local or gs://) to probe; needs --out.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "--hf: activation (compute) dtype.")
-_TEXT_FILE = flags.DEFINE_string("text_file", "", "--hf: .txt whose paragraphs entropy / separability "
-                                 "read (default: built-in English sentences).")
-_RECOMPUTE = flags.DEFINE_bool("recompute", False, "--compare: run every probe again, even where a "
-                               "result computed with the same options is saved.")
+_TEXT_FILE = flags.DEFINE_string(
+  "text_file",
+  "",
+  "--hf: .txt whose paragraphs entropy / separability read (default: built-in English sentences).",
+)
+_RECOMPUTE = flags.DEFINE_bool(
+  "recompute",
+  False,
+  "--compare: run every probe again, even where a result computed with the same options is saved.",
+)
 
 
 def _options() -> registry.ProbeOptions:
   return registry.ProbeOptions(
-      lengths=tuple(int(n) for n in _LENGTHS.value), num_examples=_NUM_EXAMPLES.value,
-      collapse_ns=tuple(int(n) for n in _COLLAPSE_NS.value), collapse_dtypes=tuple(_COLLAPSE_DTYPES.value),
-      oversquash_length=_OVERSQUASH_LENGTH.value, oversquash_method=_OVERSQUASH_METHOD.value,
-      separability_tokens=tuple(_SEP_TOKENS.value), text_file=_TEXT_FILE.value, seed=_SEED.value,
-      mc_tasks=tuple(_MC_TASKS.value), mc_shots=_MC_SHOTS.value, mc_limit=_MC_LIMIT.value)
+    lengths=tuple(int(n) for n in _LENGTHS.value),
+    num_examples=_NUM_EXAMPLES.value,
+    collapse_ns=tuple(int(n) for n in _COLLAPSE_NS.value),
+    collapse_dtypes=tuple(_COLLAPSE_DTYPES.value),
+    oversquash_length=_OVERSQUASH_LENGTH.value,
+    oversquash_method=_OVERSQUASH_METHOD.value,
+    separability_tokens=tuple(_SEP_TOKENS.value),
+    text_file=_TEXT_FILE.value,
+    seed=_SEED.value,
+    mc_tasks=tuple(_MC_TASKS.value),
+    mc_shots=_MC_SHOTS.value,
+    mc_limit=_MC_LIMIT.value,
+  )
 
 
 def _probe_names() -> list[str]:
@@ -95,9 +132,14 @@ def main(argv: list[str]) -> None:
       runs = {}
       labels = [fileio.basename(d) for d in compare_runs]
       for run_dir, label in zip(compare_runs, labels):
-        out_dir, results = runner.evaluate(run_dir, names, options, _STEP.value,
-                                           skip_incompatible=_SKIP_INCOMPATIBLE.value,
-                                           reuse=not _RECOMPUTE.value)
+        out_dir, results = runner.evaluate(
+          run_dir,
+          names,
+          options,
+          _STEP.value,
+          skip_incompatible=_SKIP_INCOMPATIBLE.value,
+          reuse=not _RECOMPUTE.value,
+        )
         print(f"{run_dir}: wrote {out_dir}")
         runs[label if labels.count(label) == 1 else run_dir.rstrip("/")] = results
       out = _OUT.value or fileio.join(compare_runs[0], "eval", "compare")
@@ -106,22 +148,31 @@ def main(argv: list[str]) -> None:
       return
     if _HF.value:
       if _WORKDIR.value or _RANDOM_INIT.value:
-        raise app.UsageError("--hf probes a Hugging Face folder: drop --workdir / --random_init, and give "
-                             "--out=DIR for the results.")
+        raise app.UsageError(
+          "--hf probes a Hugging Face folder: drop --workdir / --random_init, and give "
+          "--out=DIR for the results."
+        )
       if not _OUT.value:
         raise app.UsageError("--hf needs --out=DIR (where results.json and the plots go).")
       from lime_jax.probes import pretrained  # pylint: disable=import-outside-toplevel
-      out_dir, _ = pretrained.evaluate_hf(_HF.value, _OUT.value, names, options, _DTYPE.value,
-                                          _SKIP_INCOMPATIBLE.value)
+
+      out_dir, _ = pretrained.evaluate_hf(
+        _HF.value, _OUT.value, names, options, _DTYPE.value, _SKIP_INCOMPATIBLE.value
+      )
       print(f"Wrote {out_dir}/results.json, summary.md and the plots.")
       return
     if not _WORKDIR.value:
       raise app.UsageError("--workdir is required (or --compare RUN_A RUN_B ..., or --hf=FOLDER --out=DIR).")
     if _RANDOM_INIT.value and _CONFIG.value is None:
       raise app.UsageError("--random_init needs --config=experiments/<name>.py[:preset].")
-    out_dir, _ = runner.evaluate(_WORKDIR.value, names, options, _STEP.value,
-                                 _CONFIG.value if _RANDOM_INIT.value else None,
-                                 skip_incompatible=_SKIP_INCOMPATIBLE.value)
+    out_dir, _ = runner.evaluate(
+      _WORKDIR.value,
+      names,
+      options,
+      _STEP.value,
+      _CONFIG.value if _RANDOM_INIT.value else None,
+      skip_incompatible=_SKIP_INCOMPATIBLE.value,
+    )
     print(f"Wrote {out_dir}/results.json, summary.md and the plots.")
   except DamagedCheckpointError as e:  # not a usage error: no usage text
     raise SystemExit(f"FATAL: {e}") from None

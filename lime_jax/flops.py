@@ -3,7 +3,7 @@
 Convention (stated in logs and docs): training FLOPs per token = 3 x forward (forward + 2x backward).
 Forward FLOPs per token = 2 x (parameters in matmuls, including the unembedding, excluding the
 embedding lookup) + causal attention 2 x 2 x L x D_attn x T / 2 (QK^T and PV, halved for the causal mask),
-+ any topology-specific extra (LIMe's mixing). Remat recomputation is not counted (MFU, not HFU).
++ the topology's `extra_flops` (e.g. LIMe's mixing). Remat recomputation is not counted (MFU, not HFU).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from lime_jax import caches
 from lime_jax.model.model_config import ModelConfig
+from lime_jax.model.topologies import get_topology
 
 
 def matmul_params(cfg: ModelConfig) -> int:
@@ -42,18 +43,10 @@ def _mean_keys(seq_len: int, window: int) -> float:
 
 
 def topology_extra_forward_flops(cfg: ModelConfig) -> float:
-  """Per-token forward FLOPs a topology adds on top of the backbone (0 for 'plain'): its registered
-  `Topology.extra_flops`, or LIMe's mixing."""
-  from lime_jax.model.stack import get_topology  # Local import: the model package imports the topologies.
-  topology = get_topology(cfg.topology)
-  if topology.extra_flops is not None:
-    return float(topology.extra_flops(cfg))
-  if cfg.topology == "lime":
-    from lime_jax.model import lime  # Local import: lime registers itself on import.
-    fn = getattr(lime, "mixing_flops_per_token", None)
-    if fn is not None:
-      return float(fn(cfg))
-  return 0.0
+  """Per-token forward FLOPs a topology adds on top of the backbone: its `Topology.extra_flops` (LIMe:
+  its router's mixing), 0 without one ('plain')."""
+  extra_flops = get_topology(cfg.topology).extra_flops
+  return 0.0 if extra_flops is None else float(extra_flops(cfg))
 
 
 def train_flops_per_step(cfg: ModelConfig, batch_size: int, seq_len: int) -> float:
@@ -62,8 +55,16 @@ def train_flops_per_step(cfg: ModelConfig, batch_size: int, seq_len: int) -> flo
 
 # Dense bf16 peak FLOP/s per chip, from vendor data sheets.
 _PEAK_BY_KIND = {
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
-    "TPU v6 lite": 918e12, "TPU v6e": 918e12, "H100": 989e12, "H200": 989e12, "A100": 312e12,
+  "TPU v4": 275e12,
+  "TPU v5 lite": 197e12,
+  "TPU v5e": 197e12,
+  "TPU v5p": 459e12,
+  "TPU v5": 459e12,
+  "TPU v6 lite": 918e12,
+  "TPU v6e": 918e12,
+  "H100": 989e12,
+  "H200": 989e12,
+  "A100": 312e12,
 }
 
 

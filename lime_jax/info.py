@@ -30,19 +30,23 @@ from lime_jax.model import init_params
 
 def abstract_state(run: train_lib.Run) -> step_lib.TrainState:
   """The train state as ShapeDtypeStructs carrying their shardings (no arrays)."""
+
   def init(rng):
     return step_lib.init_train_state(init_params(run.model_cfg, rng), run.optimizer)
+
   shapes = jax.eval_shape(init, jax.random.key(0))
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
-                      run.state_sharding)
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, run.state_sharding
+  )
 
 
 def abstract_batch(run: train_lib.Run) -> dict[str, jax.ShapeDtypeStruct]:
   """A global train batch as ShapeDtypeStructs: int32 tokens, float32 masks, [batch, seq_len]."""
   shape = (int(run.config.train.batch_size), int(run.config.data.seq_len))
   dtype = lambda k: jnp.int32 if k in ("inputs", "targets") else jnp.float32
-  return {k: jax.ShapeDtypeStruct(shape, dtype(k), sharding=run.batch_sharding)
-          for k in pipeline.FEATURE_KEYS}
+  return {
+    k: jax.ShapeDtypeStruct(shape, dtype(k), sharding=run.batch_sharding) for k in pipeline.FEATURE_KEYS
+  }
 
 
 def tree_bytes(tree: Any) -> int:
@@ -71,17 +75,23 @@ def config_info(config: ml_collections.ConfigDict, compile_step: bool = True) ->
   batch, seq_len = int(config.train.batch_size), int(config.data.seq_len)
   forward = flops_lib.forward_flops_per_token(run.model_cfg, seq_len)
   info: dict[str, Any] = {
-      "params": train_lib.param_count(state.params),
-      "model": {"num_layers": run.model_cfg.num_layers, "d_model": run.model_cfg.d_model,
-                "topology": run.model_cfg.topology, "vocab_size": run.model_cfg.vocab_size},
-      "batch_size": batch, "seq_len": seq_len,
-      "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
-      "mesh": {k: int(v) for k, v in run.mesh.shape.items()},
-      "flops_per_token_forward": forward, "flops_per_token_train": 3.0 * forward,
-      "flops_per_step_train": flops_lib.train_flops_per_step(run.model_cfg, batch, seq_len),
-      "topology_extra_flops_per_token_forward": flops_lib.topology_extra_forward_flops(run.model_cfg),
-      "params_mib": tree_bytes(state.params) / 2**20,
-      "optimizer_state_mib": tree_bytes(state.opt_state) / 2**20,
+    "params": train_lib.param_count(state.params),
+    "model": {
+      "num_layers": run.model_cfg.num_layers,
+      "d_model": run.model_cfg.d_model,
+      "topology": run.model_cfg.topology,
+      "vocab_size": run.model_cfg.vocab_size,
+    },
+    "batch_size": batch,
+    "seq_len": seq_len,
+    "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
+    "mesh": {k: int(v) for k, v in run.mesh.shape.items()},
+    "flops_per_token_forward": forward,
+    "flops_per_token_train": 3.0 * forward,
+    "flops_per_step_train": flops_lib.train_flops_per_step(run.model_cfg, batch, seq_len),
+    "topology_extra_flops_per_token_forward": flops_lib.topology_extra_forward_flops(run.model_cfg),
+    "params_mib": tree_bytes(state.params) / 2**20,
+    "optimizer_state_mib": tree_bytes(state.opt_state) / 2**20,
   }
   if data_error:
     info["data_not_checked"] = data_error
@@ -95,25 +105,29 @@ def config_info(config: ml_collections.ConfigDict, compile_step: bool = True) ->
 def format_info(info: dict[str, Any]) -> str:
   m = info["model"]
   lines = [
-      f"Model: {info['params']:,} params | {m['num_layers']} layers, d_model {m['d_model']}, topology "
-      f"{m['topology']}, vocab {m['vocab_size']}",
-      f"Batch {info['batch_size']} x seq_len {info['seq_len']} | {info['devices']}, mesh {info['mesh']}",
-      f"FLOPs/token: {info['flops_per_token_forward']:.4g} forward, "
-      f"{info['flops_per_token_train']:.4g} train "
-      f"(3x forward; topology extra {info['topology_extra_flops_per_token_forward']:.4g} forward)",
-      f"FLOPs/step (train): {info['flops_per_step_train']:.4e}",
-      f"State: params {info['params_mib']:.1f} MiB + optimizer {info['optimizer_state_mib']:.1f} MiB "
-      f"(totals over all devices)",
+    f"Model: {info['params']:,} params | {m['num_layers']} layers, d_model {m['d_model']}, topology "
+    f"{m['topology']}, vocab {m['vocab_size']}",
+    f"Batch {info['batch_size']} x seq_len {info['seq_len']} | {info['devices']}, mesh {info['mesh']}",
+    f"FLOPs/token: {info['flops_per_token_forward']:.4g} forward, "
+    f"{info['flops_per_token_train']:.4g} train "
+    f"(3x forward; topology extra {info['topology_extra_flops_per_token_forward']:.4g} forward)",
+    f"FLOPs/step (train): {info['flops_per_step_train']:.4e}",
+    f"State: params {info['params_mib']:.1f} MiB + optimizer {info['optimizer_state_mib']:.1f} MiB "
+    f"(totals over all devices)",
   ]
   if info.get("data_not_checked"):
     lines.append(f"Data not checked (the model's vocab_size is used): {info['data_not_checked']}")
   memory = {k.split("/")[1]: v for k, v in info.items() if k.startswith("memory/")}
   if memory:
-    lines.append("XLA memory_analysis of the compiled train step, per device: " +
-                 ", ".join(f"{k}={v:.1f} MiB" for k, v in memory.items()))
+    lines.append(
+      "XLA memory_analysis of the compiled train step, per device: "
+      + ", ".join(f"{k}={v:.1f} MiB" for k, v in memory.items())
+    )
     if "argument_size_mib" in memory and "temp_size_mib" in memory:
-      lines.append(f"Estimated peak per device (arguments + temp): "
-                   f"{memory['argument_size_mib'] + memory['temp_size_mib']:.1f} MiB")
+      lines.append(
+        f"Estimated peak per device (arguments + temp): "
+        f"{memory['argument_size_mib'] + memory['temp_size_mib']:.1f} MiB"
+      )
   return "\n".join(lines)
 
 

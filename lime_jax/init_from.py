@@ -33,15 +33,22 @@ HF_PREFIX = "hf:"
 # then asks for the source before anything is built.
 REQUIRED = "<required: hf:/path/to/hf_folder>"
 # config.model fields that describe how a run computes, not the checkpoint's architecture.
-_RUNTIME_FIELDS = ("compute_dtype", "param_dtype", "attention_impl", "remat_policy", "seq_vcr", "init_from",
-                   "vocab_size")
+_RUNTIME_FIELDS = (
+  "compute_dtype",
+  "param_dtype",
+  "attention_impl",
+  "remat_policy",
+  "seq_vcr",
+  "init_from",
+  "vocab_size",
+)
 _VOCAB_PARAMS = {"embed": 0, "unembed": 1}  # top-level parameter -> its vocabulary axis.
 
 
 def parse(spec: str) -> tuple[str, str, int | None]:
   """('hf', PATH, None) or ('workdir', DIR, STEP or None) of an init_from string."""
   if spec.startswith(HF_PREFIX):
-    return "hf", spec[len(HF_PREFIX):], None
+    return "hf", spec[len(HF_PREFIX) :], None
   found = re.fullmatch(r"(.+):(\d+)", spec)
   if found and not found.group(1).endswith(":/"):  # 'gs://b/run:400', not the scheme's colon
     return "workdir", found.group(1), int(found.group(2))
@@ -61,17 +68,21 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 def _workdir_meta(workdir: str, step: int | None) -> tuple[int, dict]:
   """(step, the saved config) of a lime_jax workdir's checkpoint (latest when step is None)."""
   from lime_jax import checkpoint  # pylint: disable=import-outside-toplevel
+
   directory = fileio.join(fileio.absolute(workdir), "checkpoints")
   if not fileio.isdir(directory):
-    raise FileNotFoundError(f"config.model.init_from={workdir!r}: no checkpoints in {directory}; give a "
-                            "lime_jax workdir (DIR or DIR:STEP) or 'hf:/path/to/hf_folder'.")
+    raise FileNotFoundError(
+      f"config.model.init_from={workdir!r}: no checkpoints in {directory}; give a "
+      "lime_jax workdir (DIR or DIR:STEP) or 'hf:/path/to/hf_folder'."
+    )
   ckpt = checkpoint.Checkpointer(workdir, async_save=False)
   try:
     steps = ckpt.all_steps()
     step = max(steps) if step is None and steps else step
     if step is None or step not in steps:
-      raise FileNotFoundError(f"config.model.init_from: step {step} not in {directory}; available: "
-                              f"{sorted(steps)}.")
+      raise FileNotFoundError(
+        f"config.model.init_from: step {step} not in {directory}; available: {sorted(steps)}."
+      )
     return step, ckpt.read_meta(step).get("config", {})
   finally:
     ckpt.close()
@@ -82,9 +93,12 @@ def source_fields(spec: str) -> dict[str, Any]:
   kind, path, step = parse(spec)
   if kind == "hf":
     from lime_jax import hf  # pylint: disable=import-outside-toplevel
+
     if not fileio.isdir(path) or not fileio.exists(fileio.join(path, "config.json")):
-      raise FileNotFoundError(f"config.model.init_from={spec!r}: {path!r} is not a Hugging Face folder "
-                              "with config.json (and *.safetensors).")
+      raise FileNotFoundError(
+        f"config.model.init_from={spec!r}: {path!r} is not a Hugging Face folder "
+        "with config.json (and *.safetensors)."
+      )
     return dict(hf.model_fields(path))
   _, saved = _workdir_meta(path, step)
   model = _flatten(saved.get("model", {}))
@@ -107,8 +121,10 @@ def _set_tokenizer(config: ml_collections.ConfigDict, spec: str) -> None:
   if not config.data.tokenizer:
     config.data.tokenizer = source_tok
   elif kind == "workdir" and config.data.tokenizer != source_tok:
-    raise ValueError(f"config.data.tokenizer={config.data.tokenizer!r} differs from the tokenizer of "
-                     f"init_from={spec!r} ({source_tok!r}); drop the override.")
+    raise ValueError(
+      f"config.data.tokenizer={config.data.tokenizer!r} differs from the tokenizer of "
+      f"init_from={spec!r} ({source_tok!r}); drop the override."
+    )
 
 
 def apply_source_fields(config: ml_collections.ConfigDict) -> None:
@@ -122,6 +138,7 @@ def apply_source_fields(config: ml_collections.ConfigDict) -> None:
   if not spec:
     return
   from lime_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+
   fields = source_fields(spec)
   _set_tokenizer(config, spec)
   tokenizer_vocab = pipeline.vocab_size_for(config)
@@ -134,16 +151,23 @@ def apply_source_fields(config: ml_collections.ConfigDict) -> None:
     if not _same(current[name], defaults.get(name)) and not _same(current[name], value):
       clashes.append(f"config.model.{name}={current[name]!r} but the source has {value!r}")
   if clashes:
-    raise ValueError(f"config.model.init_from={spec!r} disagrees with the config: " + "; ".join(clashes) +
-                     ". Drop these overrides (the architecture comes from the source) or use another source.")
+    raise ValueError(
+      f"config.model.init_from={spec!r} disagrees with the config: "
+      + "; ".join(clashes)
+      + ". Drop these overrides (the architecture comes from the source) or use another source."
+    )
   # A field config.model does not define is harmless when it keeps the backbone's default; a workdir's
   # saved config may also hold fields of older versions.
   model_defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
-  unknown = sorted(n for n in fields if n not in current and n != "vocab_size"
-                   and not _same(fields[n], model_defaults.get(n, object())))
+  unknown = sorted(
+    n
+    for n in fields
+    if n not in current and n != "vocab_size" and not _same(fields[n], model_defaults.get(n, object()))
+  )
   if unknown and parse(spec)[0] == "hf":
-    raise ValueError(f"config.model.init_from={spec!r}: the source sets fields this version has no config "
-                     f"for: {unknown}.")
+    raise ValueError(
+      f"config.model.init_from={spec!r}: the source sets fields this version has no config for: {unknown}."
+    )
   for name, value in fields.items():
     if name == "vocab_size" or name not in current:
       continue
@@ -154,8 +178,10 @@ def apply_source_fields(config: ml_collections.ConfigDict) -> None:
     node[leaf] = tuple(value) if isinstance(value, list) else value
   vocab = int(fields.get("vocab_size", 0))
   if int(config.model.vocab_size) and int(config.model.vocab_size) < vocab:
-    raise ValueError(f"config.model.vocab_size={config.model.vocab_size} is smaller than the source's "
-                     f"{vocab} embedding rows (init_from={spec!r}); set it to 0.")
+    raise ValueError(
+      f"config.model.vocab_size={config.model.vocab_size} is smaller than the source's "
+      f"{vocab} embedding rows (init_from={spec!r}); set it to 0."
+    )
   config.model.vocab_size = max(vocab, int(config.model.vocab_size), int(tokenizer_vocab or 0))
 
 
@@ -163,9 +189,11 @@ def _source_params(spec: str, model_cfg: Any) -> Any:
   kind, path, step = parse(spec)
   if kind == "hf":
     from lime_jax import hf  # pylint: disable=import-outside-toplevel
+
     _, params = hf.load_pretrained(path, param_dtype=str(model_cfg.param_dtype))
     return params
   from lime_jax import checkpoint  # pylint: disable=import-outside-toplevel
+
   _, state = checkpoint.restore_raw_state(path, step)
   return state["params"]
 
@@ -183,8 +211,9 @@ def resize_vocab(name: str, x: np.ndarray, rows: int) -> np.ndarray:
   return np.concatenate([x, extra], axis=axis)
 
 
-def initial_params(config: ml_collections.ConfigDict, model_cfg: Any, fresh_params: Any
-                   ) -> tuple[Any, list[str]]:
+def initial_params(
+  config: ml_collections.ConfigDict, model_cfg: Any, fresh_params: Any
+) -> tuple[Any, list[str]]:
   """(the source's parameters in the structure, shapes, dtypes and shardings of `fresh_params`, the
   parameters kept at their fresh initialisation)."""
   spec = str(config.model.init_from)
@@ -212,8 +241,10 @@ def initial_params(config: ml_collections.ConfigDict, model_cfg: Any, fresh_para
   params = jax.tree_util.tree_map_with_path(take, fresh_params)
   problems += [f"{k}: in the source, not in the model" for k in src if k not in used]
   if problems:
-    raise ValueError(f"config.model.init_from={spec!r}: the source's parameters do not fit the model "
-                     f"({len(problems)}): " + "; ".join(problems[:6]))
+    raise ValueError(
+      f"config.model.init_from={spec!r}: the source's parameters do not fit the model "
+      f"({len(problems)}): " + "; ".join(problems[:6])
+    )
   return params, kept
 
 
@@ -222,4 +253,3 @@ def describe(spec: str) -> str:
   if kind == "hf":
     return f"Hugging Face folder {path}"
   return f"workdir {path}" + (f" step {step}" if step else "")
-

@@ -31,7 +31,8 @@ import json
 import math
 import os
 import re
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,14 +42,15 @@ FEWSHOT_DELIMITER = "\n\n"
 
 def special_ids(tokenizer: Any) -> set[int]:
   """The ids that decode to no text (bos / eos / pad / sep / pauses, and the byte tokenizer's 0..15)."""
-  ids = {getattr(tokenizer, f"{n}_id", -1) for n in ("pad", "bos", "eos", "sep", "pause_start",
-                                                     "pause", "pause_end")}
+  ids = {
+    getattr(tokenizer, f"{n}_id", -1)
+    for n in ("pad", "bos", "eos", "sep", "pause_start", "pause", "pause_end")
+  }
   ids.update(range(int(getattr(tokenizer, "num_special", 0))))
   return {int(i) for i in ids if i is not None and int(i) >= 0}
 
 
-def target_bytes(tokenizer: Any, targets_NT: np.ndarray, mask_NT: np.ndarray, context: int = 8
-                 ) -> np.ndarray:
+def target_bytes(tokenizer: Any, targets_NT: np.ndarray, mask_NT: np.ndarray, context: int = 8) -> np.ndarray:
   """float32[N]: UTF-8 bytes of each row's masked, non-special targets, the rows being consecutive
   pieces of one stream (eval windows). Row n is decoded after the last `context` tokens of the row
   before, and counts the bytes it adds, so a character split between rows is counted once in the sum."""
@@ -67,9 +69,11 @@ def target_bytes(tokenizer: Any, targets_NT: np.ndarray, mask_NT: np.ndarray, co
 def lm_metrics(ce_sum: float, ce_tokens: float, num_bytes: float) -> dict[str, float]:
   """Perplexity, bits per byte and bytes per token from summed CE (nats), tokens and bytes."""
   ce = ce_sum / max(ce_tokens, 1.0)
-  return {"perplexity": float(math.exp(min(ce, 700.0))),
-          "bits_per_byte": float(ce_sum / math.log(2) / max(num_bytes, 1.0)),
-          "bytes_per_token": float(num_bytes / max(ce_tokens, 1.0))}
+  return {
+    "perplexity": float(math.exp(min(ce, 700.0))),
+    "bits_per_byte": float(ce_sum / math.log(2) / max(num_bytes, 1.0)),
+    "bytes_per_token": float(num_bytes / max(ce_tokens, 1.0)),
+  }
 
 
 # ------------------------------------------------------------------ multiple choice documents
@@ -96,8 +100,10 @@ def _hellaswag_clean(text: str) -> str:
 def _need(record: dict, fields: Sequence[str], task: str, where: str) -> None:
   missing = [f for f in fields if f not in record]
   if missing:
-    raise ValueError(f"{where}: a {task} record lacks {missing} (has {sorted(record)}); check the task "
-                     "name of the file (lm_eval.MC_TASKS).")
+    raise ValueError(
+      f"{where}: a {task} record lacks {missing} (has {sorted(record)}); check the task "
+      "name of the file (lm_eval.MC_TASKS)."
+    )
 
 
 def _same_context(context: str, choices: Sequence[str], gold: int) -> McDoc:
@@ -111,22 +117,27 @@ def to_doc(task: str, record: dict, where: str = "") -> McDoc:
   if task == "hellaswag":
     _need(record, ("activity_label", "ctx_a", "ctx_b", "endings", "label"), task, where)
     ctx = record["ctx_a"] + " " + record["ctx_b"].capitalize()
-    return _same_context(_hellaswag_clean(record["activity_label"] + ": " + ctx),
-                         [_hellaswag_clean(e) for e in record["endings"]], int(record["label"]))
+    return _same_context(
+      _hellaswag_clean(record["activity_label"] + ": " + ctx),
+      [_hellaswag_clean(e) for e in record["endings"]],
+      int(record["label"]),
+    )
   if task in ("arc_easy", "arc_challenge"):
     _need(record, ("question", "choices", "answerKey"), task, where)
     labels = list(record["choices"]["label"])
-    return _same_context(f"Question: {record['question']}\nAnswer:", record["choices"]["text"],
-                         labels.index(record["answerKey"]))
+    return _same_context(
+      f"Question: {record['question']}\nAnswer:", record["choices"]["text"], labels.index(record["answerKey"])
+    )
   if task == "piqa":
     _need(record, ("goal", "sol1", "sol2", "label"), task, where)
-    return _same_context(f"Question: {record['goal']}\nAnswer:", [record["sol1"], record["sol2"]],
-                         int(record["label"]))
+    return _same_context(
+      f"Question: {record['goal']}\nAnswer:", [record["sol1"], record["sol2"]], int(record["label"])
+    )
   if task == "winogrande":
     _need(record, ("sentence", "option1", "option2", "answer"), task, where)
     sentence = record["sentence"]
     idx = sentence.index("_")
-    rest = " " + sentence[idx + 1:].strip()
+    rest = " " + sentence[idx + 1 :].strip()
     contexts = tuple(sentence[:idx] + record[f"option{k}"] for k in (1, 2))
     return McDoc(contexts, (rest, rest), int(record["answer"]) - 1)
   if task == "generic":
@@ -140,8 +151,9 @@ def infer_task(path: str) -> str:
   name = os.path.basename(path).lower().replace("-", "_")
   found = [t for t in MC_TASKS if t in name]
   if not found:
-    raise ValueError(f"cannot tell the task of {path!r} from its name; write it as TASK=PATH with TASK "
-                     f"one of {MC_TASKS}.")
+    raise ValueError(
+      f"cannot tell the task of {path!r} from its name; write it as TASK=PATH with TASK one of {MC_TASKS}."
+    )
   return max(found, key=len)
 
 
@@ -180,8 +192,7 @@ def requests(docs: Sequence[McDoc], num_shots: int, seed: int) -> list[tuple[str
 LogitsFn = Callable[[np.ndarray], np.ndarray]  # int32[B, T] -> float32 log-probabilities [B, T, V].
 
 
-def encode_request(tokenizer: Any, context: str, continuation: str, max_len: int
-                   ) -> tuple[list[int], int]:
+def encode_request(tokenizer: Any, context: str, continuation: str, max_len: int) -> tuple[list[int], int]:
   """BOS + context + continuation ids (cut from the left to max_len + 1) and the continuation length."""
   cont = tokenizer.encode(continuation)
   if not cont:
@@ -189,21 +200,22 @@ def encode_request(tokenizer: Any, context: str, continuation: str, max_len: int
   ids = [tokenizer.bos_id] + tokenizer.encode(context) + cont
   if len(cont) >= max_len + 1:
     raise ValueError(f"a continuation of {len(cont)} tokens does not fit the model's {max_len} positions.")
-  return ids[-(max_len + 1):], len(cont)
+  return ids[-(max_len + 1) :], len(cont)
 
 
-def loglikelihoods(log_probs_fn: LogitsFn, tokenizer: Any, reqs: Sequence[tuple[str, str]],
-                   max_len: int, batch_size: int = 16) -> np.ndarray:
+def loglikelihoods(
+  log_probs_fn: LogitsFn, tokenizer: Any, reqs: Sequence[tuple[str, str]], max_len: int, batch_size: int = 16
+) -> np.ndarray:
   """float64[N]: summed log-probability of each request's continuation given its context."""
   encoded = [encode_request(tokenizer, c, k, max_len) for c, k in reqs]
   out = np.zeros((len(encoded),), np.float64)
   for start in range(0, len(encoded), batch_size):
-    chunk = encoded[start:start + batch_size]
+    chunk = encoded[start : start + batch_size]
     width = max(len(ids) for ids, _ in chunk) - 1
     width = min(max_len, -(-width // 16) * 16)  # bucket the lengths: fewer compilations.
     tokens_BT = np.full((batch_size, width + 1), tokenizer.pad_id, np.int32)
     for b, (ids, _) in enumerate(chunk):
-      tokens_BT[b, :len(ids)] = ids
+      tokens_BT[b, : len(ids)] = ids
     logp_BTV = np.asarray(log_probs_fn(tokens_BT[:, :-1]), np.float64)
     for b, (ids, n) in enumerate(chunk):
       positions = np.arange(len(ids) - 1 - n, len(ids) - 1)  # inputs whose next token is a target.
@@ -211,23 +223,37 @@ def loglikelihoods(log_probs_fn: LogitsFn, tokenizer: Any, reqs: Sequence[tuple[
   return out
 
 
-def score_mc(log_probs_fn: LogitsFn, tokenizer: Any, docs: Sequence[McDoc], num_shots: int = 0,
-             seed: int = 0, max_len: int = 2048, batch_size: int = 16) -> dict[str, Any]:
+def score_mc(
+  log_probs_fn: LogitsFn,
+  tokenizer: Any,
+  docs: Sequence[McDoc],
+  num_shots: int = 0,
+  seed: int = 0,
+  max_len: int = 2048,
+  batch_size: int = 16,
+) -> dict[str, Any]:
   """acc, acc_norm (by continuation bytes), their standard errors and the count of `docs`."""
   reqs = requests(docs, num_shots, seed)
   ll = loglikelihoods(log_probs_fn, tokenizer, reqs, max_len, batch_size)
   correct, correct_norm, k = [], [], 0
   for doc in docs:
     n = len(doc.continuations)
-    scores = ll[k:k + n]
+    scores = ll[k : k + n]
     lengths = np.array([max(1, len(c.encode("utf-8"))) for c in doc.continuations], np.float64)
     correct.append(float(np.argmax(scores) == doc.gold))
     correct_norm.append(float(np.argmax(scores / lengths) == doc.gold))
     k += n
   acc, acc_norm = float(np.mean(correct)), float(np.mean(correct_norm))
   stderr = lambda p: float(math.sqrt(p * (1 - p) / max(len(docs) - 1, 1)))
-  return {"acc": acc, "acc_norm": acc_norm, "acc_stderr": stderr(acc), "acc_norm_stderr": stderr(acc_norm),
-          "num_docs": len(docs), "num_shots": int(num_shots), "loglikelihoods": ll.tolist()}
+  return {
+    "acc": acc,
+    "acc_norm": acc_norm,
+    "acc_stderr": stderr(acc),
+    "acc_norm_stderr": stderr(acc_norm),
+    "num_docs": len(docs),
+    "num_shots": int(num_shots),
+    "loglikelihoods": ll.tolist(),
+  }
 
 
 def parse_task_files(specs: Sequence[str]) -> list[tuple[str, str]]:

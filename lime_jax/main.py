@@ -19,8 +19,9 @@ from lime_jax import cli, distributed, train  # noqa: E402
 
 _IMPORTS_S = time.perf_counter() - _IMPORT_START  # jax, flax, orbax, grain, ...
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Experiment config file[:preset].", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
 flags.mark_flags_as_required(["config", "workdir"])
 

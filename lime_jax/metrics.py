@@ -14,8 +14,12 @@ def masked_cross_entropy(logits_BTV: jax.Array, targets_BT: jax.Array, mask_BT: 
   return jnp.sum(ce_BT * mask_BT) / jnp.maximum(jnp.sum(mask_BT), 1.0)
 
 
-def answer_metrics(logits_BTV: jax.Array, targets_BT: jax.Array, answer_mask_BT: jax.Array,
-                   example_mask_B: jax.Array | None = None) -> dict[str, jax.Array]:
+def answer_metrics(
+  logits_BTV: jax.Array,
+  targets_BT: jax.Array,
+  answer_mask_BT: jax.Array,
+  example_mask_B: jax.Array | None = None,
+) -> dict[str, jax.Array]:
   """Sums for token accuracy and exact match of the answer under teacher forcing.
 
   An answer is an exact match when the argmax is right at every answer position. By induction this is
@@ -29,8 +33,8 @@ def answer_metrics(logits_BTV: jax.Array, targets_BT: jax.Array, answer_mask_BT:
   wrong_B = jnp.sum((1.0 - correct_BT) * answer_mask_BT, axis=1)
   exact_B = (wrong_B == 0).astype(jnp.float32) * example_mask_B
   return {
-      "correct_tokens": jnp.sum(correct_BT * answer_mask_BT),
-      "answer_tokens": jnp.sum(answer_mask_BT),
-      "exact_matches": jnp.sum(exact_B),
-      "examples": jnp.sum(example_mask_B),
+    "correct_tokens": jnp.sum(correct_BT * answer_mask_BT),
+    "answer_tokens": jnp.sum(answer_mask_BT),
+    "exact_matches": jnp.sum(exact_B),
+    "examples": jnp.sum(example_mask_B),
   }

@@ -9,7 +9,8 @@ All groups share the schedule's shape; a group's multiplier scales its learning 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -30,7 +31,8 @@ def param_group(path: tuple[str, ...]) -> str:
 def param_groups(params: Any) -> Any:
   """A pytree like `params` holding each leaf's group label."""
   return jax.tree_util.tree_map_with_path(
-      lambda kp, _: param_group(tuple(str(getattr(k, "key", k)) for k in kp)), params)
+    lambda kp, _: param_group(tuple(str(getattr(k, "key", k)) for k in kp)), params
+  )
 
 
 def lr_schedule(train_cfg: ml_collections.ConfigDict) -> Callable[[Any], Any]:
@@ -39,9 +41,12 @@ def lr_schedule(train_cfg: ml_collections.ConfigDict) -> Callable[[Any], Any]:
   warmup = max(int(train_cfg.warmup_steps), 0)
   decay_steps = max(int(train_cfg.num_steps) - warmup, 1)
   return optax.join_schedules(
-      [optax.linear_schedule(0.0, peak, max(warmup, 1)),
-       optax.cosine_decay_schedule(peak, decay_steps, alpha=train_cfg.min_lr_ratio)],
-      boundaries=[warmup])
+    [
+      optax.linear_schedule(0.0, peak, max(warmup, 1)),
+      optax.cosine_decay_schedule(peak, decay_steps, alpha=train_cfg.min_lr_ratio),
+    ],
+    boundaries=[warmup],
+  )
 
 
 def lr_multipliers(train_cfg: ml_collections.ConfigDict) -> dict[str, float]:

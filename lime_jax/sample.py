@@ -46,27 +46,39 @@ def check_options(temperature: float, top_k: int, top_p: float, max_new: int, nu
     raise ValueError(f"--max_new_tokens={max_new} and --num_samples={num_samples} must be positive.")
 
 
-def generate(workdir: str, prompt: str, *, step: int | None = None, temperature: float = 1.0,
-             top_k: int = 0, top_p: float = 1.0, max_new: int = 64, num_samples: int = 1, seed: int = 0
-             ) -> list[str]:
+def generate(
+  workdir: str,
+  prompt: str,
+  *,
+  step: int | None = None,
+  temperature: float = 1.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  max_new: int = 64,
+  num_samples: int = 1,
+  seed: int = 0,
+) -> list[str]:
   """The decoded continuations (up to the first EOS) of `prompt` by the run's checkpoint."""
   check_options(temperature, top_k, top_p, max_new, num_samples)
   _, config, params = runner.restore_params(workdir, step)
   tokenizer = runner.tokenizer_for(config)
   if not common.encodable(tokenizer, prompt):
-    raise ValueError(f"--prompt={prompt!r}: the run's tokenizer (task {config.data.task!r}) cannot encode "
-                     "it; use only the characters of its task.")
+    raise ValueError(
+      f"--prompt={prompt!r}: the run's tokenizer (task {config.data.task!r}) cannot encode "
+      "it; use only the characters of its task."
+    )
   ids = common.prompt_ids(tokenizer, prompt, int(config.data.num_pause))
   cfg = common.probe_model_cfg(runner.model_config_for(config))  # no remat; cudnn only on GPU
   prompt_BP = jnp.asarray(np.tile(np.asarray(ids, np.int32), (num_samples, 1)))
-  tokens = np.asarray(decode.sample(cfg, params, prompt_BP, jax.random.key(seed), max_new,
-                                    temperature, top_k, top_p))
+  tokens = np.asarray(
+    decode.sample(cfg, params, prompt_BP, jax.random.key(seed), max_new, temperature, top_k, top_p)
+  )
   return [tokenizer.decode(_until_eos(row, tokenizer.eos_id)) for row in tokens]
 
 
 def _until_eos(row: Any, eos_id: int) -> list[int]:
   row = [int(t) for t in row]
-  return row[:row.index(eos_id)] if eos_id in row else row
+  return row[: row.index(eos_id)] if eos_id in row else row
 
 
 def main(argv: list[str]) -> None:
@@ -75,9 +87,17 @@ def main(argv: list[str]) -> None:
   logging.set_verbosity(logging.ERROR)
   FLAGS = flags.FLAGS
   try:
-    texts = generate(FLAGS.workdir, FLAGS.prompt, step=FLAGS.step, temperature=FLAGS.temperature,
-                     top_k=FLAGS.top_k, top_p=FLAGS.top_p, max_new=FLAGS.max_new_tokens,
-                     num_samples=FLAGS.num_samples, seed=FLAGS.seed)
+    texts = generate(
+      FLAGS.workdir,
+      FLAGS.prompt,
+      step=FLAGS.step,
+      temperature=FLAGS.temperature,
+      top_k=FLAGS.top_k,
+      top_p=FLAGS.top_p,
+      max_new=FLAGS.max_new_tokens,
+      num_samples=FLAGS.num_samples,
+      seed=FLAGS.seed,
+    )
   except (FileNotFoundError, ValueError) as e:
     raise app.UsageError(str(e)) from None
   for i, text in enumerate(texts):

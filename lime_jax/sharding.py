@@ -19,7 +19,8 @@ A spec never uses one mesh axis twice: the first dim that asks for an axis gets 
 is not divisible by its mesh axes' product stays replicated (e.g. a 61-token vocab on tensor=2): still
 correct, only that tensor is stored whole on every device of the axis. The LIMe router (L^2 R^2
 weights for 'kv') is tiny and replicated, as is every other topology parameter under params['router']
-without a rule of its own; the 'dynamic' router's [L, D, R, L] weight is fsdp-sharded on D. Optimizer state mirrors the parameters (optax's mu / nu have the parameters' shapes and paths):
+without a rule of its own; the 'dynamic' router's [L, D, R, L] weight is fsdp-sharded on D. Optimizer state
+mirrors the parameters (optax's mu / nu have the parameters' shapes and paths):
 its leaves take the rule of the parameter whose path they end with; counters are replicated.
 
 Axis types are `Auto`: we pin the shardings of the step's inputs and outputs (parameters, optimizer
@@ -37,13 +38,15 @@ import contextlib
 import contextvars
 import functools
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -52,55 +55,55 @@ LogicalAxes = tuple[str | None, ...]
 
 # Logical axis -> mesh axes (None: replicated). Order inside a tuple is major to minor.
 RULES: dict[str, str | tuple[str, ...] | None] = {
-    "batch": BATCH_AXES,
-    "length": None,
-    "embed": "fsdp",
-    "heads": "tensor",
-    "kv_heads": "tensor",
-    "kv": None,
-    "mlp": "tensor",
-    "vocab": "tensor",
-    "layers": None,
-    "norm": None,
-    "router": None,
-    "proj": "tensor",
+  "batch": BATCH_AXES,
+  "length": None,
+  "embed": "fsdp",
+  "heads": "tensor",
+  "kv_heads": "tensor",
+  "kv": None,
+  "mlp": "tensor",
+  "vocab": "tensor",
+  "layers": None,
+  "norm": None,
+  "router": None,
+  "proj": "tensor",
 }
 
 # Parameter path suffix (dict keys) -> logical axes of its dims. Shapes in the comments.
 PARAM_AXES: tuple[tuple[tuple[str, ...], LogicalAxes], ...] = (
-    (("embed",), ("vocab", "embed")),  # [V, D]
-    (("unembed",), ("embed", "vocab")),  # [D, V]
-    (("final_norm", "scale"), ("norm",)),  # [D]
-    (("attn_norm", "scale"), ("layers", "norm")),  # [L, D]
-    (("mlp_norm", "scale"), ("layers", "norm")),  # [L, D]
-    (("layers", "wq"), ("layers", "embed", "heads", "kv")),  # [L, D, N, H]
-    (("layers", "wkv"), ("layers", "embed", "kv_heads", "kv")),  # [L, D, R, 2H]
-    (("layers", "wo"), ("layers", "heads", "kv", "embed")),  # [L, N, H, D]
-    (("mlp", "w_gate"), ("layers", "embed", "mlp")),  # [L, D, F]
-    (("mlp", "w_up"), ("layers", "embed", "mlp")),  # [L, D, F]
-    (("mlp", "w_down"), ("layers", "mlp", "embed")),  # [L, F, D]
-    # Options of the pretrained families (lime_jax/hf/): biases, q/k norms, LayerNorm biases, positions.
-    (("layers", "bq"), ("layers", "heads", "kv")),  # [L, N, H]
-    (("layers", "bkv"), ("layers", "kv_heads", "kv")),  # [L, R, 2H]
-    (("layers", "bo"), ("layers", "norm")),  # [L, D]
-    (("layers", "q_norm"), ("layers", "kv")),  # [L, H]
-    (("layers", "k_norm"), ("layers", "kv")),  # [L, H]
-    (("mlp", "b_gate"), ("layers", "mlp")),  # [L, F]
-    (("mlp", "b_up"), ("layers", "mlp")),  # [L, F]
-    (("mlp", "b_down"), ("layers", "norm")),  # [L, D]
-    (("final_norm", "bias"), ("norm",)),  # [D]
-    (("attn_norm", "bias"), ("layers", "norm")),  # [L, D]
-    (("mlp_norm", "bias"), ("layers", "norm")),  # [L, D]
-    (("attn_post_norm", "scale"), ("layers", "norm")),  # [L, D]
-    (("mlp_post_norm", "scale"), ("layers", "norm")),  # [L, D]
-    (("attn_post_norm", "bias"), ("layers", "norm")),  # [L, D]
-    (("mlp_post_norm", "bias"), ("layers", "norm")),  # [L, D]
-    (("pos_embed",), ("length", "embed")),  # [P, D]
-    (("router", "w_LRMR"), ("layers", "router", "router", "router")),  # LIMe kv [L, R, L, R]
-    (("router", "w_LRM"), ("layers", "router", "router")),  # LIMe static / top_p [L, R, L]
-    (("router", "w_LDRM"), ("layers", "embed", "router", "router")),  # LIMe dynamic [L, D, R, L]
-    (("router", "norm_scale_LD"), ("layers", "norm")),  # LIMe v1 [L, D]
-    (("seq_vcr_proj",), ("layers", "embed", "proj")),  # Seq-VCR projection [K, D, P]
+  (("embed",), ("vocab", "embed")),  # [V, D]
+  (("unembed",), ("embed", "vocab")),  # [D, V]
+  (("final_norm", "scale"), ("norm",)),  # [D]
+  (("attn_norm", "scale"), ("layers", "norm")),  # [L, D]
+  (("mlp_norm", "scale"), ("layers", "norm")),  # [L, D]
+  (("layers", "wq"), ("layers", "embed", "heads", "kv")),  # [L, D, N, H]
+  (("layers", "wkv"), ("layers", "embed", "kv_heads", "kv")),  # [L, D, R, 2H]
+  (("layers", "wo"), ("layers", "heads", "kv", "embed")),  # [L, N, H, D]
+  (("mlp", "w_gate"), ("layers", "embed", "mlp")),  # [L, D, F]
+  (("mlp", "w_up"), ("layers", "embed", "mlp")),  # [L, D, F]
+  (("mlp", "w_down"), ("layers", "mlp", "embed")),  # [L, F, D]
+  # Options of the pretrained families (lime_jax/hf/): biases, q/k norms, LayerNorm biases, positions.
+  (("layers", "bq"), ("layers", "heads", "kv")),  # [L, N, H]
+  (("layers", "bkv"), ("layers", "kv_heads", "kv")),  # [L, R, 2H]
+  (("layers", "bo"), ("layers", "norm")),  # [L, D]
+  (("layers", "q_norm"), ("layers", "kv")),  # [L, H]
+  (("layers", "k_norm"), ("layers", "kv")),  # [L, H]
+  (("mlp", "b_gate"), ("layers", "mlp")),  # [L, F]
+  (("mlp", "b_up"), ("layers", "mlp")),  # [L, F]
+  (("mlp", "b_down"), ("layers", "norm")),  # [L, D]
+  (("final_norm", "bias"), ("norm",)),  # [D]
+  (("attn_norm", "bias"), ("layers", "norm")),  # [L, D]
+  (("mlp_norm", "bias"), ("layers", "norm")),  # [L, D]
+  (("attn_post_norm", "scale"), ("layers", "norm")),  # [L, D]
+  (("mlp_post_norm", "scale"), ("layers", "norm")),  # [L, D]
+  (("attn_post_norm", "bias"), ("layers", "norm")),  # [L, D]
+  (("mlp_post_norm", "bias"), ("layers", "norm")),  # [L, D]
+  (("pos_embed",), ("length", "embed")),  # [P, D]
+  (("router", "w_LRMR"), ("layers", "router", "router", "router")),  # LIMe kv [L, R, L, R]
+  (("router", "w_LRM"), ("layers", "router", "router")),  # LIMe static / top_p [L, R, L]
+  (("router", "w_LDRM"), ("layers", "embed", "router", "router")),  # LIMe dynamic [L, D, R, L]
+  (("router", "norm_scale_LD"), ("layers", "norm")),  # LIMe v1 [L, D]
+  (("seq_vcr_proj",), ("layers", "embed", "proj")),  # Seq-VCR projection [K, D, P]
 )
 
 
@@ -113,12 +116,16 @@ def mesh_shape(mesh_cfg: ml_collections.ConfigDict, num_devices: int) -> tuple[i
   fixed = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if num_devices % fixed:
-      raise ValueError(f"config.mesh: {num_devices} devices are not divisible by the fixed axes' product "
-                       f"{fixed}; change config.mesh sizes.")
+      raise ValueError(
+        f"config.mesh: {num_devices} devices are not divisible by the fixed axes' product "
+        f"{fixed}; change config.mesh sizes."
+      )
     sizes[sizes.index(-1)] = num_devices // fixed
   if math.prod(sizes) != num_devices:
-    raise ValueError(f"config.mesh: sizes {dict(zip(MESH_AXES, sizes))} use {math.prod(sizes)} devices but "
-                     f"{num_devices} are available; set one axis to -1 or make the product match.")
+    raise ValueError(
+      f"config.mesh: sizes {dict(zip(MESH_AXES, sizes))} use {math.prod(sizes)} devices but "
+      f"{num_devices} are available; set one axis to -1 or make the product match."
+    )
   return tuple(sizes)
 
 
@@ -137,8 +144,12 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 
 # ------------------------------------------------------------------------------------ logical axes
-def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh_shape_: dict[str, int],
-                    rules: dict[str, Any] | None = None) -> P:
+def logical_to_spec(
+  axes: Sequence[str | None],
+  shape: Sequence[int],
+  mesh_shape_: dict[str, int],
+  rules: dict[str, Any] | None = None,
+) -> P:
   """The PartitionSpec of an array with these logical axes and shape (see the module docstring)."""
   rules = RULES if rules is None else rules
   if len(axes) != len(shape):
@@ -174,7 +185,7 @@ def _path_names(path: tuple) -> tuple[str, ...]:
 def axes_for_path(names: tuple[str, ...], ndim: int) -> LogicalAxes | None:
   """Logical axes of the parameter (or optimizer moment) at `names`; None if no rule matches."""
   for suffix, axes in PARAM_AXES:
-    if names[-len(suffix):] == suffix and len(axes) == ndim:
+    if names[-len(suffix) :] == suffix and len(axes) == ndim:
       return axes
   if "router" in names:  # other topologies' mixing weights (DenseFormer, hyper-connections...): small
     return ("router",) * ndim
@@ -183,12 +194,16 @@ def axes_for_path(names: tuple[str, ...], ndim: int) -> LogicalAxes | None:
 
 def param_logical_axes(params: Any) -> Any:
   """A tree like `params` holding each leaf's logical axes; raises for a parameter without a rule."""
+
   def leaf(path, x):
     axes = axes_for_path(_path_names(path), len(x.shape))
     if axes is None:
-      raise ValueError(f"parameter {'/'.join(_path_names(path))} {tuple(x.shape)} has no logical axes: "
-                       "add its path to lime_jax/sharding.py PARAM_AXES.")
+      raise ValueError(
+        f"parameter {'/'.join(_path_names(path))} {tuple(x.shape)} has no logical axes: "
+        "add its path to lime_jax/sharding.py PARAM_AXES."
+      )
     return axes
+
   return jax.tree_util.tree_map_with_path(leaf, params)
 
 
@@ -220,8 +235,10 @@ def state_shardings(mesh: jax.sharding.Mesh, abstract_state: Any) -> Any:
   with a warning naming it."""
   missing = unruled_params(abstract_state.params)
   if missing and math.prod(mesh.shape.values()) > 1:
-    logging.warning("No sharding rule for parameters %s: replicated. Add them to "
-                    "lime_jax/sharding.py PARAM_AXES.", ", ".join(missing))
+    logging.warning(
+      "No sharding rule for parameters %s: replicated. Add them to lime_jax/sharding.py PARAM_AXES.",
+      ", ".join(missing),
+    )
   return tree_shardings(mesh, abstract_state)
 
 
@@ -253,27 +270,32 @@ def constrain(x: jax.Array, axes: LogicalAxes) -> jax.Array:
 
 def with_activation_mesh(fn: Callable, mesh: jax.sharding.Mesh) -> Callable:
   """`fn` traced with `activation_mesh(mesh)` active (wrap before `jax.jit`)."""
+
   @functools.wraps(fn)
   def wrapped(*args, **kwargs):
     with activation_mesh(mesh):
       return fn(*args, **kwargs)
+
   return wrapped
 
 
 # ------------------------------------------------------------------------------------------- batch
-def check_batch_divisible(global_batch: int, mesh: jax.sharding.Mesh, field: str = "train.batch_size"
-                          ) -> None:
+def check_batch_divisible(
+  global_batch: int, mesh: jax.sharding.Mesh, field: str = "train.batch_size"
+) -> None:
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if global_batch % shards or global_batch % jax.process_count():
-    raise ValueError(f"config.{field}={global_batch} must be divisible by data x fsdp = {shards} mesh "
-                     f"shards and by the process count {jax.process_count()}; change the batch size or "
-                     "config.mesh.")
+    raise ValueError(
+      f"config.{field}={global_batch} must be divisible by data x fsdp = {shards} mesh "
+      f"shards and by the process count {jax.process_count()}; change the batch size or "
+      "config.mesh."
+    )
 
 
 def process_slice(global_batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """This process's rows p*B/P .. (p+1)*B/P-1 of a batch every process holds whole (eval batches)."""
   p, n = jax.process_index(), jax.process_count()
-  return {k: v[p * len(v) // n:(p + 1) * len(v) // n] for k, v in global_batch.items()}
+  return {k: v[p * len(v) // n : (p + 1) * len(v) // n] for k, v in global_batch.items()}
 
 
 def check_process_rows(sharding: NamedSharding, global_batch: int) -> None:
@@ -289,9 +311,10 @@ def check_process_rows(sharding: NamedSharding, global_batch: int) -> None:
   want = set(range(p * global_batch // n, (p + 1) * global_batch // n))
   if rows != want:
     raise ValueError(
-        f"process {p} of {n}: the batch sharding puts rows {min(rows)}..{max(rows)} ({len(rows)} rows) on "
-        f"this process's devices, but the input pipeline reads rows {min(want)}..{max(want)}. Make "
-        "config.mesh.data x config.mesh.fsdp a multiple of the process count (tensor inside a host).")
+      f"process {p} of {n}: the batch sharding puts rows {min(rows)}..{max(rows)} ({len(rows)} rows) on "
+      f"this process's devices, but the input pipeline reads rows {min(want)}..{max(want)}. Make "
+      "config.mesh.data x config.mesh.fsdp a multiple of the process count (tensor inside a host)."
+    )
 
 
 def to_global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:

@@ -8,17 +8,22 @@ WORKDIR/<spec>[_<field>=<value>...]_s<seed> (e.g. `4x4-seqvcr_pause_lambda1=0.5_
 finished member is skipped, an interrupted one resumes). `--dry_run` prints the commands instead, to run
 them on a cluster (`python -m lime_jax.main`, the config path relative to the current directory). The
 results land in WORKDIR/results.md, WORKDIR/results.csv (one row per member), WORKDIR/results_by_group.md
-and .csv (seeds pooled: mean ± std of every metric per spec and variation), WORKDIR/curves.png and,
+and .csv (seeds pooled: mean ± std of every metric per spec and variation), WORKDIR/curves.png and
+WORKDIR/curves.md (held-out exact match at every eval step, per member and pooled over seeds) and,
 when the members ran greedy evaluation (eval.greedy), WORKDIR/ablation.png (greedy exact match and
 layer entropy per member).
 
 Variations (ablations): `--vary="model.seq_vcr.lambda1=0.5 model.seq_vcr.lambda2=0.002"` (repeatable; one
 member group per flag), or `--sweep=NAME` for the override lists in the config file's `SWEEPS` dict
-(e.g. experiments/seqvcr_mult.py: `lambdas`, `proj_dim`).
+(e.g. experiments/seqvcr_mult.py: `lambdas`, `proj_dim`). `--reuse=DIR` lets a variation that only sets
+the preset's own values (the lambda pair or projection the preset already uses) copy the results of the
+plain member finished in another sweep's DIR instead of training the same config again. Each member's
+wall time (all its launches) lands in <member>/wall_time.json and the `wall_min` column.
 """
 
 from __future__ import annotations
 
+import ast
 import csv
 import dataclasses
 import importlib.util
@@ -29,6 +34,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from typing import Any
 
 from absl import app, flags
@@ -56,8 +62,14 @@ class Member:
 
 
 def member_command(config_file: str, member: Member, workdir: str, python: str = sys.executable) -> list[str]:
-  cmd = [python, "-m", "lime_jax.main", f"--config={config_file}:{member.spec}", f"--workdir={workdir}",
-         f"--config.seed={member.seed}"]
+  cmd = [
+    python,
+    "-m",
+    "lime_jax.main",
+    f"--config={config_file}:{member.spec}",
+    f"--workdir={workdir}",
+    f"--config.seed={member.seed}",
+  ]
   return cmd + [f"--config.{o}" for o in member.overrides + member.vary]
 
 
@@ -79,15 +91,81 @@ def run_member(config_file: str, member: Member, workdir: str, tag: str = "sweep
   print(f"[{tag}] {member.name}: {shlex.join(cmd)}", flush=True)
   fileio.makedirs(workdir)
   log_path = fileio.join(workdir, "stdout.log")
+  start = time.time()
   if fileio.is_remote(workdir):  # a bucket cannot be appended to while the member runs
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
     fileio.append_text(log_path, proc.stdout)
   else:
     with open(log_path, "a", encoding="utf-8") as log:
       proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
+  add_wall_time(workdir, time.time() - start)
   if proc.returncode != 0:
     print(f"[{tag}] {member.name}: failed (exit {proc.returncode}); see {workdir}/stdout.log", flush=True)
   return proc.returncode == 0
+
+
+WALL_TIME_FILE = "wall_time.json"
+
+
+def add_wall_time(workdir: str, seconds: float) -> float:
+  """Adds `seconds` to the member's wall time (summed over the launches of an interrupted member, start-up
+  and compiles included) in WORKDIR/wall_time.json; returns the total."""
+  path = fileio.join(workdir, WALL_TIME_FILE)
+  total = (fileio.read_json(path)["seconds"] if fileio.exists(path) else 0.0) + float(seconds)
+  fileio.write_text(path, json.dumps({"seconds": total}))
+  return total
+
+
+RESULT_FILES = ("final_metrics.json", "compile_report.json", "metrics.jsonl", "config.json", WALL_TIME_FILE)
+
+
+def _parse_value(text: str) -> Any:
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text  # a bare string, as --config.x=abc passes it
+
+
+def _same(a: Any, b: Any) -> bool:
+  if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+    return math.isclose(float(a), float(b), rel_tol=1e-12)
+  if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+    return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+  return a == b
+
+
+def is_preset_value(config: Any, override: str) -> bool:
+  """Whether `field=value` sets a field of `config` (a ConfigDict) to the value it already has."""
+  field, _, text = override.partition("=")
+  value = config
+  for part in field.split("."):
+    if part not in value:
+      return False
+    value = value[part]
+  return _same(value, _parse_value(text))
+
+
+def reusable_source(config_file: str, member: Member, reuse_dirs: list[str]) -> str | None:
+  """A finished workdir in `reuse_dirs` that ran `member`'s very config: when every override of the
+  member's variation is the preset's own value (e.g. the lambda pair a preset already uses), the member
+  is the plain `<spec>[_<set overrides>]_s<seed>` member, which another sweep (an arms comparison) may
+  have run. None when there is none."""
+  if not reuse_dirs or not member.vary:
+    return None
+  config = load_config_module(config_file).get_config(member.spec)
+  if not all(is_preset_value(config, o) for o in member.vary):
+    return None
+  plain = dataclasses.replace(member, vary=()).name
+  return next((fileio.join(d, plain) for d in reuse_dirs if is_finished(fileio.join(d, plain))), None)
+
+
+def copy_results(source: str, workdir: str) -> None:
+  """Copies a finished member's result files (not its checkpoints) and notes where they came from."""
+  fileio.makedirs(workdir)
+  for name in RESULT_FILES:
+    if fileio.exists(fileio.join(source, name)):
+      fileio.write_text(fileio.join(workdir, name), fileio.read_text(fileio.join(source, name)))
+  fileio.write_text(fileio.join(workdir, "reused_from.txt"), source + "\n")
 
 
 def load_sweep(config_file: str, name: str) -> tuple[tuple[str, ...], ...]:
@@ -118,21 +196,34 @@ def member_summary(member: Member, workdir: str) -> dict[str, Any]:
   report = fileio.read_json(fileio.join(workdir, "compile_report.json"))
   train_records = [r for r in read_jsonl(fileio.join(workdir, "metrics.jsonl")) if r["split"] == "train"]
   tokens_s = [r["tokens_per_s"] for r in train_records[1:] if "tokens_per_s" in r]
+  wall_path = fileio.join(workdir, WALL_TIME_FILE)
+  wall_min = fileio.read_json(wall_path)["seconds"] / 60 if fileio.exists(wall_path) else None
   return {
-      "member": member.name, "group": member.group, "spec": member.spec, "seed": member.seed,
-      "overrides": " ".join(member.overrides), "params": report.get("params"),
-      "final_train_loss": final.get("train", {}).get("loss"),
-      "eval_ce": final.get("eval", {}).get("ce"),
-      "eval_token_accuracy": final.get("eval", {}).get("token_accuracy"),
-      "eval_exact_match": final.get("eval", {}).get("exact_match"),
-      "tokens_per_s": sum(tokens_s) / len(tokens_s) if tokens_s else None,
-      "temp_memory_mib": report.get("memory/temp_size_mib"),
-      # Greedy decoding (eval.greedy) and Seq-VCR terms; None when the member did not log them.
-      "eval_greedy_exact_match": final.get("eval", {}).get("greedy_exact_match"),
-      "eval_greedy_token_accuracy": final.get("eval", {}).get("greedy_token_accuracy"),
-      "eval_entropy": final.get("eval", {}).get("entropy"),
-      "final_seq_vcr_variance": final.get("train", {}).get("aux/seq_vcr_variance"),
-      "final_seq_vcr_covariance": final.get("train", {}).get("aux/seq_vcr_covariance"),
+    "member": member.name,
+    "group": member.group,
+    "spec": member.spec,
+    "seed": member.seed,
+    "overrides": " ".join(member.overrides),
+    "params": report.get("params"),
+    "final_train_loss": final.get("train", {}).get("loss"),
+    "eval_ce": final.get("eval", {}).get("ce"),
+    "eval_token_accuracy": final.get("eval", {}).get("token_accuracy"),
+    "eval_exact_match": final.get("eval", {}).get("exact_match"),
+    "tokens_per_s": sum(tokens_s) / len(tokens_s) if tokens_s else None,
+    "temp_memory_mib": report.get("memory/temp_size_mib"),
+    "wall_min": wall_min,  # minutes the sweep spent on the member (None: not run by the sweep)
+    # Greedy decoding (eval.greedy) and Seq-VCR terms; None when the member did not log them.
+    "eval_greedy_exact_match": final.get("eval", {}).get("greedy_exact_match"),
+    "eval_greedy_token_accuracy": final.get("eval", {}).get("greedy_token_accuracy"),
+    "eval_entropy": final.get("eval", {}).get("entropy"),
+    "final_seq_vcr_variance": final.get("train", {}).get("aux/seq_vcr_variance"),
+    "final_seq_vcr_covariance": final.get("train", {}).get("aux/seq_vcr_covariance"),
+    # Per answer position (greedy) and per block (entropy), as logged by lime_jax/answer_eval.py.
+    **{
+      k.replace("greedy_pos_acc/", "pos_acc_").replace("entropy_layer/", "entropy_layer_"): v
+      for k, v in final.get("eval", {}).items()
+      if k.startswith(("greedy_pos_acc/", "entropy_layer/"))
+    },
   }
 
 
@@ -164,11 +255,10 @@ def aggregate_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def seed_table(aggregated: list[dict[str, Any]]) -> str:
   """Markdown table of `aggregate_seeds` rows, each metric as `mean ± std`."""
-  metrics = [k[:-len("_mean")] for k in aggregated[0] if k.endswith("_mean")] if aggregated else []
+  metrics = [k[: -len("_mean")] for k in aggregated[0] if k.endswith("_mean")] if aggregated else []
   lines = ["| group | seeds | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 2)]
   for row in aggregated:
-    cells = [f"{row[m + '_mean']:.4g} ± {row[m + '_std']:.2g}" if m + "_mean" in row else ""
-             for m in metrics]
+    cells = [f"{row[m + '_mean']:.4g} ± {row[m + '_std']:.2g}" if m + "_mean" in row else "" for m in metrics]
     lines.append(f"| {row['group']} | {row['seeds']} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
@@ -201,6 +291,7 @@ def write_tables(rows: list[dict[str, Any]], root: str) -> None:
 def save_figure(fig: Any, path: str, dpi: int = 90) -> str:
   """Writes a matplotlib figure as PNG to `path` (local or gs://) and closes it."""
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png", dpi=dpi)
   plt.close(fig)
@@ -208,11 +299,52 @@ def save_figure(fig: Any, path: str, dpi: int = 90) -> str:
   return path
 
 
+def eval_curves(members: list[Member], root: str, metric: str = "exact_match") -> dict[str, dict[int, float]]:
+  """{member name: {eval step: `metric`}} from each member's metrics.jsonl (the last record per step)."""
+  curves = {}
+  for member in members:
+    records = read_jsonl(fileio.join(root, member.name, "metrics.jsonl"))
+    points = {r["step"]: r[metric] for r in records if r["split"] == "eval" and _is_number(r.get(metric))}
+    if points:
+      curves[member.name] = dict(sorted(points.items()))
+  return curves
+
+
+def curve_table(members: list[Member], root: str, metric: str = "exact_match") -> str:
+  """Markdown: held-out `metric` at every eval step, one row per member, then one per member group
+  (seeds pooled: mean ± sample std at each step, over the seeds that reached it)."""
+  curves = eval_curves(members, root, metric)
+  if not curves:
+    return ""
+  steps = sorted({step for points in curves.values() for step in points})
+  header = [f"| {metric} at step | " + " | ".join(map(str, steps)) + " |", "|" + "---|" * (len(steps) + 1)]
+  rows = [
+    f"| {name} | " + " | ".join(f"{p[s]:.3f}" if s in p else "" for s in steps) + " |"
+    for name, p in curves.items()
+  ]
+  groups: dict[str, list[dict[int, float]]] = {}
+  for member in members:
+    if member.name in curves:
+      groups.setdefault(member.group, []).append(curves[member.name])
+  pooled = []
+  for group, seeds in groups.items():
+    cells = []
+    for step in steps:
+      values = [p[step] for p in seeds if step in p]
+      mean = sum(values) / len(values) if values else 0.0
+      std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+      cells.append(f"{mean:.3f} ± {std:.2f} ({len(values)})" if values else "")
+    pooled.append(f"| {group} (mean ± std (seeds)) | " + " | ".join(cells) + " |")
+  return "\n".join(header + rows + pooled) + "\n"
+
+
 def plot_curves(members: list[Member], root: str) -> str:
   """Train loss and eval exact match against step, one line per member."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
   for member in members:
     records = read_jsonl(fileio.join(root, member.name, "metrics.jsonl"))
@@ -234,12 +366,17 @@ def plot_ablation(rows: list[dict[str, Any]], root: str) -> str | None:
   if not rows:
     return None
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
   names = [r["member"] for r in rows]
-  for ax, key, label in zip(axes, ("eval_greedy_exact_match", "eval_entropy"),
-                            ("held-out exact match (greedy)", "matrix entropy (nats)")):
+  for ax, key, label in zip(
+    axes,
+    ("eval_greedy_exact_match", "eval_entropy"),
+    ("held-out exact match (greedy)", "matrix entropy (nats)"),
+  ):
     ax.bar(range(len(rows)), [r[key] or 0.0 for r in rows])
     ax.set_xticks(range(len(rows)), names, rotation=60, ha="right", fontsize=6)
     ax.set_ylabel(label)
@@ -249,13 +386,18 @@ def plot_ablation(rows: list[dict[str, Any]], root: str) -> str | None:
 
 def define_common_flags() -> None:
   """The flags `sweep` and `compare` share (defined when either runs as a program, not on import)."""
-  flags.DEFINE_string("config", None, "Experiment config file (its presets are picked by --specs / "
-                      "--preset).")
+  flags.DEFINE_string(
+    "config", None, "Experiment config file (its presets are picked by --specs / --preset)."
+  )
   flags.DEFINE_string("workdir", None, "Folder holding one workdir per member, the tables and plots.")
   flags.DEFINE_list("seeds", ["0"], "Seeds (every member group runs each).")
   flags.DEFINE_multi_string("set", [], "Override applied to every member, e.g. train.num_steps=500.")
-  flags.DEFINE_bool("dry_run", False, "Print the commands (portable: `python -m lime_jax.main`, the "
-                    "config path relative to here) instead of running them.")
+  flags.DEFINE_bool(
+    "dry_run",
+    False,
+    "Print the commands (portable: `python -m lime_jax.main`, the "
+    "config path relative to here) instead of running them.",
+  )
 
 
 def define_flags() -> None:
@@ -264,6 +406,13 @@ def define_flags() -> None:
   flags.DEFINE_multi_string("vary", [], "Space-separated overrides of one member group; repeat.")
   flags.DEFINE_string("sweep", None, "Name of an override list in the config file's SWEEPS.")
   flags.DEFINE_string("root", None, "Deprecated: use --workdir.")
+  flags.DEFINE_list(
+    "reuse",
+    [],
+    "Sweep workdirs whose finished members are reused (result files copied, "
+    "not rerun) by a member of this sweep that runs the same config: one whose variation "
+    "only sets the preset's own values.",
+  )
 
 
 def portable_path(path: str) -> str:
@@ -300,8 +449,12 @@ def main(argv: list[str]) -> None:
   variations = [tuple(v.split()) for v in FLAGS.vary]
   if FLAGS.sweep:
     variations += list(load_sweep(FLAGS.config, FLAGS.sweep))
-  members = [Member(spec, int(seed), tuple(FLAGS.set), vary) for spec in FLAGS.specs
-             for vary in (variations or [()]) for seed in FLAGS.seeds]
+  members = [
+    Member(spec, int(seed), tuple(FLAGS.set), vary)
+    for spec in FLAGS.specs
+    for vary in (variations or [()])
+    for seed in FLAGS.seeds
+  ]
   if FLAGS.dry_run:
     for member in members:
       print(dry_run_command(FLAGS.config, member, fileio.join(root, member.name)))
@@ -310,6 +463,13 @@ def main(argv: list[str]) -> None:
   rows = []
   for member in members:
     workdir = fileio.join(root, member.name)
+    source = None if is_finished(workdir) else reusable_source(FLAGS.config, member, FLAGS.reuse)
+    if source:
+      print(
+        f"[sweep] {member.name}: the preset's own config, finished in {source}; reusing its results.",
+        flush=True,
+      )
+      copy_results(source, workdir)
     if run_member(FLAGS.config, member, workdir):
       rows.append(member_summary(member, workdir))
   write_tables(rows, root)
@@ -317,7 +477,12 @@ def main(argv: list[str]) -> None:
   if rows:
     print("[sweep] pooled over seeds (mean ± std):")
     print(fileio.read_text(fileio.join(root, "results_by_group.md")))
-  print(f"[sweep] curves: {plot_curves(members, root)}")
+  table = curve_table(members, root)
+  if table:
+    fileio.write_text(fileio.join(root, "curves.md"), table)
+  print(
+    f"[sweep] curves: {plot_curves(members, root)}" + (f", {fileio.join(root, 'curves.md')}" if table else "")
+  )
   ablation = plot_ablation(rows, root)
   if ablation:
     print(f"[sweep] exact match and entropy: {ablation}")

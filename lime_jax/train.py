@@ -19,18 +19,13 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from lime_jax import answer_eval
-from lime_jax import caches
+from lime_jax import answer_eval, caches, init_from, lm_eval, timing, writers
 from lime_jax import checkpoint as ckpt_lib
 from lime_jax import config as config_lib
 from lime_jax import flops as flops_lib
-from lime_jax import init_from
-from lime_jax import lm_eval
 from lime_jax import optimizer as opt_lib
 from lime_jax import sharding as shard_lib
-from lime_jax import timing
 from lime_jax import train_step as step_lib
-from lime_jax import writers
 from lime_jax.data import pipeline
 from lime_jax.model import ModelConfig, Transformer, init_params
 
@@ -68,10 +63,18 @@ def build(config: ml_collections.ConfigDict, devices: list | None = None) -> Run
   model = Transformer(model_cfg)
   abstract_params = jax.eval_shape(functools.partial(init_params, model_cfg), jax.random.key(0))
   optimizer = opt_lib.make_optimizer(config.train, abstract_params)
-  abstract_state = jax.eval_shape(functools.partial(step_lib.init_train_state, optimizer=optimizer),
-                                  abstract_params)
-  return Run(config, model_cfg, mesh, model, optimizer,
-             shard_lib.state_shardings(mesh, abstract_state), shard_lib.batch_sharding(mesh))
+  abstract_state = jax.eval_shape(
+    functools.partial(step_lib.init_train_state, optimizer=optimizer), abstract_params
+  )
+  return Run(
+    config,
+    model_cfg,
+    mesh,
+    model,
+    optimizer,
+    shard_lib.state_shardings(mesh, abstract_state),
+    shard_lib.batch_sharding(mesh),
+  )
 
 
 # XLA's CPU backend spends seconds optimising the one-off init program (loops of random bits over the
@@ -84,12 +87,16 @@ _FAST_INIT_MAX_PARAMS = 8_000_000
 def create_state(run: Run) -> step_lib.TrainState:
   """Initialises parameters and optimizer state directly in their shardings (on CPU, a small model's
   init program is compiled without LLVM optimisations: see _FAST_INIT_COMPILE)."""
+
   def init(rng):
     return step_lib.init_train_state(init_params(run.model_cfg, rng), run.optimizer)
+
   key = jax.random.key(run.config.seed)
-  if (run.mesh.devices.flat[0].platform == "cpu"
-      and param_count(jax.eval_shape(functools.partial(init_params, run.model_cfg), key))
-      <= _FAST_INIT_MAX_PARAMS):
+  if (
+    run.mesh.devices.flat[0].platform == "cpu"
+    and param_count(jax.eval_shape(functools.partial(init_params, run.model_cfg), key))
+    <= _FAST_INIT_MAX_PARAMS
+  ):
     try:
       return jax.jit(init, out_shardings=run.state_sharding, compiler_options=_FAST_INIT_COMPILE)(key)
     except Exception:  # an XLA without this option: the default compile below.
@@ -101,17 +108,21 @@ def jit_train_step(run: Run):
   """`train_step(state, batch) -> (state, metrics)` jitted with the state's rule shardings in and out,
   the batch over data x fsdp, replicated metrics, and the input state donated."""
   step = step_lib.make_train_step(run.model, run.optimizer, opt_lib.lr_schedule(run.config.train))
-  return jax.jit(shard_lib.with_activation_mesh(step, run.mesh),
-                 in_shardings=(run.state_sharding, run.batch_sharding),
-                 out_shardings=(run.state_sharding, shard_lib.replicated(run.mesh)),
-                 donate_argnums=(0,))
+  return jax.jit(
+    shard_lib.with_activation_mesh(step, run.mesh),
+    in_shardings=(run.state_sharding, run.batch_sharding),
+    out_shardings=(run.state_sharding, shard_lib.replicated(run.mesh)),
+    donate_argnums=(0,),
+  )
 
 
 def jit_eval_step(run: Run):
   """`eval_step(params, batch) -> sums`, jitted like the train step (replicated sums)."""
-  return jax.jit(shard_lib.with_activation_mesh(step_lib.make_eval_step(run.model), run.mesh),
-                 in_shardings=(run.state_sharding.params, run.batch_sharding),
-                 out_shardings=shard_lib.replicated(run.mesh))
+  return jax.jit(
+    shard_lib.with_activation_mesh(step_lib.make_eval_step(run.model), run.mesh),
+    in_shardings=(run.state_sharding.params, run.batch_sharding),
+    out_shardings=shard_lib.replicated(run.mesh),
+  )
 
 
 def param_count(params: Any) -> int:
@@ -131,16 +142,20 @@ def compile_report(compiled: Any, run: Run, params: Any) -> dict[str, float]:
   """Parameter count, FLOPs per step and XLA's memory analysis of the compiled train step."""
   cfg, t = run.config, run.config.train
   report = {
-      "params": param_count(params),
-      "flops_per_step_analytic": flops_lib.train_flops_per_step(run.model_cfg, t.batch_size, cfg.data.seq_len),
+    "params": param_count(params),
+    "flops_per_step_analytic": flops_lib.train_flops_per_step(run.model_cfg, t.batch_size, cfg.data.seq_len),
   }
   xla_flops = _cost_flops(compiled)
   if xla_flops:  # XLA counts a while loop's body once, so this covers one layer of the scan.
     report["xla_cost_analysis_flops_one_scan_iteration"] = xla_flops
   mem = compiled.memory_analysis()
   if mem is not None:
-    for name in ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes",
-                 "generated_code_size_in_bytes"):
+    for name in (
+      "temp_size_in_bytes",
+      "argument_size_in_bytes",
+      "output_size_in_bytes",
+      "generated_code_size_in_bytes",
+    ):
       if hasattr(mem, name):
         report[f"memory/{name.replace('_in_bytes', '')}_mib"] = getattr(mem, name) / 2**20
   return report
@@ -154,14 +169,17 @@ def evaluate(run: Run, params: Any, eval_step, batches: list[dict[str, np.ndarra
     for k, v in jax.device_get(sums).items():
       totals[k] = totals.get(k, 0.0) + float(v)
   result = {
-      "ce": totals["ce_sum"] / max(totals["ce_tokens"], 1.0),
-      "token_accuracy": totals["correct_tokens"] / max(totals["answer_tokens"], 1.0),
-      "exact_match": totals["exact_matches"] / max(totals["examples"], 1.0),
-      "examples": totals["examples"],
+    "ce": totals["ce_sum"] / max(totals["ce_tokens"], 1.0),
+    "token_accuracy": totals["correct_tokens"] / max(totals["answer_tokens"], 1.0),
+    "exact_match": totals["exact_matches"] / max(totals["examples"], 1.0),
+    "examples": totals["examples"],
   }
   if batches and "num_bytes" in batches[0]:  # task 'text': perplexity, bits per byte.
-    result.update(lm_eval.lm_metrics(totals["ce_sum"], totals["ce_tokens"],
-                                     sum(float(b["num_bytes"].sum()) for b in batches)))
+    result.update(
+      lm_eval.lm_metrics(
+        totals["ce_sum"], totals["ce_tokens"], sum(float(b["num_bytes"].sum()) for b in batches)
+      )
+    )
   if run.config.eval.greedy and jax.process_count() == 1:  # greedy decoding, per-position accuracy,
     # layer entropy; it decodes process-local batches, so multi-process runs skip it (teacher-forced EM
     # above equals greedy EM; see metrics.answer_metrics).
@@ -216,8 +234,9 @@ def _is_finite(values: dict[str, float]) -> bool:
   return all(np.isfinite(values[k]) for k in ("loss", "grad_norm"))
 
 
-def train(config: ml_collections.ConfigDict, workdir: str,
-          startup: dict[str, float] | None = None) -> TrainResult:
+def train(
+  config: ml_collections.ConfigDict, workdir: str, startup: dict[str, float] | None = None
+) -> TrainResult:
   """Trains per `config`, checkpointing into `workdir`; resumes from its latest checkpoint. Returns the
   final state and metrics (`TrainResult`). `startup`: phases timed before the call (e.g. `imports_s`),
   reported with the others in compile_report.json."""
@@ -238,21 +257,27 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     state = jax.block_until_ready(create_state(run))
   # The newest intact checkpoint: a config mismatch raises; damaged newer steps are moved aside.
   with phases("restore"):
-    found = checkpointer.restore_latest_intact(ckpt_lib.abstract_like(state), data_iter, signature,
-                                               log=writer.text)
+    found = checkpointer.restore_latest_intact(
+      ckpt_lib.abstract_like(state), data_iter, signature, log=writer.text
+    )
   latest = found.step
   if latest is not None:
     state = found.value
     writer.text(f"Resumed from {checkpointer.directory}/{latest}.")
   elif found.moved:
     data_iter = pipeline.make_train_iterator(config, jax.process_index(), jax.process_count())
-    writer.text(f"No intact checkpoint left in {checkpointer.directory} (damaged ones moved aside); "
-                "starting from step 0.")
+    writer.text(
+      f"No intact checkpoint left in {checkpointer.directory} (damaged ones moved aside); "
+      "starting from step 0."
+    )
   if latest is None and config.model.init_from:  # fine-tuning: the source's parameters, fresh optimizer
     params, fresh = init_from.initial_params(config, run.model_cfg, state.params)
     state = state.replace(params=params)
-    writer.text(f"Initialised from {init_from.describe(config.model.init_from)}"
-                + (f"; freshly initialised: {', '.join(fresh)}" if fresh else "") + ".")
+    writer.text(
+      f"Initialised from {init_from.describe(config.model.init_from)}"
+      + (f"; freshly initialised: {', '.join(fresh)}" if fresh else "")
+      + "."
+    )
   start_step = int(jax.device_get(state.step))
   writer.start_at(start_step)  # drops metrics records of steps after the restored one (replayed now)
   if is_lead:
@@ -274,19 +299,23 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   report["peak_flops_per_device"] = peak
   # Start-up phases in seconds (first_step_s, dispatch to metrics of the first step, is added after it).
   report["phases"] = phases.seconds
-  report["compilation_cache"] = {"dir": cache_dir or "none",
-                                 "hits": init_cache["hits"] + compile_cache["hits"],
-                                 "writes": init_cache["writes"] + compile_cache["writes"]}
+  report["compilation_cache"] = {
+    "dir": cache_dir or "none",
+    "hits": init_cache["hits"] + compile_cache["hits"],
+    "writes": init_cache["writes"] + compile_cache["writes"],
+  }
   writer.text(
-      f"Model: {report['params']:,} params | {run.model_cfg.num_layers} layers, d_model "
-      f"{run.model_cfg.d_model}, topology {run.model_cfg.topology} | mesh {dict(run.mesh.shape)}\n"
-      f"FLOPs/step: {report['flops_per_step_analytic']:.3e} analytic (3x forward, causal-halved attention)"
-      + "\nMemory: " + ", ".join(f"{k.split('/')[1]}={v:.1f} MiB" for k, v in report.items()
-                                  if k.startswith("memory/"))
-      + f"\nCompiled in {report['compile_s']:.1f}s; MFU peak {peak:.3e} FLOP/s per device, {peak_source}."
-      + "\nStart-up: " + ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in phases.seconds.items())
-      + f" | compilation cache {report['compilation_cache']['dir']}: "
-      + f"{report['compilation_cache']['hits']} hits, {report['compilation_cache']['writes']} writes")
+    f"Model: {report['params']:,} params | {run.model_cfg.num_layers} layers, d_model "
+    f"{run.model_cfg.d_model}, topology {run.model_cfg.topology} | mesh {dict(run.mesh.shape)}\n"
+    f"FLOPs/step: {report['flops_per_step_analytic']:.3e} analytic (3x forward, causal-halved attention)"
+    + "\nMemory: "
+    + ", ".join(f"{k.split('/')[1]}={v:.1f} MiB" for k, v in report.items() if k.startswith("memory/"))
+    + f"\nCompiled in {report['compile_s']:.1f}s; MFU peak {peak:.3e} FLOP/s per device, {peak_source}."
+    + "\nStart-up: "
+    + ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in phases.seconds.items())
+    + f" | compilation cache {report['compilation_cache']['dir']}: "
+    + f"{report['compilation_cache']['hits']} hits, {report['compilation_cache']['writes']} writes"
+  )
   if is_lead:
     writers.write_text(workdir, "compile_report.json", json.dumps(report, indent=2))
 
@@ -311,9 +340,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
     if not _is_finite(values):
       raise NonFiniteLossError(
-          f"Non-finite loss/grad at step {step} (loss={values['loss']}, grad_norm={values['grad_norm']}). "
-          f"The last good checkpoint is step {last_good} in {checkpointer.directory}. Lower "
-          "train.learning_rate, raise train.warmup_steps or enable train.grad_clip, then rerun to resume.")
+        f"Non-finite loss/grad at step {step} (loss={values['loss']}, grad_norm={values['grad_norm']}). "
+        f"The last good checkpoint is step {last_good} in {checkpointer.directory}. Lower "
+        "train.learning_rate, raise train.warmup_steps or enable train.grad_clip, then rerun to resume."
+      )
     last_values = values
     if "first_step_s" not in phases.seconds:
       phases.seconds["first_step_s"] = time.perf_counter() - loop_start
@@ -323,8 +353,12 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       now = time.perf_counter()
       rate = step_timer.steps_per_s(step)
       values["tokens_per_s"] = rate * tokens_per_step
-      values["mfu_pct"] = 100.0 * rate * flops_lib.train_flops_per_step(
-          run.model_cfg, t.batch_size, config.data.seq_len) / peak_total
+      values["mfu_pct"] = (
+        100.0
+        * rate
+        * flops_lib.train_flops_per_step(run.model_cfg, t.batch_size, config.data.seq_len)
+        / peak_total
+      )
       with step_timer.excluded():  # writing metrics (TensorBoard, JSONL) is not training time either
         writer.write(step, values)
         writer.progress(step, values, now - loop_start, step - start_step)
@@ -356,8 +390,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       if stop_here:
         status = "preempted" if stop.signal is not None else "stopped"
         reason = f"Signal {stop.signal}" if stop.signal is not None else "train.stop_at_step"
-        writer.text(f"{reason}: checkpointed step {step} in {checkpointer.directory}; "
-                    "rerun the same command to resume.")
+        writer.text(
+          f"{reason}: checkpointed step {step} in {checkpointer.directory}; rerun the same command to resume."
+        )
         break
     if pending is not None:
       finish(pending)
@@ -365,13 +400,15 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     stop.uninstall()
     checkpointer.close()
 
-  result: dict[str, Any] = {"status": status, "step": int(jax.device_get(state.step)),
-                            "train": last_values}
+  result: dict[str, Any] = {"status": status, "step": int(jax.device_get(state.step)), "train": last_values}
   if status == "completed":
-    result["eval"] = writer.write(t.num_steps, evaluate(run, state.params, eval_step, eval_batches),
-                                  prefix="eval")
-    writer.text("Held-out ({examples:.0f} examples): exact_match={exact_match:.4f} "
-                "token_accuracy={token_accuracy:.4f} ce={ce:.4f}".format(**result["eval"]))
+    result["eval"] = writer.write(
+      t.num_steps, evaluate(run, state.params, eval_step, eval_batches), prefix="eval"
+    )
+    writer.text(
+      "Held-out ({examples:.0f} examples): exact_match={exact_match:.4f} "
+      "token_accuracy={token_accuracy:.4f} ce={ce:.4f}".format(**result["eval"])
+    )
   if is_lead:
     writers.write_text(workdir, "final_metrics.json", json.dumps(result, indent=2))
   writer.close()

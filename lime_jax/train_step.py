@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.struct
 import jax
@@ -31,8 +32,13 @@ def init_train_state(params: Any, optimizer: optax.GradientTransformation) -> Tr
 def loss_fn(params: Any, model: Transformer, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
   """CE on `loss_mask` plus the stack's auxiliary losses (each already weighted; e.g. Seq-VCR's
   `aux/seq_vcr_variance` and `aux/seq_vcr_covariance`, logged next to `ce`)."""
-  logits_BTV, out = model.apply({"params": params}, batch["inputs"], batch.get("positions"),
-                                regularize=True, answer_mask_BT=batch.get("answer_mask"))
+  logits_BTV, out = model.apply(
+    {"params": params},
+    batch["inputs"],
+    batch.get("positions"),
+    regularize=True,
+    answer_mask_BT=batch.get("answer_mask"),
+  )
   ce = metrics.masked_cross_entropy(logits_BTV, batch["targets"], batch["loss_mask"])
   aux_total = sum(out.aux.values(), jnp.zeros((), jnp.float32))
   stats = {"ce": ce, **{f"aux/{k}": v for k, v in out.aux.items()}}
@@ -40,8 +46,9 @@ def loss_fn(params: Any, model: Transformer, batch: Batch) -> tuple[jax.Array, d
   return ce + aux_total, stats
 
 
-def make_train_step(model: Transformer, optimizer: optax.GradientTransformation,
-                    lr_fn: Callable[[jax.Array], jax.Array]) -> Callable[[TrainState, Batch], tuple]:
+def make_train_step(
+  model: Transformer, optimizer: optax.GradientTransformation, lr_fn: Callable[[jax.Array], jax.Array]
+) -> Callable[[TrainState, Batch], tuple]:
   """Returns the pure `train_step(state, batch) -> (state, metrics)`."""
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -52,14 +59,14 @@ def make_train_step(model: Transformer, optimizer: optax.GradientTransformation,
     answers = jnp.maximum(stats.pop("answer_tokens"), 1.0)
     examples = jnp.maximum(stats.pop("examples"), 1.0)
     out = {
-        "loss": loss,
-        "learning_rate": lr_fn(state.step),
-        "grad_norm": optax.tree.norm(grads),
-        "param_norm": optax.tree.norm(state.params),
-        "update_norm": optax.tree.norm(updates),
-        "token_accuracy": stats.pop("correct_tokens") / answers,
-        "exact_match": stats.pop("exact_matches") / examples,
-        **stats,
+      "loss": loss,
+      "learning_rate": lr_fn(state.step),
+      "grad_norm": optax.tree.norm(grads),
+      "param_norm": optax.tree.norm(state.params),
+      "update_norm": optax.tree.norm(updates),
+      "token_accuracy": stats.pop("correct_tokens") / answers,
+      "exact_match": stats.pop("exact_matches") / examples,
+      **stats,
     }
     return new_state, out
 
@@ -73,8 +80,9 @@ def make_eval_step(model: Transformer) -> Callable[[Any, Batch], dict[str, jax.A
     logits_BTV, _ = model.apply({"params": params}, batch["inputs"], batch.get("positions"))
     mask_BT = batch["loss_mask"] * batch["example_mask"][:, None]
     ce_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
-    sums = metrics.answer_metrics(logits_BTV, batch["targets"], batch["answer_mask"] * mask_BT,
-                                  batch["example_mask"])
+    sums = metrics.answer_metrics(
+      logits_BTV, batch["targets"], batch["answer_mask"] * mask_BT, batch["example_mask"]
+    )
     sums["ce_sum"] = jnp.sum(ce_BT * mask_BT)
     sums["ce_tokens"] = jnp.sum(mask_BT)
     return sums

@@ -155,8 +155,11 @@ class MetricWriter:
     keys = ("loss", "exact_match", "learning_rate", "grad_norm", "tokens_per_s", "mfu_pct")
     parts = [f"{k}={values[k]:.4g}" for k in keys if k in values]
     pct = 100.0 * step / max(self.total_steps, 1)
-    print(f"[{step:>6d}/{self.total_steps} {pct:5.1f}%] " + " ".join(parts) + f" eta={format_duration(eta)}",
-          file=self.stream, flush=True)
+    print(
+      f"[{step:>6d}/{self.total_steps} {pct:5.1f}%] " + " ".join(parts) + f" eta={format_duration(eta)}",
+      file=self.stream,
+      flush=True,
+    )
 
   def text(self, line: str) -> None:
     if self.enabled:
@@ -171,6 +174,7 @@ class MetricWriter:
       sink.close()
     self._sinks = []
 
+
 class WandbSink:
   """Weights & Biases run of a training run (`config.train.wandb`; off while `project` is '').
 
@@ -182,9 +186,10 @@ class WandbSink:
       import wandb
     except ImportError:
       raise ImportError(
-          f"config.train.wandb.project={settings.project!r} needs the wandb package: pip install -e "
-          "'.[wandb]' (or pip install wandb), or set --config.train.wandb.project='' to log to "
-          "TensorBoard and metrics.jsonl only.") from None
+        f"config.train.wandb.project={settings.project!r} needs the wandb package: pip install -e "
+        "'.[wandb]' (or pip install wandb), or set --config.train.wandb.project='' to log to "
+        "TensorBoard and metrics.jsonl only."
+      ) from None
     id_path = epath.Path(workdir) / "wandb_id.txt"
     name = settings.name or os.path.basename(os.path.normpath(str(workdir)))
     if id_path.exists():
@@ -193,9 +198,16 @@ class WandbSink:
       safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
       run_id = f"{safe}-{os.urandom(4).hex()}"
       id_path.write_text(run_id)
-    self._run = wandb.init(project=settings.project, entity=settings.entity or None, name=name, id=run_id,
-                           resume="allow", mode=settings.mode, config=run_config,
-                           dir=None if is_remote(workdir) else str(workdir))
+    self._run = wandb.init(
+      project=settings.project,
+      entity=settings.entity or None,
+      name=name,
+      id=run_id,
+      resume="allow",
+      mode=settings.mode,
+      config=run_config,
+      dir=None if is_remote(workdir) else str(workdir),
+    )
 
   def log(self, step: int, scalars: dict[str, float]) -> None:
     self._run.log(scalars, step=step)

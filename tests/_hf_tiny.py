@@ -18,8 +18,12 @@ def train_bpe(out_dir: str, vocab_size: int = 320) -> int:
   tok = tokenizers.Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+  trainer = trainers.BpeTrainer(
+    vocab_size=vocab_size,
+    special_tokens=["<|endoftext|>"],
+    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    show_progress=False,
+  )
   files = [os.path.join(REPO, "README.md")] + sorted(glob.glob(os.path.join(REPO, "docs", "*.md")))
   tok.train(files, trainer)
   os.makedirs(out_dir, exist_ok=True)
@@ -27,17 +31,26 @@ def train_bpe(out_dir: str, vocab_size: int = 320) -> int:
   return tok.get_vocab_size()
 
 
-def make_llama_folder(out_dir: str, hidden: int = 32, layers: int = 2, heads: int = 4, seed: int = 0,
-                      vocab_size: int = 320) -> str:
+def make_llama_folder(
+  out_dir: str, hidden: int = 32, layers: int = 2, heads: int = 4, seed: int = 0, vocab_size: int = 320
+) -> str:
   """A random LlamaForCausalLM saved with save_pretrained (safetensors) plus its tokenizer.json."""
   import torch
   import transformers
 
   vocab = train_bpe(out_dir, vocab_size)
   torch.manual_seed(seed)
-  cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
-                                 num_hidden_layers=layers, num_attention_heads=heads,
-                                 num_key_value_heads=heads, max_position_embeddings=1024,
-                                 tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
+  cfg = transformers.LlamaConfig(
+    vocab_size=vocab,
+    hidden_size=hidden,
+    intermediate_size=2 * hidden,
+    num_hidden_layers=layers,
+    num_attention_heads=heads,
+    num_key_value_heads=heads,
+    max_position_embeddings=1024,
+    tie_word_embeddings=False,
+    bos_token_id=0,
+    eos_token_id=0,
+  )
   transformers.LlamaForCausalLM(cfg).save_pretrained(out_dir)
   return out_dir

@@ -17,9 +17,10 @@ import sys
 import time
 
 # 8 fake CPU devices; the cheapest CPU code generation halves compile time (every mesh uses the same).
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-                           " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-                           ).strip()
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+).strip()
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
@@ -63,7 +64,7 @@ def has_seq_vcr_integration() -> bool:
 def build(config):
   """The trainer's Run on the first data x fsdp x tensor devices (all 8 but for the (1,1,1) mesh)."""
   m = config.mesh
-  return train_lib.build(config, jax.devices()[:m.data * m.fsdp * m.tensor])
+  return train_lib.build(config, jax.devices()[: m.data * m.fsdp * m.tensor])
 
 
 def train_few_steps(config, run, state):
@@ -77,8 +78,9 @@ def train_few_steps(config, run, state):
 
 
 def flat_params(params) -> dict[str, np.ndarray]:
-  return {"/".join(shard_lib._path_names(p)): np.asarray(x)
-          for p, x in jax.tree_util.tree_leaves_with_path(params)}
+  return {
+    "/".join(shard_lib._path_names(p)): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(params)
+  }
 
 
 def _spec_list(spec) -> list:
@@ -99,14 +101,15 @@ def checkpoint_across_meshes(out_dir: str, state_222) -> dict:
   for mesh in ((8, 1, 1), (1, 1, 8)):
     run = build(config_for("baseline", mesh))
     abstract = jax.eval_shape(lambda: train_lib.create_state(run))
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
-                            run.state_sharding)
+    abstract = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, run.state_sharding
+    )
     restored = ckpt.restore(NUM_STEPS, abstract, None)
     got = flat_params(restored.params)
     result[str(mesh)] = {
-        "max_err": max(float(np.max(np.abs(got[k] - ref[k]))) for k in ref),
-        "wq_spec": spec_of(restored.params["layers"]["wq"]),
-        "wq_expected": _spec_list(run.state_sharding.params["layers"]["wq"].spec),
+      "max_err": max(float(np.max(np.abs(got[k] - ref[k]))) for k in ref),
+      "wq_spec": spec_of(restored.params["layers"]["wq"]),
+      "wq_expected": _spec_list(run.state_sharding.params["layers"]["wq"].spec),
     }
   ckpt.close()
   return result
@@ -118,13 +121,15 @@ def seq_vcr_under_meshes() -> dict:
   mask = np.array([1, 1, 0, 1, 1], np.float32)
   out = {}
   for variant in seq_vcr.VARIANTS:
-    fn = lambda x_NTD, m: seq_vcr.seq_vcr_loss(x_NTD, m, lambda1=1.0, lambda2=0.5, eta=1e-3,
-                                               variant=variant)["loss"]
+    fn = lambda x_NTD, m: seq_vcr.seq_vcr_loss(x_NTD, m, lambda1=1.0, lambda2=0.5, eta=1e-3, variant=variant)[
+      "loss"
+    ]
     values = {}
     for mesh_shape in MESHES:
       mesh = build(config_for("baseline", mesh_shape)).mesh
-      x_sh = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
-          shard_lib.BATCH_AXES, None, "tensor")))
+      x_sh = jax.device_put(
+        x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(shard_lib.BATCH_AXES, None, "tensor"))
+      )
       loss, grad = jax.jit(jax.value_and_grad(fn))(x_sh, mask)
       values[str(mesh_shape)] = [float(loss), float(np.abs(np.asarray(grad)).sum())]
     out[variant] = values
@@ -136,8 +141,9 @@ def parse_jobs(args: list[str]) -> list[tuple[str, list[tuple[int, int, int]]]]:
   jobs = []
   for arg in args:
     variant, meshes = arg.split("=")
-    shapes = list(MESHES) if meshes == "all" else [tuple(int(n) for n in m.split("x"))
-                                                   for m in meshes.split(",")]
+    shapes = (
+      list(MESHES) if meshes == "all" else [tuple(int(n) for n in m.split("x")) for m in meshes.split(",")]
+    )
     assert shapes[0] == (1, 1, 1), "the reference mesh (1,1,1) must come first"
     jobs.append((variant, shapes))
   return jobs
@@ -171,8 +177,10 @@ def run_variant(out_dir: str, variant: str, meshes, info: dict) -> None:
 
 def leaf_specs(state) -> dict:
   """Specs (and one shard shape) of a few parameters and optimizer moments."""
-  specs = {"/".join(shard_lib._path_names(p)): _spec_list(x.sharding.spec)
-           for p, x in jax.tree_util.tree_leaves_with_path(state.params)}
+  specs = {
+    "/".join(shard_lib._path_names(p)): _spec_list(x.sharding.spec)
+    for p, x in jax.tree_util.tree_leaves_with_path(state.params)
+  }
   for p, x in jax.tree_util.tree_leaves_with_path(state.opt_state):
     name = "/".join(shard_lib._path_names(p))
     if name.endswith(("mu/layers/wq", "nu/embed", "count")):

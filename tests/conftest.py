@@ -25,8 +25,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 def tiny_model_config(**overrides) -> ModelConfig:
   """A small but non-degenerate decoder: GQA off, 2 layers, head_dim 8."""
-  base = dict(vocab_size=61, num_layers=2, d_model=32, num_heads=4, num_kv_heads=4, ffn_dim=64,
-              init_std=0.1)
+  base = dict(vocab_size=61, num_layers=2, d_model=32, num_heads=4, num_kv_heads=4, ffn_dim=64, init_std=0.1)
   base.update(overrides)
   return ModelConfig(**base)
 
@@ -38,20 +37,29 @@ def random_params(cfg: ModelConfig, seed: int = 0, std: float = 0.1, norm_std: f
   norm scales ~ 1 + N(0, norm_std), so a swapped or ignored norm shows up in the outputs.
   `test_random_params_match_init_layout` keeps this in sync with the model.
   """
-  L, D, N, R, H, F, V = (cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-                         cfg.ffn_dim, cfg.vocab_size)
+  L, D, N, R, H, F, V = (
+    cfg.num_layers,
+    cfg.d_model,
+    cfg.num_heads,
+    cfg.num_kv_heads,
+    cfg.head_dim,
+    cfg.ffn_dim,
+    cfg.vocab_size,
+  )
   g = np.random.default_rng(seed)
   w = lambda *shape: jnp.asarray(std * g.standard_normal(shape), cfg.pdtype)
   norm = lambda *shape: jnp.asarray(1.0 + norm_std * g.standard_normal(shape), cfg.pdtype)
   params = {
-      "embed": w(V, D),
-      "layers": {
-          "attn_norm": {"scale": norm(L, D)},
-          "wq": w(L, D, N, H), "wkv": w(L, D, R, 2 * H), "wo": w(L, N, H, D),
-          "mlp_norm": {"scale": norm(L, D)},
-          "mlp": {"w_gate": w(L, D, F), "w_up": w(L, D, F), "w_down": w(L, F, D)},
-      },
-      "final_norm": {"scale": norm(D)},
+    "embed": w(V, D),
+    "layers": {
+      "attn_norm": {"scale": norm(L, D)},
+      "wq": w(L, D, N, H),
+      "wkv": w(L, D, R, 2 * H),
+      "wo": w(L, N, H, D),
+      "mlp_norm": {"scale": norm(L, D)},
+      "mlp": {"w_gate": w(L, D, F), "w_up": w(L, D, F), "w_down": w(L, F, D)},
+    },
+    "final_norm": {"scale": norm(D)},
   }
   if not cfg.tie_embeddings:
     params["unembed"] = w(D, V)

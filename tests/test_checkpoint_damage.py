@@ -16,13 +16,13 @@ import sys
 import jax
 import numpy as np
 import pytest
+from test_preemption import assert_same_state
+from test_train import REPO, tiny_config
 
 from lime_jax import checkpoint as ckpt_lib
 from lime_jax import cli
 from lime_jax import train as train_lib
 from lime_jax.probes import runner
-from test_preemption import assert_same_state
-from test_train import REPO, tiny_config
 
 STEPS = dict(num_steps=40, checkpoint_every=10, log_every=5)
 
@@ -64,12 +64,16 @@ def random_bytes_in_every_data_file(step_dir):
 
 
 DAMAGES = {  # name: (inject(step_dir), what the log line names)
-    "manifest_deleted": (lambda d: (d / "state" / "manifest.ocdbt").unlink(),
-                         "40/state/manifest.ocdbt (missing)"),
-    "metadata_garbage": (lambda d: (d / "state" / "_METADATA").write_text("garbage{"),
-                         "40/state/_METADATA (not valid JSON)"),
-    "meta_deleted": (lambda d: shutil.rmtree(d / "meta"), "40/meta (missing)"),
-    "data_deleted": (lambda d: shutil.rmtree(d / "data"), "40/data (missing)"),
+  "manifest_deleted": (
+    lambda d: (d / "state" / "manifest.ocdbt").unlink(),
+    "40/state/manifest.ocdbt (missing)",
+  ),
+  "metadata_garbage": (
+    lambda d: (d / "state" / "_METADATA").write_text("garbage{"),
+    "40/state/_METADATA (not valid JSON)",
+  ),
+  "meta_deleted": (lambda d: shutil.rmtree(d / "meta"), "40/meta (missing)"),
+  "data_deleted": (lambda d: shutil.rmtree(d / "data"), "40/data (missing)"),
 }
 
 
@@ -79,8 +83,14 @@ def checkpoint_dirs(workdir):
 
 def _run(args, timeout=300):
   env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_FLAGS", "JAX_"))}
-  return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                        env={**env, "JAX_PLATFORMS": "cpu"})
+  return subprocess.run(
+    [sys.executable, *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env={**env, "JAX_PLATFORMS": "cpu"},
+  )
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -101,9 +111,16 @@ def test_train_moves_a_damaged_step_aside_and_resumes_from_the_newest_intact(tra
 def test_main_binary_survives_random_bytes_in_the_latest_state(trained, tmp_path):
   workdir = copy_of(trained, tmp_path)
   relpath, noise = random_bytes(workdir / "checkpoints" / "40")
-  proc = _run(["-m", "lime_jax.main", "--config=experiments/baseline.py:tiny", f"--workdir={workdir}",
-               *[f"--config.train.{k}={v}" for k, v in STEPS.items()],
-               "--config.train.async_checkpoint=False"])
+  proc = _run(
+    [
+      "-m",
+      "lime_jax.main",
+      "--config=experiments/baseline.py:tiny",
+      f"--workdir={workdir}",
+      *[f"--config.train.{k}={v}" for k, v in STEPS.items()],
+      "--config.train.async_checkpoint=False",
+    ]
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = next(l for l in proc.stdout.splitlines() if "is damaged" in l)
   assert line.startswith(f"Checkpoint step 40 is damaged ({workdir}/checkpoints/40/state: "), line
@@ -120,10 +137,12 @@ def test_a_mismatch_is_reported_as_a_mismatch_and_moves_nothing(trained, tmp_pat
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), raw)
   abstract["params"]["embed"] = jax.ShapeDtypeStruct((7, 3), np.float32)
   signature = checkpointer.read_meta(40)["arch"]
-  with pytest.raises(ckpt_lib.CheckpointMismatchError,
-                     match=r"/40 is intact but does not match this config's state structure or shapes "
-                           r"\(1 differ: params/embed: checkpoint \(\d+, 32\) vs config \(7, 3\)\)\. "
-                           r"Use a new --workdir"):
+  with pytest.raises(
+    ckpt_lib.CheckpointMismatchError,
+    match=r"/40 is intact but does not match this config's state structure or shapes "
+    r"\(1 differ: params/embed: checkpoint \(\d+, 32\) vs config \(7, 3\)\)\. "
+    r"Use a new --workdir",
+  ):
     checkpointer.restore_latest_intact(abstract, None, signature)
   checkpointer.close()
   assert checkpoint_dirs(workdir) == ["20", "30", "40"]
@@ -149,9 +168,11 @@ def test_evaluate_uses_the_newest_intact_step(trained, tmp_path, capsys):
 def test_evaluate_named_damaged_step_fails_naming_the_file_and_the_intact_steps(trained, tmp_path):
   workdir = copy_of(trained, tmp_path)
   (workdir / "checkpoints" / "40" / "state" / "manifest.ocdbt").unlink()
-  with pytest.raises(ckpt_lib.DamagedCheckpointError,
-                     match=r"step 40 in .* is damaged \(.*/40/state/manifest\.ocdbt \(missing\)\)\. "
-                           r"Intact steps: \[20, 30\]"):
+  with pytest.raises(
+    ckpt_lib.DamagedCheckpointError,
+    match=r"step 40 in .* is damaged \(.*/40/state/manifest\.ocdbt \(missing\)\)\. "
+    r"Intact steps: \[20, 30\]",
+  ):
     runner.restore_params(str(workdir), step=40)
   proc = _run(["-m", "lime_jax.evaluate", f"--workdir={workdir}", "--probes=entropy", "--step=40"])
   assert proc.returncode == 1
@@ -165,12 +186,13 @@ def tensorboard_steps(logdir, tag):
   """The steps TensorBoard shows for `tag`: event files in order, a SessionLog START at step s (the
   purge step) hiding the earlier files' events at steps >= s."""
   from tensorboardX.proto import event_pb2
+
   steps: list[int] = []
   for name in sorted(os.listdir(logdir)):
     data, i = (logdir / name).read_bytes(), 0
     while i + 12 <= len(data):
-      (length,) = struct.unpack("<Q", data[i:i + 8])
-      event = event_pb2.Event.FromString(data[i + 12:i + 12 + length])
+      (length,) = struct.unpack("<Q", data[i : i + 8])
+      event = event_pb2.Event.FromString(data[i + 12 : i + 12 + length])
       i += 12 + length + 4
       if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
         steps = [s for s in steps if s < event.step]
@@ -195,6 +217,7 @@ def test_resume_after_a_kill_keeps_one_metrics_record_per_step(trained, tmp_path
 
 def test_records_up_to_drops_later_and_cut_lines():
   from lime_jax import writers
+
   text = '{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 2, "x": 1}\n{"step": 2'
   assert writers.records_up_to(text, 2) == '{"step": 1}\n{"step": 2}\n{"step": 2, "x": 1}\n'
 
@@ -204,16 +227,28 @@ def test_misspelt_override_names_the_nearest_field():
   argv = ["prog", "--config=experiments/baseline.py:tiny"]
   assert cli.misspelt_override(argv + ["--config.train.num_steps=5"]) is None
   message = cli.misspelt_override(argv + ["--config.model.d_model=64", "--config.num_layers=3"])
-  assert message.startswith("--config.num_layers: the config has no field 'num_layers'. Did you mean "
-                            "--config.model.num_layers?"), message
+  assert message.startswith(
+    "--config.num_layers: the config has no field 'num_layers'. Did you mean --config.model.num_layers?"
+  ), message
 
 
-@pytest.mark.parametrize("binary,extra", [("main", ["--workdir=unused"]),
-                                          ("evaluate", ["--workdir=unused", "--random_init"])])
+@pytest.mark.parametrize(
+  "binary,extra", [("main", ["--workdir=unused"]), ("evaluate", ["--workdir=unused", "--random_init"])]
+)
 def test_misspelt_field_fails_naming_it_in_both_binaries(binary, extra):
-  proc = _run(["-m", f"lime_jax.{binary}", "--config=experiments/baseline.py:tiny", *extra,
-               "--config.train.num_step=5"], timeout=120)
+  proc = _run(
+    [
+      "-m",
+      f"lime_jax.{binary}",
+      "--config=experiments/baseline.py:tiny",
+      *extra,
+      "--config.train.num_step=5",
+    ],
+    timeout=120,
+  )
   assert proc.returncode == 1
-  assert ("FATAL Flags parsing error: --config.train.num_step: the config has no field 'train.num_step'. "
-          "Did you mean --config.train.num_steps?") in proc.stderr, proc.stderr[-2000:]
+  assert (
+    "FATAL Flags parsing error: --config.train.num_step: the config has no field 'train.num_step'. "
+    "Did you mean --config.train.num_steps?"
+  ) in proc.stderr, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr

@@ -23,17 +23,20 @@ _WORDS = "the quick brown fox jumps over lazy dogs while seven wizards judge zü
 
 def _docs(n: int, seed: int = 0) -> list[str]:
   rng = random.Random(seed)
-  return [f"<{seed}.{i}> " + " ".join(rng.choice(_WORDS) for _ in range(rng.randint(1, 12)))
-          for i in range(n)]
+  return [
+    f"<{seed}.{i}> " + " ".join(rng.choice(_WORDS) for _ in range(rng.randint(1, 12))) for i in range(n)
+  ]
 
 
 def _write(path, fmt: str, docs: list[str], rows_per_group: int = 3) -> None:
   if fmt == "parquet":
-    pq.write_table(pa.table({"text": docs, "id": list(range(len(docs)))}), path,
-                   row_group_size=rows_per_group)
+    pq.write_table(
+      pa.table({"text": docs, "id": list(range(len(docs)))}), path, row_group_size=rows_per_group
+    )
   elif fmt == "jsonl":
-    path.write_text("".join(json.dumps({"id": i, "text": d}) + "\n" for i, d in enumerate(docs)),
-                    encoding="utf-8")
+    path.write_text(
+      "".join(json.dumps({"id": i, "text": d}) + "\n" for i, d in enumerate(docs)), encoding="utf-8"
+    )
   else:
     path.write_text("\n\n".join(d.replace(" dogs ", " dogs\n") for d in docs) + "\n", encoding="utf-8")
 
@@ -71,7 +74,7 @@ def test_readers_match_the_written_documents_and_resume_at_any_cursor(tmp_path, 
   read = list(corpus.read_documents(str(path), "auto", "text"))
   assert [t for t, _ in read] == want
   for k in (0, 3, 9):  # resuming from the cursor after document k gives the rest.
-    assert [t for t, _ in corpus.read_documents(str(path), "auto", "text", read[k][1])] == want[k + 1:]
+    assert [t for t, _ in corpus.read_documents(str(path), "auto", "text", read[k][1])] == want[k + 1 :]
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
@@ -81,8 +84,9 @@ def test_eval_stream_is_the_eos_joined_shards_in_order(tmp_path, fmt):
   stream = _stream(val)
   batches = pipeline.make_eval_batches(c)
   rows = np.concatenate([b["inputs"] for b in batches])[:6]
-  np.testing.assert_array_equal(rows, np.stack([stream[i * SEQ_LEN:i * SEQ_LEN + SEQ_LEN]
-                                                for i in range(6)]))
+  np.testing.assert_array_equal(
+    rows, np.stack([stream[i * SEQ_LEN : i * SEQ_LEN + SEQ_LEN] for i in range(6)])
+  )
 
 
 def test_train_stream_reads_every_train_document_per_epoch_and_packs_segments(tmp_path):
@@ -93,7 +97,7 @@ def test_train_stream_reads_every_train_document_per_epoch_and_packs_segments(tm
   it = iter(text.packed_stream(c, "train", segment_ids=True))
   for i in range((len(stream) - 1) // SEQ_LEN):
     f = next(it)
-    window = stream[i * SEQ_LEN:i * SEQ_LEN + SEQ_LEN + 1]
+    window = stream[i * SEQ_LEN : i * SEQ_LEN + SEQ_LEN + 1]
     np.testing.assert_array_equal(np.append(f["inputs"], f["targets"][-1]), window)
     # segment ids: 1 at the start, +1 after every EOS among the inputs.
     want_seg = 1 + np.concatenate([[0], np.cumsum(window[:-2] == ByteTokenizer.eos_id)])
@@ -146,9 +150,12 @@ def _bpe(tmp_path) -> str:
   tok = tokenizers.Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
-  tok.train_from_iterator(_docs(200, seed=7), trainers.BpeTrainer(
-      vocab_size=320, special_tokens=["<|endoftext|>"],
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  tok.train_from_iterator(
+    _docs(200, seed=7),
+    trainers.BpeTrainer(
+      vocab_size=320, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    ),
+  )
   tok.save(str(tmp_path / "tok.json"))
   return str(tmp_path / "tok.json")
 
@@ -195,6 +202,7 @@ def test_files_errors_name_the_fields(tmp_path):
 @pytest.mark.parametrize("spec", ["experiments/baseline.py:paper", "experiments/lime_deep.py:paper32"])
 def test_paper_presets_are_the_paper_text_setting_and_name_what_to_supply(tmp_path, spec):
   import importlib.util  # pylint: disable=import-outside-toplevel
+
   path, preset = spec.split(":")
   module_spec = importlib.util.spec_from_file_location("exp", path)
   module = importlib.util.module_from_spec(module_spec)

@@ -74,9 +74,9 @@ def _one_step_reductions(tokens: list[str], modulus: int = P) -> list[list[str]]
     if op == "/" and int(b) == 0:
       continue
     value = str(_evaluate([a, op, b], modulus))
-    out.append(tokens[:k - 1] + [value] + tokens[k + 2:])
+    out.append(tokens[: k - 1] + [value] + tokens[k + 2 :])
     if k >= 2 and k + 2 < len(tokens) and tokens[k - 2] == "(" and tokens[k + 2] == ")":
-      out.append(tokens[:k - 2] + [value] + tokens[k + 3:])
+      out.append(tokens[: k - 2] + [value] + tokens[k + 3 :])
   return out
 
 
@@ -209,19 +209,21 @@ def test_encode_example_masks_with_pauses():
   ex = base.Example("1 + 2 * 3 =", "1 + 6 = 7")
   f = pipeline.encode_example(tok, ex, seq_len=32, num_pause=3, loss_scope="answer")
   assert {k: (v.shape, v.dtype.name) for k, v in f.items()} == {
-      "inputs": ((32,), "int32"), "targets": ((32,), "int32"),
-      "loss_mask": ((32,), "float32"), "answer_mask": ((32,), "float32")}
+    "inputs": ((32,), "int32"),
+    "targets": ((32,), "int32"),
+    "loss_mask": ((32,), "float32"),
+    "answer_mask": ((32,), "float32"),
+  }
   np.testing.assert_array_equal(f["inputs"][1:], f["targets"][:-1])
-  assert tok.decode(f["inputs"]) == (
-      "<bos>1+2*3=</pause_start><pause><pause><pause></pause_end>1+6=7<eos>")
+  assert tok.decode(f["inputs"]) == ("<bos>1+2*3=</pause_start><pause><pause><pause></pause_end>1+6=7<eos>")
   prefix = 1 + 6 + 5  # BOS, question, pause block: the answer starts at input position 12.
   mask = f["loss_mask"]
-  assert mask[:prefix - 1].sum() == 0  # question and pause targets carry no loss.
-  assert mask[prefix - 1:prefix + 5].all() and mask.sum() == 6  # answer (5 symbols) + EOS.
+  assert mask[: prefix - 1].sum() == 0  # question and pause targets carry no loss.
+  assert mask[prefix - 1 : prefix + 5].all() and mask.sum() == 6  # answer (5 symbols) + EOS.
   np.testing.assert_array_equal(mask, f["answer_mask"])
   answer_targets = f["targets"][mask > 0]
   assert tok.decode(answer_targets) == "1+6=7<eos>"
-  assert (f["targets"][mask == 0][-1] == tok.pad_id)
+  assert f["targets"][mask == 0][-1] == tok.pad_id
 
   g = pipeline.encode_example(tok, ex, seq_len=32, num_pause=3, loss_scope="all")
   np.testing.assert_array_equal(g["answer_mask"], f["answer_mask"])
@@ -294,8 +296,13 @@ def test_train_batches_follow_global_index_order():
   for step, batch in enumerate(batches):
     assert batch["inputs"].shape == (6, c.data.seq_len)
     for row in range(6):
-      want = pipeline.encode_example(task.tokenizer, task.example("train", step * 6 + row),
-                                     c.data.seq_len, c.data.num_pause, c.data.loss_scope)
+      want = pipeline.encode_example(
+        task.tokenizer,
+        task.example("train", step * 6 + row),
+        c.data.seq_len,
+        c.data.num_pause,
+        c.data.loss_scope,
+      )
       for k in want:
         np.testing.assert_array_equal(batch[k][row], want[k])
 
@@ -304,8 +311,7 @@ def test_train_batches_follow_global_index_order():
 def test_process_slices_concatenate_to_global_batch(process_count):
   c = _config(batch_size=8)
   full = _take(pipeline.make_train_iterator(c), 3)
-  parts = [_take(pipeline.make_train_iterator(c, p, process_count), 3)
-           for p in range(process_count)]
+  parts = [_take(pipeline.make_train_iterator(c, p, process_count), 3) for p in range(process_count)]
   for step in range(3):
     assert parts[0][step]["inputs"].shape[0] == 8 // process_count
     joined = {k: np.concatenate([p[step][k] for p in parts]) for k in full[step]}
@@ -364,8 +370,7 @@ def test_eval_batches_pad_last_batch():
     assert not batches[-1][k][2:].any()
   assert batches[-1]["answer_mask"][:2].sum(1).min() > 0
   task = tasks.get_task(c.data, c.seed)
-  first = pipeline.encode_example(task.tokenizer, task.example("test", 0), c.data.seq_len, 0,
-                                  "answer")
+  first = pipeline.encode_example(task.tokenizer, task.example("test", 0), c.data.seq_len, 0, "answer")
   np.testing.assert_array_equal(batches[0]["inputs"][0], first["inputs"])
   default = pipeline.make_eval_batches(c)
   assert len(default) == -(-c.eval.num_examples // c.eval.batch_size)

@@ -16,8 +16,10 @@ from lime_jax.data.tokenizer import EOS_ID, ByteTokenizer
 from lime_jax.model.model_config import ModelConfig
 
 SEQ_LEN = 32
-_WORDS = ("the quick brown fox jumps over lazy dogs while seven wizards quietly judge boxing "
-          "matches in zürich and a café").split()
+_WORDS = (
+  "the quick brown fox jumps over lazy dogs while seven wizards quietly judge boxing "
+  "matches in zürich and a café"
+).split()
 
 
 def _write_corpus(root) -> dict[str, list[str]]:
@@ -64,7 +66,7 @@ def test_prepare_and_read_through_tfds_data_source(corpus):
   c, _ = corpus
   t = c.data.text
   text.ensure_prepared(t)
-  version_dir = next((c_dir for c_dir in (pathlib.Path(t.data_dir) / "local_text").iterdir()))
+  version_dir = next(c_dir for c_dir in (pathlib.Path(t.data_dir) / "local_text").iterdir())
   assert list(version_dir.glob("local_text-train.array_record-*"))
   assert list(version_dir.glob("local_text-validation.array_record-*"))
   expected = text.split_documents(t.source_dir, t.validation_fraction)
@@ -81,7 +83,7 @@ def _stream(texts, tok=ByteTokenizer()) -> np.ndarray:
 
 
 def _windows(stream: np.ndarray, n: int, seq_len: int = SEQ_LEN) -> list[np.ndarray]:
-  return [stream[i * seq_len:i * seq_len + seq_len + 1] for i in range(n)]
+  return [stream[i * seq_len : i * seq_len + seq_len + 1] for i in range(n)]
 
 
 def test_tfds_stream_packs_the_shuffled_documents(corpus):

@@ -18,7 +18,7 @@ def _setup(B=4, prompt_lens=(3, 5, 4, 6)):
   inputs = np.array(jax.random.randint(jax.random.key(1), (B, T), 7, V))
   answer = np.zeros((B, T), np.float32)
   for b, p in enumerate(prompt_lens):
-    answer[b, p - 1:p + 2] = 1  # three answer targets after the prompt
+    answer[b, p - 1 : p + 2] = 1  # three answer targets after the prompt
   return params, inputs, answer
 
 
@@ -31,7 +31,7 @@ def _greedy_by_recomputation(params, inputs, prompt_lens):
     while len(seq) <= T:
       logits, _ = model.apply({"params": params}, jnp.asarray([seq]))
       seq.append(int(jnp.argmax(logits[0, -1])))
-    preds[b] = seq[1:T + 1]  # prediction after position t
+    preds[b] = seq[1 : T + 1]  # prediction after position t
   return preds
 
 
@@ -46,12 +46,16 @@ def test_greedy_with_cache_equals_greedy_by_recomputation():
   prompt_lens = decode.prompt_lengths(answer)
   expected = _greedy_by_recomputation(params, inputs, prompt_lens)
   for prefill in (1, 3):  # prefill up to the shortest prompt, or a single token
-    got = np.asarray(decode.greedy_predictions(CFG, params, jnp.asarray(inputs), jnp.asarray(prompt_lens),
-                                               prefill_len=prefill))
+    got = np.asarray(
+      decode.greedy_predictions(
+        CFG, params, jnp.asarray(inputs), jnp.asarray(prompt_lens), prefill_len=prefill
+      )
+    )
     for b, p in enumerate(prompt_lens):  # predictions from the last prompt position on
-      np.testing.assert_array_equal(got[b, p - 1:], expected[b, p - 1:])
-  np.testing.assert_array_equal(decode.decode_batch(CFG, params, {"inputs": inputs, "answer_mask": answer}),
-                                got)
+      np.testing.assert_array_equal(got[b, p - 1 :], expected[b, p - 1 :])
+  np.testing.assert_array_equal(
+    decode.decode_batch(CFG, params, {"inputs": inputs, "answer_mask": answer}), got
+  )
 
 
 def test_greedy_exact_match_equals_teacher_forced_and_per_position_counts():
@@ -62,8 +66,8 @@ def test_greedy_exact_match_equals_teacher_forced_and_per_position_counts():
   # row 3 at answer position 0 (so its later positions are off the greedy path too).
   targets = np.roll(inputs, -1, axis=1)
   for b, p in enumerate(prompt_lens):
-    targets[b, p - 1:p + 2] = pred[b, p - 1:p + 2]
-    inputs[b, p:p + 2] = pred[b, p - 1:p + 1]  # teacher forcing feeds the target answer
+    targets[b, p - 1 : p + 2] = pred[b, p - 1 : p + 2]
+    inputs[b, p : p + 2] = pred[b, p - 1 : p + 1]  # teacher forcing feeds the target answer
   targets[1, prompt_lens[1]] = (pred[1, prompt_lens[1]] + 1) % V
   targets[3, prompt_lens[3] - 1] = (pred[3, prompt_lens[3] - 1] + 1) % V
   inputs[3, prompt_lens[3]] = targets[3, prompt_lens[3] - 1]
@@ -81,8 +85,9 @@ def test_generation_sums_by_hand():
   targets = np.array([[5, 6, 7, 2], [5, 6, 7, 2], [0, 0, 0, 0]])
   answer = np.array([[0, 1, 1, 1], [0, 1, 1, 1], [0, 0, 0, 0]], np.float32)
   pred = np.array([[9, 6, 7, 2], [9, 6, 8, 2], [1, 1, 1, 1]])
-  sums = answer_eval.generation_sums(pred, {"targets": targets, "answer_mask": answer,
-                                            "example_mask": np.array([1, 1, 0])}, 4)
+  sums = answer_eval.generation_sums(
+    pred, {"targets": targets, "answer_mask": answer, "example_mask": np.array([1, 1, 0])}, 4
+  )
   assert (sums["exact"], sums["examples"], sums["right"], sums["tokens"]) == (1, 2, 5, 6)
   np.testing.assert_array_equal(sums["pos_right"], [2, 1, 2, 0])
   np.testing.assert_array_equal(sums["pos_seen"], [2, 2, 2, 0])
@@ -102,8 +107,9 @@ def test_matrix_entropy_against_numpy_eigenvalues():
   collapsed = np.tile(rng.normal(size=(1, 1, 5)), (1, 6, 1)).astype(np.float32)  # all rows identical
   assert abs(float(answer_eval.matrix_entropy(jnp.asarray(collapsed), jnp.ones((1, 6)))[0])) < 1e-5
   flat = np.eye(4, 5, dtype=np.float32)[None]  # orthonormal rows: log(4)
-  np.testing.assert_allclose(answer_eval.matrix_entropy(jnp.asarray(flat), jnp.ones((1, 4)))[0], np.log(4),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    answer_eval.matrix_entropy(jnp.asarray(flat), jnp.ones((1, 4)))[0], np.log(4), rtol=1e-5
+  )
 
 
 def test_matrix_entropy_matches_the_probe_implementation():

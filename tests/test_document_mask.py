@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_corpus import SEQ_LEN, _config, _stream
+from test_lime import lime_params
 
 from lime_jax import config as config_lib
 from lime_jax import train as train_lib
@@ -14,16 +16,23 @@ from lime_jax.data import text
 from lime_jax.data.tokenizer import ByteTokenizer
 from lime_jax.model import ModelConfig, Transformer, init_params
 from lime_jax.model.model_config import LimeConfig
-from test_corpus import SEQ_LEN, _config, _stream
-from test_lime import lime_params
 
 A_LEN, B_LEN = 5, 7
 
 
 def _cfg(topology: str, document_mask: bool) -> ModelConfig:
-  return ModelConfig(vocab_size=61, num_layers=3, d_model=32, num_heads=4, num_kv_heads=2, ffn_dim=64,
-                     init_std=0.1, topology=topology, document_mask=document_mask,
-                     lime=LimeConfig(router="kv", block_size=2))
+  return ModelConfig(
+    vocab_size=61,
+    num_layers=3,
+    d_model=32,
+    num_heads=4,
+    num_kv_heads=2,
+    ffn_dim=64,
+    init_std=0.1,
+    topology=topology,
+    document_mask=document_mask,
+    lime=LimeConfig(router="kv", block_size=2),
+  )
 
 
 def _params(cfg: ModelConfig) -> dict:
@@ -74,11 +83,12 @@ def test_packer_positions_restart_after_every_eos(tmp_path):
   config_lib.validate(c)
   train = {p: docs for p, docs in shards.items() if "/train-" in p}
   import grain  # pylint: disable=import-outside-toplevel
+
   order = list(grain.MapDataset.source(sorted(train)).shuffle(seed=int(c.seed)))
   stream = _stream([d for p in order for d in train[p]])
   it = iter(text.packed_stream(c, "train"))
   for i in range(6):
-    window = stream[i * SEQ_LEN:i * SEQ_LEN + SEQ_LEN]
+    window = stream[i * SEQ_LEN : i * SEQ_LEN + SEQ_LEN]
     want = np.zeros(SEQ_LEN, np.int32)  # 0 at the window start and after every EOS, else +1
     for j in range(1, SEQ_LEN):
       want[j] = 0 if window[j - 1] == ByteTokenizer.eos_id else want[j - 1] + 1

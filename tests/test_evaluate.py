@@ -13,31 +13,52 @@ import pytest
 from lime_jax.probes import registry, runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROBE_FLAGS = ["--lengths=2,6", "--num_examples=8", "--collapse_ns=1,2,6,11", "--oversquash_length=8",
-               "--separability_tokens=0,1,2"]
+PROBE_FLAGS = [
+  "--lengths=2,6",
+  "--num_examples=8",
+  "--collapse_ns=1,2,6,11",
+  "--oversquash_length=8",
+  "--separability_tokens=0,1,2",
+]
 
 
 def _run(args, env=None, timeout=400):
-  return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                        env={**os.environ, **(env or {})})
+  return subprocess.run(
+    [sys.executable, *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env={**os.environ, **(env or {})},
+  )
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
   """A tiny model trained by `python -m lime_jax.main` on the copying task (2 checkpoints)."""
   workdir = tmp_path_factory.mktemp("eval") / "run"
-  proc = _run(["-m", "lime_jax.main", "--config=experiments/baseline.py:tiny", f"--workdir={workdir}",
-               "--config.train.num_steps=4", "--config.train.checkpoint_every=2",
-               "--config.data.task=copying", "--config.data.seq_len=64",
-               "--config.data.copying.max_length=8"])
+  proc = _run(
+    [
+      "-m",
+      "lime_jax.main",
+      "--config=experiments/baseline.py:tiny",
+      f"--workdir={workdir}",
+      "--config.train.num_steps=4",
+      "--config.train.checkpoint_every=2",
+      "--config.data.task=copying",
+      "--config.data.seq_len=64",
+      "--config.data.copying.max_length=8",
+    ]
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir
 
 
 @pytest.fixture(scope="module")
 def one_device(run_dir):
-  proc = _run(["-m", "lime_jax.evaluate", f"--workdir={run_dir}", "--probes=all", "--skip_incompatible",
-               *PROBE_FLAGS])
+  proc = _run(
+    ["-m", "lime_jax.evaluate", f"--workdir={run_dir}", "--probes=all", "--skip_incompatible", *PROBE_FLAGS]
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc
 
@@ -47,7 +68,7 @@ def test_evaluate_end_to_end(run_dir, one_device):
   results = json.loads((out / "results.json").read_text())
   assert results["step"] == "4" and results["task"] == "copying"
   assert set(results["probes"]) == set(registry.known_probes())
-  for name, result in results["probes"].items():
+  for name in results["probes"]:
     for image in results["images"][name]:
       assert (out / image).stat().st_size > 1000, image
   collapse = results["probes"]["collapse"]["metrics"]
@@ -68,8 +89,10 @@ def test_eight_fake_devices_give_the_same_results(run_dir, one_device, tmp_path)
   """Restoring onto 8 CPU devices (batches split over them) gives the results of 1 device."""
   copy = tmp_path / "run8"
   subprocess.run(["cp", "-r", str(run_dir), str(copy)], check=True)
-  proc = _run(["-m", "lime_jax.evaluate", f"--workdir={copy}", "--probes=collapse,copying,entropy",
-               *PROBE_FLAGS], env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  proc = _run(
+    ["-m", "lime_jax.evaluate", f"--workdir={copy}", "--probes=collapse,copying,entropy", *PROBE_FLAGS],
+    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   eight = json.loads((copy / "eval" / "4" / "results.json").read_text())
   one = json.loads((run_dir / "eval" / "4" / "results.json").read_text())
@@ -109,14 +132,19 @@ def test_shape_mismatch_is_reported(run_dir, tmp_path):
   meta = json.loads(meta_path.read_text())
   meta["config"]["model"]["ffn_dim"] = 48
   meta_path.write_text(json.dumps(meta))
-  with pytest.raises(ValueError, match=r"do not match the shapes.*mlp.*checkpoint \(2, 32, 64\) vs config "
-                                       r"\(2, 32, 48\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"do not match the shapes.*mlp.*checkpoint \(2, 32, 64\) vs config "
+    r"\(2, 32, 48\)",
+  ):
     runner.restore_params(str(copy))
 
 
 def test_restored_params_equal_the_checkpoint(run_dir):
-  from lime_jax import checkpoint as ckpt_lib
   import jax
+
+  from lime_jax import checkpoint as ckpt_lib
+
   step, config, params = runner.restore_params(str(run_dir), step=2)
   _, raw = ckpt_lib.restore_raw_state(str(run_dir), 2)
   assert step == 2 and config.data.task == "copying" and config.model.num_layers == 2
@@ -126,17 +154,24 @@ def test_restored_params_equal_the_checkpoint(run_dir):
 
 def test_random_init_and_compare(tmp_path):
   from experiments import baseline
+
   config = baseline.get_config("tiny")
   opts = registry.ProbeOptions(num_examples=8)
   runs = {}
   for seed in (0, 1):
     config.seed = seed
-    out, results = runner.evaluate(str(tmp_path / f"r{seed}"), ["entropy", "router"], opts,
-                                   random_init_config=config, skip_incompatible=True)
+    out, results = runner.evaluate(
+      str(tmp_path / f"r{seed}"),
+      ["entropy", "router"],
+      opts,
+      random_init_config=config,
+      skip_incompatible=True,
+    )
     assert out.endswith(os.path.join("eval", "random_init")) and results["step"] == "random_init"
     runs[f"seed{seed}"] = results
-  _, again = runner.evaluate(str(tmp_path / "r1"), ["router"], opts, random_init_config=config,
-                             skip_incompatible=True)
+  _, again = runner.evaluate(
+    str(tmp_path / "r1"), ["router"], opts, random_init_config=config, skip_incompatible=True
+  )
   assert set(again["probes"]) == {"entropy", "router"}  # earlier probes of the same step are kept
   assert again["probes"]["entropy"] == runs["seed1"]["probes"]["entropy"]
   ranks = [r["probes"]["entropy"]["metrics"]["hidden"]["effective_rank"] for r in runs.values()]

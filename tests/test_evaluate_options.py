@@ -17,6 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _arith_config():
   from experiments import baseline
+
   return baseline.get_config("tiny")  # task 'arithmetic': its tokenizer has no letters
 
 
@@ -30,8 +31,12 @@ def _fake_probes(monkeypatch, calls: list[str], skipped: str | None = None) -> N
       if name == "fake_b" and skipped:
         return {"metrics": {"skipped": skipped}, "notes": [skipped]}
       series = [{"label": l, "x": [1, 2], "y": [ctx.options.num_examples, 1.0]} for l in ("fp32", "bf16")]
-      return {"metrics": {"n": ctx.options.num_examples}, "summary": [["n", ctx.options.num_examples]],
-              "plots": [{"name": f"{name}_plot", "series": series}]}
+      return {
+        "metrics": {"n": ctx.options.num_examples},
+        "summary": [["n", ctx.options.num_examples]],
+        "plots": [{"name": f"{name}_plot", "series": series}],
+      }
+
     return registry.Probe(name, run, "test probe")
 
   for name in ("fake_a", "fake_b"):
@@ -40,14 +45,17 @@ def _fake_probes(monkeypatch, calls: list[str], skipped: str | None = None) -> N
 
 def test_incompatible_probe_fails_naming_reason_and_runnable_probes(tmp_path):
   config = _arith_config()
-  with pytest.raises(registry.IncompatibleProbeError,
-                     match=r"probe 'copying' cannot run on this checkpoint: the run's tokenizer \(task "
-                           r"'arithmetic'\) cannot encode.*Probes that can run on it.*entropy.*"
-                           r"--skip_incompatible"):
+  with pytest.raises(
+    registry.IncompatibleProbeError,
+    match=r"probe 'copying' cannot run on this checkpoint: the run's tokenizer \(task "
+    r"'arithmetic'\) cannot encode.*Probes that can run on it.*entropy.*"
+    r"--skip_incompatible",
+  ):
     runner.evaluate(str(tmp_path / "r"), ["copying", "entropy"], random_init_config=config)
   assert not (tmp_path / "r" / "eval").exists()  # failed before any probe ran
-  _, results = runner.evaluate(str(tmp_path / "r"), ["copying", "router"], random_init_config=config,
-                               skip_incompatible=True)
+  _, results = runner.evaluate(
+    str(tmp_path / "r"), ["copying", "router"], random_init_config=config, skip_incompatible=True
+  )
   assert "cannot encode" in results["probes"]["copying"]["metrics"]["skipped"]
   assert "not a LIMe checkpoint" in results["probes"]["router"]["metrics"]["skipped"]
   summary = (tmp_path / "r" / "eval" / "random_init" / "summary.md").read_text()
@@ -59,14 +67,23 @@ def test_skip_found_while_running_also_fails(tmp_path, monkeypatch):
   _fake_probes(monkeypatch, calls, skipped="fake_b skipped: no such tokens")
   with pytest.raises(registry.IncompatibleProbeError, match="probe 'fake_b' cannot run.*no such tokens"):
     runner.evaluate(str(tmp_path / "r"), ["fake_b"], random_init_config=_arith_config())
-  _, results = runner.evaluate(str(tmp_path / "r"), ["fake_b"], random_init_config=_arith_config(),
-                               skip_incompatible=True)
+  _, results = runner.evaluate(
+    str(tmp_path / "r"), ["fake_b"], random_init_config=_arith_config(), skip_incompatible=True
+  )
   assert results["probes"]["fake_b"]["metrics"]["skipped"] == "fake_b skipped: no such tokens"
 
 
 def test_cli_exits_non_zero_on_incompatible_probes(tmp_path):
-  cmd = [sys.executable, "-m", "lime_jax.evaluate", f"--workdir={tmp_path}", "--random_init",
-         "--config=experiments/baseline.py:tiny", "--probes=copying,counting", "--lengths=2"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "lime_jax.evaluate",
+    f"--workdir={tmp_path}",
+    "--random_init",
+    "--config=experiments/baseline.py:tiny",
+    "--probes=copying,counting",
+    "--lengths=2",
+  ]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0
   assert "probe 'copying' cannot run" in proc.stderr and "probe 'counting' cannot run" in proc.stderr

@@ -30,7 +30,7 @@ def bucket(tmp_path, monkeypatch):
 
   def remap(p):
     s = os.fspath(p)
-    return str(root / s[len("gs://bucket/"):]) if s.startswith("gs://bucket") else s
+    return str(root / s[len("gs://bucket/") :]) if s.startswith("gs://bucket") else s
 
   def one(orig, path, *args, **kwargs):
     return orig(remap(path), *args, **kwargs)
@@ -53,8 +53,14 @@ def test_helpers_keep_the_scheme():
 
 
 def test_runner_writes_and_reads_results_in_a_bucket(bucket):
-  header = {"workdir": "gs://bucket/run", "step": "4", "created": "now", "devices": "1 x cpu",
-            "config_digest": "d", "options": {"a": 1}}
+  header = {
+    "workdir": "gs://bucket/run",
+    "step": "4",
+    "created": "now",
+    "devices": "1 x cpu",
+    "config_digest": "d",
+    "options": {"a": 1},
+  }
   plot = {"name": "p", "title": "t", "series": [{"label": "s", "x": [1, 2], "y": [1.0, 2.0]}]}
   out = "gs://bucket/run/eval/4"
   first = {"entropy": {"metrics": {"x": 1}, "plots": [plot], "summary": [["q", 1]]}}
@@ -81,11 +87,15 @@ def test_restore_checks_the_bucket_not_the_local_disk(bucket):
 def test_sweep_reads_a_bucket_workdir(bucket):
   wd = bucket / "root" / "m0"
   wd.mkdir(parents=True)
-  (wd / "final_metrics.json").write_text(json.dumps({"status": "completed", "train": {"loss": 0.5},
-                                                     "eval": {"ce": 1.0, "exact_match": 0.25}}))
+  (wd / "final_metrics.json").write_text(
+    json.dumps({"status": "completed", "train": {"loss": 0.5}, "eval": {"ce": 1.0, "exact_match": 0.25}})
+  )
   (wd / "compile_report.json").write_text(json.dumps({"params": 123}))
-  (wd / "metrics.jsonl").write_text("\n".join(json.dumps({"split": "train", "step": s, "loss": 1.0 / s,
-                                                          "tokens_per_s": 10.0 * s}) for s in (1, 2, 3)))
+  (wd / "metrics.jsonl").write_text(
+    "\n".join(
+      json.dumps({"split": "train", "step": s, "loss": 1.0 / s, "tokens_per_s": 10.0 * s}) for s in (1, 2, 3)
+    )
+  )
   member = sweep.Member("default", 0, ())
   remote = "gs://bucket/root/m0"
   assert sweep.is_finished(remote) and not sweep.is_finished("gs://bucket/root/none")
@@ -102,10 +112,10 @@ def test_sweep_reads_a_bucket_workdir(bucket):
 def test_hf_folder_in_a_bucket_is_copied_locally(bucket):
   (bucket / "hf").mkdir()
   (bucket / "hf" / "config.json").write_text("{}")
-  (bucket / "hf" / "tokenizer.json").write_text("{\"x\": 1}")
+  (bucket / "hf" / "tokenizer.json").write_text('{"x": 1}')
   local = pretrained.local_folder("gs://bucket/hf")
   assert not local.startswith("gs:") and sorted(os.listdir(local)) == ["config.json", "tokenizer.json"]
-  assert open(os.path.join(local, "tokenizer.json")).read() == "{\"x\": 1}"
+  assert open(os.path.join(local, "tokenizer.json")).read() == '{"x": 1}'
   with pytest.raises(FileNotFoundError, match="--hf='gs://bucket/nothing' does not exist"):
     pretrained.local_folder("gs://bucket/nothing")
   assert isinstance(epath.Path("gs://bucket/hf"), epath.Path)

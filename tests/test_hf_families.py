@@ -27,25 +27,52 @@ torch = pytest.importorskip("torch")
 V, T, B = 96, 40, 2
 _BASE = dict(vocab_size=V, hidden_size=64, intermediate_size=112, num_hidden_layers=2, num_attention_heads=4)
 FAMILY_CONFIGS = {
-    # llama3 RoPE scaling (short original context, so every band of frequencies is hit), decoupled
-    # head_dim, GQA, untied.
-    "llama": ("LlamaConfig", dict(_BASE, num_key_value_heads=2, head_dim=24, tie_word_embeddings=False,
-                                  rope_parameters={"rope_type": "llama3", "rope_theta": 500_000.0,
-                                                   "factor": 8.0, "low_freq_factor": 1.0,
-                                                   "high_freq_factor": 4.0,
-                                                   "original_max_position_embeddings": 16})),
-    "llama_bias": ("LlamaConfig", dict(_BASE, num_key_value_heads=4, attention_bias=True, mlp_bias=True,
-                                       tie_word_embeddings=True)),
-    "mistral": ("MistralConfig", dict(_BASE, num_key_value_heads=2, head_dim=16, sliding_window=8,
-                                      tie_word_embeddings=False)),
-    "qwen2": ("Qwen2Config", dict(_BASE, num_key_value_heads=2, tie_word_embeddings=True)),
-    "qwen3": ("Qwen3Config", dict(_BASE, num_key_value_heads=2, head_dim=32, tie_word_embeddings=False)),
-    "gemma": ("GemmaConfig", dict(_BASE, num_key_value_heads=1, head_dim=32)),
-    "gemma2": ("Gemma2Config", dict(_BASE, num_key_value_heads=2, head_dim=32, sliding_window=8,
-                                    query_pre_attn_scalar=24, attn_logit_softcapping=2.0,
-                                    final_logit_softcapping=3.0)),
-    "gpt2": ("GPT2Config", dict(vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=64,
-                                bos_token_id=0, eos_token_id=0)),
+  # llama3 RoPE scaling (short original context, so every band of frequencies is hit), decoupled
+  # head_dim, GQA, untied.
+  "llama": (
+    "LlamaConfig",
+    dict(
+      _BASE,
+      num_key_value_heads=2,
+      head_dim=24,
+      tie_word_embeddings=False,
+      rope_parameters={
+        "rope_type": "llama3",
+        "rope_theta": 500_000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16,
+      },
+    ),
+  ),
+  "llama_bias": (
+    "LlamaConfig",
+    dict(_BASE, num_key_value_heads=4, attention_bias=True, mlp_bias=True, tie_word_embeddings=True),
+  ),
+  "mistral": (
+    "MistralConfig",
+    dict(_BASE, num_key_value_heads=2, head_dim=16, sliding_window=8, tie_word_embeddings=False),
+  ),
+  "qwen2": ("Qwen2Config", dict(_BASE, num_key_value_heads=2, tie_word_embeddings=True)),
+  "qwen3": ("Qwen3Config", dict(_BASE, num_key_value_heads=2, head_dim=32, tie_word_embeddings=False)),
+  "gemma": ("GemmaConfig", dict(_BASE, num_key_value_heads=1, head_dim=32)),
+  "gemma2": (
+    "Gemma2Config",
+    dict(
+      _BASE,
+      num_key_value_heads=2,
+      head_dim=32,
+      sliding_window=8,
+      query_pre_attn_scalar=24,
+      attn_logit_softcapping=2.0,
+      final_logit_softcapping=3.0,
+    ),
+  ),
+  "gpt2": (
+    "GPT2Config",
+    dict(vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0),
+  ),
 }
 FAMILIES = list(FAMILY_CONFIGS)
 # Families with a sliding window: also checked with the explicit attention implementation.
@@ -110,6 +137,7 @@ def _max_diff(a, b) -> float:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_forward_matches_hf(hf_models, family):
   from lime_jax import sharding  # pylint: disable=g-import-not-at-top
+
   model, folder = hf_models(family)
   cfg, params = hf.load_pretrained(folder)
   assert sharding.unruled_params(params) == []  # every new parameter has a PARAM_AXES rule
@@ -150,8 +178,10 @@ def _decode(cfg: ModelConfig, params, tokens_BT: np.ndarray, prompt: int):
 
     first_B = jnp.argmax(logits_BPV[:, -1], -1).astype(jnp.int32)
     _, (tokens_SB, logits_SBV) = jax.lax.scan(step, (out.cache, first_B), jnp.arange(prompt, T))
-    return (jnp.concatenate([prompt_BP, tokens_SB.T], axis=1),
-            jnp.concatenate([logits_BPV, logits_SBV.transpose(1, 0, 2)], axis=1))
+    return (
+      jnp.concatenate([prompt_BP, tokens_SB.T], axis=1),
+      jnp.concatenate([logits_BPV, logits_SBV.transpose(1, 0, 2)], axis=1),
+    )
 
   tokens, logits = run(params, jnp.asarray(tokens_BT[:, :prompt]))
   return np.asarray(tokens), np.asarray(logits)
@@ -168,12 +198,13 @@ def test_cached_decoding_matches_hf(hf_models, family):
   ours_tokens, ours_logits = _decode(cfg, params, _tokens(seed=2), prompt)
   theirs = _hf_logits(model, ours_tokens)
   assert _max_diff(ours_logits, theirs) <= 1e-4
-  np.testing.assert_array_equal(ours_tokens[:, prompt:], theirs[:, prompt - 1:-1].argmax(-1))
+  np.testing.assert_array_equal(ours_tokens[:, prompt:], theirs[:, prompt - 1 : -1].argmax(-1))
   if family in WINDOWED + ("gpt2",):
     inputs_BT = np.concatenate([ours_tokens[:, :prompt], np.zeros((B, T - prompt), np.int32)], axis=1)
-    pred_BT = greedy_predictions(cfg, params, jnp.asarray(inputs_BT), jnp.full((B,), prompt, jnp.int32),
-                                 prefill_len=prompt)
-    np.testing.assert_array_equal(np.asarray(pred_BT)[:, prompt - 1:-1], ours_tokens[:, prompt:])
+    pred_BT = greedy_predictions(
+      cfg, params, jnp.asarray(inputs_BT), jnp.full((B,), prompt, jnp.int32), prefill_len=prompt
+    )
+    np.testing.assert_array_equal(np.asarray(pred_BT)[:, prompt - 1 : -1], ours_tokens[:, prompt:])
 
 
 # ---------------------------------------------------------------------------------------- refusals
@@ -183,17 +214,24 @@ def _llama_json(**changes) -> dict:
   return config
 
 
-@pytest.mark.parametrize("changes,field", [
-    (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}),
-     "rope_parameters.rope_type"),
+@pytest.mark.parametrize(
+  "changes,field",
+  [
+    (
+      dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}),
+      "rope_parameters.rope_type",
+    ),
     (dict(rope_parameters=None, rope_scaling={"type": "dynamic", "factor": 2.0}), "rope_scaling.rope_type"),
-    (dict(rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}),
-     "partial_rotary_factor"),
+    (
+      dict(rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}),
+      "partial_rotary_factor",
+    ),
     (dict(hidden_act="relu"), "hidden_act"),
     (dict(model_type="falcon"), "model_type"),
     (dict(quantization_config={"quant_method": "gptq"}), "quantization_config"),
     (dict(pretraining_tp=2), "pretraining_tp"),
-])
+  ],
+)
 def test_refuses_unimplemented_llama_features(changes, field):
   with pytest.raises(ValueError, match=field.replace(".", r"\.")):
     hf.fields_from_hf(_llama_json(**changes))
@@ -249,6 +287,7 @@ def test_model_fields_fill_a_config(hf_models):
   """`model_fields` are `config.model` fields: written into the default config they validate and give
   the loaded ModelConfig."""
   from lime_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+
   _, folder = hf_models("gemma2")
   config = config_lib.default_config()
   for name, value in hf.model_fields(folder).items():
@@ -274,7 +313,8 @@ def test_export_round_trip(hf_models, family, tmp_path):
   hf.save_pretrained(params, cfg, str(tmp_path))
   assert hf.read_config(str(tmp_path))["model_type"] == family.split("_")[0]
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(
-      str(tmp_path), attn_implementation="eager", dtype=torch.float32).eval()
+    str(tmp_path), attn_implementation="eager", dtype=torch.float32
+  ).eval()
   tokens_BT = _tokens(seed=3)
   assert _max_diff(_hf_logits(reloaded, tokens_BT), _hf_logits(model, tokens_BT)) <= 1e-5
   cfg_back, params_back = hf.load_pretrained(str(tmp_path))
@@ -293,17 +333,20 @@ def test_export_refuses_what_hf_cannot_express():
 
 # ----------------------------------------------------------------------------------------- upcycling
 UPCYCLE = {
-    "lime": {"topology": "lime", "lime": {"init": "identity"}},
-    "denseformer": {"topology": "denseformer"},
-    "hyper_connections": {"topology": "hyper_connections"},
-    "value_residual": {"topology": "value_residual", "value_residual": {"init_lambda": 0.0}},
-    "value_residual_learnable": {"topology": "value_residual",
-                                 "value_residual": {"init_lambda": 0.0, "learnable": True}},
+  "lime": {"topology": "lime", "lime": {"init": "identity"}},
+  "denseformer": {"topology": "denseformer"},
+  "hyper_connections": {"topology": "hyper_connections"},
+  "value_residual": {"topology": "value_residual", "value_residual": {"init_lambda": 0.0}},
+  "value_residual_learnable": {
+    "topology": "value_residual",
+    "value_residual": {"init_lambda": 0.0, "learnable": True},
+  },
 }
 
 
-@pytest.mark.parametrize("family,name", [("llama", name) for name in UPCYCLE]
-                         + [("llama_bias", "lime"), ("gpt2", "lime")])
+@pytest.mark.parametrize(
+  "family,name", [("llama", name) for name in UPCYCLE] + [("llama_bias", "lime"), ("gpt2", "lime")]
+)
 def test_upcycling_starts_from_the_pretrained_logits(hf_models, family, name):
   """A pretrained model loaded into a cross-layer topology gives the plain model's logits at step 0
   (LIMe with biases and with LayerNorm too: its kv entry goes through the Block's `project_kv`)."""
@@ -328,13 +371,22 @@ def test_export_cli_writes_a_folder_transformers_loads(tmp_path):
   logits lime_jax gives with the checkpoint's parameters."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
+
   from lime_jax.probes import runner  # pylint: disable=g-import-not-at-top
+
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  run = lambda *args: subprocess.run([sys.executable, "-m", *args], cwd=repo, capture_output=True, text=True,
-                                     timeout=400)
+  run = lambda *args: subprocess.run(
+    [sys.executable, "-m", *args], cwd=repo, capture_output=True, text=True, timeout=400
+  )
   workdir, out = tmp_path / "run", tmp_path / "hf"
-  proc = run("lime_jax.main", "--config=experiments/baseline.py:tiny", f"--workdir={workdir}",
-             "--config.train.num_steps=2", "--config.train.checkpoint_every=2", "--config.data.seq_len=32")
+  proc = run(
+    "lime_jax.main",
+    "--config=experiments/baseline.py:tiny",
+    f"--workdir={workdir}",
+    "--config.train.num_steps=2",
+    "--config.train.checkpoint_every=2",
+    "--config.data.seq_len=32",
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   proc = run("lime_jax.export", f"--workdir={workdir}", f"--out={out}")
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -345,6 +397,7 @@ def test_export_cli_writes_a_folder_transformers_loads(tmp_path):
   tokens_BT = np.random.default_rng(5).integers(0, cfg.vocab_size, (2, 24)).astype(np.int32)
   assert _max_diff(_hf_logits(model, tokens_BT), _forward(cfg, params, tokens_BT)) <= 1e-4
   from lime_jax import export  # pylint: disable=g-import-not-at-top
+
   with pytest.raises(FileNotFoundError):
     export.export(str(tmp_path / "nothing"), str(tmp_path / "hf2"))
 
@@ -353,6 +406,7 @@ def test_export_cli_writes_a_folder_transformers_loads(tmp_path):
 def test_sliding_window_is_the_same_in_every_attention_path():
   """xla's static window (local_window_size), the explicit mask and a per-layer (traced) window agree."""
   from lime_jax.model import attention  # pylint: disable=g-import-not-at-top
+
   g = np.random.default_rng(0)
   q, k, v = (jnp.asarray(g.standard_normal((2, 12, n, 8)), jnp.float32) for n in (4, 2, 2))
   window = 3
@@ -367,7 +421,9 @@ def test_sliding_window_is_the_same_in_every_attention_path():
   assert seen.sum(axis=1).tolist() == [min(t + 1, window) for t in range(12)]
 
 
-@pytest.mark.parametrize("changes,field", [
+@pytest.mark.parametrize(
+  "changes,field",
+  [
     (dict(position="learned"), "model.max_positions"),
     (dict(sliding_window=4, global_layers=(1,), topology="lime"), "model.global_layers"),
     (dict(global_layers=(1,)), "model.global_layers"),
@@ -375,9 +431,11 @@ def test_sliding_window_is_the_same_in_every_attention_path():
     (dict(rope_scaling="yarn"), "model.rope_scaling"),
     (dict(attn_logit_softcap=30.0, attention_impl="cudnn"), "model.attention_impl"),
     (dict(d_model=72, num_heads=5), "model.d_model"),
-])
+  ],
+)
 def test_backbone_options_are_validated(changes, field):
   from lime_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+
   config = config_lib.default_config()
   for name, value in changes.items():
     config.model[name] = value
@@ -393,6 +451,7 @@ def test_flops_and_checkpoint_signature_follow_the_options():
   signature names a shape-changing option only when it is set (older checkpoints still match)."""
   from lime_jax import checkpoint, flops  # pylint: disable=g-import-not-at-top
   from lime_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+
   cfg = ModelConfig(vocab_size=V, num_layers=2, d_model=64, num_heads=4, ffn_dim=128)
   gelu = dataclasses.replace(cfg, mlp_gated=False)
   assert flops.matmul_params(cfg) - flops.matmul_params(gelu) == 2 * 64 * 128

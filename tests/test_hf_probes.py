@@ -8,10 +8,10 @@ import shutil
 import subprocess
 import sys
 
+import _hf_tiny
 import numpy as np
 import pytest
 
-import _hf_tiny
 from lime_jax.probes import common, nl_tasks, pretrained, prompts
 from lime_jax.probes.registry import ProbeOptions
 
@@ -25,8 +25,13 @@ def hf_dir(tmp_path_factory):
 
 
 def _evaluate(args):
-  return subprocess.run([sys.executable, "-m", "lime_jax.evaluate", *args], cwd=_hf_tiny.REPO,
-                        capture_output=True, text=True, timeout=600)
+  return subprocess.run(
+    [sys.executable, "-m", "lime_jax.evaluate", *args],
+    cwd=_hf_tiny.REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
 
 
 def test_evaluate_hf_runs_every_probe_fp32(hf_dir, tmp_path):
@@ -46,26 +51,35 @@ def test_evaluate_hf_runs_every_probe_fp32(hf_dir, tmp_path):
   copying = results["probes"]["copying"]["metrics"]
   assert set(copying["parse_rate"]) == set(prompts.COPY_STYLES)
   assert copying["samples"]["hint"][0]["prompt"].startswith(
-      "What is the last digit of the following sequence? It's not necessarily a 1, check carefully. ")
+    "What is the last digit of the following sequence? It's not necessarily a 1, check carefully. "
+  )
   assert results["probes"]["separability"]["metrics"]["classes"][0].startswith(" ")
   assert (out / "counting_predictions.png").stat().st_size > 1000
 
 
 def test_evaluate_hf_bf16_in_process(hf_dir, tmp_path):
   opts = ProbeOptions(lengths=(2, 4), num_examples=2)
-  out, results = pretrained.evaluate_hf(hf_dir, str(tmp_path / "bf16"), ["copying", "counting"], opts,
-                                        compute_dtype="bfloat16")
+  out, results = pretrained.evaluate_hf(
+    hf_dir, str(tmp_path / "bf16"), ["copying", "counting"], opts, compute_dtype="bfloat16"
+  )
   assert results["compute_dtype"] == "bfloat16" and results["model"]["compute_dtype"] == "bfloat16"
   m = results["probes"]["counting"]["metrics"]
   assert "parse_rate" in m and "histogram" in m
-  assert json.loads(open(os.path.join(out, "results.json")).read())["probes"]["copying"]["metrics"][
-      "prompt_format"] == "natural_language"
+  assert (
+    json.loads(open(os.path.join(out, "results.json")).read())["probes"]["copying"]["metrics"][
+      "prompt_format"
+    ]
+    == "natural_language"
+  )
 
 
 def test_kv_cache_generation_matches_uncached_greedy(hf_dir):
   config, model_cfg, params, tok = pretrained.load(hf_dir)
-  texts = [prompts.copying_prompt("direct", [1, 1, 0]), prompts.counting_prompt("cot", [1] * 9),
-           prompts.counting_prompt("few_shot", [1, 1], [[1, 1, 1]])]
+  texts = [
+    prompts.copying_prompt("direct", [1, 1, 0]),
+    prompts.counting_prompt("cot", [1] * 9),
+    prompts.counting_prompt("few_shot", [1, 1], [[1, 1, 1]]),
+  ]
   cfg = common.probe_model_cfg(model_cfg)
   got = nl_tasks.generate(params, cfg, tok, texts, max_new=7)
   rows = [nl_tasks.encode_prompt(tok, t, model_cfg.vocab_size) for t in texts]
@@ -91,11 +105,16 @@ def test_missing_tokenizer_and_foreign_tokenizer_are_refused(hf_dir, tmp_path):
 
 def test_eval_tokens_of_a_pretrained_context_are_text(hf_dir):
   _, model_cfg, params, tok = pretrained.load(hf_dir)
-  ctx = type("Ctx", (), {"pretrained": hf_dir, "tokenizer": tok, "model_cfg": model_cfg,
-                         "options": ProbeOptions(num_examples=3)})()
+  ctx = type(
+    "Ctx",
+    (),
+    {"pretrained": hf_dir, "tokenizer": tok, "model_cfg": model_cfg, "options": ProbeOptions(num_examples=3)},
+  )()
   ids, mask = common.eval_tokens(ctx, 3)
   assert ids.shape[0] == 3 and mask.sum(axis=1).min() > 10
   first = ids[0][mask[0]]
-  assert first[0] == tok.bos_id and tok.decode(first[1:]) == prompts.probe_sentences(3)[0][:len(
-      tok.decode(first[1:]))]
+  assert (
+    first[0] == tok.bos_id
+    and tok.decode(first[1:]) == prompts.probe_sentences(3)[0][: len(tok.decode(first[1:]))]
+  )
   assert np.all(ids[~mask] == 0)

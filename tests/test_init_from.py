@@ -7,11 +7,11 @@ import json
 import os
 import sys
 
+import _hf_tiny
 import jax
 import numpy as np
 import pytest
 
-import _hf_tiny
 from lime_jax import checkpoint as ckpt_lib
 from lime_jax import config as config_lib
 from lime_jax import init_from
@@ -38,8 +38,17 @@ def _table1(hf_dir, **train):
   config.model.init_from = f"hf:{hf_dir}"
   config.data.multiplication.update(num_digits=2, eval_file="")
   config.data.seq_len = 32
-  config.train.update(batch_size=8, num_steps=12, warmup_steps=0, learning_rate=2e-3, log_every=1,
-                      checkpoint_every=12, eval_every=0, async_checkpoint=False, **train)
+  config.train.update(
+    batch_size=8,
+    num_steps=12,
+    warmup_steps=0,
+    learning_rate=2e-3,
+    log_every=1,
+    checkpoint_every=12,
+    eval_every=0,
+    async_checkpoint=False,
+    **train,
+  )
   config.eval.update(num_examples=8, batch_size=8)
   return config
 
@@ -95,8 +104,11 @@ def test_hf_source_step0_logits_equal_hf_and_loss_decreases(hf_dir, tmp_path):
   workdir = tmp_path / "ft"
   result = train_lib.train(config, str(workdir))
   assert result.metrics["status"] == "completed"
-  losses = [json.loads(l)["loss"] for l in (workdir / "metrics.jsonl").read_text().splitlines()
-            if json.loads(l)["split"] == "train"]
+  losses = [
+    json.loads(l)["loss"]
+    for l in (workdir / "metrics.jsonl").read_text().splitlines()
+    if json.loads(l)["split"] == "train"
+  ]
   assert len(losses) >= 10 and np.mean(losses[-3:]) < np.mean(losses[:3])
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["model"]["init_from"] == f"hf:{hf_dir}" and saved["data"]["tokenizer"] == hf_dir
@@ -112,6 +124,7 @@ def test_clashing_override_names_the_field(hf_dir):
 def _tiny_baseline(**train):
   sys.path.insert(0, _hf_tiny.REPO)
   from experiments import baseline
+
   config = baseline.get_config("tiny")
   config.train.update(async_checkpoint=False, **train)
   return config
@@ -123,8 +136,9 @@ def test_init_from_a_workdir(tmp_path):
   _, raw = ckpt_lib.restore_raw_state(str(source), 2)
   config = config_lib.default_config()  # model fields at their defaults: they come from the source
   config.data.task = "arithmetic"
-  config.train.update(batch_size=8, num_steps=2, warmup_steps=0, log_every=1, checkpoint_every=2,
-                      async_checkpoint=False)
+  config.train.update(
+    batch_size=8, num_steps=2, warmup_steps=0, log_every=1, checkpoint_every=2, async_checkpoint=False
+  )
   config.eval.update(num_examples=8, batch_size=8)
   config.model.init_from = f"{source}:2"
   run = train_lib.build(config)

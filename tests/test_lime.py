@@ -1,7 +1,7 @@
-"""LIMe (SPEC §2): router semantics, exactness of the memory-linear stack, decoding, memory growth.
+"""LIMe (docs/methods.md §2): router semantics, exactness of the memory-linear stack, decoding, memory growth.
 
 The reference for every gradient test is `unrolled_stack`: a Python loop over layers that writes the
-routing formulas of SPEC §2.1 / §2.2 literally (no padding, no masks, no custom VJP).
+routing formulas of docs/methods.md §2.1 / §2.2 literally (no padding, no masks, no custom VJP).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import dataclasses
 import os
 import subprocess
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -18,12 +18,19 @@ import numpy as np
 import pytest
 
 from lime_jax.analysis.router import router_analysis, save_router_analysis
-from lime_jax.model import LimeConfig, ModelConfig, Transformer, get_topology, init_cache, init_params
+from lime_jax.model import (
+  LimeConfig,
+  ModelConfig,
+  Transformer,
+  get_topology,
+  init_cache,
+  init_params,
+  lime_stack,
+)
 from lime_jax.model import lime as lime_mod
-from lime_jax.model import lime_vjp
 from lime_jax.model.block import Block
-from lime_jax.model.lime import (flops_per_token, mixing_flops_per_token, router_param_count,
-                                 top_p_keep, unit_rms)
+from lime_jax.model.lime import flops_per_token, mixing_flops_per_token, router_param_count
+from lime_jax.model.routers.v1 import top_p_keep, unit_rms
 
 ROUTERS = ("kv", "static", "top_p", "dynamic")
 POLICIES = ("none", "full", "save_dots")
@@ -31,9 +38,17 @@ POLICIES = ("none", "full", "save_dots")
 
 def lime_cfg(router: str = "kv", **overrides) -> ModelConfig:
   """A small LIMe model with GQA (R=2 < N=4), 5 layers and blocks of 2 (so 3 blocks, one partial)."""
-  base = dict(vocab_size=61, num_layers=5, d_model=32, num_heads=4, num_kv_heads=2, ffn_dim=64,
-              init_std=0.1, topology="lime", lime=LimeConfig(router=router, block_size=2, top_p=0.6,
-                                                             static_init_std=1.0))
+  base = dict(
+    vocab_size=61,
+    num_layers=5,
+    d_model=32,
+    num_heads=4,
+    num_kv_heads=2,
+    ffn_dim=64,
+    init_std=0.1,
+    topology="lime",
+    lime=LimeConfig(router=router, block_size=2, top_p=0.6, static_init_std=1.0),
+  )
   base.update(overrides)
   return ModelConfig(**base)
 
@@ -69,7 +84,7 @@ def unrolled_stack(cfg: ModelConfig, params: dict, h_BTD: jax.Array) -> jax.Arra
     params_l = jax.tree.map(lambda x: x[l], params["layers"])
     kv_mixer = kv_input = None
     if lc.router == "kv" and l > 0:
-      W_l = router["w_LRMR"][l, :, :l + 1, :].reshape(R, (l + 1) * R)
+      W_l = router["w_LRMR"][l, :, : l + 1, :].reshape(R, (l + 1) * R)
 
       def kv_mixer(raw_BTRC, W_l=W_l, l=l):
         sources = raws + [raw_BTRC]
@@ -78,16 +93,17 @@ def unrolled_stack(cfg: ModelConfig, params: dict, h_BTD: jax.Array) -> jax.Arra
           terms = [W_l[r, m * R + h] * sources[m][:, :, h, :] for m in range(l + 1) for h in range(R)]
           heads.append(sum(terms))
         return jnp.stack(heads, axis=2)
+
     if lc.router != "kv":
       normed.append(unit_rms(h_BTD, cfg.rms_eps))
       if l > 0:
         scale_D = router["norm_scale_LD"][l]
         if lc.router == "dynamic":
           x_BTD = scale_D[None, None, :] * normed[l]
-          logits_BTRM = jnp.einsum("btd,drm->btrm", x_BTD, router["w_LDRM"][l, :, :, :l + 1])
+          logits_BTRM = jnp.einsum("btd,drm->btrm", x_BTD, router["w_LDRM"][l, :, :, : l + 1])
           a_BTRM = jax.nn.softmax(logits_BTRM, axis=-1)
         else:
-          a_RM = jax.nn.softmax(router["w_LRM"][l, :, :l + 1], axis=-1)
+          a_RM = jax.nn.softmax(router["w_LRM"][l, :, : l + 1], axis=-1)
           if lc.router == "top_p":
             keep_RM = jax.lax.stop_gradient(top_p_keep(a_RM, lc.top_p))
             a_RM = jnp.where(keep_RM, a_RM, 0.0) / jnp.sum(jnp.where(keep_RM, a_RM, 0.0), -1, keepdims=True)
@@ -96,8 +112,10 @@ def unrolled_stack(cfg: ModelConfig, params: dict, h_BTD: jax.Array) -> jax.Arra
         def kv_input(x_BTD, a_BTRM=a_BTRM, scale_D=scale_D, l=l):
           heads = [sum(a_BTRM[:, :, r, m, None] * normed[m] for m in range(l + 1)) for r in range(R)]
           return scale_D[None, None, None, :] * jnp.stack(heads, axis=2)
-    h_BTD, extras = block.apply({"params": params_l}, h_BTD, positions_BT, kv_mixer=kv_mixer,
-                                kv_input=kv_input)
+
+    h_BTD, extras = block.apply(
+      {"params": params_l}, h_BTD, positions_BT, kv_mixer=kv_mixer, kv_input=kv_input
+    )
     raws.append(extras["raw_kv"])
   return h_BTD
 
@@ -129,7 +147,7 @@ def test_kv_router_is_the_literal_double_sum():
     raw_v.append(np.einsum("btd,drc->btrc", x, np.asarray(params["layers"]["wkv"][m], np.float64))[..., H:])
   w = np.asarray(params["router"]["w_LRMR"], np.float64)
   for l in range(1, L):
-    W_l = w[l, :, :l + 1, :].reshape(R, (l + 1) * R)
+    W_l = w[l, :, : l + 1, :].reshape(R, (l + 1) * R)
     expected = np.zeros_like(raw_v[0])
     for r in range(R):
       for m in range(l + 1):
@@ -159,7 +177,7 @@ def test_paper_init():
     np.testing.assert_array_equal(w[l, :, l, :], np.eye(R))
     earlier = w[l, :, :l, :]
     assert np.all(np.abs(earlier) <= np.sqrt(3 / ((l + 1) * R))) and np.all(earlier != 0)
-    assert np.all(w[l, :, l + 1:, :] == 0)
+    assert np.all(w[l, :, l + 1 :, :] == 0)
 
 
 @pytest.mark.parametrize("router", ROUTERS)
@@ -170,16 +188,18 @@ def test_causality_by_gradient(router):
   h_BTD = jax.random.normal(jax.random.PRNGKey(3), (2, 8, cfg.d_model))
   t = 3
   grad_BTD = jax.grad(lambda h: jnp.sum(run_stack(cfg, params, h).h_BTD[:, t]))(h_BTD)
-  assert float(jnp.max(jnp.abs(grad_BTD[:, t + 1:]))) == 0.0
-  assert float(jnp.min(jnp.max(jnp.abs(grad_BTD[:, :t + 1]), axis=(0, 2)))) > 0.0
+  assert float(jnp.max(jnp.abs(grad_BTD[:, t + 1 :]))) == 0.0
+  assert float(jnp.min(jnp.max(jnp.abs(grad_BTD[:, : t + 1]), axis=(0, 2)))) > 0.0
 
 
 def test_kv_effective_parameter_count():
   cfg = lime_cfg("kv", num_layers=6, num_kv_heads=2)
   L, R = 6, 2
   assert router_param_count(cfg) == R * R * (L * (L + 1) // 2 - 1)
-  assert router_param_count(dataclasses.replace(
-      cfg, num_layers=16, d_model=2048, num_heads=32, num_kv_heads=32)) == 138_240  # SPEC §2.1, 1.2B
+  assert (
+    router_param_count(dataclasses.replace(cfg, num_layers=16, d_model=2048, num_heads=32, num_kv_heads=32))
+    == 138_240
+  )  # docs/methods.md §2.1, 1.2B
   params = lime_params(cfg)
   h_BTD = jax.random.normal(jax.random.PRNGKey(4), (2, 5, cfg.d_model))
   grads = jax.grad(lambda p: jnp.sum(jnp.sin(run_stack(cfg, p, h_BTD).h_BTD)))(params)
@@ -212,21 +232,28 @@ def assert_grads_match_unrolled(cfg: ModelConfig) -> None:
   assert max_rel_diff(grads, ref_grads) <= 1e-5
 
 
-@pytest.mark.parametrize("layers,group,policy,keep_far", ((8, 4, "none", True), (8, 4, "full", True),
-                                                           (8, 4, "full", False), (12, 6, "full", True)))
+@pytest.mark.parametrize(
+  "layers,group,policy,keep_far",
+  ((8, 4, "none", True), (8, 4, "full", True), (8, 4, "full", False), (12, 6, "full", True)),
+)
 def test_grouped_schedule_gradients_equal_unrolled_reference(layers, group, policy, keep_far):
-  """The two-level schedule (far sources mixed per group of layers, lime_vjp.far_forward / _far_pull)
+  """The two-level schedule (far sources mixed per group of layers, lime_mix.far_forward / far_pull)
   gives the unrolled reference's loss and gradients, with and without recomputation of prev, and with
   the far parts kept from the forward pass or recomputed."""
-  cfg = lime_cfg("kv", num_layers=layers, remat_policy=policy,
-                 lime=LimeConfig(router="kv", block_size=2, group_size=group, keep_far=keep_far))
+  cfg = lime_cfg(
+    "kv",
+    num_layers=layers,
+    remat_policy=policy,
+    lime=LimeConfig(router="kv", block_size=2, group_size=group, keep_far=keep_far),
+  )
   assert lime_mod.group_size(cfg) == group
   assert_grads_match_unrolled(cfg)
 
 
 def test_group_size_choice():
   auto = lambda L, S=4, policy="none": lime_mod.group_size(
-      lime_cfg("kv", num_layers=L, remat_policy=policy, lime=LimeConfig(block_size=S)))
+    lime_cfg("kv", num_layers=L, remat_policy=policy, lime=LimeConfig(block_size=S))
+  )
   assert [auto(L) for L in (8, 16, 32, 64, 128)] == [4, 4, 4, 8, 8]
   # With remat the backward pass parks 2G slots: a group of 4 at 8 layers would take the whole buffer.
   assert [auto(L, policy="full") for L in (8, 12, 16, 64)] == [1, 1, 4, 8]
@@ -287,8 +314,9 @@ def test_collections_match_and_leave_logits_unchanged():
   params = lime_params(cfg)
   tokens_BT = jax.random.randint(jax.random.PRNGKey(9), (2, 6), 0, cfg.vocab_size)
   logits, _ = Transformer(cfg).apply({"params": params}, tokens_BT)
-  logits_c, out = Transformer(cfg).apply({"params": params}, tokens_BT,
-                                         collect=("hidden", "value", "attn_probs"))
+  logits_c, out = Transformer(cfg).apply(
+    {"params": params}, tokens_BT, collect=("hidden", "value", "attn_probs")
+  )
   np.testing.assert_allclose(logits_c, logits, atol=1e-6)
   L, B, T = cfg.num_layers, 2, 6
   assert out.collected["hidden"].shape == (L, B, T, cfg.d_model)
@@ -298,15 +326,24 @@ def test_collections_match_and_leave_logits_unchanged():
 
 
 def _jit_grad_temp_bytes(cfg: ModelConfig, loss: Callable, x: jax.ShapeDtypeStruct) -> int:
-  """Temp bytes XLA allocates for jit(grad(loss)) at `cfg`'s parameter shapes and input `x` (compiled only)."""
+  """Temp bytes XLA allocates for jit(grad(loss)) at `cfg`'s parameter shapes and input `x` (compiled
+  only)."""
   params = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
   return jax.jit(jax.grad(loss)).lower(params, x).compile().memory_analysis().temp_size_in_bytes
 
 
 def _grad_temp_bytes(L: int, topology: str) -> int:
   """Temp bytes XLA allocates for jit(grad) of the stack at depth L."""
-  cfg = lime_cfg("kv", num_layers=L, d_model=32, num_heads=4, num_kv_heads=4, ffn_dim=32, topology=topology,
-                 lime=LimeConfig(block_size=4))
+  cfg = lime_cfg(
+    "kv",
+    num_layers=L,
+    d_model=32,
+    num_heads=4,
+    num_kv_heads=4,
+    ffn_dim=32,
+    topology=topology,
+    lime=LimeConfig(block_size=4),
+  )
   h_BTD = jax.ShapeDtypeStruct((4, 32, cfg.d_model), jnp.float32)
   return _jit_grad_temp_bytes(cfg, lambda p, h: jnp.sum(run_stack(cfg, p, h).h_BTD), h_BTD)
 
@@ -325,13 +362,21 @@ def _model_temp_bytes(cfg: ModelConfig) -> int:
 
 
 def _sixteen_layers(policy: str, **lime) -> ModelConfig:
-  return ModelConfig(vocab_size=64, num_layers=16, d_model=64, num_heads=4, num_kv_heads=4, ffn_dim=128,
-                     remat_policy=policy, lime=LimeConfig(block_size=4, **lime))
+  return ModelConfig(
+    vocab_size=64,
+    num_layers=16,
+    d_model=64,
+    num_heads=4,
+    num_kv_heads=4,
+    ffn_dim=128,
+    remat_policy=policy,
+    lime=LimeConfig(block_size=4, **lime),
+  )
 
 
 @pytest.mark.parametrize("group,policy", ((1, "none"), (4, "full")))
 def test_cotangent_stack_is_the_buffer(group, policy):
-  """The kv router's backward pass writes dprev_l over buffer slot l (lime_vjp._pull_bwd), so LIMe's
+  """The kv router's backward pass writes dprev_l over buffer slot l (lime_stack._pull_bwd), so LIMe's
   temp bytes over the baseline's stay below 1.8 buffers at L = 16 (measured 1.25 with G = 1 and none,
   1.64 with G = 4 and full remat without kept far parts, whose two G-slot arrays add half a buffer); a
   separate cotangent stack measured 2.25 and 2.14 (one buffer more)."""
@@ -354,7 +399,7 @@ def test_kept_far_parts_cost_their_slots():
 
 def test_remat_reads_the_entry_instead_of_recomputing_it():
   """With full remat, the kv router's layer takes its raw k/v from the buffer slot (LayerFns.entry,
-  lime._stored), so one layer's backward pass costs exactly one kv projection (2*B*T*D*2RH FLOPs by
+  routers.kv._stored), so one layer's backward pass costs exactly one kv projection (2*B*T*D*2RH FLOPs by
   XLA's count) less than with the projection recomputed (entry=None), with the same gradients."""
   cfg = lime_cfg("kv", remat_policy="full")
   params, l, (B, T) = lime_params(cfg), 3, (2, 8)
@@ -369,12 +414,11 @@ def test_remat_reads_the_entry_instead_of_recomputing_it():
   params_l, router_l = jax.tree.map(lambda x: x[l], (params["layers"], router))
 
   def backward(fns):
-    tree = {}
-    outs = jax.jit(lime_vjp._layer_step(fns, positions_BT, tree))(h_BTD, buf, params_l, router_l, l)
-    pull = jax.jit(lambda leaves, dh, de: jax.tree.unflatten(tree["treedef"], leaves)((dh, de)))
-    cost = pull.lower(outs[5], dh_BTD, dentry).compile().cost_analysis()
+    out = jax.jit(lime_stack._layer_step(fns))(positions_BT, h_BTD, buf, params_l, router_l, l)
+    pull = jax.jit(lambda pullback, dh, de: pullback((dh, de)))
+    cost = pull.lower(out.pullback, dh_BTD, dentry).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return cost["flops"], pull(outs[5], dh_BTD, dentry)
+    return cost["flops"], pull(out.pullback, dh_BTD, dentry)
 
   flops_read, grads_read = backward(fns)
   flops_recomputed, grads_recomputed = backward(dataclasses.replace(fns, entry=None))
@@ -401,8 +445,13 @@ def test_live_memory_benchmark_reads_the_peak():
   show here): at a tiny size the live peak is positive, fits in the packed temp block, and LIMe's exceeds
   the baseline's (it holds the buffer)."""
   script = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "lime_live_memory.py")
-  out = subprocess.run([sys.executable, script, "--depths", "4", "--policies", "full", "--batch", "1",
-                        "--seq", "16"], capture_output=True, text=True, check=True, timeout=600).stdout
+  out = subprocess.run(
+    [sys.executable, script, "--depths", "4", "--policies", "full", "--batch", "1", "--seq", "16"],
+    capture_output=True,
+    text=True,
+    check=True,
+    timeout=600,
+  ).stdout
   row = next(line.split() for line in out.splitlines() if line.split()[:2] == ["full", "4"])
   temp_base, temp_lime, live_base, live_lime = map(float, (row[3], row[4], row[6], row[7]))
   assert 0 < live_base <= temp_base and 0 < live_lime <= temp_lime, out

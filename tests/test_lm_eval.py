@@ -28,26 +28,36 @@ def test_lm_metrics_and_target_bytes_literal():
   assert lm_eval.target_bytes(TOK, targets, mask).tolist() == [6.0]
   # Rows cut inside 'é' and 'ö': the characters count once, in the sum over the consecutive rows.
   stream = np.array(TOK.encode("héllo wörld, ça va") + [TOK.eos_id], np.int32)
-  rows = np.stack([stream[i:i + 4] for i in range(0, 20, 4)])
+  rows = np.stack([stream[i : i + 4] for i in range(0, 20, 4)])
   got = lm_eval.target_bytes(TOK, rows, np.ones_like(rows, np.float32))
-  assert got.sum() == len("héllo wörld, ça v".encode("utf-8")) == 20  # the first 20 bytes.
+  assert got.sum() == len("héllo wörld, ça v".encode()) == 20  # the first 20 bytes.
   assert got.tolist() != [4.0] * 5  # the rows holding the ends of split characters count them.
 
 
 def test_task_formats_follow_the_harness_definitions():
-  doc = lm_eval.to_doc("hellaswag", {"activity_label": "Cooking", "ctx_a": "A man cuts onions.",
-                                     "ctx_b": "he [title] fries them", "endings": ["x  y", "z"],
-                                     "label": "1"})
+  doc = lm_eval.to_doc(
+    "hellaswag",
+    {
+      "activity_label": "Cooking",
+      "ctx_a": "A man cuts onions.",
+      "ctx_b": "he [title] fries them",
+      "endings": ["x  y", "z"],
+      "label": "1",
+    },
+  )
   assert doc.contexts == ("Cooking: A man cuts onions. He. fries them",) * 2
   assert doc.continuations == (" x y", " z") and doc.gold == 1
-  arc = lm_eval.to_doc("arc_easy", {"question": "Q?", "choices": {"text": ["a", "b", "c"],
-                                                                  "label": ["A", "B", "C"]},
-                                    "answerKey": "C"})
+  arc = lm_eval.to_doc(
+    "arc_easy",
+    {"question": "Q?", "choices": {"text": ["a", "b", "c"], "label": ["A", "B", "C"]}, "answerKey": "C"},
+  )
   assert arc.contexts[0] == "Question: Q?\nAnswer:" and arc.gold == 2 and arc.continuations[1] == " b"
   piqa = lm_eval.to_doc("piqa", {"goal": "g", "sol1": "s1", "sol2": "s2", "label": 0})
   assert piqa.continuations == (" s1", " s2") and piqa.gold == 0
-  wino = lm_eval.to_doc("winogrande", {"sentence": "Tom hugged Bob because _ was sad.",
-                                       "option1": "Tom", "option2": "Bob", "answer": "2"})
+  wino = lm_eval.to_doc(
+    "winogrande",
+    {"sentence": "Tom hugged Bob because _ was sad.", "option1": "Tom", "option2": "Bob", "answer": "2"},
+  )
   assert wino.contexts == ("Tom hugged Bob because Tom", "Tom hugged Bob because Bob")
   assert wino.continuations == (" was sad.", " was sad.") and wino.gold == 1
   assert lm_eval.infer_task("/x/arc_challenge-test.jsonl") == "arc_challenge"
@@ -86,9 +96,11 @@ def test_score_mc_acc_and_acc_norm_and_few_shot(tmp_path):
     return lp
 
   path = tmp_path / "generic.jsonl"
-  recs = [{"context": "q1", "choices": ["aaaa", "bb"], "gold": 0},  # ll -0 vs -2; norm 0 vs -1.
-          {"context": "q2", "choices": ["bbbb", "b"], "gold": 0},  # ll -4 vs -1: acc wrong; norm -1 vs -1.
-          {"context": "q3", "choices": ["ab", "bbb"], "gold": 1}]  # ll -1 vs -3: wrong both ways.
+  recs = [
+    {"context": "q1", "choices": ["aaaa", "bb"], "gold": 0},  # ll -0 vs -2; norm 0 vs -1.
+    {"context": "q2", "choices": ["bbbb", "b"], "gold": 0},  # ll -4 vs -1: acc wrong; norm -1 vs -1.
+    {"context": "q3", "choices": ["ab", "bbb"], "gold": 1},
+  ]  # ll -1 vs -3: wrong both ways.
   path.write_text("".join(json.dumps(r) + "\n" for r in recs))
   docs = lm_eval.read_docs("generic", str(path))
   res = lm_eval.score_mc(log_probs, TOK, docs, max_len=64)
@@ -137,12 +149,20 @@ def test_text_training_logs_perplexity_and_bits_per_byte(tmp_path, document_mask
   assert ev["bits_per_byte"] == pytest.approx(ev["ce"] / math.log(2) / ev["bytes_per_token"], rel=1e-5)
 
   from lime_jax.probes import runner  # the `lm` probe on the same checkpoint.
-  (tmp_path / "piqa.jsonl").write_text("".join(json.dumps({"goal": f"g{i}", "sol1": "to be",
-                                                           "sol2": "or not", "label": i % 2}) + "\n"
-                                               for i in range(4)))
+
+  (tmp_path / "piqa.jsonl").write_text(
+    "".join(
+      json.dumps({"goal": f"g{i}", "sol1": "to be", "sol2": "or not", "label": i % 2}) + "\n"
+      for i in range(4)
+    )
+  )
   from lime_jax.probes.registry import ProbeOptions
-  _, out = runner.evaluate(str(tmp_path / "run"), ["lm"], ProbeOptions(
-      num_examples=8, mc_tasks=(str(tmp_path / "piqa.jsonl"),), mc_shots=1))
+
+  _, out = runner.evaluate(
+    str(tmp_path / "run"),
+    ["lm"],
+    ProbeOptions(num_examples=8, mc_tasks=(str(tmp_path / "piqa.jsonl"),), mc_shots=1),
+  )
   lm = out["probes"]["lm"]["metrics"]
   assert lm["heldout"]["ce"] == pytest.approx(ev["ce"], rel=2e-6)  # the same forward, the same masks
   assert lm["heldout"]["bits_per_byte"] == pytest.approx(ev["bits_per_byte"], rel=1e-4)

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import random_params, replace, tiny_model_config
+
 from lime_jax import config as config_lib
 from lime_jax import hf
 from lime_jax.model import Transformer, init_cache, init_params
@@ -40,23 +40,34 @@ def _assert_trees_close(a, b, atol: float, rtol: float = 0.0) -> None:
   leaves_a, leaves_b = jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)
   assert len(leaves_a) == len(leaves_b)
   for (path, x), y in zip(leaves_a, leaves_b):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=rtol,
-                               err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(
+      np.asarray(x), np.asarray(y), atol=atol, rtol=rtol, err_msg=jax.tree_util.keystr(path)
+    )
 
 
 # ------------------------------------------------------------------------------------ 1. HF parity
 
 HF_CASES = [  # (num_kv_heads, tie_embeddings, rope_theta, first position)
-    (4, True, 10_000.0, 0),
-    (4, False, 500_000.0, 37),
-    (2, True, 500_000.0, 0),
-    (2, False, 10_000.0, 101),
+  (4, True, 10_000.0, 0),
+  (4, False, 500_000.0, 37),
+  (2, True, 500_000.0, 0),
+  (2, False, 10_000.0, 101),
 ]
 
 
 def _hf_cfg(num_kv_heads: int, tie: bool, theta: float) -> ModelConfig:
-  return ModelConfig(vocab_size=97, num_layers=3, d_model=64, num_heads=4, num_kv_heads=num_kv_heads,
-                     ffn_dim=176, rope_theta=theta, rms_eps=1e-6, init_std=0.1, tie_embeddings=tie)
+  return ModelConfig(
+    vocab_size=97,
+    num_layers=3,
+    d_model=64,
+    num_heads=4,
+    num_kv_heads=num_kv_heads,
+    ffn_dim=176,
+    rope_theta=theta,
+    rms_eps=1e-6,
+    init_std=0.1,
+    tie_embeddings=tie,
+  )
 
 
 def _hf_model(cfg: ModelConfig):
@@ -71,8 +82,11 @@ def _hf_model(cfg: ModelConfig):
 
 def _hf_logits(model, torch, tokens_BT: jax.Array, positions_BT: jax.Array) -> np.ndarray:
   with torch.no_grad():
-    out = model(input_ids=torch.from_numpy(np.asarray(tokens_BT, np.int64)),
-                position_ids=torch.from_numpy(np.asarray(positions_BT, np.int64)), use_cache=False)
+    out = model(
+      input_ids=torch.from_numpy(np.asarray(tokens_BT, np.int64)),
+      position_ids=torch.from_numpy(np.asarray(positions_BT, np.int64)),
+      use_cache=False,
+    )
   return out.logits.float().numpy()
 
 
@@ -82,7 +96,7 @@ def test_hf_to_ours_logits_match(num_kv_heads, tie, theta, start):
   model, torch = _hf_model(cfg)
   gen = torch.Generator().manual_seed(num_kv_heads * 10 + int(tie))
   with torch.no_grad():  # Random weights everywhere, norms included (HF inits those to 1).
-    for name, p in model.named_parameters():
+    for p in model.parameters():
       noise = torch.randn(p.shape, generator=gen)
       p.copy_(1.0 + 0.3 * noise if p.ndim == 1 else 0.1 * noise)
   assert model.config._attn_implementation == "eager"  # pylint: disable=protected-access
@@ -121,8 +135,9 @@ def test_hf_conversion_round_trips_exactly(num_kv_heads, tie):
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), back, params)
 
   rng = np.random.default_rng(0)
-  sd = {k: rng.normal(size=v.shape).astype(np.float32)
-        for k, v in hf.params_to_hf_state_dict(params, cfg).items()}
+  sd = {
+    k: rng.normal(size=v.shape).astype(np.float32) for k, v in hf.params_to_hf_state_dict(params, cfg).items()
+  }
   if tie:
     sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
   sd_back = hf.params_to_hf_state_dict(hf.hf_state_dict_to_params(sd, cfg), cfg)
@@ -159,8 +174,7 @@ def test_causality_by_gradient(impl, num_kv_heads):
 
   Tokens are distinct, so row tokens[s] of the (untied) embedding is the input at position s only.
   """
-  cfg = tiny_model_config(num_layers=2, num_kv_heads=num_kv_heads, tie_embeddings=False,
-                          attention_impl=impl)
+  cfg = tiny_model_config(num_layers=2, num_kv_heads=num_kv_heads, tie_embeddings=False, attention_impl=impl)
   T = 10
   params = random_params(cfg, 0)
   tokens_T = jnp.asarray(np.random.default_rng(1).permutation(cfg.vocab_size)[:T], jnp.int32)
@@ -190,7 +204,7 @@ def _unrolled_forward(cfg: ModelConfig, params: dict, tokens_BT: jax.Array):
     params_l = jax.tree.map(lambda x, l=l: x[l], params["layers"])
     # Values written out from the parameters, not read back from the Block under test.
     x_BTD = RMSNorm(cfg.rms_eps).apply({"params": params_l["attn_norm"]}, h_BTD)
-    value.append(jnp.einsum("btd,drh->btrh", x_BTD, params_l["wkv"][..., cfg.head_dim:]))
+    value.append(jnp.einsum("btd,drh->btrh", x_BTD, params_l["wkv"][..., cfg.head_dim :]))
     h_BTD, _ = Block(cfg).apply({"params": params_l}, h_BTD, positions_BT)
     hidden.append(h_BTD)
   h_BTD = RMSNorm(cfg.rms_eps).apply({"params": params["final_norm"]}, h_BTD)
@@ -235,6 +249,7 @@ def _loss_fn(cfg: ModelConfig):
     logits_BTV, _ = _forward(cfg, params, tokens_BT[:, :-1])
     logp_BTV = jax.nn.log_softmax(logits_BTV)
     return -jnp.mean(jnp.take_along_axis(logp_BTV, tokens_BT[:, 1:, None], axis=-1))
+
   return loss
 
 
@@ -268,11 +283,18 @@ def test_remat_full_reduces_temp_memory():
   assert temp["full"] < 0.6 * temp["none"], temp
 
 
-def test_unknown_remat_policy_raises():
-  cfg = tiny_model_config(remat_policy="everything")
-  params = random_params(cfg, 0)
-  with pytest.raises(ValueError, match="remat_policy"):
-    _forward(cfg, params, _tokens(cfg, 1, 4))
+def test_unknown_remat_policy_is_refused_by_the_config_check():
+  """The one check of remat_policy is config validation (the stack does not repeat it)."""
+  from lime_jax import config as config_lib
+
+  c = config_lib.default_config()
+  c.model.remat_policy = "everything"
+  with pytest.raises(
+    ValueError,
+    match=r"config.model.remat_policy='everything' is invalid: choose one of "
+    r"'none', 'full', 'save_dots'",
+  ):
+    config_lib.validate(c)
 
 
 # ----------------------------------------------------------------------------------- 5. attention
@@ -283,8 +305,10 @@ def test_attention_impls_agree(num_kv_heads):
   cfg = tiny_model_config(num_kv_heads=num_kv_heads)
   params = random_params(cfg, 0)
   tokens_BT = _tokens(cfg, 2, 13)
-  logits = {impl: _jit_forward(replace(cfg, attention_impl=impl), params, tokens_BT)[0]
-            for impl in ("xla", "explicit")}
+  logits = {
+    impl: _jit_forward(replace(cfg, attention_impl=impl), params, tokens_BT)[0]
+    for impl in ("xla", "explicit")
+  }
   assert _max_diff(logits["xla"], logits["explicit"]) <= 1e-5
 
 
@@ -296,7 +320,7 @@ def test_attend_impls_agree_with_explicit_mask():
   k_BSRH = jnp.asarray(g.standard_normal((B, S, R, H)), jnp.float32)
   v_BSRH = jnp.asarray(g.standard_normal((B, S, R, H)), jnp.float32)
   q_pos_BT = jnp.broadcast_to(jnp.arange(T) + 2, (B, T))
-  mask_B1TS = (jnp.arange(S)[None, None, None, :] <= q_pos_BT[:, None, :, None])
+  mask_B1TS = jnp.arange(S)[None, None, None, :] <= q_pos_BT[:, None, :, None]
   attend_jit = jax.jit(attend, static_argnums=3)
   out_xla, _ = attend_jit(q_BTNH, k_BSRH, v_BSRH, "xla", mask_B1TS)
   out_exp, probs_BNTS = attend_jit(q_BTNH, k_BSRH, v_BSRH, "explicit", mask_B1TS)
@@ -364,7 +388,7 @@ def test_cached_decoding_matches_full_forward(impl, num_kv_heads):
   assert _max_diff(prefill_BPV, full_BTV[:, :P]) <= 1e-5
   cache = out.cache
   for t in range(P, T):
-    logits_B1V, out = step(params, tokens_BT[:, t:t + 1], jnp.full((B, 1), t), cache)
+    logits_B1V, out = step(params, tokens_BT[:, t : t + 1], jnp.full((B, 1), t), cache)
     cache = out.cache
     assert _max_diff(logits_B1V[:, 0], full_BTV[:, t]) <= 1e-5, t
   np.testing.assert_array_equal(np.asarray(cache["index"]), T)
@@ -385,8 +409,9 @@ def test_greedy_generation_with_cache_equals_recomputation():
     seq_BT = seq_BT.at[:, t].set(jnp.argmax(full(params, seq_BT)[:, t - 1], axis=-1))
 
   step = lambda p, t, pos, c: _jit_forward(cfg, p, t, positions_BT=pos, cache=c)
-  logits_BPV, out = step(params, prompt_BP, jnp.broadcast_to(jnp.arange(P), (B, P)),
-                         init_cache(cfg, B, P + G))
+  logits_BPV, out = step(
+    params, prompt_BP, jnp.broadcast_to(jnp.arange(P), (B, P)), init_cache(cfg, B, P + G)
+  )
   next_B = jnp.argmax(logits_BPV[:, -1], axis=-1)
   generated = [next_B]
   for t in range(P, P + G - 1):
@@ -417,12 +442,20 @@ def test_shapes_and_finiteness_with_and_without_jit():
   shapes = jax.tree.map(jnp.shape, params)
   L, D, N, R, H, F, V = 2, 32, 4, 2, 8, 64, cfg.vocab_size
   assert shapes == {
-      "embed": (V, D), "unembed": (D, V), "final_norm": {"scale": (D,)},
-      "layers": {"attn_norm": {"scale": (L, D)}, "mlp_norm": {"scale": (L, D)},
-                 "wq": (L, D, N, H), "wkv": (L, D, R, 2 * H), "wo": (L, N, H, D),
-                 "mlp": {"w_gate": (L, D, F), "w_up": (L, D, F), "w_down": (L, F, D)}}}
+    "embed": (V, D),
+    "unembed": (D, V),
+    "final_norm": {"scale": (D,)},
+    "layers": {
+      "attn_norm": {"scale": (L, D)},
+      "mlp_norm": {"scale": (L, D)},
+      "wq": (L, D, N, H),
+      "wkv": (L, D, R, 2 * H),
+      "wo": (L, N, H, D),
+      "mlp": {"w_gate": (L, D, F), "w_up": (L, D, F), "w_down": (L, F, D)},
+    },
+  }
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
-  # Init (SPEC §1): matrices ~ N(0, init_std), norm scales 1, an independent draw per layer.
+  # Init (docs/methods.md §1): matrices ~ N(0, init_std), norm scales 1, an independent draw per layer.
   for path, x in jax.tree_util.tree_leaves_with_path(params):
     name = jax.tree_util.keystr(path)
     if "scale" in name:
@@ -454,7 +487,8 @@ def test_random_params_match_init_layout(num_kv_heads, tie):
   got = jax.eval_shape(lambda: random_params(cfg))
   assert jax.tree.structure(got) == jax.tree.structure(expected)
   assert jax.tree.map(lambda x: (x.shape, x.dtype), got) == jax.tree.map(
-      lambda x: (x.shape, x.dtype), expected)
+    lambda x: (x.shape, x.dtype), expected
+  )
 
 
 def test_bf16_compute_is_finite_fp32_and_close():
@@ -463,8 +497,9 @@ def test_bf16_compute_is_finite_fp32_and_close():
   tokens_BT = _tokens(cfg, 2, 16)
   fp32_BTV, _ = _jit_forward(cfg, params, tokens_BT)
   for impl in ("xla", "explicit"):
-    bf16_BTV, out = _jit_forward(replace(cfg, compute_dtype="bfloat16", attention_impl=impl), params,
-                                 tokens_BT)
+    bf16_BTV, out = _jit_forward(
+      replace(cfg, compute_dtype="bfloat16", attention_impl=impl), params, tokens_BT
+    )
     assert bf16_BTV.dtype == jnp.float32
     assert out.h_BTD.dtype == jnp.bfloat16
     assert bool(jnp.all(jnp.isfinite(bf16_BTV)))
@@ -485,13 +520,16 @@ def test_default_config_validates():
   config_lib.validate(config_lib.default_config())
 
 
-@pytest.mark.parametrize("field,value,match", [
+@pytest.mark.parametrize(
+  "field,value,match",
+  [
     ("model.d_model", 100, "model.d_model"),  # 100 % 8 heads
     ("model.num_kv_heads", 3, "model.num_kv_heads"),
     ("train.learning_rate", -1e-3, "train.learning_rate"),
     ("model.topology", "dense", "model.topology"),
     ("model.attention_impl", "flash", "model.attention_impl"),
-])
+  ],
+)
 def test_validate_names_the_bad_field(field, value, match):
   c = config_lib.default_config()
   section, name = field.split(".")

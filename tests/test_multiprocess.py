@@ -24,10 +24,15 @@ from lime_jax import checkpoint as ckpt_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS, STOP_AT = 6, 3
-ARGS = ("--config=experiments/baseline.py:tiny", "--config.train.log_every=1",
-        "--config.train.checkpoint_every=100", f"--config.train.eval_every={STOP_AT}",
-        "--config.train.async_checkpoint=False", "--config.data.prefetch=0",
-        "--config.train.compilation_cache_dir=none")  # every process compiles: no cache state shared
+ARGS = (
+  "--config=experiments/baseline.py:tiny",
+  "--config.train.log_every=1",
+  "--config.train.checkpoint_every=100",
+  f"--config.train.eval_every={STOP_AT}",
+  "--config.train.async_checkpoint=False",
+  "--config.data.prefetch=0",
+  "--config.train.compilation_cache_dir=none",
+)  # every process compiles: no cache state shared
 # Same cheap code generation in every run (the runs are compared with each other only).
 XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 TIMEOUT_S = 240
@@ -41,17 +46,23 @@ def free_port() -> int:
 
 def env_for(devices: int, **extra: str) -> dict[str, str]:
   env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_FLAGS", "LIME_", "JAX_"))}
-  env.update(XLA_FLAGS=f"{XLA_FLAGS} --xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-             **extra)
+  env.update(
+    XLA_FLAGS=f"{XLA_FLAGS} --xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu", **extra
+  )
   return env
 
 
 def start_main(workdir, devices: int, *args: str, **env: str) -> subprocess.Popen:
-  log = open(os.path.join(os.path.dirname(str(workdir)), f"{os.path.basename(str(workdir))}"
-                          f"{env.get('LIME_PROCESS_ID', '')}.log"), "w")
+  log = open(
+    os.path.join(
+      os.path.dirname(str(workdir)), f"{os.path.basename(str(workdir))}{env.get('LIME_PROCESS_ID', '')}.log"
+    ),
+    "w",
+  )
   cmd = [sys.executable, "-m", "lime_jax.main", f"--workdir={workdir}", *ARGS, *args]
-  return subprocess.Popen(cmd, cwd=REPO, env=env_for(devices, **env), stdout=log, stderr=subprocess.STDOUT,
-                          start_new_session=True)
+  return subprocess.Popen(
+    cmd, cwd=REPO, env=env_for(devices, **env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+  )
 
 
 def wait_all(procs: list[subprocess.Popen], timeout: float) -> list[int]:
@@ -135,12 +146,16 @@ def test_sigterm_to_one_process_stops_all_at_one_checkpointed_step(tmp_path):
   one checkpoint together and exit 0."""
   workdir = tmp_path / "multi"
   dist = dict(LIME_COORDINATOR=f"localhost:{free_port()}", LIME_NUM_PROCESSES="2")
-  procs = [start_main(workdir, 2, "--config.train.num_steps=400", LIME_PROCESS_ID=str(i), **dist)
-           for i in range(2)]
+  procs = [
+    start_main(workdir, 2, "--config.train.num_steps=400", LIME_PROCESS_ID=str(i), **dist) for i in range(2)
+  ]
   try:
     deadline = time.monotonic() + TIMEOUT_S
-    while (not os.path.exists(workdir / "metrics.jsonl") or max(metrics(workdir, "train"), default=0) < 3) \
-        and all(p.poll() is None for p in procs) and time.monotonic() < deadline:
+    while (
+      (not os.path.exists(workdir / "metrics.jsonl") or max(metrics(workdir, "train"), default=0) < 3)
+      and all(p.poll() is None for p in procs)
+      and time.monotonic() < deadline
+    ):
       time.sleep(0.05)
     assert all(p.poll() is None for p in procs), read_log(tmp_path / "multi0.log")
     procs[1].send_signal(signal.SIGTERM)

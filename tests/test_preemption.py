@@ -32,17 +32,30 @@ def assert_same_state(workdir_a, workdir_b, step: int) -> None:
 
 
 def command(workdir) -> list[str]:
-  return [sys.executable, "-m", "lime_jax.main", "--config=experiments/baseline.py:tiny",
-          f"--workdir={workdir}",
-          f"--config.train.num_steps={NUM_STEPS}", "--config.train.log_every=1",
-          "--config.train.checkpoint_every=1000", "--config.data.prefetch=0"]
+  return [
+    sys.executable,
+    "-m",
+    "lime_jax.main",
+    "--config=experiments/baseline.py:tiny",
+    f"--workdir={workdir}",
+    f"--config.train.num_steps={NUM_STEPS}",
+    "--config.train.log_every=1",
+    "--config.train.checkpoint_every=1000",
+    "--config.data.prefetch=0",
+  ]
 
 
 def start(workdir, log_path) -> subprocess.Popen:
   env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_FLAGS", "LIME_", "JAX_"))}
   env.update(XLA_FLAGS=XLA_FLAGS, JAX_PLATFORMS="cpu")
-  return subprocess.Popen(command(workdir), cwd=REPO, env=env, stdout=open(log_path, "w"),
-                          stderr=subprocess.STDOUT, start_new_session=True)
+  return subprocess.Popen(
+    command(workdir),
+    cwd=REPO,
+    env=env,
+    stdout=open(log_path, "w"),
+    stderr=subprocess.STDOUT,
+    start_new_session=True,
+  )
 
 
 def last_train_step(workdir) -> int:

@@ -44,7 +44,7 @@ def test_conventions_match_singular_value_reference(convention, alpha):
     z = (x - x.mean(0)) / (x.std(0) + 1e-6)
   p = np.linalg.svd(z, compute_uv=False) ** 2
   p = p[p > 1e-12] / p.sum()
-  ref = -(p * np.log(p)).sum() if alpha == 1.0 else np.log((p ** alpha).sum()) / (1 - alpha)
+  ref = -(p * np.log(p)).sum() if alpha == 1.0 else np.log((p**alpha).sum()) / (1 - alpha)
   if convention == "skean":
     ref /= np.log(min(x.shape))
   assert matrix_entropy(x, alpha, convention) == pytest.approx(ref, rel=1e-9)

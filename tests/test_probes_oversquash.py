@@ -36,11 +36,15 @@ def test_exact_matches_finite_differences(model, target):
   T, D, h = len(tokens), cfg.d_model, 1e-2
   eye = np.eye(T * D).reshape(T * D, T, D)
   batch = np.concatenate([emb_TD + h * eye, emb_TD - h * eye]).astype(np.float32)  # [2TD, T, D]
-  _, out = Transformer(cfg).apply({"params": params}, jnp.zeros((2 * T * D, T), jnp.int32),
-                                  collect=(target,), embeddings_BTD=jnp.asarray(batch))
+  _, out = Transformer(cfg).apply(
+    {"params": params},
+    jnp.zeros((2 * T * D, T), jnp.int32),
+    collect=(target,),
+    embeddings_BTD=jnp.asarray(batch),
+  )
   y = np.asarray(out.collected[target][-1][:, -1], np.float64).reshape(2 * T * D, -1)
-  jac = ((y[:T * D] - y[T * D:]) / (2 * h)).reshape(T, D, -1)
-  fd = np.sum(jac ** 2, axis=(1, 2))
+  jac = ((y[: T * D] - y[T * D :]) / (2 * h)).reshape(T, D, -1)
+  fd = np.sum(jac**2, axis=(1, 2))
   np.testing.assert_allclose(exact, fd, rtol=2e-2)
 
 
@@ -61,5 +65,5 @@ def test_causal_model_has_zero_sensitivity_after_position(model, method):
   tokens = np.array([1, 20, 33, 40, 17, 25])
   for position in (1, 3):
     sq, _ = sensitivity(params, cfg, tokens, "hidden", position=position, method=method, num_samples=16)
-    assert np.all(sq[position + 1:] == 0.0), sq
-    assert np.all(sq[:position + 1] > 0.0), sq
+    assert np.all(sq[position + 1 :] == 0.0), sq
+    assert np.all(sq[: position + 1] > 0.0), sq

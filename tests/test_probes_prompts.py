@@ -15,35 +15,45 @@ from lime_jax.probes.registry import ProbeOptions
 def test_copying_templates_are_literal():
   seq = [1, 1, 1, 0]
   assert prompts.copying_prompt("direct", seq) == (
-      "What is the last digit of the following sequence? 1110\nAnswer:")
+    "What is the last digit of the following sequence? 1110\nAnswer:"
+  )
   assert prompts.copying_prompt("hint", seq) == (
-      "What is the last digit of the following sequence? It's not necessarily a 1, check carefully. "
-      "1110\nAnswer:")
+    "What is the last digit of the following sequence? It's not necessarily a 1, check carefully. "
+    "1110\nAnswer:"
+  )
   assert prompts.copying_prompt("cot", seq) == (
-      "What is the last digit of the following sequence? 1110\nLet's think step by step.")
+    "What is the last digit of the following sequence? 1110\nLet's think step by step."
+  )
   assert prompts.copying_prompt("commas", seq) == (
-      "What is the last digit of the following sequence? 1, 1, 1, 0\nAnswer:")
+    "What is the last digit of the following sequence? 1, 1, 1, 0\nAnswer:"
+  )
   assert prompts.copying_prompt("few_shot", seq, shots=[[2, 2, 5], [3, 7]]) == (
-      "What is the last digit of the following sequence? 225\nAnswer: 5\n\n"
-      "What is the last digit of the following sequence? 37\nAnswer: 7\n\n"
-      "What is the last digit of the following sequence? 1110\nAnswer:")
+    "What is the last digit of the following sequence? 225\nAnswer: 5\n\n"
+    "What is the last digit of the following sequence? 37\nAnswer: 7\n\n"
+    "What is the last digit of the following sequence? 1110\nAnswer:"
+  )
   with pytest.raises(ValueError, match="copying prompt style 'bogus'"):
     prompts.copying_prompt("bogus", seq)
 
 
 def test_counting_templates_are_literal():
   assert prompts.counting_prompt("direct", [1, 1, 1]) == (
-      "How many ones are there in the following sequence? 111\nAnswer:")
+    "How many ones are there in the following sequence? 111\nAnswer:"
+  )
   assert prompts.counting_prompt("commas", [1, 1]) == (
-      "How many ones are there in the following sequence? 1, 1\nAnswer:")
+    "How many ones are there in the following sequence? 1, 1\nAnswer:"
+  )
   assert prompts.counting_prompt("sum", [1, 1, 1]) == "What is 1+1+1?\nAnswer:"
   assert prompts.counting_prompt("cot", [1, 1]) == (
-      "How many ones are there in the following sequence? 11\nLet's think step by step.")
+    "How many ones are there in the following sequence? 11\nLet's think step by step."
+  )
   assert prompts.counting_prompt("few_shot", [1, 1], shots=[[1, 1, 1]]) == (
-      "How many ones are there in the following sequence? 111\nAnswer: 3\n\n"
-      "How many ones are there in the following sequence? 11\nAnswer:")
+    "How many ones are there in the following sequence? 111\nAnswer: 3\n\n"
+    "How many ones are there in the following sequence? 11\nAnswer:"
+  )
   assert prompts.counting_prompt("bits", [1, 0, 1]) == (
-      "How many ones are there in the following sequence? 101\nAnswer:")
+    "How many ones are there in the following sequence? 101\nAnswer:"
+  )
 
 
 def test_sequences_of_each_style():
@@ -59,7 +69,9 @@ def test_sequences_of_each_style():
     assert 5 <= len(shot) <= 8 and 1 not in shot and shot[-1] != shot[0]
 
 
-@pytest.mark.parametrize("text, kind, style, want", [
+@pytest.mark.parametrize(
+  "text, kind, style, want",
+  [
     (" 7\n\nWhat is", "digit", "direct", 7),
     (" 42 or 43", "integer", "direct", 42),
     (" 42", "digit", "direct", 4),
@@ -69,7 +81,8 @@ def test_sequences_of_each_style():
     (" 5 ones, 2 zeros, so 5 + 2 = 7", "integer", "cot", 7),  # no "answer": the last number
     (" answer: none; Answer is 12", "integer", "cot", 12),
     (" I don't know", "integer", "cot", None),
-])
+  ],
+)
 def test_parse_answer(text, kind, style, want):
   assert prompts.parse_answer(text, kind, style) == want
 
@@ -88,9 +101,14 @@ class _WordTok:
 
 def _ctx(tokenizer, lengths=(4, 8), num_examples=3):
   progress = types.SimpleNamespace(start=lambda *a: None, advance=lambda *a: None)
-  return types.SimpleNamespace(tokenizer=tokenizer, options=ProbeOptions(lengths=lengths,
-                                                                        num_examples=num_examples),
-                               model_cfg=None, params=None, progress=progress, config=None)
+  return types.SimpleNamespace(
+    tokenizer=tokenizer,
+    options=ProbeOptions(lengths=lengths, num_examples=num_examples),
+    model_cfg=None,
+    params=None,
+    progress=progress,
+    config=None,
+  )
 
 
 def test_counting_histogram_and_parse_rate_from_fake_decoder(monkeypatch):
@@ -123,13 +141,16 @@ def test_counting_histogram_and_parse_rate_from_fake_decoder(monkeypatch):
 def test_trained_counting_path_reports_parse_rate(monkeypatch):
   """The char-tokenizer path: unparsed answers are left out of the error and counted in the parse rate
   (they used to score as predicting 0)."""
-  monkeypatch.setattr(counting, "answer_accuracy",
-                      lambda ctx, cfg, examples: (0.0, ["x" if i % 2 else e.answer
-                                                        for i, e in enumerate(examples)]))
+  monkeypatch.setattr(
+    counting,
+    "answer_accuracy",
+    lambda ctx, cfg, examples: (0.0, ["x" if i % 2 else e.answer for i, e in enumerate(examples)]),
+  )
   monkeypatch.setattr(counting, "start_length_sweep", lambda ctx, family, variants: (None, [4, 8]))
   ctx = _ctx(glasses_tokenizer(), num_examples=4)
-  ctx.config = types.SimpleNamespace(seed=0, data=types.SimpleNamespace(
-      task="copying", counting=types.SimpleNamespace(p_one=0.7)))
+  ctx.config = types.SimpleNamespace(
+    seed=0, data=types.SimpleNamespace(task="copying", counting=types.SimpleNamespace(p_one=0.7))
+  )
   m = counting.run(ctx)["metrics"]
   assert m["abs_error"]["sum"] == [0.0, 0.0] and m["parse_rate"]["sum"] == [1.0, 1.0]
   assert m["parse_rate"]["bits"] == [0.5, 0.5] and m["abs_error"]["bits"] == [0.0, 0.0]

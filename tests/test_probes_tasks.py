@@ -31,7 +31,7 @@ def test_counting_answers_are_counts():
     e = task.example_at("test", i, 30, "bits")
     assert int(e.answer) == e.question.count("1")
     w = task.example_at("test", i, 12, "word")
-    target, sentence = w.question[len("count "):-1].split(":")
+    target, sentence = w.question[len("count ") : -1].split(":")
     assert int(w.answer) == sentence.split(" ").count(target) and len(sentence.split(" ")) == 12
   ones = [task.example_at("train", i, 200, "bits").question.count("1") for i in range(50)]
   assert 0.6 < np.mean(ones) / 200 < 0.8  # P(1) = 0.7
@@ -47,6 +47,7 @@ def test_registered_deterministic_and_split_disjoint(name):
   again = tasks.get_task(config.data, 0)
   assert [task.example("train", i) for i in range(30)] == [again.example("train", i) for i in range(30)]
   from lime_jax.data import base
+
   for i in range(200):  # hash-split variants (sum / ones have one question per length: not split)
     for split in ("train", "test"):
       e = task.example(split, i)

@@ -29,8 +29,9 @@ def _covariance(samples_ND: np.ndarray) -> np.ndarray:
   cov = np.zeros((d, d))
   for k in range(d):
     for kk in range(d):
-      cov[k, kk] = sum((samples_ND[j, k] - mean[k]) * (samples_ND[j, kk] - mean[kk])
-                       for j in range(n)) / (n - 1)
+      cov[k, kk] = sum((samples_ND[j, k] - mean[k]) * (samples_ND[j, kk] - mean[kk]) for j in range(n)) / (
+        n - 1
+      )
   return cov
 
 
@@ -193,11 +194,15 @@ def test_no_counted_positions_gives_zero():
 def test_variance_hinge_is_zero_when_std_at_least_one(variant):
   g = np.random.default_rng(8)
   z = g.standard_normal((16, 3, 5))
-  z = (z - z.mean(axis=(0, 1), keepdims=True)) if variant == "batch_length" else (
-      z - z.mean(axis=0, keepdims=True))
+  z = (
+    (z - z.mean(axis=(0, 1), keepdims=True))
+    if variant == "batch_length"
+    else (z - z.mean(axis=0, keepdims=True))
+  )
   axes = (0, 1) if variant == "batch_length" else (0,)
-  x = (z / z.std(axis=axes, ddof=1, keepdims=True)
-       * g.uniform(1.0, 3.0, size=(1, 1, 5))).astype(np.float32)  # per-feature std in [1, 3].
+  x = (z / z.std(axis=axes, ddof=1, keepdims=True) * g.uniform(1.0, 3.0, size=(1, 1, 5))).astype(
+    np.float32
+  )  # per-feature std in [1, 3].
   fn = lambda x: seq_vcr_loss(x, lambda1=1.0, lambda2=0.0, variant=variant)
   out = fn(x)
   assert float(out["variance"]) == 0.0 and float(out["loss"]) == 0.0
@@ -257,9 +262,14 @@ _SHARDING_SCRIPT = textwrap.dedent("""
 
 
 def test_value_and_gradient_do_not_depend_on_batch_sharding():
-  env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", _SHARDING_SCRIPT], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+  env = dict(
+    os.environ,
+    PYTHONPATH=str(REPO),
+    XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    JAX_PLATFORMS="cpu",
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", _SHARDING_SCRIPT], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+  )
   assert result.returncode == 0, result.stdout + result.stderr
   assert result.stdout.count("ok ") == 4, result.stdout

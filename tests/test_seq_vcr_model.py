@@ -50,14 +50,22 @@ def _reference_aux(model, params, cfg, tokens, mask, answer_mask=None):
     z = out.collected["hidden"][l]
     if cfg.seq_vcr.proj_dim:
       z = z @ params["seq_vcr_proj"][k]
-    terms = seq_vcr_loss(z, mask, lambda1=cfg.seq_vcr.lambda1, lambda2=cfg.seq_vcr.lambda2,
-                         eta=cfg.seq_vcr.eta, variant=cfg.seq_vcr.variant)
+    terms = seq_vcr_loss(
+      z,
+      mask,
+      lambda1=cfg.seq_vcr.lambda1,
+      lambda2=cfg.seq_vcr.lambda2,
+      eta=cfg.seq_vcr.eta,
+      variant=cfg.seq_vcr.variant,
+    )
     variance, covariance = variance + terms["variance"], covariance + terms["covariance"]
   return variance, covariance
 
 
-@pytest.mark.parametrize("layers,proj_dim,variant", [((-1,), 8, "per_position"), ((0, 2), 8, "per_position"),
-                                                      ((1,), 0, "batch_length")])
+@pytest.mark.parametrize(
+  "layers,proj_dim,variant",
+  [((-1,), 8, "per_position"), ((0, 2), 8, "per_position"), ((1,), 0, "batch_length")],
+)
 def test_hook_in_scan_equals_loss_on_collected_layers(layers, proj_dim, variant):
   c = _config(layers=layers, proj_dim=proj_dim, variant=variant)
   cfg, model, params = _model(c)
@@ -100,8 +108,12 @@ def test_regularize_off_for_eval_and_decoding_and_logits_unchanged():
 
 def _batch(tokens):
   rng = np.random.default_rng(0)
-  return {"inputs": tokens, "targets": jnp.asarray(rng.integers(1, V, (B, T))),
-          "loss_mask": jnp.ones((B, T)), "answer_mask": jnp.ones((B, T))}
+  return {
+    "inputs": tokens,
+    "targets": jnp.asarray(rng.integers(1, V, (B, T))),
+    "loss_mask": jnp.ones((B, T)),
+    "answer_mask": jnp.ones((B, T)),
+  }
 
 
 def test_projection_is_trained_only_by_the_seq_vcr_term():
@@ -109,8 +121,9 @@ def test_projection_is_trained_only_by_the_seq_vcr_term():
   batch = _batch(_tokens())
   (loss, stats), grads = jax.value_and_grad(step_lib.loss_fn, has_aux=True)(params, model, batch)
   # loss_fn logs CE and both terms separately; the loss is their sum.
-  np.testing.assert_allclose(loss, stats["ce"] + stats["aux/seq_vcr_variance"]
-                             + stats["aux/seq_vcr_covariance"], rtol=1e-6)
+  np.testing.assert_allclose(
+    loss, stats["ce"] + stats["aux/seq_vcr_variance"] + stats["aux/seq_vcr_covariance"], rtol=1e-6
+  )
 
   def ce_only(p):
     logits, _ = model.apply({"params": p}, batch["inputs"])
@@ -139,15 +152,25 @@ def test_lime_topology_regularises_the_stack_output():
   np.testing.assert_allclose(out.aux["seq_vcr_variance"], variance, rtol=1e-5)
   np.testing.assert_allclose(out.aux["seq_vcr_covariance"], covariance, rtol=1e-5, atol=1e-9)
   # Gradients flow through the custom-VJP stack into the layers.
-  g = jax.grad(lambda p: model.apply({"params": p}, tokens, regularize=True)[1].aux["seq_vcr_variance"]
-               )(params)
+  g = jax.grad(lambda p: model.apply({"params": p}, tokens, regularize=True)[1].aux["seq_vcr_variance"])(
+    params
+  )
   assert float(jnp.max(jnp.abs(g["layers"]["wq"]))) > 0.0
 
 
-@pytest.mark.parametrize("field,value,match", [
-    ("layers", (0,), "final block only"), ("layers", (3,), r"in \[-3, 2\]"), ("layers", (2, -1), "twice"),
-    ("variant", "rows", "variant"), ("positions", "middle", "positions"), ("eta", 0.0, "eta"),
-    ("proj_dim", -1, "proj_dim"), ("lambda2", -0.1, "lambda2")])
+@pytest.mark.parametrize(
+  "field,value,match",
+  [
+    ("layers", (0,), "final block only"),
+    ("layers", (3,), r"in \[-3, 2\]"),
+    ("layers", (2, -1), "twice"),
+    ("variant", "rows", "variant"),
+    ("positions", "middle", "positions"),
+    ("eta", 0.0, "eta"),
+    ("proj_dim", -1, "proj_dim"),
+    ("lambda2", -0.1, "lambda2"),
+  ],
+)
 def test_config_errors_name_the_field(field, value, match):
   c = _config()
   if field == "layers" and value == (0,):
@@ -183,9 +206,14 @@ def _experiment(name):
   return module
 
 
-@pytest.mark.parametrize("name,presets", [("seqvcr_mult", ("default", "tiny", "4x4", "5x5")),
-                                          ("seqvcr_arith", ("default", "tiny", "ops4", "ops5", "ops6")),
-                                          ("seqvcr_lis", ("default", "tiny", "len50", "len80", "len100"))])
+@pytest.mark.parametrize(
+  "name,presets",
+  [
+    ("seqvcr_mult", ("default", "tiny", "4x4", "5x5")),
+    ("seqvcr_arith", ("default", "tiny", "ops4", "ops5", "ops6")),
+    ("seqvcr_lis", ("default", "tiny", "len50", "len80", "len100")),
+  ],
+)
 def test_experiment_presets_and_arms_validate(name, presets, monkeypatch):
   monkeypatch.chdir(REPO)  # the official test file path is relative to the repository root
   module = _experiment(name)

@@ -27,8 +27,14 @@ SLOW_JOBS = ("baseline=all", "lime=all", "vcr=all")
 
 def _run_worker(out_dir, jobs) -> dict:
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  proc = subprocess.run([sys.executable, WORKER, str(out_dir), *jobs], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=900)
+  proc = subprocess.run(
+    [sys.executable, WORKER, str(out_dir), *jobs],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   with open(os.path.join(out_dir, "info.json"), encoding="utf-8") as f:
     return json.load(f)
@@ -123,8 +129,9 @@ def test_each_variant_on_every_mesh(tmp_path):
 def test_logical_to_spec_rules_and_fallbacks():
   sizes = {"data": 2, "fsdp": 2, "tensor": 2}
   assert shard_lib.logical_to_spec(("batch", "length", "embed"), (8, 4, 6), sizes) == P(("data", "fsdp"))
-  assert shard_lib.logical_to_spec(("layers", "embed", "heads", "kv"), (3, 32, 8, 4), sizes) == \
-      P(None, "fsdp", "tensor")
+  assert shard_lib.logical_to_spec(("layers", "embed", "heads", "kv"), (3, 32, 8, 4), sizes) == P(
+    None, "fsdp", "tensor"
+  )
   # 61 is not divisible by tensor=2: replicated; embed still takes fsdp.
   assert shard_lib.logical_to_spec(("vocab", "embed"), (61, 32), sizes) == P(None, "fsdp")
   # Batch 6 on data x fsdp = 4 does not divide: replicated.
@@ -138,10 +145,25 @@ def test_logical_to_spec_rules_and_fallbacks():
 def test_every_parameter_of_every_router_has_logical_axes():
   from lime_jax.model import ModelConfig, init_params
   from lime_jax.model.model_config import LimeConfig
-  for topology, router, tie in (("plain", "kv", False), ("lime", "kv", True), ("lime", "static", True),
-                                ("lime", "dynamic", True), ("lime", "top_p", True)):
-    cfg = ModelConfig(vocab_size=16, num_layers=2, d_model=16, num_heads=2, num_kv_heads=2, ffn_dim=32,
-                      topology=topology, tie_embeddings=tie, lime=LimeConfig(router=router))
+
+  for topology, router, tie in (
+    ("plain", "kv", False),
+    ("lime", "kv", True),
+    ("lime", "static", True),
+    ("lime", "dynamic", True),
+    ("lime", "top_p", True),
+  ):
+    cfg = ModelConfig(
+      vocab_size=16,
+      num_layers=2,
+      d_model=16,
+      num_heads=2,
+      num_kv_heads=2,
+      ffn_dim=32,
+      topology=topology,
+      tie_embeddings=tie,
+      lime=LimeConfig(router=router),
+    )
     params = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
     axes = shard_lib.param_logical_axes(params)
     assert len(jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, tuple))) == len(jax.tree.leaves(params))
@@ -152,6 +174,7 @@ def test_every_topology_and_seq_vcr_parameter_has_a_rule():
   """A new parameter outside params['router'] needs a PARAM_AXES entry (else it is replicated)."""
   from lime_jax import config as config_lib
   from lime_jax.model import ModelConfig, init_params
+
   for topology in config_lib.TOPOLOGIES:
     config = config_lib.default_config()
     config.model.update(vocab_size=16, num_layers=2, d_model=16, num_heads=2, ffn_dim=32, topology=topology)
@@ -175,10 +198,14 @@ def test_constrain_is_a_no_op_outside_a_mesh():
 
 def test_optimizer_moments_take_their_parameters_rule():
   mesh = jax.make_mesh((1, 1, 1), shard_lib.MESH_AXES)
-  tree = {"params": {"layers": {"wq": jax.ShapeDtypeStruct((2, 4, 2, 2), jnp.float32)}},
-          "opt": {"mu": {"layers": {"wq": jax.ShapeDtypeStruct((2, 4, 2, 2), jnp.float32)}},
-                  "count": jax.ShapeDtypeStruct((), jnp.int32),
-                  "odd": jax.ShapeDtypeStruct((2, 4), jnp.float32)}}
+  tree = {
+    "params": {"layers": {"wq": jax.ShapeDtypeStruct((2, 4, 2, 2), jnp.float32)}},
+    "opt": {
+      "mu": {"layers": {"wq": jax.ShapeDtypeStruct((2, 4, 2, 2), jnp.float32)}},
+      "count": jax.ShapeDtypeStruct((), jnp.int32),
+      "odd": jax.ShapeDtypeStruct((2, 4), jnp.float32),
+    },
+  }
   shardings = shard_lib.tree_shardings(mesh, tree)
   assert shardings["opt"]["count"].spec == P() and shardings["opt"]["odd"].spec == P()
   sizes = {"data": 1, "fsdp": 2, "tensor": 2}
@@ -192,6 +219,7 @@ def test_comm_ops_counts_collectives_per_executed_step():
   """The benchmark's HLO parser: ops in a while body count trip-count times, bytes from result shapes."""
   sys.path.insert(0, os.path.join(REPO, "benchmarks"))
   import comm_ops
+
   hlo = """HloModule m
 
 %body (p: (s32[], f32[4,8])) -> (s32[], f32[4,8]) {
@@ -208,7 +236,7 @@ ENTRY %main (a: f32[4,8]) -> f32[4,8] {
   %w = (s32[], f32[4,8]) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"3"}}
   ROOT %rs = f32[1,8]{1,0} reduce-scatter(%a), dimensions={0}, to_apply=%add
 }
-"""
+"""  # noqa: E501 (an HLO line as XLA prints it)
   counts = comm_ops.count_collectives(hlo)
   assert counts["all-gather"] == {"count": 3, "bytes": 3 * 4 * 8 * 4}
   assert counts["all-reduce"] == {"count": 1, "bytes": 4 * 8 * 4 + 16 * 2}

@@ -14,9 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from lime_jax import caches
+from lime_jax import caches, timing
 from lime_jax import checkpoint as ckpt_lib
-from lime_jax import timing
 from lime_jax import train as train_lib
 from lime_jax.probes.runner import Progress
 
@@ -24,11 +23,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _main(workdir, cache_dir) -> tuple[dict, str]:
-  cmd = [sys.executable, "-m", "lime_jax.main", "--config=experiments/baseline.py:tiny",
-         f"--workdir={workdir}", "--config.train.num_steps=2", "--config.model.num_layers=1"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "lime_jax.main",
+    "--config=experiments/baseline.py:tiny",
+    f"--workdir={workdir}",
+    "--config.train.num_steps=2",
+    "--config.model.num_layers=1",
+  ]
   # Every compile is cached (no minimum time), so the counts below do not depend on the machine's speed.
-  env = {**os.environ, "LIME_JAX_CACHE_DIR": str(cache_dir),
-         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  env = {
+    **os.environ,
+    "LIME_JAX_CACHE_DIR": str(cache_dir),
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+  }
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -77,6 +86,7 @@ def test_compilation_cache_dir_setting(monkeypatch, tmp_path):
     jax.config.update("jax_enable_compilation_cache", before[1])
     jax.config.update("jax_compilation_cache_dir", before[0])
     from jax.experimental.compilation_cache import compilation_cache
+
     compilation_cache.reset_cache()
 
 
@@ -115,6 +125,7 @@ def test_step_timer_leaves_out_excluded_time():
 def _tiny_config(**train_overrides):
   sys.path.insert(0, REPO)
   from experiments import baseline
+
   config = baseline.get_config("tiny")
   config.train.update(async_checkpoint=False, **train_overrides)
   return config
@@ -145,8 +156,12 @@ def test_tokens_per_s_and_mfu_leave_out_checkpoint_and_eval_time(tmp_path, monke
   assert step4["tokens_per_s"] > 2 / 1.0 * tokens_per_step
   report = json.loads((workdir / "compile_report.json").read_text())
   steps_per_s = step4["tokens_per_s"] / tokens_per_step
-  expected_pct = 100 * steps_per_s * report["flops_per_step_analytic"] / (
-      report["peak_flops_per_device"] * jax.device_count())
+  expected_pct = (
+    100
+    * steps_per_s
+    * report["flops_per_step_analytic"]
+    / (report["peak_flops_per_device"] * jax.device_count())
+  )
   assert step4["mfu_pct"] == pytest.approx(expected_pct, rel=1e-6)
   assert "mfu" not in step4
 

@@ -13,8 +13,10 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from lime_jax.data import subword
 
-_WORDS = ("the quick brown fox jumps over lazy dogs while seven wizards quietly judge boxing "
-          "matches in zürich and a café").split()
+_WORDS = (
+  "the quick brown fox jumps over lazy dogs while seven wizards quietly judge boxing "
+  "matches in zürich and a café"
+).split()
 _TEXT = "the lazy café wizards judge zürich, quietly!"
 
 
@@ -27,8 +29,9 @@ def _train_bpe(specials: list[str]) -> tokenizers.Tokenizer:
   tok = tokenizers.Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  trainer = trainers.BpeTrainer(
+    vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+  )
   tok.train_from_iterator(_lines(), trainer)
   return tok
 
@@ -54,16 +57,17 @@ def test_hf_json_matches_the_tokenizers_library(tmp_path):
 def test_hf_folder_reads_config_specials_and_appends_pauses(tmp_path):
   ref = _train_bpe(["<s>", "</s>", "<pad>", "<unk>"])
   ref.save(str(tmp_path / "tokenizer.json"))
-  (tmp_path / "tokenizer_config.json").write_text(json.dumps(
-      {"bos_token": {"content": "<s>"}, "eos_token": "</s>", "pad_token": "<pad>"}))
+  (tmp_path / "tokenizer_config.json").write_text(
+    json.dumps({"bos_token": {"content": "<s>"}, "eos_token": "</s>", "pad_token": "<pad>"})
+  )
   tok = subword.load_tokenizer(str(tmp_path), pause_tokens=True)
-  assert (tok.bos_id, tok.eos_id, tok.pad_id) == tuple(ref.token_to_id(t) for t in ("<s>", "</s>",
-                                                                                    "<pad>"))
+  assert (tok.bos_id, tok.eos_id, tok.pad_id) == tuple(ref.token_to_id(t) for t in ("<s>", "</s>", "<pad>"))
   assert (tok.pause_start_id, tok.pause_id, tok.pause_end_id) == (300, 301, 302)
   assert tok.vocab_size == 303
   ids = tok.encode("the fox")
   assert tok.decode(ids + [300, 301, 302] + ids + [tok.pad_id] * 3) == (
-      "the fox<pause_start><pause><pause_end>the fox")
+    "the fox<pause_start><pause><pause_end>the fox"
+  )
   (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|missing|>"}))
   with pytest.raises(ValueError, match=r"eos_token '<\|missing\|>'.*not in its vocabulary"):
     subword.load_tokenizer(str(tmp_path))
@@ -86,8 +90,9 @@ def test_errors_name_the_fix(tmp_path):
 def test_sentencepiece_matches_the_library(tmp_path):
   spm = pytest.importorskip("sentencepiece")
   buf = io.BytesIO()
-  spm.SentencePieceTrainer.train(sentence_iterator=iter(_lines()), model_writer=buf, vocab_size=40,
-                                 pad_id=3, minloglevel=2)
+  spm.SentencePieceTrainer.train(
+    sentence_iterator=iter(_lines()), model_writer=buf, vocab_size=40, pad_id=3, minloglevel=2
+  )
   (tmp_path / "sp.model").write_bytes(buf.getvalue())
   ref = spm.SentencePieceProcessor(model_file=str(tmp_path / "sp.model"))
   tok = subword.load_tokenizer(str(tmp_path / "sp.model"), pause_tokens=True)

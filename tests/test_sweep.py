@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import pathlib
+import subprocess
+import sys
 
 from lime_jax import sweep
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_member_command_and_name():
@@ -12,8 +18,15 @@ def test_member_command_and_name():
   assert member.name == "default-baseline_num_steps=10_s1"
   assert member.group == "default-baseline_num_steps=10"
   cmd = sweep.member_command("experiments/lime_deep.py", member, "/tmp/w", python="python")
-  assert cmd == ["python", "-m", "lime_jax.main", "--config=experiments/lime_deep.py:default,baseline",
-                 "--workdir=/tmp/w", "--config.seed=1", "--config.train.num_steps=10"]
+  assert cmd == [
+    "python",
+    "-m",
+    "lime_jax.main",
+    "--config=experiments/lime_deep.py:default,baseline",
+    "--workdir=/tmp/w",
+    "--config.seed=1",
+    "--config.train.num_steps=10",
+  ]
 
 
 def test_summary_table_and_plot(tmp_path):
@@ -22,14 +35,22 @@ def test_summary_table_and_plot(tmp_path):
   workdir.mkdir()
   (workdir / "final_metrics.json").write_text(json.dumps({"status": "preempted", "train": {"loss": 0.5}}))
   assert not sweep.is_finished(str(workdir))  # an interrupted member is resumed, not skipped
-  (workdir / "final_metrics.json").write_text(json.dumps(
-      {"status": "completed", "train": {"loss": 0.5},
-       "eval": {"ce": 0.7, "token_accuracy": 0.6, "exact_match": 0.3}}))
+  (workdir / "final_metrics.json").write_text(
+    json.dumps(
+      {
+        "status": "completed",
+        "train": {"loss": 0.5},
+        "eval": {"ce": 0.7, "token_accuracy": 0.6, "exact_match": 0.3},
+      }
+    )
+  )
   assert sweep.is_finished(str(workdir))
   (workdir / "compile_report.json").write_text(json.dumps({"params": 123, "memory/temp_size_mib": 4.0}))
-  records = [{"step": 100, "split": "train", "loss": 0.9, "tokens_per_s": 1000.0},
-             {"step": 200, "split": "train", "loss": 0.6, "tokens_per_s": 3000.0},
-             {"step": 200, "split": "eval", "exact_match": 0.3}]
+  records = [
+    {"step": 100, "split": "train", "loss": 0.9, "tokens_per_s": 1000.0},
+    {"step": 200, "split": "train", "loss": 0.6, "tokens_per_s": 3000.0},
+    {"step": 200, "split": "eval", "exact_match": 0.3},
+  ]
   (workdir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records))
   row = sweep.member_summary(member, str(workdir))
   assert row["eval_exact_match"] == 0.3 and row["params"] == 123
@@ -43,17 +64,116 @@ def test_summary_table_and_plot(tmp_path):
 
 
 def test_seed_aggregation_is_mean_and_sample_std_per_group():
-  rows = [{"member": f"a_s{s}", "group": "a", "seed": s, "params": 10, "eval_exact_match": v,
-           "eval_entropy": None, "spec": "a"} for s, v in ((0, 0.2), (1, 0.4), (2, 0.9))]
-  rows.append({"member": "b_s0", "group": "b", "seed": 0, "params": 10, "eval_exact_match": 0.5,
-               "eval_entropy": 2.0, "spec": "b"})
+  rows = [
+    {
+      "member": f"a_s{s}",
+      "group": "a",
+      "seed": s,
+      "params": 10,
+      "eval_exact_match": v,
+      "eval_entropy": None,
+      "spec": "a",
+    }
+    for s, v in ((0, 0.2), (1, 0.4), (2, 0.9))
+  ]
+  rows.append(
+    {
+      "member": "b_s0",
+      "group": "b",
+      "seed": 0,
+      "params": 10,
+      "eval_exact_match": 0.5,
+      "eval_entropy": 2.0,
+      "spec": "b",
+    }
+  )
   by_group = {r["group"]: r for r in sweep.aggregate_seeds(rows)}
   a = by_group["a"]
   assert a["seeds"] == "0 1 2" and a["params"] == 10 and "seed_mean" not in a
   assert abs(a["eval_exact_match_mean"] - 0.5) < 1e-12
   # sample std of (0.2, 0.4, 0.9): sqrt(((-0.3)^2 + (-0.1)^2 + 0.4^2) / 2) = sqrt(0.13)
-  assert abs(a["eval_exact_match_std"] - 0.13 ** 0.5) < 1e-12
+  assert abs(a["eval_exact_match_std"] - 0.13**0.5) < 1e-12
   assert "eval_entropy_mean" not in a  # no seed of group a has it
   assert by_group["b"]["eval_exact_match_std"] == 0.0 and by_group["b"]["eval_entropy_mean"] == 2.0
   table = sweep.seed_table(sweep.aggregate_seeds(rows))
   assert "| a | 0 1 2 | 0.5 ± 0.36 |" in table
+
+
+def _finished_member(directory, name, exact_match):
+  """A member workdir holding only the result files a finished sweep member leaves."""
+  workdir = directory / name
+  workdir.mkdir(parents=True)
+  (workdir / "final_metrics.json").write_text(
+    json.dumps({"status": "completed", "train": {"loss": 1.0}, "eval": {"greedy_exact_match": exact_match}})
+  )
+  (workdir / "compile_report.json").write_text(json.dumps({"params": 10}))
+  (workdir / "metrics.jsonl").write_text(json.dumps({"step": 1, "split": "train", "loss": 1.0}) + "\n")
+  (workdir / "wall_time.json").write_text(json.dumps({"seconds": 120.0}))
+  return workdir
+
+
+def test_a_variation_with_the_presets_own_values_reuses_the_finished_plain_member(tmp_path):
+  config = "experiments/seqvcr_mult.py"
+  own = sweep.Member("tiny,seqvcr_pause", 1, (), ("model.seq_vcr.lambda1=1.0", "model.seq_vcr.lambda2=0.004"))
+  other = sweep.Member(
+    "tiny,seqvcr_pause", 1, (), ("model.seq_vcr.lambda1=0.5", "model.seq_vcr.lambda2=0.004")
+  )
+  proj = sweep.Member("tiny,seqvcr_pause", 1, (), ("model.seq_vcr.proj_dim=64",))  # tiny's projection
+  arms = tmp_path / "arms"
+  assert sweep.reusable_source(config, own, [str(arms)]) is None  # nothing finished there yet
+  source = _finished_member(arms, "tiny-seqvcr_pause_s1", 0.75)
+  assert sweep.reusable_source(config, own, [str(arms)]) == str(source)
+  assert sweep.reusable_source(config, proj, [str(arms)]) == str(source)
+  assert sweep.reusable_source(config, other, [str(arms)]) is None  # another lambda1: must train
+  assert sweep.reusable_source(config, own, []) is None
+
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "lime_jax.sweep",
+      f"--config={config}",
+      "--specs=tiny,seqvcr_pause",
+      "--vary=model.seq_vcr.lambda1=1.0 model.seq_vcr.lambda2=0.004",
+      "--seeds=1",
+      f"--workdir={tmp_path / 'lambdas'}",
+      f"--reuse={arms}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  member = tmp_path / "lambdas" / own.name
+  assert "reusing its results" in proc.stdout and not (member / "checkpoints").exists()  # not trained
+  assert (member / "reused_from.txt").read_text().strip() == str(source)
+  rows = list(csv.DictReader((tmp_path / "lambdas" / "results.csv").open()))
+  assert [(r["member"], float(r["eval_greedy_exact_match"]), float(r["wall_min"])) for r in rows] == [
+    (own.name, 0.75, 2.0)
+  ]
+
+
+def test_preset_value_comparison_parses_the_override():
+  import ml_collections
+
+  config = ml_collections.ConfigDict({"a": {"x": 0.004, "n": 2048, "s": "kv", "t": (1, 2)}})
+  assert sweep.is_preset_value(config, "a.x=4e-3") and sweep.is_preset_value(config, "a.n=2048.0")
+  assert sweep.is_preset_value(config, "a.s=kv") and sweep.is_preset_value(config, "a.t=(1,2)")
+  assert not sweep.is_preset_value(config, "a.n=512") and not sweep.is_preset_value(config, "a.y=1")
+
+
+def test_curve_table_pools_seeds_at_every_eval_step(tmp_path):
+  members = [sweep.Member("a", seed, ()) for seed in (0, 1)] + [sweep.Member("b", 0, ())]
+  evals = {"a_s0": {10: 0.2, 20: 0.6}, "a_s1": {10: 0.4, 20: 1.0}, "b_s0": {10: 0.5}}
+  for name, points in evals.items():
+    (tmp_path / name).mkdir()
+    lines = [{"step": 10, "split": "train", "exact_match": 0.9}]
+    lines += [{"step": s, "split": "eval", "exact_match": v} for s, v in points.items()]
+    (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+  table = sweep.curve_table(members, str(tmp_path)).splitlines()
+  assert table[0] == "| exact_match at step | 10 | 20 |"
+  assert table[2:5] == ["| a_s0 | 0.200 | 0.600 |", "| a_s1 | 0.400 | 1.000 |", "| b_s0 | 0.500 |  |"]
+  # a: mean 0.3, sample std 0.141 at step 10; mean 0.8, std 0.283 at step 20
+  assert table[5] == "| a (mean ± std (seeds)) | 0.300 ± 0.14 (2) | 0.800 ± 0.28 (2) |"
+  assert table[6] == "| b (mean ± std (seeds)) | 0.500 ± 0.00 (1) |  |"

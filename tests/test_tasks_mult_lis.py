@@ -10,15 +10,23 @@ import pytest
 from lime_jax.config import default_config, validate
 from lime_jax.data import base, pipeline, tasks
 from lime_jax.data.lis import LisTask, NumberTokenizer, lis_ending_at
-from lime_jax.data.multiplication import (MultiplicationTask, format_example, format_line,
-                                          official_test_file, parse_operands, read_eval_file)
+from lime_jax.data.multiplication import (
+  MultiplicationTask,
+  format_example,
+  format_line,
+  official_test_file,
+  parse_operands,
+  read_eval_file,
+)
 
 DATA = official_test_file(4).parent  # the packaged copy of ../shared/data/multiplication/
 OFFICIAL = {n: DATA / f"{n}x{n}_test.txt" for n in (4, 5)}
 # sha256 of the official files as distributed (../shared/data/multiplication/): the packaged copies
 # must be those bytes, so every test below checks against the real files.
-OFFICIAL_SHA256 = {4: "7aeb64139bc14b869e72016d8873ae68c1114093b7b78ba4e33966beb699d786",
-                   5: "b4ea09fc6c925ab3ca46f1e56f0c1bbf858264ef1b0589564b220c7c015fa665"}
+OFFICIAL_SHA256 = {
+  4: "7aeb64139bc14b869e72016d8873ae68c1114093b7b78ba4e33966beb699d786",
+  5: "b4ea09fc6c925ab3ca46f1e56f0c1bbf858264ef1b0589564b220c7c015fa665",
+}
 
 
 # ------------------------------------------------------------------------------- multiplication
@@ -34,13 +42,14 @@ def test_formatter_reproduces_every_official_line(n):
   assert ("\n".join(rebuilt) + "\n").encode("ascii") == raw
   for line in lines[:-1]:  # operands have exactly n digits (most-significant digit non-zero).
     a, b = parse_operands(line)
-    assert 10**(n - 1) <= a < 10**n and 10**(n - 1) <= b < 10**n
+    assert 10 ** (n - 1) <= a < 10**n and 10 ** (n - 1) <= b < 10**n
 
 
 def test_format_small_cases_by_hand():
   # 123 * 456: partial products 738, 6150, 49200; running sum 6888 after the 2nd; C = 056088.
   assert format_line(123, 456, 3, cot=True) == (
-      "3 2 1 * 6 5 4||8 3 7 0 + 0 5 1 6 0 ( 8 8 8 6 0 ) + 0 0 2 9 4 0 #### 8 8 0 6 5 0")
+    "3 2 1 * 6 5 4||8 3 7 0 + 0 5 1 6 0 ( 8 8 8 6 0 ) + 0 0 2 9 4 0 #### 8 8 0 6 5 0"
+  )
   # No CoT: the official target keeps the marker (`'####' + C`); the bare product is an option.
   assert format_line(123, 456, 3, cot=False) == "3 2 1 * 6 5 4||#### 8 8 0 6 5 0"
   assert format_line(123, 456, 3, cot=False, marker=False) == "3 2 1 * 6 5 4||8 8 0 6 5 0"
@@ -48,7 +57,6 @@ def test_format_small_cases_by_hand():
   assert format_line(12, 34, 2, cot=True) == "2 1 * 4 3||8 4 0 + 0 6 3 0 #### 8 0 4 0"
   with pytest.raises(ValueError, match="exactly n=3 digits"):
     format_line(12, 456, 3, cot=True)
-
 
 
 @pytest.mark.parametrize("marker", [True, False])
@@ -64,6 +72,7 @@ def test_multiplication_config_selects_the_no_cot_marker(marker):
   assert ex.answer.startswith("#### ") == marker
   assert len(ex.answer.split()) == 6 + (1 if marker else 0)
 
+
 @pytest.mark.parametrize("n", [3, 4])
 @pytest.mark.parametrize("cot", [False, True])
 def test_multiplication_examples_are_correct_and_deterministic(n, cot):
@@ -73,7 +82,7 @@ def test_multiplication_examples_are_correct_and_deterministic(n, cot):
       ex = task.example(split, i)
       assert ex == MultiplicationTask(n, cot=cot, seed=3).example(split, i)
       a, b = parse_operands(ex.question)
-      assert 10**(n - 1) <= a < 10**n and 10**(n - 1) <= b < 10**n
+      assert 10 ** (n - 1) <= a < 10**n and 10 ** (n - 1) <= b < 10**n
       assert ex.question.endswith("||")
       assert ex.question + ex.answer == format_line(a, b, n, cot)
       product = ex.answer.split("####")[-1]
@@ -97,8 +106,7 @@ def test_official_eval_file_is_test_split_and_never_trained_on(n):
   template = str(DATA / "{n}x{n}_test.txt")
   task = MultiplicationTask(n, cot=True, seed=0, eval_file=template)
   lines = OFFICIAL[n].read_text().splitlines()
-  assert [task.example("test", i).question + task.example("test", i).answer
-          for i in range(5)] == lines[:5]
+  assert [task.example("test", i).question + task.example("test", i).answer for i in range(5)] == lines[:5]
   assert task.example("test", 999).question + task.example("test", 999).answer == lines[999]
   with pytest.raises(ValueError, match="past the 1000 lines"):
     task.example("test", 1000)
@@ -110,8 +118,9 @@ def test_official_eval_file_is_test_split_and_never_trained_on(n):
     assert parse_operands(task.example("train", i).question) not in official
   outside = lambda pair: not base.in_test_region(format_example(*pair, n, cot=True).question, 0.01)
   trap = [pair for pair in sorted(official) if outside(pair)][:2]  # only the exclusion rejects them.
-  fresh = next(p for p in ((10**n - 1 - k, 10**n - 1) for k in range(100))
-               if outside(p) and p not in official)
+  fresh = next(
+    p for p in ((10**n - 1 - k, 10**n - 1) for k in range(100)) if outside(p) and p not in official
+  )
   draws = [*trap, fresh]
   forced = MultiplicationTask(n, cot=True, seed=0, eval_file=template)
   forced._draw = lambda rng: draws.pop(0)
@@ -221,9 +230,10 @@ def _config(task: str, seq_len: int):
   return c
 
 
-@pytest.mark.parametrize("task,cot,seq_len", [("multiplication", False, 20),
-                                              ("multiplication", True, 44), ("lis", False, 13),
-                                              ("lis", True, 24)])
+@pytest.mark.parametrize(
+  "task,cot,seq_len",
+  [("multiplication", False, 20), ("multiplication", True, 44), ("lis", False, 13), ("lis", True, 24)],
+)
 def test_pipeline_builds_batches(task, cot, seq_len):
   c = _config(task, seq_len)
   c.data[task].cot = cot
@@ -239,9 +249,13 @@ def test_pipeline_builds_batches(task, cot, seq_len):
   assert batch["inputs"].shape == (4, seq_len)
   for row in range(4):
     ex = built.example("train", row)
-    seq = [built.tokenizer.bos_id, *built.tokenizer.encode(ex.question),
-           *built.tokenizer.encode(ex.answer), built.tokenizer.eos_id]
-    np.testing.assert_array_equal(batch["inputs"][row][:len(seq) - 1], seq[:-1])
+    seq = [
+      built.tokenizer.bos_id,
+      *built.tokenizer.encode(ex.question),
+      *built.tokenizer.encode(ex.answer),
+      built.tokenizer.eos_id,
+    ]
+    np.testing.assert_array_equal(batch["inputs"][row][: len(seq) - 1], seq[:-1])
     assert batch["answer_mask"][row].sum() == len(built.tokenizer.encode(ex.answer)) + 1
   evals = pipeline.make_eval_batches(c)
   assert [b["inputs"].shape for b in evals] == [(4, seq_len)] * 2
@@ -257,13 +271,18 @@ def test_pipeline_reads_official_eval_file():
   first = task.example("test", 0)
   batch = pipeline.make_eval_batches(c)[0]
   want = task.tokenizer.encode(first.question)
-  np.testing.assert_array_equal(batch["inputs"][0][1:1 + len(want)], want)
+  np.testing.assert_array_equal(batch["inputs"][0][1 : 1 + len(want)], want)
   assert first.question + first.answer == "1 3 4 5 * 8 1 9 3||#### 8 5 6 8 7 2 1 2"
 
 
 def test_validate_rejects_bad_task_fields():
-  for field, value in (("multiplication.num_digits", 0), ("multiplication.test_fraction", 0.7),
-                       ("lis.length", 2), ("lis.number_range", 60), ("lis.test_fraction", 0.0)):
+  for field, value in (
+    ("multiplication.num_digits", 0),
+    ("multiplication.test_fraction", 0.7),
+    ("lis.length", 2),
+    ("lis.number_range", 60),
+    ("lis.test_fraction", 0.0),
+  ):
     c = default_config()
     group, name = field.split(".")
     c.data[group][name] = value

@@ -13,18 +13,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny_model_config
 
 from lime_jax import decode, flops, info, sample, sweep, writers
 from lime_jax import train as train_lib
 from lime_jax.model import Transformer, init_params
-
-from conftest import tiny_model_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tiny(num_steps: int = 2):
   from experiments import baseline
+
   config = baseline.get_config("tiny")
   config.train.update(num_steps=num_steps, checkpoint_every=num_steps, async_checkpoint=False, log_every=1)
   return config
@@ -41,8 +41,9 @@ def trained(tmp_path_factory):
 def test_experiments_import_from_another_directory(tmp_path):
   code = "import experiments.baseline as b; print(b.get_config('tiny').model.num_layers)"
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                        env=env, timeout=120)
+  proc = subprocess.run(
+    [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.strip() == str(_tiny().model.num_layers)
 
@@ -53,7 +54,8 @@ def test_train_returns_final_state_and_metrics(trained):
   assert result.metrics["status"] == "completed" and result.metrics["step"] == 2
   assert int(result.state.step) == 2 and "ce" in result.metrics["eval"]
   assert train_lib.param_count(result.state.params) == train_lib.param_count(
-      jax.eval_shape(lambda r: init_params(result.run.model_cfg, r), jax.random.key(0)))
+    jax.eval_shape(lambda r: init_params(result.run.model_cfg, r), jax.random.key(0))
+  )
 
 
 # ------------------------------------------------------------------------------------ item 8: wandb
@@ -106,6 +108,7 @@ def test_wandb_is_off_by_default_and_missing_wandb_names_the_extra(tmp_path, mon
 
 def test_wandb_mode_is_validated():
   from lime_jax import config as config_lib
+
   config = _tiny()
   config.train.wandb.mode = "cloud"
   with pytest.raises(ValueError, match=r"config\.train\.wandb\.mode"):
@@ -153,8 +156,9 @@ def test_sampling_with_the_cache_matches_greedy_without_it():
   model = Transformer(cfg)
   tokens = np.asarray(prompt)
   for _ in range(6):  # greedy reference: a full forward per token, no cache
-    logits, _ = model.apply({"params": params}, jnp.asarray(tokens), jnp.broadcast_to(
-        jnp.arange(tokens.shape[1]), tokens.shape))
+    logits, _ = model.apply(
+      {"params": params}, jnp.asarray(tokens), jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    )
     tokens = np.concatenate([tokens, np.asarray(jnp.argmax(logits[:, -1], -1))[:, None]], axis=1)
   greedy = tokens[:, 4:]
   rng = jax.random.key(3)
@@ -173,9 +177,21 @@ def test_sample_cli_on_a_checkpoint(trained):
     sample.generate(workdir, "hello")
   with pytest.raises(ValueError, match=r"--top_p=0"):
     sample.generate(workdir, "1+2=", top_p=0.0)
-  proc = subprocess.run([sys.executable, "-m", "lime_jax.sample", f"--workdir={workdir}", "--prompt=1+2=",
-                         "--temperature=0", "--max_new_tokens=5"], cwd=REPO, capture_output=True,
-                        text=True, timeout=300)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "lime_jax.sample",
+      f"--workdir={workdir}",
+      "--prompt=1+2=",
+      "--temperature=0",
+      "--max_new_tokens=5",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.strip() == f"[0] 1+2={texts[0]}"
 
@@ -186,51 +202,94 @@ def test_info_reports_size_flops_and_memory_without_training(tmp_path):
   got = info.config_info(config)
   run = train_lib.build(config)
   assert got["params"] == train_lib.param_count(
-      jax.eval_shape(lambda r: init_params(run.model_cfg, r), jax.random.key(0)))
+    jax.eval_shape(lambda r: init_params(run.model_cfg, r), jax.random.key(0))
+  )
   assert got["flops_per_step_train"] == flops.train_flops_per_step(run.model_cfg, 8, config.data.seq_len)
   assert got["optimizer_state_mib"] > got["params_mib"] > 0  # Adam: two moments per parameter
   assert got["memory/temp_size_mib"] > 0 and got["memory/argument_size_mib"] > 0
-  proc = subprocess.run([sys.executable, "-m", "lime_jax.info", "--config=experiments/baseline.py:tiny",
-                         "--config.model.num_layers=3", "--json"], cwd=REPO, capture_output=True, text=True,
-                        timeout=300)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "lime_jax.info",
+      "--config=experiments/baseline.py:tiny",
+      "--config.model.num_layers=3",
+      "--json",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   three = json.loads(proc.stdout)
   assert three["model"]["num_layers"] == 3 and three["params"] > got["params"]
   assert "memory/temp_size_mib" in three
-  proc = subprocess.run([sys.executable, "-m", "lime_jax.info", "--config=experiments/baseline.py:tiny",
-                         "--config.model.d_model=30"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "lime_jax.info",
+      "--config=experiments/baseline.py:tiny",
+      "--config.model.d_model=30",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode != 0 and "config.model.d_model=30" in proc.stderr
 
 
 def test_info_needs_no_data_for_a_text_config():
   from experiments import baseline
+
   got = info.config_info(baseline.get_config("paper"), compile_step=False)  # no shards, no tokenizer here
-  assert 1.1e9 < got["params"] < 1.3e9 and got["model"]["vocab_size"] == 50257  # SPEC §1: 1.2B
+  assert 1.1e9 < got["params"] < 1.3e9 and got["model"]["vocab_size"] == 50257  # docs/methods.md §1: 1.2B
   assert "config.data" in got["data_not_checked"] and "memory/temp_size_mib" not in got
 
 
 # ------------------------------------------------------------------------------------ item 8: sweep CLI
 def _cli(module, *args):
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
-                        timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=300
+  )
 
 
 def test_sweep_and_compare_share_one_convention_and_print_portable_commands(tmp_path):
   config = os.path.join(REPO, "experiments", "lime_deep.py")  # absolute: printed relative to the repo
-  sweep_out = _cli("lime_jax.sweep", f"--config={config}", "--specs=tiny,lime", f"--workdir={tmp_path}/s",
-                   "--dry_run")
+  sweep_out = _cli(
+    "lime_jax.sweep", f"--config={config}", "--specs=tiny,lime", f"--workdir={tmp_path}/s", "--dry_run"
+  )
   assert sweep_out.returncode == 0, sweep_out.stderr[-2000:]
   assert sweep_out.stdout.split() == [
-      "python", "-m", "lime_jax.main", "--config=experiments/lime_deep.py:tiny,lime",
-      f"--workdir={tmp_path}/s/tiny-lime_s0", "--config.seed=0"]
-  compare_out = _cli("lime_jax.compare", "--config=experiments/compare_topologies.py", "--arms=plain,lime",
-                     "--seeds=0,1", f"--workdir={tmp_path}/c", "--set=train.num_steps=3", "--dry_run")
+    "python",
+    "-m",
+    "lime_jax.main",
+    "--config=experiments/lime_deep.py:tiny,lime",
+    f"--workdir={tmp_path}/s/tiny-lime_s0",
+    "--config.seed=0",
+  ]
+  compare_out = _cli(
+    "lime_jax.compare",
+    "--config=experiments/compare_topologies.py",
+    "--arms=plain,lime",
+    "--seeds=0,1",
+    f"--workdir={tmp_path}/c",
+    "--set=train.num_steps=3",
+    "--dry_run",
+  )
   assert compare_out.returncode == 0, compare_out.stderr[-2000:]
   lines = compare_out.stdout.strip().splitlines()
   assert len(lines) == 4 and all(l.startswith("python -m lime_jax.main --config=experiments/") for l in lines)
   assert sys.executable not in compare_out.stdout
-  old = _cli("lime_jax.sweep", "--config=experiments/lime_deep.py", "--specs=tiny,lime",
-             f"--root={tmp_path}/s", "--dry_run")
+  old = _cli(
+    "lime_jax.sweep",
+    "--config=experiments/lime_deep.py",
+    "--specs=tiny,lime",
+    f"--root={tmp_path}/s",
+    "--dry_run",
+  )
   assert old.returncode == 0 and "--root is deprecated; use --workdir" in old.stderr
   assert old.stdout == sweep_out.stdout
   missing = _cli("lime_jax.compare", "--config=experiments/compare_topologies.py", "--dry_run")

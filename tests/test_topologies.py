@@ -1,4 +1,5 @@
-"""Cross-layer topologies (SPEC §3): DenseFormer, Hyper-Connections, value residual (and plain / LIMe).
+"""Cross-layer topologies (docs/methods.md §3): DenseFormer, Hyper-Connections, value residual (and plain /
+LIMe).
 
 Every gradient test compares the scanned stack against `unrolled`: a Python loop over layers that writes
 each method's formulas literally (explicit sums over sources and streams, no padding, no custom VJP).
@@ -26,24 +27,33 @@ from lime_jax.model.model_config import DenseFormerConfig, HyperConnectionsConfi
 TOPOLOGIES = ("plain", "lime", "denseformer", "hyper_connections", "value_residual")
 # (topology, sub-config overrides) pairs covering each method's options.
 VARIANTS = {
-    "plain": ("plain", {}),
-    "lime": ("lime", {}),
-    "dwa": ("denseformer", {}),
-    "dwa_k2_p2": ("denseformer", {"denseformer": DenseFormerConfig(dilation=2, period=2, block_size=2)}),
-    "dwa_k3": ("denseformer", {"denseformer": DenseFormerConfig(dilation=3, block_size=4)}),
-    "hc_dynamic": ("hyper_connections", {}),
-    "hc_static3": ("hyper_connections", {"hyper_connections": HyperConnectionsConfig(3, dynamic=False)}),
-    "vres_fixed": ("value_residual", {}),
-    "vres_learned": ("value_residual", {"value_residual": ValueResidualConfig(learnable=True)}),
+  "plain": ("plain", {}),
+  "lime": ("lime", {}),
+  "dwa": ("denseformer", {}),
+  "dwa_k2_p2": ("denseformer", {"denseformer": DenseFormerConfig(dilation=2, period=2, block_size=2)}),
+  "dwa_k3": ("denseformer", {"denseformer": DenseFormerConfig(dilation=3, block_size=4)}),
+  "hc_dynamic": ("hyper_connections", {}),
+  "hc_static3": ("hyper_connections", {"hyper_connections": HyperConnectionsConfig(3, dynamic=False)}),
+  "vres_fixed": ("value_residual", {}),
+  "vres_learned": ("value_residual", {"value_residual": ValueResidualConfig(learnable=True)}),
 }
 
 
 def topo_cfg(name: str, **overrides) -> ModelConfig:
   """5 layers, GQA (R=2 < N=4); DenseFormer history blocks of 2 slots (3 blocks, one partial)."""
   topology, extra = VARIANTS[name]
-  base = dict(vocab_size=61, num_layers=5, d_model=32, num_heads=4, num_kv_heads=2, ffn_dim=64,
-              init_std=0.1, topology=topology, lime=LimeConfig(block_size=2),
-              denseformer=DenseFormerConfig(block_size=2))
+  base = dict(
+    vocab_size=61,
+    num_layers=5,
+    d_model=32,
+    num_heads=4,
+    num_kv_heads=2,
+    ffn_dim=64,
+    init_std=0.1,
+    topology=topology,
+    lime=LimeConfig(block_size=2),
+    denseformer=DenseFormerConfig(block_size=2),
+  )
   base.update(extra)
   base.update(overrides)
   return ModelConfig(**base)
@@ -121,6 +131,7 @@ def unrolled(cfg: ModelConfig, params: dict, h_BTD: jax.Array) -> jax.Array:
           v1["v"] = raw_BTRC[..., H:]
           return raw_BTRC
         return jnp.concatenate([raw_BTRC[..., :H], lam * v1["v"] + (1 - lam) * raw_BTRC[..., H:]], -1)
+
       h_BTD, _ = block.apply({"params": _layer(params, l)}, h_BTD, pos_BT, kv_mixer=kv_mixer)
     return h_BTD
   if cfg.topology == "hyper_connections":
@@ -156,8 +167,9 @@ def unrolled(cfg: ModelConfig, params: dict, h_BTD: jax.Array) -> jax.Array:
         rest_nBTD, beta_nBT1 = ctx
         return beta_nBT1 * out_BTD[None] + rest_nBTD
 
-      streams_nBTD, _ = block.apply({"params": _layer(params, l)}, streams_nBTD, pos_BT,
-                                    residual=Residual(read, write))
+      streams_nBTD, _ = block.apply(
+        {"params": _layer(params, l)}, streams_nBTD, pos_BT, residual=Residual(read, write)
+      )
     return jnp.sum(streams_nBTD, axis=0) / n
   raise ValueError(cfg.topology)
 
@@ -181,7 +193,8 @@ def test_init_reproduces_plain_logits(name):
   tokens_BT = jax.random.randint(jax.random.PRNGKey(2), (2, 7), 0, cfg.vocab_size)
   logits, _ = Transformer(cfg).apply({"params": params}, tokens_BT)
   plain_logits, _ = Transformer(dataclasses.replace(cfg, topology="plain")).apply(
-      {"params": plain_params}, tokens_BT)
+    {"params": plain_params}, tokens_BT
+  )
   assert float(jnp.max(jnp.abs(logits - plain_logits))) <= 1e-6
 
 
@@ -194,16 +207,18 @@ def test_causality_by_gradient(name):
   h_BTD = jax.random.normal(jax.random.PRNGKey(3), (2, 8, cfg.d_model))
   t = 3
   grad_BTD = jax.grad(lambda h: jnp.sum(run_stack(cfg, params, h)[:, t]))(h_BTD)
-  assert float(jnp.max(jnp.abs(grad_BTD[:, t + 1:]))) == 0.0
-  assert float(jnp.min(jnp.max(jnp.abs(grad_BTD[:, :t + 1]), axis=(0, 2)))) > 0.0
+  assert float(jnp.max(jnp.abs(grad_BTD[:, t + 1 :]))) == 0.0
+  assert float(jnp.min(jnp.max(jnp.abs(grad_BTD[:, : t + 1]), axis=(0, 2)))) > 0.0
 
 
 # Kept out of the default run (covered elsewhere): plain (tests/test_model.py unrolls it too) and the
 # dilation-3 DenseFormer (dilation is covered by dwa_k2_p2).
 _SLOW = {("plain", "none"), ("dwa_k3", "none")}
-GRAD_CASES = [pytest.param(n, p, marks=[pytest.mark.slow] if (n, p) in _SLOW else [])
-              for n, p in [(n, "none") for n in VARIANTS if n != "lime"]
-              + [("dwa", "full"), ("dwa_k2_p2", "save_dots"), ("hc_static3", "full")]]
+GRAD_CASES = [
+  pytest.param(n, p, marks=[pytest.mark.slow] if (n, p) in _SLOW else [])
+  for n, p in [(n, "none") for n in VARIANTS if n != "lime"]
+  + [("dwa", "full"), ("dwa_k2_p2", "save_dots"), ("hc_static3", "full")]
+]
 
 
 @pytest.mark.parametrize("name,policy", GRAD_CASES)
@@ -239,8 +254,9 @@ def test_denseformer_plain_scan_equals_memory_linear_stack():
 def test_parameter_counts():
   """DenseFormer L(L+3)/2 at dilation 1, period 1 (the paper's d(d+3)/2, d = depth); HC 2L n(n+2)
   static, + 2L(D(n+2) + 2) dynamic; value residual L stored lambdas (learnable) or none."""
-  count = lambda cfg: sum(x.size for x in jax.tree.leaves(
-      jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))))
+  count = lambda cfg: sum(
+    x.size for x in jax.tree.leaves(jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0))))
+  )
   plain = count(topo_cfg("plain"))
   L, D = 5, 32
   assert count(topo_cfg("dwa")) - plain == L * (L + 3) // 2 == dwa_param_count(topo_cfg("dwa"))
@@ -296,8 +312,16 @@ def test_collections_leave_logits_unchanged():
 
 
 def _grad_temp_bytes(L: int, topology: str) -> int:
-  cfg = topo_cfg("dwa", num_layers=L, d_model=32, num_heads=4, num_kv_heads=4, ffn_dim=32, topology=topology,
-                 denseformer=DenseFormerConfig(block_size=4))
+  cfg = topo_cfg(
+    "dwa",
+    num_layers=L,
+    d_model=32,
+    num_heads=4,
+    num_kv_heads=4,
+    ffn_dim=32,
+    topology=topology,
+    denseformer=DenseFormerConfig(block_size=4),
+  )
   params = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
   h_BTD = jax.ShapeDtypeStruct((4, 32, cfg.d_model), jnp.float32)
   grad = jax.jit(jax.grad(lambda p, h: jnp.sum(run_stack(cfg, p, h))))
@@ -336,8 +360,12 @@ def test_extra_flops():
 def test_config_validation_names_the_field():
   c = config_lib.default_config()
   assert set(TOPOLOGIES) == set(config_lib.TOPOLOGIES)
-  for field, value in [("denseformer.dilation", 0), ("denseformer.period", 0),
-                       ("hyper_connections.num_streams", 0), ("value_residual.init_lambda", 1.5)]:
+  for field, value in [
+    ("denseformer.dilation", 0),
+    ("denseformer.period", 0),
+    ("hyper_connections.num_streams", 0),
+    ("value_residual.init_lambda", 1.5),
+  ]:
     bad = config_lib.default_config()
     sub, key = field.split(".")
     bad.model[sub][key] = value

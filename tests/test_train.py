@@ -22,6 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def tiny_config(**train_overrides):
   sys.path.insert(0, REPO)
   from experiments import baseline
+
   config = baseline.get_config("tiny")
   config.train.update(async_checkpoint=False, **train_overrides)
   return config
@@ -30,8 +31,15 @@ def tiny_config(**train_overrides):
 def test_main_end_to_end(tmp_path):
   """`python -m lime_jax.main` trains a tiny config and writes every artefact the README lists."""
   workdir = tmp_path / "run"
-  cmd = [sys.executable, "-m", "lime_jax.main", "--config=experiments/baseline.py:tiny",
-         f"--workdir={workdir}", "--config.train.num_steps=4", "--config.model.num_layers=3"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "lime_jax.main",
+    "--config=experiments/baseline.py:tiny",
+    f"--workdir={workdir}",
+    "--config.train.num_steps=4",
+    "--config.model.num_layers=3",
+  ]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "FLOPs/step" in proc.stdout and "Memory:" in proc.stdout and "Held-out" in proc.stdout
@@ -55,8 +63,10 @@ def test_resume_is_bit_identical(tmp_path):
   resumed = train_lib.train(tiny_config(num_steps=6, checkpoint_every=3), str(tmp_path / "b"))
   assert resumed.metrics["step"] == 6
   assert resumed.metrics["train"]["loss"] == straight["train"]["loss"]
-  for a, b in zip(jax.tree.leaves(resumed.state.params), jax.tree.leaves(
-      ckpt_lib.restore_raw_state(str(tmp_path / "b"))[1]["params"])):
+  for a, b in zip(
+    jax.tree.leaves(resumed.state.params),
+    jax.tree.leaves(ckpt_lib.restore_raw_state(str(tmp_path / "b"))[1]["params"]),
+  ):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # returned state == last checkpoint
   _, state_a = ckpt_lib.restore_raw_state(str(tmp_path / "a"))
   _, state_b = ckpt_lib.restore_raw_state(str(tmp_path / "b"))
@@ -87,11 +97,14 @@ def test_incompatible_checkpoint_is_refused(tmp_path):
     train_lib.train(config, workdir)
 
 
-@pytest.mark.parametrize("field,value,match", [
+@pytest.mark.parametrize(
+  "field,value,match",
+  [
     ("train.learning_rate", -1.0, r"config\.train\.learning_rate"),
     ("data.task", "nope", r"config\.data\.task"),
     ("model.num_heads", 3, r"config\.model\.d_model"),
-])
+  ],
+)
 def test_bad_config_fails_before_compiling(tmp_path, field, value, match):
   config = tiny_config()
   section, name = field.split(".")
@@ -103,17 +116,26 @@ def test_bad_config_fails_before_compiling(tmp_path, field, value, match):
 def test_unknown_preset_names_known_ones():
   sys.path.insert(0, REPO)
   from experiments import baseline
+
   with pytest.raises(ValueError, match="known presets: default, paper, tiny"):
     baseline.get_config("nope")
 
 
 def test_optimizer_groups_decay_and_router_lr():
   """No decay on norms/embeddings; the router group runs at router_lr_multiplier x lr."""
-  params = {"embed": jnp.ones((4, 2)), "final_norm": {"scale": jnp.ones((2,))},
-            "layers": {"wq": jnp.ones((2, 2))}, "router": {"w": jnp.ones((2, 2))}}
+  params = {
+    "embed": jnp.ones((4, 2)),
+    "final_norm": {"scale": jnp.ones((2,))},
+    "layers": {"wq": jnp.ones((2, 2))},
+    "router": {"w": jnp.ones((2, 2))},
+  }
   labels = opt_lib.param_groups(params)
-  assert labels == {"embed": "no_decay", "final_norm": {"scale": "no_decay"},
-                    "layers": {"wq": "decay"}, "router": {"w": "router"}}
+  assert labels == {
+    "embed": "no_decay",
+    "final_norm": {"scale": "no_decay"},
+    "layers": {"wq": "decay"},
+    "router": {"w": "router"},
+  }
   config = tiny_config(warmup_steps=0, grad_clip=0.0, weight_decay=0.5, router_lr_multiplier=10.0)
   config.train.learning_rate = 1e-2
   tx = opt_lib.make_optimizer(config.train, params)

@@ -1,4 +1,4 @@
-"""Arithmetic expressions over the integers mod a prime (Feng et al. 2023; SPEC §5).
+"""Arithmetic expressions over the integers mod a prime (Feng et al. 2023; docs/methods.md §5).
 
 Generation follows the procedure of github guyuntian/CoT_benchmark `arithmetic/data.py` (own code):
 
@@ -113,7 +113,7 @@ def _expand(tokens: list[str], draws: _Uniforms, modulus: int) -> list[str]:
   new = [str(a), op, str(b)]
   if _needs_parentheses(tokens, pos, op):
     new = ["(", *new, ")"]
-  return tokens[:pos] + new + tokens[pos + 1:]
+  return tokens[:pos] + new + tokens[pos + 1 :]
 
 
 def generate_chain(draws: _Uniforms, num_operators: int, modulus: int) -> list[list[str]]:
@@ -143,13 +143,16 @@ class ArithmeticTask:
 
   name = "arithmetic"
 
-  def __init__(self, num_operators: int, cot: bool = False, modulus: int = 11,
-               test_fraction: float = 0.01, seed: int = 0):
+  def __init__(
+    self, num_operators: int, cot: bool = False, modulus: int = 11, test_fraction: float = 0.01, seed: int = 0
+  ):
     if num_operators < 1:
       raise ValueError(f"config.data.arithmetic.num_operators={num_operators} must be >= 1.")
     if not is_prime(modulus) or modulus > 100:
-      raise ValueError(f"config.data.arithmetic.modulus={modulus} must be a prime <= 100 (division "
-                       "needs every non-zero number to have an inverse); the paper uses 11.")
+      raise ValueError(
+        f"config.data.arithmetic.modulus={modulus} must be a prime <= 100 (division "
+        "needs every non-zero number to have an inverse); the paper uses 11."
+      )
     base.check_split_args("data.arithmetic", test_fraction, seed)
     self.num_operators = num_operators
     self.cot = cot
@@ -178,8 +181,10 @@ class ArithmeticTask:
       example = format_example(chain, self.cot)
       if base.in_test_region(example.question, self.test_fraction) == want_test:
         return example
-    raise RuntimeError(f"no {split} expression found in {_MAX_ATTEMPTS} draws; raise "
-                       "config.data.arithmetic.test_fraction or num_operators.")
+    raise RuntimeError(
+      f"no {split} expression found in {_MAX_ATTEMPTS} draws; raise "
+      "config.data.arithmetic.test_fraction or num_operators."
+    )
 
   def longest_example(self) -> base.Example:
     """A synthetic example at least as long (in symbols) as any this task generates.

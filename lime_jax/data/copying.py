@@ -1,4 +1,5 @@
-"""Copying tasks of "Transformers need glasses" (Glasses §3.1; SPEC §5), as training and probe tasks.
+"""Copying tasks of "Transformers need glasses" (Glasses §3.1; docs/methods.md §5), as training and probe
+tasks.
 
 Variants (`config.data.copying.variant`; 'mixed' draws one per example):
   last         `last:ddd...dc=` -> `c`: n digits, n-1 copies of a digit d, then a final digit c;
@@ -35,7 +36,7 @@ HINT = " It's not necessarily a 1, check carefully"
 _MAX_ATTEMPTS = 10_000
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def glasses_tokenizer() -> CharTokenizer:
   """The character tokenizer of the copying and counting tasks (spaces are tokens)."""
   return CharTokenizer(GLASSES_ALPHABET, drop_spaces=False)
@@ -44,8 +45,10 @@ def glasses_tokenizer() -> CharTokenizer:
 def check_lengths(field: str, min_length: int, max_length: int) -> None:
   """Validates a [min_length, max_length] range of a length-indexed task."""
   if not 1 <= min_length <= max_length:
-    raise ValueError(f"config.{field}.min_length={min_length} and max_length={max_length} must satisfy "
-                     "1 <= min_length <= max_length.")
+    raise ValueError(
+      f"config.{field}.min_length={min_length} and max_length={max_length} must satisfy "
+      "1 <= min_length <= max_length."
+    )
 
 
 def format_copying(variant: str, digits: list[int], answer: int) -> base.Example:
@@ -100,8 +103,9 @@ class LengthTask(abc.ABC):
   def example_at(self, split: str, index: int, length: int, variant: str | None = None) -> base.Example:
     """The `index`-th example of `split` with exactly `length` items (each task defines it)."""
 
-  def _variant_rng(self, split: str, index: int, length: int,
-                   variant: str | None) -> tuple[str, np.random.Generator]:
+  def _variant_rng(
+    self, split: str, index: int, length: int, variant: str | None
+  ) -> tuple[str, np.random.Generator]:
     """The variant of example `index` (`variant` or the task's) and its generator."""
     variant = variant or self.variant
     if variant == "mixed":
@@ -124,11 +128,18 @@ class CopyingTask(LengthTask):
   name = "copying"
   variants = VARIANTS
 
-  def __init__(self, variant: str = "mixed", min_length: int = 1, max_length: int = 32,
-               test_fraction: float = 0.1, seed: int = 0):
+  def __init__(
+    self,
+    variant: str = "mixed",
+    min_length: int = 1,
+    max_length: int = 32,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+  ):
     if variant not in (*VARIANTS, "mixed"):
-      raise ValueError(f"config.data.copying.variant={variant!r} is unknown; use one of "
-                       f"{(*VARIANTS, 'mixed')}.")
+      raise ValueError(
+        f"config.data.copying.variant={variant!r} is unknown; use one of {(*VARIANTS, 'mixed')}."
+      )
     check_lengths("data.copying", min_length, max_length)
     base.check_split_args("data.copying", test_fraction, seed)
     self.variant, self.min_length, self.max_length = variant, min_length, max_length

@@ -27,7 +27,8 @@ import collections
 import glob as glob_lib
 import json
 import os
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grain
 import numpy as np
@@ -60,8 +61,10 @@ def list_shards(patterns: str, field: str = "config.data.text.files") -> list[st
       protocol = pattern.split("://", 1)[0]
       matches = sorted(f"{protocol}://{m}" if "://" not in m else m for m in fs.glob(path))
     if not matches:
-      raise ValueError(f"{field}={patterns!r}: the glob {pattern!r} matches no file; point it at "
-                       "shards such as 'data/train-*.parquet'.")
+      raise ValueError(
+        f"{field}={patterns!r}: the glob {pattern!r} matches no file; point it at "
+        "shards such as 'data/train-*.parquet'."
+      )
     out.extend(matches)
   if not out:
     raise ValueError(f"{field} is empty; set it to a glob of parquet / jsonl / txt shards.")
@@ -74,8 +77,10 @@ def shard_format(path: str, file_format: str) -> str:
     return file_format
   ext = os.path.splitext(path)[1].lower()
   if ext not in _EXTENSIONS:
-    raise ValueError(f"cannot tell the format of shard {path!r} from its extension; set "
-                     f"config.data.text.file_format to one of {FORMATS[1:]}.")
+    raise ValueError(
+      f"cannot tell the format of shard {path!r} from its extension; set "
+      f"config.data.text.file_format to one of {FORMATS[1:]}."
+    )
   return _EXTENSIONS[ext]
 
 
@@ -91,8 +96,10 @@ def _parquet_documents(path: str, field: str, cursor: Any) -> Iterator[tuple[str
   with _open(path) as f:
     pf = pq.ParquetFile(f)
     if field not in pf.schema_arrow.names:
-      raise ValueError(f"parquet shard {path!r} has no column config.data.text.feature={field!r}; "
-                       f"its columns: {pf.schema_arrow.names}.")
+      raise ValueError(
+        f"parquet shard {path!r} has no column config.data.text.feature={field!r}; "
+        f"its columns: {pf.schema_arrow.names}."
+      )
     for g in range(group, pf.metadata.num_row_groups):
       texts = pf.read_row_group(g, columns=[field]).column(0).to_pylist()
       for r in range(row if g == group else 0, len(texts)):
@@ -109,8 +116,10 @@ def _jsonl_documents(path: str, field: str, cursor: Any) -> Iterator[tuple[str, 
         continue
       record = json.loads(line)
       if field not in record:
-        raise ValueError(f"jsonl shard {path!r} has a record without config.data.text.feature="
-                         f"{field!r} (keys: {sorted(record)}).")
+        raise ValueError(
+          f"jsonl shard {path!r} has a record without config.data.text.feature="
+          f"{field!r} (keys: {sorted(record)})."
+        )
       yield str(record[field]), offset
 
 
@@ -132,11 +141,13 @@ def _txt_documents(path: str, field: str, cursor: Any) -> Iterator[tuple[str, An
 
 
 _READERS: dict[str, Callable[[str, str, Any], Iterator[tuple[str, Any]]]] = {
-    "parquet": _parquet_documents, "jsonl": _jsonl_documents, "txt": _txt_documents}
+  "parquet": _parquet_documents,
+  "jsonl": _jsonl_documents,
+  "txt": _txt_documents,
+}
 
 
-def read_documents(path: str, file_format: str, field: str, cursor: Any = None
-                   ) -> Iterator[tuple[str, Any]]:
+def read_documents(path: str, file_format: str, field: str, cursor: Any = None) -> Iterator[tuple[str, Any]]:
   """(document text, cursor after it) of shard `path` from `cursor` (None: the start)."""
   return _READERS[shard_format(path, file_format)](path, field, cursor)
 
@@ -204,7 +215,7 @@ class _PackIterator(grain.DatasetIterator):
       self._docs.append((state, np.asarray(next(self._parent), np.int32)))
     pieces, segments, taken, start = [], [], 0, self._offset
     for k, (_, ids) in enumerate(self._docs):
-      piece = ids[start:start + need - taken]
+      piece = ids[start : start + need - taken]
       pieces.append(piece)
       segments.append(np.full(len(piece), k + 1, np.int32))
       taken, start = taken + len(piece), 0
@@ -243,8 +254,9 @@ class PackIterDataset(grain.IterDataset):
   reads: attention stays where the positions run on without a restart at 0).
   """
 
-  def __init__(self, parent: grain.IterDataset, seq_len: int, segment_ids: bool = False,
-               positions: bool = False):
+  def __init__(
+    self, parent: grain.IterDataset, seq_len: int, segment_ids: bool = False, positions: bool = False
+  ):
     super().__init__(parent)
     if seq_len < 1:
       raise ValueError(f"config.data.seq_len={seq_len} must be >= 1.")

@@ -1,4 +1,5 @@
-"""Counting tasks of "Transformers need glasses" (Glasses §3.2; SPEC §5), as training and probe tasks.
+"""Counting tasks of "Transformers need glasses" (Glasses §3.2; docs/methods.md §5), as training and probe
+tasks.
 
 Variants (`config.data.counting.variant`; 'mixed' draws one per example), n items each:
   sum    `1+1+...+1=` -> `n` (n ones);
@@ -32,8 +33,9 @@ def format_counting(variant: str, items: list, target: str = "") -> base.Example
     digits = "".join(str(int(x)) for x in items)
     return base.Example(question=f"count:{digits}=", answer=str(digits.count("1")))
   if variant == "word":
-    return base.Example(question=f"count {target}:{' '.join(items)}=",
-                        answer=str(sum(w == target for w in items)))
+    return base.Example(
+      question=f"count {target}:{' '.join(items)}=", answer=str(sum(w == target for w in items))
+    )
   raise ValueError(f"counting variant {variant!r} is unknown; use one of {VARIANTS}.")
 
 
@@ -53,11 +55,19 @@ class CountingTask(LengthTask):
   name = "counting"
   variants = VARIANTS
 
-  def __init__(self, variant: str = "mixed", min_length: int = 1, max_length: int = 32,
-               p_one: float = 0.7, test_fraction: float = 0.1, seed: int = 0):
+  def __init__(
+    self,
+    variant: str = "mixed",
+    min_length: int = 1,
+    max_length: int = 32,
+    p_one: float = 0.7,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+  ):
     if variant not in (*VARIANTS, "mixed"):
-      raise ValueError(f"config.data.counting.variant={variant!r} is unknown; use one of "
-                       f"{(*VARIANTS, 'mixed')}.")
+      raise ValueError(
+        f"config.data.counting.variant={variant!r} is unknown; use one of {(*VARIANTS, 'mixed')}."
+      )
     check_lengths("data.counting", min_length, max_length)
     if not 0.0 <= p_one <= 1.0:
       raise ValueError(f"config.data.counting.p_one={p_one} must be in [0, 1].")
@@ -73,8 +83,7 @@ class CountingTask(LengthTask):
     variant, rng = self._variant_rng(split, index, length, variant)
     if variant in ("sum", "ones"):
       return draw_counting(variant, length, rng)
-    return _draw_in_split(lambda: draw_counting(variant, length, rng, self.p_one), split,
-                          self.test_fraction)
+    return _draw_in_split(lambda: draw_counting(variant, length, rng, self.p_one), split, self.test_fraction)
 
   def longest_example(self) -> base.Example:
     """An example as long as any this task generates."""

@@ -1,4 +1,4 @@
-"""Longest increasing subsequence (Feng et al. 2023; SPEC §5), one token per number.
+"""Longest increasing subsequence (Feng et al. 2023; docs/methods.md §5), one token per number.
 
 Generation follows github guyuntian/CoT_benchmark `LIS/data.py` (own code). Numbers lie in
 [length + 1, number_range) (the paper: number_range = length + 150), so they never coincide with the
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import bisect
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -67,8 +67,10 @@ class NumberTokenizer:
     ids = []
     for word in text.split():
       if word not in self._word_to_id:
-        raise ValueError(f"word {word!r} of {text!r} is not in the vocabulary (numbers 0.."
-                         f"{len(self.words) - 2} and {self.words[-1]!r}).")
+        raise ValueError(
+          f"word {word!r} of {text!r} is not in the vocabulary (numbers 0.."
+          f"{len(self.words) - 2} and {self.words[-1]!r})."
+        )
       ids.append(self._word_to_id[word])
     return ids
 
@@ -115,8 +117,9 @@ def _run_sizes(rng: np.random.Generator, total: int) -> list[int]:
 def draw_sequence(rng: np.random.Generator, length: int, low: int, high: int) -> list[int]:
   """A length-`length` sequence in [low, high) with 1-3 planted increasing runs (CoT_benchmark)."""
   total = int(rng.integers(3, length + 1))
-  planted = np.concatenate([np.sort(rng.choice(high - low, size, replace=False)) + low
-                            for size in _run_sizes(rng, total)])
+  planted = np.concatenate(
+    [np.sort(rng.choice(high - low, size, replace=False)) + low for size in _run_sizes(rng, total)]
+  )
   positions = np.sort(rng.choice(length, total, replace=False))
   seq = rng.integers(low, high, size=length)
   seq[positions] = planted
@@ -142,15 +145,18 @@ class LisTask:
 
   name = "lis"
 
-  def __init__(self, length: int, cot: bool = False, number_range: int = 0,
-               test_fraction: float = 0.01, seed: int = 0):
+  def __init__(
+    self, length: int, cot: bool = False, number_range: int = 0, test_fraction: float = 0.01, seed: int = 0
+  ):
     number_range = number_range or length + PAPER_RANGE_MARGIN
     if length < 3:
       raise ValueError(f"config.data.lis.length={length} must be >= 3 (the paper uses 50/80/100).")
     if number_range < 2 * length + 1:
-      raise ValueError(f"config.data.lis.number_range={number_range} must be >= 2*length+1 = "
-                       f"{2 * length + 1}: numbers lie in [length+1, number_range) and a planted run "
-                       "can need `length` distinct values; 0 picks length+150 (the paper).")
+      raise ValueError(
+        f"config.data.lis.number_range={number_range} must be >= 2*length+1 = "
+        f"{2 * length + 1}: numbers lie in [length+1, number_range) and a planted run "
+        "can need `length` distinct values; 0 picks length+150 (the paper)."
+      )
     base.check_split_args("data.lis", test_fraction, seed)
     self.length = length
     self.cot = cot
@@ -173,8 +179,9 @@ class LisTask:
       values = draw_sequence(rng, self.length, self.length + 1, self.number_range)
       if base.in_test_region(question_text(values), self.test_fraction) == want_test:
         return format_example(values, self.cot)
-    raise RuntimeError(f"no {split} sequence found in {_MAX_ATTEMPTS} draws; raise "
-                       "config.data.lis.test_fraction.")
+    raise RuntimeError(
+      f"no {split} sequence found in {_MAX_ATTEMPTS} draws; raise config.data.lis.test_fraction."
+    )
 
   def longest_example(self) -> base.Example:
     """An example as long (in tokens) as any this task generates (all have the same length)."""

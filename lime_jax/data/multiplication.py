@@ -1,4 +1,4 @@
-"""Multi-digit multiplication in the format of Deng et al. 2023 (implicit CoT; SPEC §5).
+"""Multi-digit multiplication in the format of Deng et al. 2023 (implicit CoT; docs/methods.md §5).
 
 Line format (github da03/implicit_chain_of_thought, `data/{4,5}_by_{4,5}_mult/test_bigbench.txt`):
 
@@ -71,7 +71,7 @@ def format_example(a: int, b: int, n: int, cot: bool, marker: bool = True) -> ba
   """Example of a*b with n-digit operands: question `A * B||`, answer `[CoT] #### C`; without CoT,
   `marker=False` drops the `####` (answer `C`)."""
   for name, value in (("a", a), ("b", b)):
-    if not 10**(n - 1) <= value < 10**n:
+    if not 10 ** (n - 1) <= value < 10**n:
       raise ValueError(f"operand {name}={value} does not have exactly n={n} digits.")
   product = digits(a * b, 2 * n)
   if cot:
@@ -102,8 +102,10 @@ OFFICIAL_DIGITS = (4, 5)  # the official files ship for 4x4 and 5x5 only.
 def check_official_digits(n: int) -> None:
   """Raises, naming the field, unless the official test file exists for n x n (config validation too)."""
   if n not in OFFICIAL_DIGITS:
-    raise ValueError(f"config.data.multiplication.eval_file='official' exists only for num_digits in "
-                     f"{OFFICIAL_DIGITS}, got num_digits={n}; set eval_file to a path or to ''.")
+    raise ValueError(
+      f"config.data.multiplication.eval_file='official' exists only for num_digits in "
+      f"{OFFICIAL_DIGITS}, got num_digits={n}; set eval_file to a path or to ''."
+    )
 
 
 def official_test_file(n: int) -> pathlib.Path:
@@ -123,9 +125,11 @@ def read_eval_file(path: str, n: int) -> list[tuple[int, int]]:
   """Operand pairs of an official test file; checks every line against `format_line` (with CoT)."""
   file = pathlib.Path(path)
   if not file.is_file():
-    raise ValueError(f"config.data.multiplication.eval_file={path!r} does not exist; point it at "
-                     f"the {n}x{n} test file (a path; '{{n}}' is replaced by num_digits), use 'official' "
-                     "for the packaged 4x4 / 5x5 files, or set it to '' to hold out test pairs by hash.")
+    raise ValueError(
+      f"config.data.multiplication.eval_file={path!r} does not exist; point it at "
+      f"the {n}x{n} test file (a path; '{{n}}' is replaced by num_digits), use 'official' "
+      "for the packaged 4x4 / 5x5 files, or set it to '' to hold out test pairs by hash."
+    )
   pairs = []
   for line_no, line in enumerate(file.read_text().splitlines(), 1):
     if not line.strip():
@@ -134,11 +138,12 @@ def read_eval_file(path: str, n: int) -> list[tuple[int, int]]:
       a, b = parse_operands(line)
       expected = format_line(a, b, n, cot=True)
     except ValueError as err:
-      raise ValueError(f"{path}:{line_no}: not an {n}x{n} multiplication line ({err}): "
-                       f"{line!r}.") from err
+      raise ValueError(f"{path}:{line_no}: not an {n}x{n} multiplication line ({err}): {line!r}.") from err
     if line != expected:
-      raise ValueError(f"{path}:{line_no}: line differs from the {n}x{n} format: {line!r} != "
-                       f"{expected!r}; is num_digits={n} right for this file?")
+      raise ValueError(
+        f"{path}:{line_no}: line differs from the {n}x{n} format: {line!r} != "
+        f"{expected!r}; is num_digits={n} right for this file?"
+      )
     pairs.append((a, b))
   if not pairs:
     raise ValueError(f"{path} holds no multiplication lines.")
@@ -150,11 +155,17 @@ class MultiplicationTask:
 
   name = "multiplication"
 
-  def __init__(self, num_digits: int, cot: bool = False, seed: int = 0, eval_file: str = "",
-               test_fraction: float = 0.01, answer_marker: bool = True):
+  def __init__(
+    self,
+    num_digits: int,
+    cot: bool = False,
+    seed: int = 0,
+    eval_file: str = "",
+    test_fraction: float = 0.01,
+    answer_marker: bool = True,
+  ):
     if not 1 <= num_digits <= _MAX_DIGITS:
-      raise ValueError(f"config.data.multiplication.num_digits={num_digits} must be in "
-                       f"[1, {_MAX_DIGITS}].")
+      raise ValueError(f"config.data.multiplication.num_digits={num_digits} must be in [1, {_MAX_DIGITS}].")
     base.check_split_args("data.multiplication", test_fraction, seed)
     self.num_digits = num_digits
     self.cot = cot
@@ -173,7 +184,7 @@ class MultiplicationTask:
     return format_example(a, b, self.num_digits, self.cot, self.answer_marker)
 
   def _draw(self, rng: np.random.Generator) -> tuple[int, int]:
-    low, high = 10**(self.num_digits - 1), 10**self.num_digits
+    low, high = 10 ** (self.num_digits - 1), 10**self.num_digits
     a, b = rng.integers(low, high, size=2, dtype=np.int64)
     return int(a), int(b)
 
@@ -184,19 +195,25 @@ class MultiplicationTask:
       raise ValueError(f"index={index} must be >= 0.")
     if split == "test" and self.eval_pairs:
       if index >= len(self.eval_pairs):
-        raise ValueError(f"test index {index} is past the {len(self.eval_pairs)} lines of "
-                         f"{self.eval_file}; set config.eval.num_examples <= {len(self.eval_pairs)}.")
+        raise ValueError(
+          f"test index {index} is past the {len(self.eval_pairs)} lines of "
+          f"{self.eval_file}; set config.eval.num_examples <= {len(self.eval_pairs)}."
+        )
       return self._format(*self.eval_pairs[index])
     want_test = split == "test"
     rng = np.random.default_rng([self.seed, sid, index])
     for _ in range(_MAX_ATTEMPTS):
       a, b = self._draw(rng)
       example = self._format(a, b)
-      if (base.in_test_region(example.question, self.test_fraction) == want_test
-          and (a, b) not in self._excluded):
+      if (
+        base.in_test_region(example.question, self.test_fraction) == want_test
+        and (a, b) not in self._excluded
+      ):
         return example
-    raise RuntimeError(f"no {split} pair found in {_MAX_ATTEMPTS} draws; raise "
-                       "config.data.multiplication.test_fraction or num_digits.")
+    raise RuntimeError(
+      f"no {split} pair found in {_MAX_ATTEMPTS} draws; raise "
+      "config.data.multiplication.test_fraction or num_digits."
+    )
 
   def longest_example(self) -> base.Example:
     """An example as long as any this task generates (all n x n examples have the same length)."""

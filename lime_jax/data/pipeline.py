@@ -36,60 +36,72 @@ import numpy as np
 from absl import flags
 
 from lime_jax import lm_eval
+from lime_jax.config import LOSS_SCOPES  # noqa: F401  (re-exported; defined once, in config)
 from lime_jax.data import base, tasks, text
 
 FEATURE_KEYS = ("inputs", "targets", "loss_mask", "answer_mask")
-LOSS_SCOPES = ("answer", "all")
 _MAX_PREFETCH_THREADS = 16
 
 
-def _sequence(tokenizer: base.Tokenizer, example: base.Example, num_pause: int,
-              add_sep: bool) -> tuple[list[int], int]:
+def _sequence(
+  tokenizer: base.Tokenizer, example: base.Example, num_pause: int, add_sep: bool
+) -> tuple[list[int], int]:
   """Token ids BOS..EOS of an example and the position where the answer starts."""
-  pause = ([tokenizer.pause_start_id] + [tokenizer.pause_id] * num_pause + [tokenizer.pause_end_id]
-           if num_pause > 0 else [])
+  pause = (
+    [tokenizer.pause_start_id] + [tokenizer.pause_id] * num_pause + [tokenizer.pause_end_id]
+    if num_pause > 0
+    else []
+  )
   prefix = [tokenizer.bos_id, *tokenizer.encode(example.question), *pause]
   if add_sep:
     prefix.append(tokenizer.sep_id)
   return prefix + tokenizer.encode(example.answer) + [tokenizer.eos_id], len(prefix)
 
 
-def required_seq_len(tokenizer: base.Tokenizer, example: base.Example, num_pause: int = 0, *,
-                     add_sep: bool = False) -> int:
+def required_seq_len(
+  tokenizer: base.Tokenizer, example: base.Example, num_pause: int = 0, *, add_sep: bool = False
+) -> int:
   """The smallest `data.seq_len` that fits `example` (its token count including BOS/EOS, minus 1)."""
   return len(_sequence(tokenizer, example, num_pause, add_sep)[0]) - 1
 
 
-def encode_example(tokenizer: base.Tokenizer, example: base.Example, seq_len: int, num_pause: int,
-                   loss_scope: str, *, add_sep: bool = False) -> dict[str, np.ndarray]:
-  """Model features of one example: `inputs`/`targets` int32[seq_len], masks float32[seq_len]."""
-  if loss_scope not in LOSS_SCOPES:
-    raise ValueError(f"config.data.loss_scope={loss_scope!r} is invalid; use one of {LOSS_SCOPES}.")
+def encode_example(
+  tokenizer: base.Tokenizer,
+  example: base.Example,
+  seq_len: int,
+  num_pause: int,
+  loss_scope: str,
+  *,
+  add_sep: bool = False,
+) -> dict[str, np.ndarray]:
+  """Model features of one example: `inputs`/`targets` int32[seq_len], masks float32[seq_len].
+
+  `loss_scope` is one of LOSS_SCOPES (config.validate checks `data.loss_scope`)."""
   seq, answer_start = _sequence(tokenizer, example, num_pause, add_sep)
   if len(seq) - 1 > seq_len:
     raise ValueError(
-        f"config.data.seq_len={seq_len} is too short for the example {example.text!r}: it needs "
-        f"seq_len >= {len(seq) - 1} ({len(seq)} tokens with BOS/EOS, num_pause={num_pause}); "
-        f"raise data.seq_len to at least {len(seq) - 1}.")
+      f"config.data.seq_len={seq_len} is too short for the example {example.text!r}: it needs "
+      f"seq_len >= {len(seq) - 1} ({len(seq)} tokens with BOS/EOS, num_pause={num_pause}); "
+      f"raise data.seq_len to at least {len(seq) - 1}."
+    )
   tokens = np.full((seq_len + 1,), tokenizer.pad_id, np.int32)
-  tokens[:len(seq)] = seq
+  tokens[: len(seq)] = seq
   position = np.arange(1, seq_len + 1)  # position in `tokens` of each target.
   answer_mask = ((position >= answer_start) & (position < len(seq))).astype(np.float32)
   if loss_scope == "answer":
     loss_mask = answer_mask.copy()
-  else:
-    pauses = np.isin(tokens[1:], (tokenizer.pause_start_id, tokenizer.pause_id,
-                                  tokenizer.pause_end_id))
+  else:  # 'all'
+    pauses = np.isin(tokens[1:], (tokenizer.pause_start_id, tokenizer.pause_id, tokenizer.pause_end_id))
     loss_mask = ((position < len(seq)) & ~pauses).astype(np.float32)
-  return {"inputs": tokens[:-1], "targets": tokens[1:], "loss_mask": loss_mask,
-          "answer_mask": answer_mask}
+  return {"inputs": tokens[:-1], "targets": tokens[1:], "loss_mask": loss_mask, "answer_mask": answer_mask}
 
 
 class TaskExamples:
   """grain `RandomAccessDataSource` of one split's encoded examples (index -> feature dict)."""
 
-  def __init__(self, task: base.Task, split: str, data_config: ml_collections.ConfigDict,
-               length: int = sys.maxsize):
+  def __init__(
+    self, task: base.Task, split: str, data_config: ml_collections.ConfigDict, length: int = sys.maxsize
+  ):
     self._task = task
     self._split = split
     self._seq_len = int(data_config.seq_len)
@@ -102,8 +114,7 @@ class TaskExamples:
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     example = self._task.example(self._split, int(index))
-    return encode_example(self._task.tokenizer, example, self._seq_len, self._num_pause,
-                          self._loss_scope)
+    return encode_example(self._task.tokenizer, example, self._seq_len, self._num_pause, self._loss_scope)
 
 
 def check_fits(task: base.Task, data_config: ml_collections.ConfigDict) -> None:
@@ -113,21 +124,25 @@ def check_fits(task: base.Task, data_config: ml_collections.ConfigDict) -> None:
   need = required_seq_len(task.tokenizer, example, int(data_config.num_pause))
   if need > data_config.seq_len:
     raise ValueError(
-        f"config.data.seq_len={data_config.seq_len} is too short for task {task.name!r}: its longest "
-        f"examples need seq_len >= {need} (num_pause={data_config.num_pause}); raise data.seq_len "
-        f"to at least {need}.")
+      f"config.data.seq_len={data_config.seq_len} is too short for task {task.name!r}: its longest "
+      f"examples need seq_len >= {need} (num_pause={data_config.num_pause}); raise data.seq_len "
+      f"to at least {need}."
+    )
 
 
 def local_batch_size(global_batch: int, process_count: int) -> int:
   """Rows per process; raises naming train.batch_size when it does not divide."""
   if process_count < 1 or global_batch % process_count:
-    raise ValueError(f"config.train.batch_size={global_batch} must be divisible by the process "
-                     f"count {process_count}; use a multiple of {process_count}.")
+    raise ValueError(
+      f"config.train.batch_size={global_batch} must be divisible by the process "
+      f"count {process_count}; use a multiple of {process_count}."
+    )
   return global_batch // process_count
 
 
-def shard_batches(examples: grain.MapDataset, global_batch: int, process_index: int,
-                  process_count: int) -> grain.MapDataset:
+def shard_batches(
+  examples: grain.MapDataset, global_batch: int, process_index: int, process_count: int
+) -> grain.MapDataset:
   """Batches of this process: rows p*b..(p+1)*b-1 of each global batch of `global_batch` examples."""
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count}).")
@@ -147,26 +162,27 @@ def _use_default_absl_flags_if_unparsed() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
-def to_iterator(batches: grain.MapDataset, data_config: ml_collections.ConfigDict
-                ) -> grain.DatasetIterator:
+def to_iterator(batches: grain.MapDataset, data_config: ml_collections.ConfigDict) -> grain.DatasetIterator:
   """A checkpointable iterator with `data.prefetch` batches read ahead by threads (and
   `data.num_workers` processes when > 0)."""
   prefetch, workers = int(data_config.prefetch), int(data_config.num_workers)
   if prefetch < 0 or workers < 0:
-    raise ValueError(f"config.data.prefetch={prefetch} and config.data.num_workers={workers} must "
-                     "be >= 0.")
-  read_options = grain.ReadOptions(num_threads=min(prefetch, _MAX_PREFETCH_THREADS),
-                                   prefetch_buffer_size=prefetch)
+    raise ValueError(f"config.data.prefetch={prefetch} and config.data.num_workers={workers} must be >= 0.")
+  read_options = grain.ReadOptions(
+    num_threads=min(prefetch, _MAX_PREFETCH_THREADS), prefetch_buffer_size=prefetch
+  )
   dataset = batches.to_iter_dataset(read_options)
   if workers > 0:
     _use_default_absl_flags_if_unparsed()
-    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=workers, per_worker_buffer_size=max(1, prefetch)))
+    dataset = dataset.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=max(1, prefetch))
+    )
   return iter(dataset)
 
 
-def _text_train_iterator(config: ml_collections.ConfigDict, process_index: int,
-                         process_count: int) -> grain.DatasetIterator:
+def _text_train_iterator(
+  config: ml_collections.ConfigDict, process_index: int, process_count: int
+) -> grain.DatasetIterator:
   """Task 'text': this process's share of the documents, tokenised and packed on the fly (in the
   `data.num_workers` grain worker processes when > 0), batched; checkpointable (data/corpus.py)."""
   d = config.data
@@ -174,8 +190,11 @@ def _text_train_iterator(config: ml_collections.ConfigDict, process_index: int,
   dataset = text.packed_stream(config, "train", process_index, process_count).batch(b, drop_remainder=True)
   if int(d.num_workers) > 0:
     _use_default_absl_flags_if_unparsed()
-    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=int(d.num_workers), per_worker_buffer_size=max(1, int(d.prefetch))))
+    dataset = dataset.mp_prefetch(
+      grain.MultiprocessingOptions(
+        num_workers=int(d.num_workers), per_worker_buffer_size=max(1, int(d.prefetch))
+      )
+    )
   return iter(dataset)
 
 
@@ -187,15 +206,15 @@ def _train_examples(config: ml_collections.ConfigDict) -> grain.MapDataset:
   return grain.MapDataset.source(TaskExamples(task, "train", d))
 
 
-def make_train_iterator(config: ml_collections.ConfigDict, process_index: int = 0,
-                        process_count: int = 1) -> grain.DatasetIterator:
+def make_train_iterator(
+  config: ml_collections.ConfigDict, process_index: int = 0, process_count: int = 1
+) -> grain.DatasetIterator:
   """Endless iterator of this process's train batches (dicts of numpy arrays, leading dim
   train.batch_size // process_count); deterministic from config.seed, checkpointable."""
   local_batch_size(int(config.train.batch_size), process_count)
   if config.data.task == tasks.TEXT_TASK:
     return _text_train_iterator(config, process_index, process_count)
-  batches = shard_batches(_train_examples(config), int(config.train.batch_size), process_index,
-                          process_count)
+  batches = shard_batches(_train_examples(config), int(config.train.batch_size), process_index, process_count)
   return to_iterator(batches, config.data)
 
 
@@ -208,9 +227,12 @@ def _pad_rows(features: list[dict[str, np.ndarray]], batch_size: int) -> dict[st
   return out
 
 
-def make_eval_batches(config: ml_collections.ConfigDict, split: str = "test",
-                      num_examples: int | None = None, batch_size: int | None = None
-                      ) -> list[dict[str, np.ndarray]]:
+def make_eval_batches(
+  config: ml_collections.ConfigDict,
+  split: str = "test",
+  num_examples: int | None = None,
+  batch_size: int | None = None,
+) -> list[dict[str, np.ndarray]]:
   """Held-out batches (defaults: eval.num_examples rows, eval.batch_size per batch) in index order.
 
   The last batch is padded: padded rows have PAD tokens, zero masks and `example_mask` 0 (1 on real
@@ -221,8 +243,10 @@ def make_eval_batches(config: ml_collections.ConfigDict, split: str = "test",
   num_examples = int(num_examples if num_examples is not None else config.eval.num_examples)
   batch_size = int(batch_size if batch_size is not None else config.eval.batch_size)
   if num_examples <= 0 or batch_size <= 0:
-    raise ValueError(f"eval num_examples={num_examples} and batch_size={batch_size} must be > 0 "
-                     "(config.eval.num_examples / config.eval.batch_size).")
+    raise ValueError(
+      f"eval num_examples={num_examples} and batch_size={batch_size} must be > 0 "
+      "(config.eval.num_examples / config.eval.batch_size)."
+    )
   d = config.data
   if d.task == tasks.TEXT_TASK:
     if split not in ("test", d.text.eval_split):
@@ -234,12 +258,13 @@ def make_eval_batches(config: ml_collections.ConfigDict, split: str = "test",
     check_fits(task, d)
     source = TaskExamples(task, split, d)
   rows = [source[i] for i in range(num_examples)]
-  batches = [_pad_rows(rows[i:i + batch_size], batch_size) for i in range(0, num_examples, batch_size)]
+  batches = [_pad_rows(rows[i : i + batch_size], batch_size) for i in range(0, num_examples, batch_size)]
   if d.task == tasks.TEXT_TASK:  # bytes of each row's targets: bits per byte (lm_eval.lm_metrics).
-    num_bytes = lm_eval.target_bytes(text.tokenizer_for(d), np.stack([r["targets"] for r in rows]),
-                                     np.stack([r["loss_mask"] for r in rows]))
+    num_bytes = lm_eval.target_bytes(
+      text.tokenizer_for(d), np.stack([r["targets"] for r in rows]), np.stack([r["loss_mask"] for r in rows])
+    )
     for i, b in enumerate(batches):
-      chunk = num_bytes[i * batch_size:(i + 1) * batch_size]
+      chunk = num_bytes[i * batch_size : (i + 1) * batch_size]
       b["num_bytes"] = np.concatenate([chunk, np.zeros((batch_size - len(chunk),), np.float32)])
   return batches
 

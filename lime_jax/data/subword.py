@@ -28,7 +28,8 @@ import abc
 import json
 import os
 import pathlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -38,10 +39,10 @@ _CONFIG_FILES = ("special_tokens_map.json", "tokenizer_config.json")  # later fi
 _ROLES = ("bos", "eos", "pad", "sep")
 # Token strings recognised for a role when no config file names one (first match wins).
 _KNOWN = {
-    "bos": ("<|begin_of_text|>", "<s>", "<bos>", "[BOS]", "<|startoftext|>"),
-    "eos": ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "[EOS]"),
-    "pad": ("<pad>", "[PAD]", "<|pad|>"),
-    "sep": ("<sep>", "[SEP]"),
+  "bos": ("<|begin_of_text|>", "<s>", "<bos>", "[BOS]", "<|startoftext|>"),
+  "eos": ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "[EOS]"),
+  "pad": ("<pad>", "[PAD]", "<|pad|>"),
+  "sep": ("<sep>", "[SEP]"),
 }
 
 
@@ -76,12 +77,12 @@ def _resolve_specials(named: dict[str, int], path: str) -> dict[str, int]:
   """Fills missing roles (bos, pad <- eos; sep <- -1); raises when there is no eos."""
   if "eos" not in named:
     raise ValueError(
-        f"tokenizer {path!r} has no end-of-text token (looked for an eos_token in "
-        f"tokenizer_config.json / special_tokens_map.json and for {', '.join(_KNOWN['eos'])}); "
-        "train or export it with one, e.g. special_tokens=['<|endoftext|>'].")
+      f"tokenizer {path!r} has no end-of-text token (looked for an eos_token in "
+      f"tokenizer_config.json / special_tokens_map.json and for {', '.join(_KNOWN['eos'])}); "
+      "train or export it with one, e.g. special_tokens=['<|endoftext|>']."
+    )
   eos = named["eos"]
-  return {"bos": named.get("bos", eos), "eos": eos, "pad": named.get("pad", eos),
-          "sep": named.get("sep", -1)}
+  return {"bos": named.get("bos", eos), "eos": eos, "pad": named.get("pad", eos), "sep": named.get("sep", -1)}
 
 
 class _SubwordBase(abc.ABC):
@@ -148,15 +149,19 @@ class HFTokenizer(_SubwordBase):
     try:
       self._tok = tokenizers.Tokenizer.from_file(json_path)
     except Exception as e:  # the library raises a bare Exception on malformed files.
-      raise ValueError(f"cannot read tokenizer {json_path!r} with the tokenizers library "
-                       f"({type(e).__name__}: {e}); it must be a Hugging Face tokenizer.json.") from e
+      raise ValueError(
+        f"cannot read tokenizer {json_path!r} with the tokenizers library "
+        f"({type(e).__name__}: {e}); it must be a Hugging Face tokenizer.json."
+      ) from e
     self._base_size = int(self._tok.get_vocab_size(with_added_tokens=True))
     vocab = self._tok.get_vocab(with_added_tokens=True)
     named: dict[str, int] = {}
     for role, content in _configured_specials(pathlib.Path(json_path).parent).items():
       if content not in vocab:
-        raise ValueError(f"the {role}_token {content!r} named next to {json_path!r} is not in its "
-                         "vocabulary; fix tokenizer_config.json / special_tokens_map.json.")
+        raise ValueError(
+          f"the {role}_token {content!r} named next to {json_path!r} is not in its "
+          "vocabulary; fix tokenizer_config.json / special_tokens_map.json."
+        )
       named[role] = int(vocab[content])
     for role, candidates in _KNOWN.items():
       if role not in named:
@@ -180,18 +185,20 @@ class SentencePieceTokenizer(_SubwordBase):
       import sentencepiece  # pylint: disable=import-outside-toplevel
     except ModuleNotFoundError as e:
       raise ModuleNotFoundError(
-          f"reading the SentencePiece model {model_path!r} needs the sentencepiece package: "
-          'pip install -e ".[text]" (or pip install sentencepiece).', name=e.name) from e
+        f"reading the SentencePiece model {model_path!r} needs the sentencepiece package: "
+        'pip install -e ".[text]" (or pip install sentencepiece).',
+        name=e.name,
+      ) from e
     self.path = model_path
     try:
       self._sp = sentencepiece.SentencePieceProcessor(model_file=model_path)
     except Exception as e:  # OSError / RuntimeError depending on the failure.
-      raise ValueError(f"cannot read SentencePiece model {model_path!r} ({type(e).__name__}: "
-                       f"{e}).") from e
+      raise ValueError(f"cannot read SentencePiece model {model_path!r} ({type(e).__name__}: {e}).") from e
     self._base_size = int(self._sp.get_piece_size())
     named = {role: int(getattr(self._sp, f"{role}_id")()) for role in ("bos", "eos", "pad")}
-    self._init_specials(_resolve_specials({r: i for r, i in named.items() if i >= 0}, model_path),
-                        pause_tokens)
+    self._init_specials(
+      _resolve_specials({r: i for r, i in named.items() if i >= 0}, model_path), pause_tokens
+    )
 
   def _encode(self, text: str) -> list[int]:
     return list(self._sp.encode(text, out_type=int))
@@ -206,13 +213,17 @@ def load_tokenizer(path: str, *, pause_tokens: bool = False) -> HFTokenizer | Se
   if p.is_dir():
     json_path = p / TOKENIZER_JSON
     if not json_path.is_file():
-      raise ValueError(f"tokenizer folder {str(path)!r} holds no {TOKENIZER_JSON}; point "
-                       "config.data.tokenizer at a tokenizer.json, a folder with one, or a "
-                       "SentencePiece .model file.")
+      raise ValueError(
+        f"tokenizer folder {str(path)!r} holds no {TOKENIZER_JSON}; point "
+        "config.data.tokenizer at a tokenizer.json, a folder with one, or a "
+        "SentencePiece .model file."
+      )
     return HFTokenizer(str(json_path), pause_tokens=pause_tokens, source=str(path))
   if not p.is_file():
-    raise ValueError(f"tokenizer {str(path)!r} does not exist; config.data.tokenizer must be a "
-                     "tokenizer.json, a folder with one, or a SentencePiece .model file.")
+    raise ValueError(
+      f"tokenizer {str(path)!r} does not exist; config.data.tokenizer must be a "
+      "tokenizer.json, a folder with one, or a SentencePiece .model file."
+    )
   if p.suffix == ".model":
     return SentencePieceTokenizer(str(p), pause_tokens=pause_tokens)
   return HFTokenizer(str(p), pause_tokens=pause_tokens)
@@ -230,8 +241,9 @@ def check_model_vocab(model_vocab_size: int, tokenizer_vocab_size: int, tokenize
     return int(tokenizer_vocab_size)
   if model_vocab_size < tokenizer_vocab_size:
     raise ValueError(
-        f"config.model.vocab_size={model_vocab_size} is smaller than the vocabulary of the "
-        f"tokenizer config.data.tokenizer={tokenizer_name!r} ({tokenizer_vocab_size} ids): set "
-        f"model.vocab_size to 0 (use the tokenizer's), to {tokenizer_vocab_size}, or a larger value "
-        f"padded for sharding (e.g. {padded_vocab_size(tokenizer_vocab_size)}).")
+      f"config.model.vocab_size={model_vocab_size} is smaller than the vocabulary of the "
+      f"tokenizer config.data.tokenizer={tokenizer_name!r} ({tokenizer_vocab_size} ids): set "
+      f"model.vocab_size to 0 (use the tokenizer's), to {tokenizer_vocab_size}, or a larger value "
+      f"padded for sharding (e.g. {padded_vocab_size(tokenizer_vocab_size)})."
+    )
   return int(model_vocab_size)

@@ -25,7 +25,8 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import grain
 import ml_collections
@@ -44,8 +45,9 @@ def read_paragraphs(source_dir: str) -> list[tuple[str, list[str]]]:
   """(relative path, paragraphs) of every .txt file under `source_dir` (recursive), sorted by path."""
   root = pathlib.Path(source_dir)
   if not root.is_dir():
-    raise ValueError(f"config.data.text.source_dir={source_dir!r} is not a folder; point it at a "
-                     "folder of .txt files.")
+    raise ValueError(
+      f"config.data.text.source_dir={source_dir!r} is not a folder; point it at a folder of .txt files."
+    )
   files = sorted(p for p in root.rglob("*.txt") if p.is_file())
   if not files:
     raise ValueError(f"config.data.text.source_dir={source_dir!r} holds no .txt files.")
@@ -64,8 +66,11 @@ def split_documents(source_dir: str, validation_fraction: float) -> dict[str, li
     run: list[str] = []
     run_split, run_start = "", 0
     for i, paragraph in enumerate(paragraphs + [None]):
-      split = "" if paragraph is None else (
-          "validation" if base.hash_fraction(paragraph) < validation_fraction else "train")
+      split = (
+        ""
+        if paragraph is None
+        else ("validation" if base.hash_fraction(paragraph) < validation_fraction else "train")
+      )
       if run and split != run_split:
         splits[run_split].append((f"{rel_path}:{run_start}", "\n\n".join(run)))
         run = []
@@ -75,10 +80,12 @@ def split_documents(source_dir: str, validation_fraction: float) -> dict[str, li
         run.append(paragraph)
   for split, docs in splits.items():
     if not docs:
-      raise ValueError(f"the {split!r} split of {source_dir!r} is empty (validation takes the "
-                       f"paragraphs whose hash is below data.text.validation_fraction="
-                       f"{validation_fraction}); add text (blank lines separate paragraphs) or "
-                       "change data.text.validation_fraction.")
+      raise ValueError(
+        f"the {split!r} split of {source_dir!r} is empty (validation takes the "
+        f"paragraphs whose hash is below data.text.validation_fraction="
+        f"{validation_fraction}); add text (blank lines separate paragraphs) or "
+        "change data.text.validation_fraction."
+      )
   return splits
 
 
@@ -88,26 +95,28 @@ class LocalText(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Paragraph-hash validation split, runs of paragraphs as documents."}
 
-  def __init__(self, *, source_dir: str | None = None, validation_fraction: float = 0.1,
-               **kwargs: Any):
+  def __init__(self, *, source_dir: str | None = None, validation_fraction: float = 0.1, **kwargs: Any):
     self._source_dir = os.path.abspath(source_dir) if source_dir else None
     self._validation_fraction = float(validation_fraction)
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description="Documents from local .txt files (see lime_jax/data/text.py).",
-        features=tfds.features.FeaturesDict({TEXT_FEATURE: tfds.features.Text()}),
-        metadata=tfds.core.MetadataDict(source_dir=self._source_dir or "",
-                                        validation_fraction=self._validation_fraction),
+      builder=self,
+      description="Documents from local .txt files (see lime_jax/data/text.py).",
+      features=tfds.features.FeaturesDict({TEXT_FEATURE: tfds.features.Text()}),
+      metadata=tfds.core.MetadataDict(
+        source_dir=self._source_dir or "", validation_fraction=self._validation_fraction
+      ),
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # local files only.
     if not self._source_dir:
-      raise ValueError("local_text cannot be prepared without a source folder: set "
-                       "config.data.text.source_dir to a folder of .txt files.")
+      raise ValueError(
+        "local_text cannot be prepared without a source folder: set "
+        "config.data.text.source_dir to a folder of .txt files."
+      )
     docs = split_documents(self._source_dir, self._validation_fraction)
     return {split: self._generate_examples(items) for split, items in docs.items()}
 
@@ -118,8 +127,9 @@ class LocalText(tfds.core.GeneratorBasedBuilder):
 
 def prepare_local_text(source_dir: str, data_dir: str | None, validation_fraction: float = 0.1) -> None:
   """Writes the `local_text` dataset of `source_dir` as array_record files under `data_dir`."""
-  builder = LocalText(source_dir=source_dir, validation_fraction=validation_fraction,
-                      data_dir=data_dir or None)
+  builder = LocalText(
+    source_dir=source_dir, validation_fraction=validation_fraction, data_dir=data_dir or None
+  )
   try:
     builder.download_and_prepare(file_format="array_record")
   except ModuleNotFoundError as e:
@@ -128,22 +138,26 @@ def prepare_local_text(source_dir: str, data_dir: str | None, validation_fractio
     # tensorflow-datasets 4.9.x imports `importlib_resources` when preparing a builder defined in a
     # package but declares it only for Python < 3.9 (tensorflow/datasets#11212).
     raise ModuleNotFoundError(
-        "preparing local_text needs the package importlib_resources, which tensorflow-datasets "
-        "uses without declaring it (tensorflow/datasets#11212): pip install importlib_resources",
-        name=e.name) from e
+      "preparing local_text needs the package importlib_resources, which tensorflow-datasets "
+      "uses without declaring it (tensorflow/datasets#11212): pip install importlib_resources",
+      name=e.name,
+    ) from e
 
 
 def _check_provenance(builder: LocalText, text_config: ml_collections.ConfigDict) -> None:
   """Fails when the prepared dataset came from another source folder or validation fraction."""
   meta = builder.info.metadata or {}
-  wanted = {"source_dir": os.path.abspath(text_config.source_dir),
-            "validation_fraction": float(text_config.validation_fraction)}
+  wanted = {
+    "source_dir": os.path.abspath(text_config.source_dir),
+    "validation_fraction": float(text_config.validation_fraction),
+  }
   for key, value in wanted.items():
     if key in meta and meta[key] != value:
       raise ValueError(
-          f"the local_text dataset prepared in {builder.data_dir} has {key}={meta[key]!r}, but the "
-          f"config asks for {value!r}: set config.data.text.data_dir to a fresh folder (or delete "
-          f"{builder.data_dir}) to prepare it again.")
+        f"the local_text dataset prepared in {builder.data_dir} has {key}={meta[key]!r}, but the "
+        f"config asks for {value!r}: set config.data.text.data_dir to a fresh folder (or delete "
+        f"{builder.data_dir}) to prepare it again."
+      )
 
 
 def ensure_prepared(text_config: ml_collections.ConfigDict) -> None:
@@ -156,24 +170,29 @@ def ensure_prepared(text_config: ml_collections.ConfigDict) -> None:
       _check_provenance(builder, text_config)
     return
   if not text_config.source_dir:
-    raise ValueError(f"config.data.text.data_dir={text_config.data_dir!r} has no prepared "
-                     f"{LOCAL_TEXT_NAME} dataset; set config.data.text.source_dir to a folder of "
-                     ".txt files to prepare it from.")
-  prepare_local_text(text_config.source_dir, text_config.data_dir or None,
-                     float(text_config.validation_fraction))
+    raise ValueError(
+      f"config.data.text.data_dir={text_config.data_dir!r} has no prepared "
+      f"{LOCAL_TEXT_NAME} dataset; set config.data.text.source_dir to a folder of "
+      ".txt files to prepare it from."
+    )
+  prepare_local_text(
+    text_config.source_dir, text_config.data_dir or None, float(text_config.validation_fraction)
+  )
 
 
 def open_split(text_config: ml_collections.ConfigDict, split: str) -> Sequence[Any]:
   """Random-access tfds data source of one split (prepares local_text first when needed)."""
   ensure_prepared(text_config)
   try:
-    return tfds.data_source(text_config.name, split=split, data_dir=text_config.data_dir or None,
-                            download=False)
+    return tfds.data_source(
+      text_config.name, split=split, data_dir=text_config.data_dir or None, download=False
+    )
   except Exception as e:  # tfds raises several types for a missing dataset/split.
     raise ValueError(
-        f"cannot open tfds dataset config.data.text.name={text_config.name!r} split={split!r} in "
-        f"config.data.text.data_dir={text_config.data_dir!r} ({type(e).__name__}: {e}); prepare it "
-        "with download_and_prepare(file_format='array_record') or check the split name.") from e
+      f"cannot open tfds dataset config.data.text.name={text_config.name!r} split={split!r} in "
+      f"config.data.text.data_dir={text_config.data_dir!r} ({type(e).__name__}: {e}); prepare it "
+      "with download_and_prepare(file_format='array_record') or check the split name."
+    ) from e
 
 
 class _TfdsTexts:
@@ -188,8 +207,10 @@ class _TfdsTexts:
   def __getitem__(self, index: int) -> dict[str, str]:
     record = self._source[int(index)]
     if self._feature not in record:
-      raise ValueError(f"tfds records have no feature config.data.text.feature={self._feature!r}; "
-                       f"their features: {sorted(record)}.")
+      raise ValueError(
+        f"tfds records have no feature config.data.text.feature={self._feature!r}; "
+        f"their features: {sorted(record)}."
+      )
     value = record[self._feature]
     return {"text": value.decode("utf-8") if isinstance(value, bytes) else str(value)}
 
@@ -214,8 +235,11 @@ class Tokenise:
 
   def __call__(self, record: dict[str, str]) -> np.ndarray:
     if self._tokenizer is None:
-      self._tokenizer = (subword.load_tokenizer(self._tokenizer_path, pause_tokens=self._pause)
-                         if self._tokenizer_path else ByteTokenizer())
+      self._tokenizer = (
+        subword.load_tokenizer(self._tokenizer_path, pause_tokens=self._pause)
+        if self._tokenizer_path
+        else ByteTokenizer()
+      )
     tok = self._tokenizer
     return np.array(tok.encode(record["text"]) + [tok.eos_id], np.int32)
 
@@ -226,43 +250,58 @@ def _is_train(split_kind: str) -> bool:
   return split_kind == "train"
 
 
-def document_dataset(config: ml_collections.ConfigDict, split_kind: str, process_index: int = 0,
-                     process_count: int = 1) -> grain.IterDataset:
+def document_dataset(
+  config: ml_collections.ConfigDict, split_kind: str, process_index: int = 0, process_count: int = 1
+) -> grain.IterDataset:
   """IterDataset of {'text'} documents of the train (endless, shuffled, this process's share) or eval
   (one pass, stored order) split of `config.data.text`. Reads nothing but metadata / the shard listing."""
   t, train = config.data.text, _is_train(split_kind)
   options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
   if t.source == "tfds":
-    ds = grain.MapDataset.source(_TfdsTexts(open_split(t, t.split if train else t.eval_split),
-                                            t.feature))
+    ds = grain.MapDataset.source(_TfdsTexts(open_split(t, t.split if train else t.eval_split), t.feature))
     if len(ds) == 0:
       raise ValueError(f"the {'train' if train else 'eval'} split of tfds dataset {t.name!r} is empty.")
     if train:
       ds = ds.shuffle(seed=int(config.seed)).repeat()[process_index::process_count]
     return ds.to_iter_dataset(options)
-  shards = corpus.list_shards(t.files if train else t.eval_files,
-                              "config.data.text.files" if train else "config.data.text.eval_files")
+  shards = corpus.list_shards(
+    t.files if train else t.eval_files, "config.data.text.files" if train else "config.data.text.eval_files"
+  )
   for path in shards:
     corpus.shard_format(path, t.file_format)  # fail early on an unknown extension.
   if train:
-    overlap = set(shards) & set(corpus.list_shards(t.eval_files, "config.data.text.eval_files")) \
-        if t.eval_files else set()
+    overlap = (
+      set(shards) & set(corpus.list_shards(t.eval_files, "config.data.text.eval_files"))
+      if t.eval_files
+      else set()
+    )
     if overlap:
-      raise ValueError(f"config.data.text.files and eval_files share {len(overlap)} shard(s), e.g. "
-                       f"{sorted(overlap)[0]!r}; hold out separate shards for evaluation.")
+      raise ValueError(
+        f"config.data.text.files and eval_files share {len(overlap)} shard(s), e.g. "
+        f"{sorted(overlap)[0]!r}; hold out separate shards for evaluation."
+      )
   ds = grain.MapDataset.source(shards)
   if train:
     ds = ds.shuffle(seed=int(config.seed)).repeat()[process_index::process_count]
   return corpus.ShardDocumentsIterDataset(ds.to_iter_dataset(options), t.file_format, t.feature)
 
 
-def packed_stream(config: ml_collections.ConfigDict, split_kind: str, process_index: int = 0,
-                  process_count: int = 1, segment_ids: bool = False) -> grain.IterDataset:
+def packed_stream(
+  config: ml_collections.ConfigDict,
+  split_kind: str,
+  process_index: int = 0,
+  process_count: int = 1,
+  segment_ids: bool = False,
+) -> grain.IterDataset:
   """Tokenised, packed windows (see `corpus.PackIterDataset`) of one split of `config.data.text`, with
   per-document `positions` when `config.model.document_mask`."""
   docs = document_dataset(config, split_kind, process_index, process_count)
-  return corpus.PackIterDataset(docs.map(Tokenise(config.data)), int(config.data.seq_len),
-                                segment_ids=segment_ids, positions=bool(config.model.document_mask))
+  return corpus.PackIterDataset(
+    docs.map(Tokenise(config.data)),
+    int(config.data.seq_len),
+    segment_ids=segment_ids,
+    positions=bool(config.model.document_mask),
+  )
 
 
 def eval_windows(config: ml_collections.ConfigDict, num_examples: int) -> list[dict[str, np.ndarray]]:
@@ -278,6 +317,8 @@ def eval_windows(config: ml_collections.ConfigDict, num_examples: int) -> list[d
   if not rows:
     t = config.data.text
     where = t.eval_files if t.source == "files" else f"{t.name}:{t.eval_split}"
-    raise ValueError(f"the eval split {where!r} has fewer than config.data.seq_len + 1 = "
-                     f"{config.data.seq_len + 1} tokens; lower data.seq_len or add text.")
+    raise ValueError(
+      f"the eval split {where!r} has fewer than config.data.seq_len + 1 = "
+      f"{config.data.seq_len + 1} tokens; lower data.seq_len or add text."
+    )
   return rows

@@ -13,7 +13,7 @@ never put two numbers next to each other, so the spaces carry no information (`1
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -27,7 +27,13 @@ PAUSE_END_ID = 6
 NUM_SPECIAL = 16  # ids 7..15 reserved.
 
 SPECIAL_NAMES: tuple[str, ...] = (
-    "<pad>", "<bos>", "<eos>", "<sep>", "</pause_start>", "<pause>", "</pause_end>",
+  "<pad>",
+  "<bos>",
+  "<eos>",
+  "<sep>",
+  "</pause_start>",
+  "<pause>",
+  "</pause_end>",
 ) + tuple(f"<reserved_{i}>" for i in range(7, NUM_SPECIAL))
 
 
@@ -70,8 +76,9 @@ class CharTokenizer(_SpecialIds):
     if len(set(alphabet)) != len(alphabet):
       raise ValueError(f"alphabet {alphabet!r} repeats a character; each must appear once.")
     if drop_spaces and " " in alphabet:
-      raise ValueError("alphabet contains ' ' but drop_spaces=True; remove the space or set "
-                       "drop_spaces=False.")
+      raise ValueError(
+        "alphabet contains ' ' but drop_spaces=True; remove the space or set drop_spaces=False."
+      )
     self.alphabet = alphabet
     self.drop_spaces = drop_spaces
     self.vocab_size = NUM_SPECIAL + len(alphabet)
@@ -84,8 +91,7 @@ class CharTokenizer(_SpecialIds):
       if ch == " " and self.drop_spaces:
         continue
       if ch not in self._char_to_id:
-        raise ValueError(f"character {ch!r} of {text!r} is not in the tokenizer alphabet "
-                         f"{self.alphabet!r}.")
+        raise ValueError(f"character {ch!r} of {text!r} is not in the tokenizer alphabet {self.alphabet!r}.")
       ids.append(self._char_to_id[ch])
     return ids
 

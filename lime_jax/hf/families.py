@@ -19,24 +19,64 @@ config.json of the family a ModelConfig belongs to, and checks that reading it b
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from lime_jax.model.model_config import ModelConfig
 
 # The config.model fields that describe a checkpoint's architecture (what `model_fields` returns).
-ARCH_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "ffn_dim", "rope_theta",
-               "rms_eps", "tie_embeddings", "attn_head_dim", "norm_type", "norm_offset", "mlp_activation",
-               "mlp_gated", "mlp_bias", "qkv_bias", "out_bias", "qk_norm", "position", "max_positions",
-               "rope_scaling", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor",
-               "rope_original_max_positions", "sliding_window", "global_layers", "embed_scale", "post_norms",
-               "attn_logit_softcap", "final_logit_softcap", "attn_scale_dim")
+ARCH_FIELDS = (
+  "vocab_size",
+  "num_layers",
+  "d_model",
+  "num_heads",
+  "num_kv_heads",
+  "ffn_dim",
+  "rope_theta",
+  "rms_eps",
+  "tie_embeddings",
+  "attn_head_dim",
+  "norm_type",
+  "norm_offset",
+  "mlp_activation",
+  "mlp_gated",
+  "mlp_bias",
+  "qkv_bias",
+  "out_bias",
+  "qk_norm",
+  "position",
+  "max_positions",
+  "rope_scaling",
+  "rope_factor",
+  "rope_low_freq_factor",
+  "rope_high_freq_factor",
+  "rope_original_max_positions",
+  "sliding_window",
+  "global_layers",
+  "embed_scale",
+  "post_norms",
+  "attn_logit_softcap",
+  "final_logit_softcap",
+  "attn_scale_dim",
+)
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gpt2")
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                 "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
-                 "gpt2": "GPT2LMHeadModel"}
+ARCHITECTURES = {
+  "llama": "LlamaForCausalLM",
+  "mistral": "MistralForCausalLM",
+  "qwen2": "Qwen2ForCausalLM",
+  "qwen3": "Qwen3ForCausalLM",
+  "gemma": "GemmaForCausalLM",
+  "gemma2": "Gemma2ForCausalLM",
+  "gpt2": "GPT2LMHeadModel",
+}
 # HF activation names -> config.model.mlp_activation ('gelu_new' is GPT-2's tanh approximation).
-_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
-                "gelu": "gelu"}
+_ACTIVATIONS = {
+  "silu": "silu",
+  "swish": "silu",
+  "gelu_pytorch_tanh": "gelu_tanh",
+  "gelu_new": "gelu_tanh",
+  "gelu": "gelu",
+}
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.name in ARCH_FIELDS}
 _REQUIRED = object()
 
@@ -72,14 +112,20 @@ def _rope(hf: dict) -> dict[str, Any]:
     refuse(where, merged, "per-layer-type RoPE parameters are not implemented.")
   rope_type = merged.get("rope_type", merged.get("type", "default"))
   if float(merged.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))) != 1.0:
-    refuse(f"{where}.partial_rotary_factor", merged.get("partial_rotary_factor"),
-           "lime_jax rotates every channel of the head.")
+    refuse(
+      f"{where}.partial_rotary_factor",
+      merged.get("partial_rotary_factor"),
+      "lime_jax rotates every channel of the head.",
+    )
   out = {"rope_theta": float(merged.get("rope_theta", hf.get("rope_theta", 10_000.0)))}
   if rope_type == "llama3":
-    out.update(rope_scaling="llama3", rope_factor=float(merged["factor"]),
-               rope_low_freq_factor=float(merged["low_freq_factor"]),
-               rope_high_freq_factor=float(merged["high_freq_factor"]),
-               rope_original_max_positions=int(merged["original_max_position_embeddings"]))
+    out.update(
+      rope_scaling="llama3",
+      rope_factor=float(merged["factor"]),
+      rope_low_freq_factor=float(merged["low_freq_factor"]),
+      rope_high_freq_factor=float(merged["high_freq_factor"]),
+      rope_original_max_positions=int(merged["original_max_position_embeddings"]),
+    )
   elif rope_type != "default":
     refuse(f"{where}.rope_type", rope_type, "lime_jax implements 'default' and 'llama3' RoPE only.")
   return out
@@ -90,8 +136,9 @@ def _window(hf: dict, all_layers: bool) -> dict[str, Any]:
   window, L = hf.get("sliding_window"), int(_get(hf, "num_hidden_layers"))
   layer_types = hf.get("layer_types")
   if layer_types is None and hf.get("use_sliding_window"):  # Qwen2/3 without layer_types
-    layer_types = ["sliding_attention" if i >= hf.get("max_window_layers", 0) else "full_attention"
-                   for i in range(L)]
+    layer_types = [
+      "sliding_attention" if i >= hf.get("max_window_layers", 0) else "full_attention" for i in range(L)
+    ]
   if layer_types is None:
     layer_types = ["sliding_attention" if (window and all_layers) else "full_attention"] * L
   for i, kind in enumerate(layer_types):
@@ -103,28 +150,41 @@ def _window(hf: dict, all_layers: bool) -> dict[str, Any]:
     return {}
   if not window:
     refuse("sliding_window", window, "layer_types has sliding layers, so sliding_window must be > 0.")
-  return {"sliding_window": int(window),
-          "global_layers": tuple(i for i, kind in enumerate(layer_types) if kind == "full_attention")}
+  return {
+    "sliding_window": int(window),
+    "global_layers": tuple(i for i, kind in enumerate(layer_types) if kind == "full_attention"),
+  }
 
 
 def _common(hf: dict, tie_default: bool) -> dict[str, Any]:
   """The fields every LLaMA-layout family shares."""
   D, N = int(_get(hf, "hidden_size")), int(_get(hf, "num_attention_heads"))
   head_dim = int(hf.get("head_dim") or D // N)
-  return {"vocab_size": int(_get(hf, "vocab_size")), "num_layers": int(_get(hf, "num_hidden_layers")),
-          "d_model": D, "num_heads": N, "num_kv_heads": int(hf.get("num_key_value_heads") or N),
-          "ffn_dim": int(_get(hf, "intermediate_size")),
-          "attn_head_dim": 0 if head_dim * N == D else head_dim,
-          "rms_eps": float(hf.get("rms_norm_eps", 1e-6)),
-          "tie_embeddings": bool(hf.get("tie_word_embeddings", tie_default)), **_rope(hf)}
+  return {
+    "vocab_size": int(_get(hf, "vocab_size")),
+    "num_layers": int(_get(hf, "num_hidden_layers")),
+    "d_model": D,
+    "num_heads": N,
+    "num_kv_heads": int(hf.get("num_key_value_heads") or N),
+    "ffn_dim": int(_get(hf, "intermediate_size")),
+    "attn_head_dim": 0 if head_dim * N == D else head_dim,
+    "rms_eps": float(hf.get("rms_norm_eps", 1e-6)),
+    "tie_embeddings": bool(hf.get("tie_word_embeddings", tie_default)),
+    **_rope(hf),
+  }
 
 
 def _llama(hf: dict) -> dict[str, Any]:
   if int(hf.get("pretraining_tp", 1)) != 1:
     refuse("pretraining_tp", hf["pretraining_tp"], "only 1 is implemented.")
   bias = bool(hf.get("attention_bias", False))
-  return {**_common(hf, False), "mlp_activation": _activation(hf, "hidden_act"), "qkv_bias": bias,
-          "out_bias": bias, "mlp_bias": bool(hf.get("mlp_bias", False))}
+  return {
+    **_common(hf, False),
+    "mlp_activation": _activation(hf, "hidden_act"),
+    "qkv_bias": bias,
+    "out_bias": bias,
+    "mlp_bias": bool(hf.get("mlp_bias", False)),
+  }
 
 
 def _mistral(hf: dict) -> dict[str, Any]:
@@ -146,19 +206,33 @@ def _qwen3(hf: dict) -> dict[str, Any]:
 
 def _gemma(hf: dict) -> dict[str, Any]:
   bias = bool(hf.get("attention_bias", False))
-  return {**_common(hf, True), "mlp_activation": _activation(hf, "hidden_act", gemma=True),
-          "norm_offset": 1.0, "embed_scale": True, "qkv_bias": bias, "out_bias": bias}
+  return {
+    **_common(hf, True),
+    "mlp_activation": _activation(hf, "hidden_act", gemma=True),
+    "norm_offset": 1.0,
+    "embed_scale": True,
+    "qkv_bias": bias,
+    "out_bias": bias,
+  }
 
 
 def _gemma2(hf: dict) -> dict[str, Any]:
   bias = bool(hf.get("attention_bias", False))
   head_dim = int(hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"])
   scalar = float(hf.get("query_pre_attn_scalar") or head_dim)
-  return {**_common(hf, True), "mlp_activation": _activation(hf, "hidden_activation", gemma=True),
-          "norm_offset": 1.0, "embed_scale": True, "post_norms": True, "qkv_bias": bias, "out_bias": bias,
-          "attn_scale_dim": 0.0 if scalar == head_dim else scalar,
-          "attn_logit_softcap": float(hf.get("attn_logit_softcapping") or 0.0),
-          "final_logit_softcap": float(hf.get("final_logit_softcapping") or 0.0), **_window(hf, False)}
+  return {
+    **_common(hf, True),
+    "mlp_activation": _activation(hf, "hidden_activation", gemma=True),
+    "norm_offset": 1.0,
+    "embed_scale": True,
+    "post_norms": True,
+    "qkv_bias": bias,
+    "out_bias": bias,
+    "attn_scale_dim": 0.0 if scalar == head_dim else scalar,
+    "attn_logit_softcap": float(hf.get("attn_logit_softcapping") or 0.0),
+    "final_logit_softcap": float(hf.get("final_logit_softcapping") or 0.0),
+    **_window(hf, False),
+  }
 
 
 def _gpt2(hf: dict) -> dict[str, Any]:
@@ -167,19 +241,36 @@ def _gpt2(hf: dict) -> dict[str, Any]:
   if hf.get("add_cross_attention"):
     refuse("add_cross_attention", True, "lime_jax is decoder-only.")
   D, N = int(_get(hf, "n_embd")), int(_get(hf, "n_head"))
-  return {"vocab_size": int(_get(hf, "vocab_size")), "num_layers": int(_get(hf, "n_layer")), "d_model": D,
-          "num_heads": N, "num_kv_heads": N, "ffn_dim": int(hf.get("n_inner") or 4 * D),
-          "rms_eps": float(hf.get("layer_norm_epsilon", 1e-5)),
-          "tie_embeddings": bool(hf.get("tie_word_embeddings", True)), "norm_type": "layer",
-          "position": "learned", "max_positions": int(_get(hf, "n_positions")),
-          "mlp_activation": _activation(hf, "activation_function"), "mlp_gated": False, "mlp_bias": True,
-          "qkv_bias": True, "out_bias": True,
-          "attn_scale_dim": 0.0 if hf.get("scale_attn_weights", True) else 1.0}
+  return {
+    "vocab_size": int(_get(hf, "vocab_size")),
+    "num_layers": int(_get(hf, "n_layer")),
+    "d_model": D,
+    "num_heads": N,
+    "num_kv_heads": N,
+    "ffn_dim": int(hf.get("n_inner") or 4 * D),
+    "rms_eps": float(hf.get("layer_norm_epsilon", 1e-5)),
+    "tie_embeddings": bool(hf.get("tie_word_embeddings", True)),
+    "norm_type": "layer",
+    "position": "learned",
+    "max_positions": int(_get(hf, "n_positions")),
+    "mlp_activation": _activation(hf, "activation_function"),
+    "mlp_gated": False,
+    "mlp_bias": True,
+    "qkv_bias": True,
+    "out_bias": True,
+    "attn_scale_dim": 0.0 if hf.get("scale_attn_weights", True) else 1.0,
+  }
 
 
 _READERS: dict[str, Callable[[dict], dict[str, Any]]] = {
-    "llama": _llama, "mistral": _mistral, "qwen2": _qwen2, "qwen3": _qwen3, "gemma": _gemma,
-    "gemma2": _gemma2, "gpt2": _gpt2}
+  "llama": _llama,
+  "mistral": _mistral,
+  "qwen2": _qwen2,
+  "qwen3": _qwen3,
+  "gemma": _gemma,
+  "gemma2": _gemma2,
+  "gpt2": _gpt2,
+}
 
 
 def fields_from_hf(hf: dict) -> dict[str, Any]:
@@ -208,8 +299,12 @@ def _relevant(fields: dict[str, Any]) -> dict[str, Any]:
   if out["attn_scale_dim"] == (out["attn_head_dim"] or out["d_model"] // out["num_heads"]):
     out["attn_scale_dim"] = 0.0
   if out["position"] == "learned" or out["rope_scaling"] == "none":
-    for name in ("rope_factor", "rope_low_freq_factor", "rope_high_freq_factor",
-                 "rope_original_max_positions"):
+    for name in (
+      "rope_factor",
+      "rope_low_freq_factor",
+      "rope_high_freq_factor",
+      "rope_original_max_positions",
+    ):
       out.pop(name)
   if out["position"] == "learned":
     out.pop("rope_theta"), out.pop("rope_scaling")
@@ -240,15 +335,21 @@ def family_for(cfg: ModelConfig) -> str:
 def _rope_dict(cfg: ModelConfig) -> dict[str, Any]:
   rope: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_theta}
   if cfg.rope_scaling == "llama3":
-    rope.update(rope_type="llama3", factor=cfg.rope_factor, low_freq_factor=cfg.rope_low_freq_factor,
-                high_freq_factor=cfg.rope_high_freq_factor,
-                original_max_position_embeddings=cfg.rope_original_max_positions)
+    rope.update(
+      rope_type="llama3",
+      factor=cfg.rope_factor,
+      low_freq_factor=cfg.rope_low_freq_factor,
+      high_freq_factor=cfg.rope_high_freq_factor,
+      original_max_position_embeddings=cfg.rope_original_max_positions,
+    )
   return rope
 
 
 def _layer_types(cfg: ModelConfig) -> list[str]:
-  return ["full_attention" if (not cfg.sliding_window or l in cfg.global_layers) else "sliding_attention"
-          for l in range(cfg.num_layers)]
+  return [
+    "full_attention" if (not cfg.sliding_window or l in cfg.global_layers) else "sliding_attention"
+    for l in range(cfg.num_layers)
+  ]
 
 
 def _int_if_whole(x: float) -> int | float:
@@ -258,20 +359,36 @@ def _int_if_whole(x: float) -> int | float:
 def hf_config_for(cfg: ModelConfig) -> dict[str, Any]:
   """The config.json dict of `cfg`'s family; raises ValueError if that family cannot express `cfg`."""
   if cfg.topology != "plain":
-    raise ValueError(f"HF export needs config.model.topology='plain', not {cfg.topology!r} (its "
-                     "cross-layer parameters have no HF counterpart).")
+    raise ValueError(
+      f"HF export needs config.model.topology='plain', not {cfg.topology!r} (its "
+      "cross-layer parameters have no HF counterpart)."
+    )
   family = family_for(cfg)
   act = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}[cfg.mlp_activation]
   if family == "gpt2":
-    hf = {"n_embd": cfg.d_model, "n_layer": cfg.num_layers, "n_head": cfg.num_heads, "n_inner": cfg.ffn_dim,
-          "n_positions": cfg.max_positions, "layer_norm_epsilon": cfg.rms_eps,
-          "activation_function": {"gelu_tanh": "gelu_new"}.get(cfg.mlp_activation, act),
-          "scale_attn_weights": cfg.attn_scale_dim != 1.0}
+    hf = {
+      "n_embd": cfg.d_model,
+      "n_layer": cfg.num_layers,
+      "n_head": cfg.num_heads,
+      "n_inner": cfg.ffn_dim,
+      "n_positions": cfg.max_positions,
+      "layer_norm_epsilon": cfg.rms_eps,
+      "activation_function": {"gelu_tanh": "gelu_new"}.get(cfg.mlp_activation, act),
+      "scale_attn_weights": cfg.attn_scale_dim != 1.0,
+    }
   else:
-    hf = {"hidden_size": cfg.d_model, "intermediate_size": cfg.ffn_dim, "num_hidden_layers": cfg.num_layers,
-          "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads,
-          "head_dim": cfg.head_dim, "rms_norm_eps": cfg.rms_eps, "rope_parameters": _rope_dict(cfg),
-          "max_position_embeddings": max(cfg.rope_original_max_positions, 4096), "hidden_act": act}
+    hf = {
+      "hidden_size": cfg.d_model,
+      "intermediate_size": cfg.ffn_dim,
+      "num_hidden_layers": cfg.num_layers,
+      "num_attention_heads": cfg.num_heads,
+      "num_key_value_heads": cfg.num_kv_heads,
+      "head_dim": cfg.head_dim,
+      "rms_norm_eps": cfg.rms_eps,
+      "rope_parameters": _rope_dict(cfg),
+      "max_position_embeddings": max(cfg.rope_original_max_positions, 4096),
+      "hidden_act": act,
+    }
     if family in ("llama", "qwen3", "gemma", "gemma2"):
       hf["attention_bias"] = cfg.qkv_bias
     if family == "llama":
@@ -283,16 +400,27 @@ def hf_config_for(cfg: ModelConfig) -> dict[str, Any]:
       if cfg.sliding_window:
         hf.update(use_sliding_window=True, sliding_window=cfg.sliding_window, layer_types=_layer_types(cfg))
     if family == "gemma2":
-      hf.update(hidden_activation=hf.pop("hidden_act"), layer_types=_layer_types(cfg),
-                sliding_window=cfg.sliding_window or 4096,
-                query_pre_attn_scalar=_int_if_whole(cfg.attn_scale_dim or cfg.head_dim),
-                attn_logit_softcapping=cfg.attn_logit_softcap or None,
-                final_logit_softcapping=cfg.final_logit_softcap or None)
-  hf.update(model_type=family, architectures=[ARCHITECTURES[family]], vocab_size=cfg.vocab_size,
-            tie_word_embeddings=cfg.tie_embeddings, initializer_range=cfg.init_std, dtype=cfg.param_dtype)
+      hf.update(
+        hidden_activation=hf.pop("hidden_act"),
+        layer_types=_layer_types(cfg),
+        sliding_window=cfg.sliding_window or 4096,
+        query_pre_attn_scalar=_int_if_whole(cfg.attn_scale_dim or cfg.head_dim),
+        attn_logit_softcapping=cfg.attn_logit_softcap or None,
+        final_logit_softcapping=cfg.final_logit_softcap or None,
+      )
+  hf.update(
+    model_type=family,
+    architectures=[ARCHITECTURES[family]],
+    vocab_size=cfg.vocab_size,
+    tie_word_embeddings=cfg.tie_embeddings,
+    initializer_range=cfg.init_std,
+    dtype=cfg.param_dtype,
+  )
   want, got = _relevant(fields_of(cfg)), _relevant(fields_from_hf(hf))
   diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
   if diff:
-    raise ValueError(f"no HF family expresses this ModelConfig: as {family!r} it would change "
-                     + ", ".join(f"config.model.{k}={want.get(k)!r} -> {got.get(k)!r}" for k in diff))
+    raise ValueError(
+      f"no HF family expresses this ModelConfig: as {family!r} it would change "
+      + ", ".join(f"config.model.{k}={want.get(k)!r} -> {got.get(k)!r}" for k in diff)
+    )
   return hf

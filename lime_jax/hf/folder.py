@@ -43,8 +43,10 @@ def safetensors_files(path: str) -> list[str]:
   else:
     files = sorted(name for name in os.listdir(path) if name.endswith(".safetensors"))
   if not files:
-    raise FileNotFoundError(f"{path!r} has no *.safetensors weights (pytorch_model.bin is not read: "
-                            "convert it with transformers' save_pretrained(safe_serialization=True)).")
+    raise FileNotFoundError(
+      f"{path!r} has no *.safetensors weights (pytorch_model.bin is not read: "
+      "convert it with transformers' save_pretrained(safe_serialization=True))."
+    )
   missing = [name for name in files if not os.path.isfile(os.path.join(path, name))]
   if missing:
     raise FileNotFoundError(f"{path!r}: {INDEX_FILE} lists shards that are not there: {missing}.")
@@ -75,8 +77,13 @@ def model_fields(path: str) -> dict[str, Any]:
   return fields
 
 
-def load_pretrained(path: str, model_cfg: ModelConfig | None = None, *, param_dtype: str | None = None,
-                    rng: jax.Array | None = None) -> tuple[ModelConfig, dict]:
+def load_pretrained(
+  path: str,
+  model_cfg: ModelConfig | None = None,
+  *,
+  param_dtype: str | None = None,
+  rng: jax.Array | None = None,
+) -> tuple[ModelConfig, dict]:
   """(ModelConfig, params in lime_jax layout) of a local HF folder.
 
   `model_cfg`, when given, keeps its non-architecture fields (topology, dtypes, attention_impl, remat,
@@ -87,7 +94,7 @@ def load_pretrained(path: str, model_cfg: ModelConfig | None = None, *, param_dt
   `param_dtype` is the dtype of the returned parameters (cfg.param_dtype); None: model_cfg's, else
   'float32'. Tensors are read in their stored dtype and converted through fp32.
   """
-  from lime_jax.model import regularizers, stack, transformer  # pylint: disable=g-import-not-at-top
+  from lime_jax.model import regularizers, topologies, transformer  # pylint: disable=g-import-not-at-top
 
   fields = model_fields(path)
   base = model_cfg if model_cfg is not None else ModelConfig(vocab_size=fields["vocab_size"])
@@ -95,7 +102,7 @@ def load_pretrained(path: str, model_cfg: ModelConfig | None = None, *, param_dt
   _warn_if_not_identity(cfg)
   params = weights.hf_state_dict_to_params(read_state_dict(path), cfg)
   rng = jax.random.key(0) if rng is None else rng
-  topology = stack.get_topology(cfg.topology)
+  topology = topologies.get_topology(cfg.topology)
   if topology.init_params is not None:
     params["router"] = topology.init_params(jax.random.fold_in(rng, 0), cfg)
   if cfg.seq_vcr.enabled and cfg.seq_vcr.proj_dim:
@@ -103,18 +110,26 @@ def load_pretrained(path: str, model_cfg: ModelConfig | None = None, *, param_dt
   want = jax.eval_shape(lambda key: transformer.init_params(cfg, key), jax.random.key(0))
   shapes = lambda tree: jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), tree)
   if shapes(want) != shapes(params):
-    raise ValueError(f"{path!r}: the converted parameters do not match the model of this config; "
-                     f"expected {shapes(want)}, got {shapes(params)}.")
+    raise ValueError(
+      f"{path!r}: the converted parameters do not match the model of this config; "
+      f"expected {shapes(want)}, got {shapes(params)}."
+    )
   return cfg, params
 
 
 def _warn_if_not_identity(cfg: ModelConfig) -> None:
   if cfg.topology == "lime" and cfg.lime.init != "identity":
-    logging.warning("Upcycling into LIMe with lime.init=%r: the step-0 logits differ from the pretrained "
-                    "model's; use lime.init='identity' to start from them.", cfg.lime.init)
+    logging.warning(
+      "Upcycling into LIMe with lime.init=%r: the step-0 logits differ from the pretrained "
+      "model's; use lime.init='identity' to start from them.",
+      cfg.lime.init,
+    )
   if cfg.topology == "value_residual" and cfg.value_residual.init_lambda != 0.0:
-    logging.warning("Upcycling into value_residual with init_lambda=%s: the step-0 logits differ from "
-                    "the pretrained model's; init_lambda=0 starts from them.", cfg.value_residual.init_lambda)
+    logging.warning(
+      "Upcycling into value_residual with init_lambda=%s: the step-0 logits differ from "
+      "the pretrained model's; init_lambda=0 starts from them.",
+      cfg.value_residual.init_lambda,
+    )
 
 
 def save_pretrained(params: Any, cfg: ModelConfig, out_dir: str) -> None:

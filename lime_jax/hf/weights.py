@@ -22,7 +22,8 @@ Both use RoPE in the 'rotate half' layout, so q/k channels need no permutation.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,8 +38,16 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
 def _piece_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
   """The per-layer pieces `cfg` has, with their lime_jax shapes."""
   D, N, R, H, F = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.ffn_dim
-  shapes = {"wq": (D, N, H), "wk": (D, R, H), "wv": (D, R, H), "wo": (N, H, D),
-            "attn_norm.scale": (D,), "mlp_norm.scale": (D,), "mlp.w_up": (D, F), "mlp.w_down": (F, D)}
+  shapes = {
+    "wq": (D, N, H),
+    "wk": (D, R, H),
+    "wv": (D, R, H),
+    "wo": (N, H, D),
+    "attn_norm.scale": (D,),
+    "mlp_norm.scale": (D,),
+    "mlp.w_up": (D, F),
+    "mlp.w_down": (F, D),
+  }
   if cfg.mlp_gated:
     shapes["mlp.w_gate"] = (D, F)
   if cfg.qkv_bias:
@@ -66,19 +75,29 @@ def _is_gpt2(cfg: ModelConfig) -> bool:
 # Per layout: piece -> (HF key suffix, how it is stored): 'linear' [out, in] (in = the first `n_in`
 # dims of the piece), 'conv1d' [in, out], 'vector' (flattened).
 def _llama_names(cfg: ModelConfig) -> dict[str, tuple[str, str, int]]:
-  names = {"wq": ("self_attn.q_proj.weight", "linear", 1), "wk": ("self_attn.k_proj.weight", "linear", 1),
-           "wv": ("self_attn.v_proj.weight", "linear", 1), "wo": ("self_attn.o_proj.weight", "linear", 2),
-           "bq": ("self_attn.q_proj.bias", "vector", 0), "bk": ("self_attn.k_proj.bias", "vector", 0),
-           "bv": ("self_attn.v_proj.bias", "vector", 0), "bo": ("self_attn.o_proj.bias", "vector", 0),
-           "q_norm": ("self_attn.q_norm.weight", "vector", 0),
-           "k_norm": ("self_attn.k_norm.weight", "vector", 0)}
+  names = {
+    "wq": ("self_attn.q_proj.weight", "linear", 1),
+    "wk": ("self_attn.k_proj.weight", "linear", 1),
+    "wv": ("self_attn.v_proj.weight", "linear", 1),
+    "wo": ("self_attn.o_proj.weight", "linear", 2),
+    "bq": ("self_attn.q_proj.bias", "vector", 0),
+    "bk": ("self_attn.k_proj.bias", "vector", 0),
+    "bv": ("self_attn.v_proj.bias", "vector", 0),
+    "bo": ("self_attn.o_proj.bias", "vector", 0),
+    "q_norm": ("self_attn.q_norm.weight", "vector", 0),
+    "k_norm": ("self_attn.k_norm.weight", "vector", 0),
+  }
   for proj in ("gate", "up", "down"):
     names[f"mlp.w_{proj}"] = (f"mlp.{proj}_proj.weight", "linear", 1)
     names[f"mlp.b_{proj}"] = (f"mlp.{proj}_proj.bias", "vector", 0)
   norms = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
   if cfg.post_norms:
-    norms = {"attn_norm": "input_layernorm", "attn_post_norm": "post_attention_layernorm",
-             "mlp_norm": "pre_feedforward_layernorm", "mlp_post_norm": "post_feedforward_layernorm"}
+    norms = {
+      "attn_norm": "input_layernorm",
+      "attn_post_norm": "post_attention_layernorm",
+      "mlp_norm": "pre_feedforward_layernorm",
+      "mlp_post_norm": "post_feedforward_layernorm",
+    }
   for ours, theirs in norms.items():
     names[f"{ours}.scale"] = (f"{theirs}.weight", "vector", 0)
     names[f"{ours}.bias"] = (f"{theirs}.bias", "vector", 0)
@@ -87,12 +106,20 @@ def _llama_names(cfg: ModelConfig) -> dict[str, tuple[str, str, int]]:
 
 def _gpt2_names(cfg: ModelConfig) -> dict[str, tuple[str, str, int]]:
   del cfg
-  names = {"wq": ("attn.q.weight", "conv1d", 1), "wk": ("attn.k.weight", "conv1d", 1),
-           "wv": ("attn.v.weight", "conv1d", 1), "bq": ("attn.q.bias", "vector", 0),
-           "bk": ("attn.k.bias", "vector", 0), "bv": ("attn.v.bias", "vector", 0),
-           "wo": ("attn.c_proj.weight", "conv1d", 2), "bo": ("attn.c_proj.bias", "vector", 0),
-           "mlp.w_up": ("mlp.c_fc.weight", "conv1d", 1), "mlp.b_up": ("mlp.c_fc.bias", "vector", 0),
-           "mlp.w_down": ("mlp.c_proj.weight", "conv1d", 1), "mlp.b_down": ("mlp.c_proj.bias", "vector", 0)}
+  names = {
+    "wq": ("attn.q.weight", "conv1d", 1),
+    "wk": ("attn.k.weight", "conv1d", 1),
+    "wv": ("attn.v.weight", "conv1d", 1),
+    "bq": ("attn.q.bias", "vector", 0),
+    "bk": ("attn.k.bias", "vector", 0),
+    "bv": ("attn.v.bias", "vector", 0),
+    "wo": ("attn.c_proj.weight", "conv1d", 2),
+    "bo": ("attn.c_proj.bias", "vector", 0),
+    "mlp.w_up": ("mlp.c_fc.weight", "conv1d", 1),
+    "mlp.b_up": ("mlp.c_fc.bias", "vector", 0),
+    "mlp.w_down": ("mlp.c_proj.weight", "conv1d", 1),
+    "mlp.b_down": ("mlp.c_proj.bias", "vector", 0),
+  }
   for ours, theirs in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
     names[f"{ours}.scale"] = (f"{theirs}.weight", "vector", 0)
     names[f"{ours}.bias"] = (f"{theirs}.bias", "vector", 0)
@@ -102,8 +129,12 @@ def _gpt2_names(cfg: ModelConfig) -> dict[str, tuple[str, str, int]]:
 def _globals(cfg: ModelConfig) -> dict[str, str]:
   """Top-level parameter path -> HF key."""
   if _is_gpt2(cfg):
-    names = {"embed": "transformer.wte.weight", "pos_embed": "transformer.wpe.weight",
-             "final_norm.scale": "transformer.ln_f.weight", "final_norm.bias": "transformer.ln_f.bias"}
+    names = {
+      "embed": "transformer.wte.weight",
+      "pos_embed": "transformer.wpe.weight",
+      "final_norm.scale": "transformer.ln_f.weight",
+      "final_norm.bias": "transformer.ln_f.bias",
+    }
   else:
     names = {"embed": "model.embed_tokens.weight", "final_norm.scale": "model.norm.weight"}
     if cfg.norm_type == "layer":
@@ -143,7 +174,7 @@ def _split_c_attn(sd: dict[str, Any], cfg: ModelConfig) -> dict[str, Any]:
     if x.shape[-1] != 3 * width:
       raise ValueError(f"HF state dict {key} has shape {tuple(x.shape)}, expected last dim 3 * {width}.")
     for i, name in enumerate("qkv"):
-      out[key.replace(".c_attn.", f".{name}.")] = x[..., i * width:(i + 1) * width]
+      out[key.replace(".c_attn.", f".{name}.")] = x[..., i * width : (i + 1) * width]
   return out
 
 
@@ -159,8 +190,9 @@ def _join_c_attn(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return out
 
 
-def params_to_hf_state_dict(params: Mapping[str, Any], cfg: ModelConfig,
-                            as_torch: bool = False) -> dict[str, Any]:
+def params_to_hf_state_dict(
+  params: Mapping[str, Any], cfg: ModelConfig, as_torch: bool = False
+) -> dict[str, Any]:
   """Our parameters -> the HF state dict of `cfg`'s layout (fp32 numpy arrays, or torch tensors).
 
   `lm_head.weight` is always included (equal to the embedding when tied) so that
@@ -195,6 +227,7 @@ def params_to_hf_state_dict(params: Mapping[str, Any], cfg: ModelConfig,
   sd = {k: np.ascontiguousarray(v) for k, v in sd.items()}
   if as_torch:
     import torch  # pylint: disable=g-import-not-at-top
+
     sd = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in sd.items()}
   return sd
 
@@ -226,31 +259,45 @@ def hf_state_dict_to_params(state_dict: Mapping[str, Any], cfg: ModelConfig) -> 
   for piece, shape in _piece_shapes(cfg).items():
     suffix, kind, n_in = names[piece]
     hf_shape = _hf_shape(kind, n_in, shape)
-    pieces[piece] = np.stack([_to_ours(take(_layer_prefix(cfg).format(i) + suffix, hf_shape), kind, shape)
-                              for i in range(cfg.num_layers)])
+    pieces[piece] = np.stack(
+      [
+        _to_ours(take(_layer_prefix(cfg).format(i) + suffix, hf_shape), kind, shape)
+        for i in range(cfg.num_layers)
+      ]
+    )
   params: dict[str, Any] = {"layers": _layers_from_pieces(pieces, cfg)}
   for path, key in _globals(cfg).items():
-    shape = (cfg.max_positions, cfg.d_model) if path == "pos_embed" else (
-        (cfg.vocab_size, cfg.d_model) if path == "embed" else (cfg.d_model,))
+    shape = (
+      (cfg.max_positions, cfg.d_model)
+      if path == "pos_embed"
+      else ((cfg.vocab_size, cfg.d_model) if path == "embed" else (cfg.d_model,))
+    )
     _assign(params, path, take(key, shape))
   V, D = cfg.vocab_size, cfg.d_model
   if cfg.tie_embeddings:
     if "lm_head.weight" in sd and not np.array_equal(take("lm_head.weight", (V, D)), params["embed"]):
-      raise ValueError("cfg.tie_embeddings=True but the HF lm_head.weight differs from the embedding; "
-                       "convert with tie_embeddings=False (config.json tie_word_embeddings=false).")
+      raise ValueError(
+        "cfg.tie_embeddings=True but the HF lm_head.weight differs from the embedding; "
+        "convert with tie_embeddings=False (config.json tie_word_embeddings=false)."
+      )
   else:
     params["unembed"] = take("lm_head.weight", (V, D)).T
   unexpected = sorted(set(sd) - used)
   if unexpected:
-    raise ValueError(f"HF state dict has weights lime_jax does not model with this config: {unexpected[:8]}"
-                     f"{' ...' if len(unexpected) > 8 else ''}")
+    raise ValueError(
+      f"HF state dict has weights lime_jax does not model with this config: {unexpected[:8]}"
+      f"{' ...' if len(unexpected) > 8 else ''}"
+    )
   return jax.tree.map(lambda x: jnp.asarray(x, dtype=cfg.pdtype), params)
 
 
 def _layers_from_pieces(pieces: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, Any]:
   """Stacked pieces -> the Block's stacked parameters (k and v joined per kv head)."""
-  layers: dict[str, Any] = {"wq": pieces["wq"], "wo": pieces["wo"],
-                            "wkv": np.concatenate([pieces["wk"], pieces["wv"]], axis=-1)}
+  layers: dict[str, Any] = {
+    "wq": pieces["wq"],
+    "wo": pieces["wo"],
+    "wkv": np.concatenate([pieces["wk"], pieces["wv"]], axis=-1),
+  }
   if cfg.qkv_bias:
     layers.update(bq=pieces["bq"], bkv=np.concatenate([pieces["bk"], pieces["bv"]], axis=-1))
   for piece, x in pieces.items():

@@ -1,7 +1,7 @@
 """Auxiliary losses on hidden representations.
 
 Modules:
-  seq_vcr   `seq_vcr_loss` (Seq-VCR, SPEC §4 Eq. 3-4; per-position or batch+length covariance) and
+  seq_vcr   `seq_vcr_loss` (Seq-VCR, docs/methods.md §4 Eq. 3-4; per-position or batch+length covariance) and
             `aligned_positions` (the [T] mask of positions every example of a batch counts).
 """
 

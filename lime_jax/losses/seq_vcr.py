@@ -1,4 +1,4 @@
-"""Seq-VCR: sequential variance-covariance regularisation (Seq-VCR paper §3.4, Eq. 3-4; SPEC §4).
+"""Seq-VCR: sequential variance-covariance regularisation (Seq-VCR paper §3.4, Eq. 3-4; docs/methods.md §4).
 
 For features X in R^{N x T x d} (N batch samples, T positions, d features), the per-position
 covariance across the batch is (unbiased)
@@ -68,12 +68,16 @@ def _check_args(x_NTD: jax.Array, lambda1: float, lambda2: float, eta: float, va
   if x_NTD.ndim != 3:
     raise ValueError(f"seq_vcr expects features [N, T, d]; got shape {x_NTD.shape}.")
   if x_NTD.shape[0] < 2:
-    raise ValueError(f"seq_vcr needs a batch of at least 2 samples (the covariance is taken across "
-                     f"the batch and is undefined for N=1); got N={x_NTD.shape[0]}. Raise the batch "
-                     "size or disable Seq-VCR.")
+    raise ValueError(
+      f"seq_vcr needs a batch of at least 2 samples (the covariance is taken across "
+      f"the batch and is undefined for N=1); got N={x_NTD.shape[0]}. Raise the batch "
+      "size or disable Seq-VCR."
+    )
   if not float(eta) > 0.0:
-    raise ValueError(f"seq_vcr eta={eta} must be > 0 (it keeps sqrt(C_kk + eta) differentiable at "
-                     "zero variance); the paper uses 1e-3.")
+    raise ValueError(
+      f"seq_vcr eta={eta} must be > 0 (it keeps sqrt(C_kk + eta) differentiable at "
+      "zero variance); the paper uses 1e-3."
+    )
   for name, value in (("lambda1", lambda1), ("lambda2", lambda2)):
     if isinstance(value, (int, float)) and value < 0:
       raise ValueError(f"seq_vcr {name}={value} must be >= 0.")
@@ -91,8 +95,7 @@ def _sum_sq_offdiag_per_position(xc_TND: jax.Array, var_TD: jax.Array, denom: fl
   return jnp.sum(jnp.square(cov_TDD) * offdiag_DD[None], axis=(1, 2))
 
 
-def _per_position(x_NTD: jax.Array, mask_T: jax.Array | None, eta: float
-                  ) -> tuple[jax.Array, jax.Array]:
+def _per_position(x_NTD: jax.Array, mask_T: jax.Array | None, eta: float) -> tuple[jax.Array, jax.Array]:
   """Unweighted (variance, covariance) sums of Eq. 3-4, each divided by T*d."""
   n, t, d = x_NTD.shape
   if mask_T is None:
@@ -101,9 +104,10 @@ def _per_position(x_NTD: jax.Array, mask_T: jax.Array | None, eta: float
     mask_T = jnp.asarray(mask_T)
     if mask_T.shape != (t,):
       raise ValueError(
-          f"seq_vcr variant='per_position' takes a position mask of shape [T]=({t},); got "
-          f"{mask_T.shape}. A per-example [N, T] mask would give positions different sample counts: "
-          "reduce it with aligned_positions(mask_NT), or use variant='batch_length'.")
+        f"seq_vcr variant='per_position' takes a position mask of shape [T]=({t},); got "
+        f"{mask_T.shape}. A per-example [N, T] mask would give positions different sample counts: "
+        "reduce it with aligned_positions(mask_NT), or use variant='batch_length'."
+      )
     m_T = (mask_T != 0).astype(jnp.float32)
   # Position-major layout, and the reductions over the batch written as dots with a vector: XLA:CPU
   # runs a reduction over the leading batch axis (and the Gram on [N, T, d]) several times slower.
@@ -111,16 +115,16 @@ def _per_position(x_NTD: jax.Array, mask_T: jax.Array | None, eta: float
   mean_TD = jnp.einsum("n,tnd->td", jnp.full((n,), 1.0 / n, jnp.float32), x_TND, precision=_HIGHEST)
   xc_TND = x_TND - mean_TD[:, None, :]
   denom = float(n - 1)
-  var_TD = jnp.einsum("n,tnd->td", jnp.ones((n,), jnp.float32), jnp.square(xc_TND),
-                      precision=_HIGHEST) / denom
+  var_TD = (
+    jnp.einsum("n,tnd->td", jnp.ones((n,), jnp.float32), jnp.square(xc_TND), precision=_HIGHEST) / denom
+  )
   hinge_T = jnp.sum(jax.nn.relu(1.0 - jnp.sqrt(var_TD + eta)), axis=1)
   offdiag_T = _sum_sq_offdiag_per_position(xc_TND, var_TD, denom)
   scale = 1.0 / (jnp.maximum(jnp.sum(m_T), 1.0) * d)
   return jnp.sum(m_T * hinge_T) * scale, jnp.sum(m_T * offdiag_T) * scale
 
 
-def _batch_length(x_NTD: jax.Array, mask: jax.Array | None, eta: float
-                  ) -> tuple[jax.Array, jax.Array]:
+def _batch_length(x_NTD: jax.Array, mask: jax.Array | None, eta: float) -> tuple[jax.Array, jax.Array]:
   """Unweighted (variance, covariance) sums of one covariance over all counted vectors, over d."""
   n, t, d = x_NTD.shape
   if mask is None:
@@ -132,8 +136,10 @@ def _batch_length(x_NTD: jax.Array, mask: jax.Array | None, eta: float
     elif mask.shape == (n, t):
       m_NT = (mask != 0).astype(jnp.float32)
     else:
-      raise ValueError(f"seq_vcr variant='batch_length' takes a mask of shape [T]=({t},) or "
-                       f"[N, T]=({n}, {t}); got {mask.shape}.")
+      raise ValueError(
+        f"seq_vcr variant='batch_length' takes a mask of shape [T]=({t},) or "
+        f"[N, T]=({n}, {t}); got {mask.shape}."
+      )
   x_MD = jnp.where(m_NT[:, :, None] > 0, x_NTD, 0.0).reshape(n * t, d)
   m_M = m_NT.reshape(n * t)
   count = jnp.sum(m_M)
@@ -145,8 +151,7 @@ def _batch_length(x_NTD: jax.Array, mask: jax.Array | None, eta: float
   hinge = jnp.sum(jax.nn.relu(1.0 - jnp.sqrt(var_D + eta)))
   if n * t <= d:
     gram_MM = jnp.einsum("md,nd->mn", xc_MD, xc_MD, precision=_HIGHEST)
-    offdiag = jnp.maximum(jnp.sum(jnp.square(gram_MM)) / (denom * denom)
-                          - jnp.sum(jnp.square(var_D)), 0.0)
+    offdiag = jnp.maximum(jnp.sum(jnp.square(gram_MM)) / (denom * denom) - jnp.sum(jnp.square(var_D)), 0.0)
   else:
     cov_DD = jnp.einsum("md,me->de", xc_MD, xc_MD, precision=_HIGHEST) / denom
     offdiag = jnp.sum(jnp.square(cov_DD) * (1.0 - jnp.eye(d, dtype=jnp.float32)))
@@ -154,10 +159,16 @@ def _batch_length(x_NTD: jax.Array, mask: jax.Array | None, eta: float
   return valid * hinge / d, valid * offdiag / d
 
 
-def seq_vcr_loss(x_NTD: jax.Array, mask: jax.Array | None = None, *, lambda1: float,
-                 lambda2: float, eta: float = 1e-3, variant: str = "per_position"
-                 ) -> dict[str, jax.Array]:
-  """Seq-VCR loss of features x_NTD (SPEC §4 Eq. 3-4); fp32 scalars.
+def seq_vcr_loss(
+  x_NTD: jax.Array,
+  mask: jax.Array | None = None,
+  *,
+  lambda1: float,
+  lambda2: float,
+  eta: float = 1e-3,
+  variant: str = "per_position",
+) -> dict[str, jax.Array]:
+  """Seq-VCR loss of features x_NTD (docs/methods.md §4 Eq. 3-4); fp32 scalars.
 
   Args:
     x_NTD: features [N, T, d] (any float dtype; computed in fp32). N >= 2.

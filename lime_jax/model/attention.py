@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 def causal_mask(q_positions_BT: jax.Array, k_positions_BS: jax.Array) -> jax.Array:
   """Boolean [B, 1, T, S] mask: query at position p sees keys at positions <= p."""
-  return (k_positions_BS[:, None, None, :] <= q_positions_BT[:, None, :, None])
+  return k_positions_BS[:, None, None, :] <= q_positions_BT[:, None, :, None]
 
 
 def document_mask(positions_BT: jax.Array) -> jax.Array:
@@ -35,9 +35,14 @@ def window_mask(q_positions_BT: jax.Array, k_positions_BS: jax.Array, window) ->
   return (q_positions_BT[:, None, :, None] - k_positions_BS[:, None, None, :]) < window
 
 
-def explicit_attention(q_BTNH: jax.Array, k_BSRH: jax.Array, v_BSRH: jax.Array,
-                       mask_B1TS: jax.Array, scale: float | None = None,
-                       softcap: float = 0.0) -> tuple[jax.Array, jax.Array]:
+def explicit_attention(
+  q_BTNH: jax.Array,
+  k_BSRH: jax.Array,
+  v_BSRH: jax.Array,
+  mask_B1TS: jax.Array,
+  scale: float | None = None,
+  softcap: float = 0.0,
+) -> tuple[jax.Array, jax.Array]:
   """Softmax attention written out; returns (out_BTNH, probs_BNTS) with fp32 logits and softmax."""
   B, T, N, H = q_BTNH.shape
   R = k_BSRH.shape[2]
@@ -55,9 +60,17 @@ def explicit_attention(q_BTNH: jax.Array, k_BSRH: jax.Array, v_BSRH: jax.Array,
   return out_BTRGH.reshape(B, T, N, H), probs_BRGTS.reshape(B, N, T, -1)
 
 
-def attend(q_BTNH: jax.Array, k_BSRH: jax.Array, v_BSRH: jax.Array, impl: str,
-           mask_B1TS: jax.Array | None = None, *, scale: float | None = None, softcap: float = 0.0,
-           window: int = 0) -> tuple[jax.Array, jax.Array | None]:
+def attend(
+  q_BTNH: jax.Array,
+  k_BSRH: jax.Array,
+  v_BSRH: jax.Array,
+  impl: str,
+  mask_B1TS: jax.Array | None = None,
+  *,
+  scale: float | None = None,
+  softcap: float = 0.0,
+  window: int = 0,
+) -> tuple[jax.Array, jax.Array | None]:
   """Causal attention; `mask_B1TS=None` means plain causal, the T queries being the last T of the S keys.
 
   `window` (static, > 0) applies a sliding window to that plain causal case; a given mask must already
@@ -67,8 +80,10 @@ def attend(q_BTNH: jax.Array, k_BSRH: jax.Array, v_BSRH: jax.Array, impl: str,
   if impl not in ("xla", "cudnn", "explicit"):
     raise ValueError(f"config.model.attention_impl={impl!r} is unknown: use 'xla', 'cudnn' or 'explicit'.")
   if softcap and impl == "cudnn":
-    raise ValueError("config.model.attn_logit_softcap needs config.model.attention_impl='xla' or "
-                     "'explicit'; the cuDNN kernel has no logit soft-capping.")
+    raise ValueError(
+      "config.model.attn_logit_softcap needs config.model.attention_impl='xla' or "
+      "'explicit'; the cuDNN kernel has no logit soft-capping."
+    )
   if mask_B1TS is None and (impl == "explicit" or T != S or softcap):  # is_causal would align top-left.
     mask_B1TS = jnp.tril(jnp.ones((T, S), bool), k=S - T)
     if window:
@@ -85,5 +100,6 @@ def attend(q_BTNH: jax.Array, k_BSRH: jax.Array, v_BSRH: jax.Array, impl: str,
   if window and mask_B1TS is None:
     kwargs["local_window_size"] = (window - 1, 0)
   out_BTNH = jax.nn.dot_product_attention(
-      q_BTNH, k_BSRH, v_BSRH, mask=mask_B1TS, is_causal=mask_B1TS is None, implementation=impl, **kwargs)
+    q_BTNH, k_BSRH, v_BSRH, mask=mask_B1TS, is_causal=mask_B1TS is None, implementation=impl, **kwargs
+  )
   return out_BTNH, None

@@ -7,7 +7,8 @@ sliding windows, logit soft-capping, Gemma 2's post-norms). Each option adds wor
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -15,8 +16,15 @@ import jax.numpy as jnp
 
 from lime_jax import sharding
 from lime_jax.model import attention
-from lime_jax.model.layers import (Mlp, apply_rope, make_norm, normal_init, rms_norm, rope_angles,
-                                   rope_scaling_params)
+from lime_jax.model.layers import (
+  Mlp,
+  apply_rope,
+  make_norm,
+  normal_init,
+  rms_norm,
+  rope_angles,
+  rope_scaling_params,
+)
 from lime_jax.model.model_config import ModelConfig
 
 # A kv mixer maps this layer's raw (pre-RoPE) keys/values [B, T, R, 2H] to the ones attention uses.
@@ -56,8 +64,10 @@ def layer_window(cfg: ModelConfig, layer: jax.Array | None) -> Any:
   if not cfg.global_layers:
     return cfg.sliding_window
   if layer is None:
-    raise ValueError(f"config.model.global_layers={cfg.global_layers} needs the layer index in the Block; "
-                     f"topology {cfg.topology!r} does not pass it: use topology 'plain'.")
+    raise ValueError(
+      f"config.model.global_layers={cfg.global_layers} needs the layer index in the Block; "
+      f"topology {cfg.topology!r} does not pass it: use topology 'plain'."
+    )
   is_global = jnp.isin(layer, jnp.asarray(cfg.global_layers, jnp.int32))
   return jnp.where(is_global, jnp.iinfo(jnp.int32).max, cfg.sliding_window)
 
@@ -71,8 +81,10 @@ class Residual(NamedTuple):
   write: Callable[[str, Any, Any, jax.Array], Any]
 
 
-PLAIN_RESIDUAL = Residual(read=lambda name, h_BTD: (h_BTD, None),
-                          write=lambda name, h_BTD, ctx, out_BTD: h_BTD + out_BTD.astype(h_BTD.dtype))
+PLAIN_RESIDUAL = Residual(
+  read=lambda name, h_BTD: (h_BTD, None),
+  write=lambda name, h_BTD, ctx, out_BTD: h_BTD + out_BTD.astype(h_BTD.dtype),
+)
 
 
 class Block(nn.Module):
@@ -90,9 +102,16 @@ class Block(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, h_BTD: jax.Array, positions_BT: jax.Array, kv_mixer: KvMixer | None = None,
-               kv_input: KvInput | None = None, cache: dict | None = None,
-               residual: Residual = PLAIN_RESIDUAL, layer: jax.Array | None = None) -> tuple[Any, dict]:
+  def __call__(
+    self,
+    h_BTD: jax.Array,
+    positions_BT: jax.Array,
+    kv_mixer: KvMixer | None = None,
+    kv_input: KvInput | None = None,
+    cache: dict | None = None,
+    residual: Residual = PLAIN_RESIDUAL,
+    layer: jax.Array | None = None,
+  ) -> tuple[Any, dict]:
     cfg = self.cfg
     state, (h_BTD, ctx) = h_BTD, residual.read("attn", h_BTD)
     D, N, R, H = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -132,12 +151,20 @@ class Block(nn.Module):
       if not isinstance(window, int) or window:
         mask_B1TS = mask_B1TS & attention.window_mask(positions_BT, positions_BT, window)
     elif not isinstance(window, int):  # per-layer window: a mask, the same for every impl
-      mask_B1TS = (attention.causal_mask(positions_BT, positions_BT)
-                   & attention.window_mask(positions_BT, positions_BT, window))
-    scale = cfg.attn_scale_dim ** -0.5 if cfg.attn_scale_dim else None
+      mask_B1TS = attention.causal_mask(positions_BT, positions_BT) & attention.window_mask(
+        positions_BT, positions_BT, window
+      )
+    scale = cfg.attn_scale_dim**-0.5 if cfg.attn_scale_dim else None
     out_BTNH, probs_BNTS = attention.attend(
-        q_BTNH, k_BTRH, v_BTRH, cfg.attention_impl, mask_B1TS, scale=scale,
-        softcap=cfg.attn_logit_softcap, window=window if isinstance(window, int) and mask_B1TS is None else 0)
+      q_BTNH,
+      k_BTRH,
+      v_BTRH,
+      cfg.attention_impl,
+      mask_B1TS,
+      scale=scale,
+      softcap=cfg.attn_logit_softcap,
+      window=window if isinstance(window, int) and mask_B1TS is None else 0,
+    )
     attn_out_BTD = jnp.einsum("btnh,nhd->btd", out_BTNH, wo_NHD.astype(cfg.dtype))
     if cfg.out_bias:
       attn_out_BTD = attn_out_BTD + self.param("bo", zeros, (D,), cfg.pdtype).astype(cfg.dtype)[None, None]
@@ -155,8 +182,9 @@ class Block(nn.Module):
     return state, extras
 
 
-def _update_cache(cache: dict, k_BTRH: jax.Array, v_BTRH: jax.Array, positions_BT: jax.Array,
-                  window: Any = 0):
+def _update_cache(
+  cache: dict, k_BTRH: jax.Array, v_BTRH: jax.Array, positions_BT: jax.Array, window: Any = 0
+):
   """Writes the new keys/values at `cache['index']` and returns what attention reads (slot s holds
   position s); keys outside a sliding `window` (> 0) are masked."""
   index = cache["index"]

@@ -1,4 +1,5 @@
-"""DenseFormer: depth-weighted averaging (DWA) after every block (Pagliardini et al. 2024, SPEC §3).
+"""DenseFormer: depth-weighted averaging (DWA) after every block (Pagliardini et al. 2024, docs/methods.md
+§3).
 
 Block i (0-based) maps its input Y_i to its output X_{i+1}; X_0 = Y_0 = the embeddings. The DWA after
 block i gives the next block's input
@@ -11,7 +12,8 @@ after blocks with (i+1) % p == 0 only (the others pass X_{i+1} on unchanged), as
 at k = p = 1 there are L(L+3)/2 of them (L = depth; the DenseFormer paper's d(d+3)/2).
 
 The history X_0..X_L is a static-coefficient, write-once buffer, so training reuses LIMe's memory-linear
-custom VJP (`lime_vjp.lime_stack`, SPEC §2.4): layer l carries h_l = [Y_l, X_l] ([B, T, 2, D]), reads
+custom VJP (`lime_stack.lime_stack`, docs/methods.md §2.4): layer l carries h_l = [Y_l, X_l] ([B, T, 2, D]),
+reads
 X_m for m < l from the buffer (`mix`, triangular blocks of `denseformer.block_size` slots), adds its own
 X_l and the fresh X_{l+1} (`post`), and writes X_l into slot l. The backward pass pulls the buffer's
 cotangent; memory is linear in depth. Decoding with a cache and collections use a plain scan.
@@ -26,9 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lime_jax.model.block import Block
-from lime_jax.model.lime_vjp import LayerFns, buffer_scan, lime_stack
+from lime_jax.model.lime_stack import LayerFns, buffer_scan, lime_stack
 from lime_jax.model.model_config import ModelConfig
-from lime_jax.model.stack import StackOutput, Topology, pick_collected, register_topology
+from lime_jax.model.stack import StackOutput, Topology, pick_collected
 
 
 # ---------------------------------------------------------------------------------------- parameters
@@ -95,34 +97,59 @@ def _post(cfg: ModelConfig, params_l, router_l, coef_1M, prev_1BTD, h_BT2D, posi
   y_BTD, x_BTD = h_BT2D[:, :, 0], h_BT2D[:, :, 1]
   x_next_BTD, extras = Block(cfg).apply({"params": params_l}, y_BTD, positions_BT, cache=cache_l)
   own = jax.lax.dynamic_index_in_dim(coef_1M[0], l, keepdims=False).astype(jnp.float32)
-  y_next_BTD = (prev_1BTD[0] + own * x_BTD.astype(jnp.float32)
-                + router_l["next"].astype(jnp.float32) * x_next_BTD.astype(jnp.float32))
+  y_next_BTD = (
+    prev_1BTD[0]
+    + own * x_BTD.astype(jnp.float32)
+    + router_l["next"].astype(jnp.float32) * x_next_BTD.astype(jnp.float32)
+  )
   h_next_BT2D = jnp.stack([y_next_BTD.astype(cfg.dtype), x_next_BTD], axis=2)
   return h_next_BT2D, x_BTD, extras
 
 
 def _layer_fns(cfg: ModelConfig) -> LayerFns:
   S, M = num_slots(cfg)
-  return LayerFns(pre=lambda router_l, h, l: router_l["coef"], mix=_mix, post=functools.partial(_post, cfg),
-                  entry_shape=lambda B, T: (B, T, cfg.d_model), coef_axis=1, num_slots=M, block_size=S,
-                  dtype=cfg.dtype, policy=cfg.remat_policy,
-                  static_coef=lambda router: router["coef"][..., None])
+  return LayerFns(
+    pre=lambda router_l, h, l: router_l["coef"],
+    mix=_mix,
+    post=functools.partial(_post, cfg),
+    entry_shape=lambda B, T: (B, T, cfg.d_model),
+    coef_axis=1,
+    num_slots=M,
+    block_size=S,
+    dtype=cfg.dtype,
+    policy=cfg.remat_policy,
+    static_coef=lambda router: router["coef"][..., None],
+  )
 
 
 # ------------------------------------------------------------------------------------------ stacks
-def _scan_stack(fns: LayerFns, layers, router, h_BT2D, positions_BT, cache,
-                collect: tuple[str, ...]) -> StackOutput:
+def _scan_stack(
+  fns: LayerFns, layers, router, h_BT2D, positions_BT, cache, collect: tuple[str, ...]
+) -> StackOutput:
   """Plain scan with the history in the carry (decoding and collections; O(L^2) memory if
   differentiated). 'hidden' collects Y_{l+1}, the stream the next block reads."""
   h_BT2D, stacked, caches = buffer_scan(
-      fns, layers, router, h_BT2D, positions_BT, cache,
-      lambda extras, h_next_BT2D, coef: pick_collected(extras, h_next_BT2D[:, :, 0], collect))
+    fns,
+    layers,
+    router,
+    h_BT2D,
+    positions_BT,
+    cache,
+    lambda extras, h_next_BT2D, coef: pick_collected(extras, h_next_BT2D[:, :, 0], collect),
+  )
   return StackOutput(h_BT2D[:, :, 0], {}, stacked, caches)
 
 
-def run_denseformer_stack(cfg: ModelConfig, layers, topo_params, h_BTD: jax.Array, positions_BT: jax.Array,
-                          cache: dict | None = None, collect: tuple[str, ...] = (),
-                          impl: str = "vjp") -> StackOutput:
+def run_denseformer_stack(
+  cfg: ModelConfig,
+  layers,
+  topo_params,
+  h_BTD: jax.Array,
+  positions_BT: jax.Array,
+  cache: dict | None = None,
+  collect: tuple[str, ...] = (),
+  impl: str = "vjp",
+) -> StackOutput:
   """The 'denseformer' topology. impl='vjp': memory-linear custom VJP (training); 'scan': plain scan
   (also used with a cache or collections)."""
   fns = _layer_fns(cfg)
@@ -140,8 +167,11 @@ def extra_forward_flops(cfg: ModelConfig) -> float:
   return float(2 * cfg.d_model * dwa_param_count(cfg))
 
 
-register_topology(Topology("denseformer", run_denseformer_stack, init_dwa_params,
-                           extra_flops=extra_forward_flops))
+TOPOLOGY = Topology("denseformer", run_denseformer_stack, init_dwa_params, extra_flops=extra_forward_flops)
 # The plain-scan DenseFormer (history in the carry), for the benchmark and tests only; not a config choice.
-register_topology(Topology("denseformer_scan", functools.partial(run_denseformer_stack, impl="scan"),
-                           init_dwa_params, extra_flops=extra_forward_flops))
+SCAN_TOPOLOGY = Topology(
+  "denseformer_scan",
+  functools.partial(run_denseformer_stack, impl="scan"),
+  init_dwa_params,
+  extra_flops=extra_forward_flops,
+)

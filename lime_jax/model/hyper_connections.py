@@ -1,4 +1,5 @@
-"""Hyper-Connections (Zhu et al., ICLR 2025; HC baseline of corl-team/lime `src/lm/hc.py`; SPEC §3).
+"""Hyper-Connections (Zhu et al., ICLR 2025; HC baseline of corl-team/lime `src/lm/hc.py`; docs/methods.md
+§3).
 
 The residual stream becomes n streams H [B, T, n, D] (`hyper_connections.num_streams`, 4). Around each
 sub-layer (attention, MLP) of every block, with alpha = [A_m | A_r] [n, n+1] and beta = B [n]:
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 
 from lime_jax.model.block import Block, Residual
 from lime_jax.model.model_config import ModelConfig
-from lime_jax.model.stack import StackOutput, Topology, pick_collected, register_topology, remat
+from lime_jax.model.stack import StackOutput, Topology, pick_collected, remat
 
 SUBLAYERS = ("attn", "mlp")
 DYNAMIC_SCALE_INIT = 0.01
@@ -45,12 +46,17 @@ def init_hc_params(rng: jax.Array, cfg: ModelConfig) -> dict:
   def sublayer() -> dict:  # fresh arrays per sub-layer: no two leaves share a buffer (donation)
     a_m_LE = jax.nn.one_hot(jnp.arange(L) % E, E)
     eye_LEE = jnp.broadcast_to(jnp.eye(E), (L, E, E))
-    p = {"static_alpha_LEK": jnp.concatenate([a_m_LE[:, :, None], eye_LEE], axis=2),
-         "static_beta_LE": jnp.ones((L, E))}
+    p = {
+      "static_alpha_LEK": jnp.concatenate([a_m_LE[:, :, None], eye_LEE], axis=2),
+      "static_beta_LE": jnp.ones((L, E)),
+    }
     if cfg.hyper_connections.dynamic:
-      p.update(dynamic_alpha_LDK=jnp.zeros((L, D, E + 1)),
-               dynamic_alpha_scale_L=jnp.full((L,), DYNAMIC_SCALE_INIT),
-               dynamic_beta_LD=jnp.zeros((L, D)), dynamic_beta_scale_L=jnp.full((L,), DYNAMIC_SCALE_INIT))
+      p.update(
+        dynamic_alpha_LDK=jnp.zeros((L, D, E + 1)),
+        dynamic_alpha_scale_L=jnp.full((L,), DYNAMIC_SCALE_INIT),
+        dynamic_beta_LD=jnp.zeros((L, D)),
+        dynamic_beta_scale_L=jnp.full((L,), DYNAMIC_SCALE_INIT),
+      )
     return {k: jnp.array(v, cfg.pdtype) for k, v in p.items()}
 
   return {name: sublayer() for name in SUBLAYERS}
@@ -106,16 +112,24 @@ def merge_streams(H_BTED: jax.Array) -> jax.Array:
   return (jnp.sum(H_BTED.astype(jnp.float32), axis=2) / H_BTED.shape[2]).astype(H_BTED.dtype)
 
 
-def run_hc_stack(cfg: ModelConfig, layers, topo_params, h_BTD: jax.Array, positions_BT: jax.Array,
-                 cache: dict | None = None, collect: tuple[str, ...] = ()) -> StackOutput:
+def run_hc_stack(
+  cfg: ModelConfig,
+  layers,
+  topo_params,
+  h_BTD: jax.Array,
+  positions_BT: jax.Array,
+  cache: dict | None = None,
+  collect: tuple[str, ...] = (),
+) -> StackOutput:
   """Scans the Block with the Hyper-Connections residual hook; the carry holds the n streams."""
   E = cfg.hyper_connections.num_streams
   block = Block(cfg)
 
   def body(carry, xs):
     params_l, hc_l, cache_l = xs
-    H_BTED, extras = block.apply({"params": params_l}, carry["h"], positions_BT, cache=cache_l,
-                                 residual=hc_residual(cfg, hc_l))
+    H_BTED, extras = block.apply(
+      {"params": params_l}, carry["h"], positions_BT, cache=cache_l, residual=hc_residual(cfg, hc_l)
+    )
     collected = pick_collected(extras, merge_streams(H_BTED), collect) if collect else {}
     return {"h": H_BTED, "aux": carry["aux"]}, {"collected": collected, "cache": extras["cache"]}
 
@@ -135,5 +149,4 @@ def extra_forward_flops(cfg: ModelConfig) -> float:
   return float(2 * cfg.num_layers * per_sublayer + E * D)
 
 
-register_topology(Topology("hyper_connections", run_hc_stack, init_hc_params,
-                           extra_flops=extra_forward_flops))
+TOPOLOGY = Topology("hyper_connections", run_hc_stack, init_hc_params, extra_flops=extra_forward_flops)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 
 def normal_init(std: float) -> nn.initializers.Initializer:
-  """Normal(0, std) initialiser (the backbone uses std 0.02 everywhere, SPEC §1)."""
+  """Normal(0, std) initialiser (the backbone uses std 0.02 everywhere, docs/methods.md §1)."""
   return nn.initializers.normal(stddev=std)
 
 
@@ -56,8 +56,9 @@ class LayerNorm(nn.Module):
     var_BT1 = jnp.mean(jnp.square(x32_BTD - mean_BT1), axis=-1, keepdims=True)
     y_BTD = (x32_BTD - mean_BT1) * jax.lax.rsqrt(var_BT1 + self.eps)
     shape = (1,) * (x_BTD.ndim - 1) + (-1,)
-    y_BTD = (y_BTD * (scale_D.astype(jnp.float32) + self.offset).reshape(shape)
-             + bias_D.astype(jnp.float32).reshape(shape))
+    y_BTD = y_BTD * (scale_D.astype(jnp.float32) + self.offset).reshape(shape) + bias_D.astype(
+      jnp.float32
+    ).reshape(shape)
     return y_BTD.astype(x_BTD.dtype)
 
 
@@ -76,8 +77,12 @@ def rope_scaling_params(cfg: Any) -> tuple[float, float, float, int] | None:
     return None
   if cfg.rope_scaling != "llama3":
     raise ValueError(f"config.model.rope_scaling={cfg.rope_scaling!r} is unknown: use 'none' or 'llama3'.")
-  return (cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor,
-          cfg.rope_original_max_positions)
+  return (
+    cfg.rope_factor,
+    cfg.rope_low_freq_factor,
+    cfg.rope_high_freq_factor,
+    cfg.rope_original_max_positions,
+  )
 
 
 def _llama3_inv_freq(inv_freq_K: jax.Array, scaling: tuple[float, float, float, int]) -> jax.Array:
@@ -91,8 +96,9 @@ def _llama3_inv_freq(inv_freq_K: jax.Array, scaling: tuple[float, float, float, 
   return jnp.where(medium_K, smoothed_K, scaled_K)
 
 
-def rope_angles(positions_BT: jax.Array, head_dim: int, theta: float,
-                scaling: tuple[float, float, float, int] | None = None) -> tuple[jax.Array, jax.Array]:
+def rope_angles(
+  positions_BT: jax.Array, head_dim: int, theta: float, scaling: tuple[float, float, float, int] | None = None
+) -> tuple[jax.Array, jax.Array]:
   """cos/sin tables [B, T, head_dim] in the 'rotate half' layout of LLaMA (`scaling`: llama3's)."""
   inv_freq_K = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
   if scaling is not None:
@@ -132,8 +138,11 @@ class SwiGLU(nn.Module):
     return jnp.einsum("btf,fd->btd", nn.silu(gate_BTF) * up_BTF, w_down_FD.astype(self.dtype))
 
 
-ACTIVATIONS = {"silu": nn.silu, "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
-               "gelu": lambda x: nn.gelu(x, approximate=False)}
+ACTIVATIONS = {
+  "silu": nn.silu,
+  "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
+  "gelu": lambda x: nn.gelu(x, approximate=False),
+}
 
 
 class Mlp(nn.Module):
@@ -149,8 +158,9 @@ class Mlp(nn.Module):
     cfg = self.cfg
     D, F, dtype, pdtype = cfg.d_model, cfg.ffn_dim, cfg.dtype, cfg.pdtype
     if cfg.mlp_activation not in ACTIVATIONS:
-      raise ValueError(f"config.model.mlp_activation={cfg.mlp_activation!r} is unknown: use one of "
-                       f"{sorted(ACTIVATIONS)}.")
+      raise ValueError(
+        f"config.model.mlp_activation={cfg.mlp_activation!r} is unknown: use one of {sorted(ACTIVATIONS)}."
+      )
     act = ACTIVATIONS[cfg.mlp_activation]
     init = normal_init(cfg.init_std)
     x_BTD = x_BTD.astype(dtype)

@@ -1,4 +1,4 @@
-"""Representation regularisers computed inside the layer stack: Seq-VCR (SPEC §4).
+"""Representation regularisers computed inside the layer stack: Seq-VCR (docs/methods.md §4).
 
 Plug-in point, generic over regularisers and topologies: a *layer hook* is an object with
   `init_aux() -> dict`                 the aux entries (zeros) the stack's scan carry starts with, and
@@ -20,7 +20,7 @@ Seq-VCR settings (`config.model.seq_vcr`, frozen as `ModelConfig.seq_vcr`):
   bias would get no gradient). Nothing but the Seq-VCR loss reads it, so the CE gradient wrt it is
   exactly zero: only Seq-VCR trains it (weight decay still applies; optimizer group 'decay').
   0 regularises the raw representation.
-- `positions` (unspecified in the paper; SPEC §4 asks for positions aligned across the batch):
+- `positions` (unspecified in the paper; docs/methods.md §4 asks for positions aligned across the batch):
   'aligned' (default): per_position counts positions where every example of the batch has a real
              (non-PAD) input token; batch_length counts each example's real tokens. On multiplication
              every example has the same length, so this is every question, pause and answer position.
@@ -58,8 +58,9 @@ def init_projection(rng: jax.Array, cfg: ModelConfig) -> jax.Array:
   return (jax.random.normal(rng, shape, jnp.float32) * cfg.d_model**-0.5).astype(cfg.pdtype)
 
 
-def position_mask(cfg: ModelConfig, tokens_BT: jax.Array, answer_mask_BT: jax.Array | None
-                  ) -> jax.Array | None:
+def position_mask(
+  cfg: ModelConfig, tokens_BT: jax.Array, answer_mask_BT: jax.Array | None
+) -> jax.Array | None:
   """The Seq-VCR position mask for `cfg.seq_vcr.positions` ([T] per_position; [B, T] batch_length)."""
   sv = cfg.seq_vcr
   if sv.positions == "all":
@@ -68,12 +69,15 @@ def position_mask(cfg: ModelConfig, tokens_BT: jax.Array, answer_mask_BT: jax.Ar
     mask_BT = (tokens_BT != PAD_ID).astype(jnp.float32)
   elif sv.positions == "answer":
     if answer_mask_BT is None:
-      raise ValueError("config.model.seq_vcr.positions='answer' needs the batch's answer_mask: call the "
-                       "model with answer_mask_BT=batch['answer_mask'] (loss_fn does).")
+      raise ValueError(
+        "config.model.seq_vcr.positions='answer' needs the batch's answer_mask: call the "
+        "model with answer_mask_BT=batch['answer_mask'] (loss_fn does)."
+      )
     mask_BT = (answer_mask_BT != 0).astype(jnp.float32)
   else:
-    raise ValueError(f"config.model.seq_vcr.positions={sv.positions!r} is unknown; use 'aligned', "
-                     "'answer' or 'all'.")
+    raise ValueError(
+      f"config.model.seq_vcr.positions={sv.positions!r} is unknown; use 'aligned', 'answer' or 'all'."
+    )
   return aligned_positions(mask_BT) if sv.variant == "per_position" else mask_BT
 
 
@@ -95,12 +99,10 @@ class SeqVcrHook:
     if self.proj_KDP is not None:
       proj_DP = jax.lax.dynamic_index_in_dim(self.proj_KDP, slot, 0, keepdims=False)
       z = jnp.einsum("btd,dp->btp", z, proj_DP.astype(jnp.float32))
-    out = seq_vcr_loss(z, self.mask, lambda1=sv.lambda1, lambda2=sv.lambda2, eta=sv.eta,
-                       variant=sv.variant)
+    out = seq_vcr_loss(z, self.mask, lambda1=sv.lambda1, lambda2=sv.lambda2, eta=sv.eta, variant=sv.variant)
     return {"seq_vcr_variance": out["variance"], "seq_vcr_covariance": out["covariance"]}
 
-  def __call__(self, l: jax.Array | int, h_BTD: jax.Array, aux: dict[str, jax.Array]
-               ) -> dict[str, jax.Array]:
+  def __call__(self, l: jax.Array | int, h_BTD: jax.Array, aux: dict[str, jax.Array]) -> dict[str, jax.Array]:
     blocks = block_indices(self.cfg)
     if isinstance(l, int):  # called outside a scan (the stack output of a topology without hooks)
       if l not in blocks:
@@ -109,25 +111,36 @@ class SeqVcrHook:
     else:
       slot_of = jnp.array([blocks.index(i) if i in blocks else -1 for i in range(self.cfg.num_layers)])
       slot = slot_of[l]
-      terms = jax.lax.cond(slot >= 0, lambda h: self.terms(jnp.maximum(slot, 0), h),
-                           lambda h: self.init_aux(), h_BTD)
+      terms = jax.lax.cond(
+        slot >= 0, lambda h: self.terms(jnp.maximum(slot, 0), h), lambda h: self.init_aux(), h_BTD
+      )
     return {**aux, **{k: aux[k] + v for k, v in terms.items()}}
 
 
-def make_hook(cfg: ModelConfig, proj_KDP: jax.Array | None, tokens_BT: jax.Array,
-              answer_mask_BT: jax.Array | None) -> SeqVcrHook:
+def make_hook(
+  cfg: ModelConfig, proj_KDP: jax.Array | None, tokens_BT: jax.Array, answer_mask_BT: jax.Array | None
+) -> SeqVcrHook:
   return SeqVcrHook(cfg, proj_KDP, position_mask(cfg, tokens_BT, answer_mask_BT))
 
 
-def run_stack(topology: Topology, hook: Any, cfg: ModelConfig, layers: Any, topo_params: Any,
-              h_BTD: jax.Array, positions_BT: jax.Array, cache: dict | None,
-              collect: tuple[str, ...]) -> StackOutput:
+def run_stack(
+  topology: Topology,
+  hook: Any,
+  cfg: ModelConfig,
+  layers: Any,
+  topo_params: Any,
+  h_BTD: jax.Array,
+  positions_BT: jax.Array,
+  cache: dict | None,
+  collect: tuple[str, ...],
+) -> StackOutput:
   """`topology.run`, with `hook` (or None) called per layer, or on the stack output as block L-1."""
   if hook is None:
     return topology.run(cfg, layers, topo_params, h_BTD, positions_BT, cache=cache, collect=collect)
   if topology.layer_hook:
-    return topology.run(cfg, layers, topo_params, h_BTD, positions_BT, cache=cache, collect=collect,
-                        layer_hook=hook)
+    return topology.run(
+      cfg, layers, topo_params, h_BTD, positions_BT, cache=cache, collect=collect, layer_hook=hook
+    )
   out = topology.run(cfg, layers, topo_params, h_BTD, positions_BT, cache=cache, collect=collect)
   aux = hook(cfg.num_layers - 1, out.h_BTD, {**out.aux, **hook.init_aux()})
   return dataclasses.replace(out, aux=aux)

@@ -1,8 +1,9 @@
-"""The layer stack: a `jax.lax.scan` over stacked per-layer parameters, and the topology registry.
+"""The layer stack: a `jax.lax.scan` over stacked per-layer parameters, and the `Topology` interface.
 
 A *topology* decides how layers connect: `plain` is the LLaMA residual stream (this file); `lime` routes
-keys/values across layers (lime_jax/model/lime.py). Each registers a `Topology` with its extra parameters
-and its stack runner, so the Transformer never branches on the method.
+keys/values across layers (lime_jax/model/lime.py). Each module exports a `Topology` with its extra
+parameters and its stack runner, listed in lime_jax/model/topologies.py, so the Transformer never
+branches on the method.
 
 The scan carry is explicit, `{'h': h_BTD, 'aux': {...}}`: topologies add their own state (a LIMe kv buffer)
 and auxiliary losses accumulate in `aux` without materialising every layer's activations.
@@ -11,7 +12,8 @@ and auxiliary losses accumulate in `aux` without materialising every layer's act
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -49,20 +51,10 @@ class Topology:
   layer_hook: bool = False
   # Per-token forward FLOPs the topology adds to the backbone (lime_jax/flops.py); None: 0.
   extra_flops: Callable[[ModelConfig], float] | None = None
-
-
-_TOPOLOGIES: dict[str, Topology] = {}
-
-
-def register_topology(topology: Topology) -> Topology:
-  _TOPOLOGIES[topology.name] = topology
-  return topology
-
-
-def get_topology(name: str) -> Topology:
-  if name not in _TOPOLOGIES:
-    raise ValueError(f"config.model.topology={name!r} is unknown; choose one of {sorted(_TOPOLOGIES)}.")
-  return _TOPOLOGIES[name]
+  # signature(model_cfg) -> entries the checkpoint's architecture signature adds (lime_jax/checkpoint.py).
+  signature: Callable[[Any], dict[str, Any]] | None = None
+  # lime_router(cfg) -> the LIMe router object (lime_jax/model/routers/); None: the topology has none.
+  lime_router: Callable[[ModelConfig], Any] | None = None
 
 
 def remat(fn: Callable, policy: str) -> Callable:
@@ -74,11 +66,9 @@ def remat(fn: Callable, policy: str) -> Callable:
   if policy == "none":
     return fn
   policies = {
-      "full": jax.checkpoint_policies.nothing_saveable,
-      "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
   }
-  if policy not in policies:
-    raise ValueError(f"config.model.remat_policy={policy!r} is unknown; use 'none', 'full' or 'save_dots'.")
   return jax.checkpoint(fn, policy=policies[policy], prevent_cse=False)
 
 
@@ -93,9 +83,16 @@ def pick_collected(extras: dict, h_BTD: jax.Array, collect: tuple[str, ...]) -> 
   return {name: values[name] for name in collect}
 
 
-def run_plain_stack(cfg: ModelConfig, layers: Any, topo_params: Any, h_BTD: jax.Array,
-                    positions_BT: jax.Array, cache: dict | None = None,
-                    collect: tuple[str, ...] = (), layer_hook: Any = None) -> StackOutput:
+def run_plain_stack(
+  cfg: ModelConfig,
+  layers: Any,
+  topo_params: Any,
+  h_BTD: jax.Array,
+  positions_BT: jax.Array,
+  cache: dict | None = None,
+  collect: tuple[str, ...] = (),
+  layer_hook: Any = None,
+) -> StackOutput:
   """Scans the LLaMA block over the stacked layer parameters.
 
   `layer_hook` (optional, see lime_jax/model/regularizers.py): `layer_hook(l, h_BTD, aux) -> aux` after
@@ -117,11 +114,14 @@ def run_plain_stack(cfg: ModelConfig, layers: Any, topo_params: Any, h_BTD: jax.
   return StackOutput(carry["h"], carry["aux"], ys["collected"], ys["cache"])
 
 
-register_topology(Topology("plain", run_plain_stack, layer_hook=True))
+TOPOLOGY = Topology("plain", run_plain_stack, layer_hook=True)
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> dict:
   """An empty decoding cache for every layer: mixed, RoPE'd keys and values, [L, B, S, R, H] each."""
   shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
-  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-          "index": jnp.zeros((cfg.num_layers,), jnp.int32)}
+  return {
+    "k": jnp.zeros(shape, dtype),
+    "v": jnp.zeros(shape, dtype),
+    "index": jnp.zeros((cfg.num_layers,), jnp.int32),
+  }

@@ -11,7 +11,8 @@ from lime_jax.model import regularizers
 from lime_jax.model.block import Block
 from lime_jax.model.layers import make_norm, normal_init
 from lime_jax.model.model_config import ModelConfig
-from lime_jax.model.stack import StackOutput, get_topology
+from lime_jax.model.stack import StackOutput
+from lime_jax.model.topologies import get_topology
 
 
 def init_layer_params(rng: jax.Array, cfg: ModelConfig) -> dict:
@@ -33,10 +34,16 @@ class Transformer(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens_BT: jax.Array, positions_BT: jax.Array | None = None,
-               cache: dict | None = None, collect: tuple[str, ...] = (),
-               embeddings_BTD: jax.Array | None = None, regularize: bool = False,
-               answer_mask_BT: jax.Array | None = None) -> tuple[jax.Array, StackOutput]:
+  def __call__(
+    self,
+    tokens_BT: jax.Array,
+    positions_BT: jax.Array | None = None,
+    cache: dict | None = None,
+    collect: tuple[str, ...] = (),
+    embeddings_BTD: jax.Array | None = None,
+    regularize: bool = False,
+    answer_mask_BT: jax.Array | None = None,
+  ) -> tuple[jax.Array, StackOutput]:
     """`embeddings_BTD`, when given, replaces the embedding lookup of `tokens_BT` (probes differentiate
     with respect to it); `tokens_BT` then only gives the shape.
 
@@ -52,13 +59,15 @@ class Transformer(nn.Module):
     if positions_BT is None:
       positions_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
 
-    h_BTD = (jnp.take(embed_VD, tokens_BT, axis=0) if embeddings_BTD is None else embeddings_BTD
-             ).astype(cfg.dtype)
+    h_BTD = (jnp.take(embed_VD, tokens_BT, axis=0) if embeddings_BTD is None else embeddings_BTD).astype(
+      cfg.dtype
+    )
     if cfg.embed_scale:  # HF Gemma: sqrt(D) rounded to the activations' dtype
-      h_BTD = h_BTD * jnp.asarray(cfg.d_model ** 0.5, cfg.dtype)
+      h_BTD = h_BTD * jnp.asarray(cfg.d_model**0.5, cfg.dtype)
     if cfg.position == "learned":
-      pos_PD = self.param("pos_embed", normal_init(cfg.init_std), (cfg.max_positions, cfg.d_model),
-                          cfg.pdtype)
+      pos_PD = self.param(
+        "pos_embed", normal_init(cfg.init_std), (cfg.max_positions, cfg.d_model), cfg.pdtype
+      )
       h_BTD = h_BTD + jnp.take(pos_PD, positions_BT, axis=0).astype(cfg.dtype)
     h_BTD = sharding.constrain(h_BTD, ("batch", "length", "embed"))  # no-op outside a mesh
     hook = None
@@ -68,14 +77,14 @@ class Transformer(nn.Module):
         proj_KDP = self.param("seq_vcr_proj", regularizers.init_projection, cfg)
       if regularize and cache is None:
         hook = regularizers.make_hook(cfg, proj_KDP, tokens_BT, answer_mask_BT)
-    out = regularizers.run_stack(topology, hook, cfg, layers, topo_params, h_BTD, positions_BT, cache,
-                                 collect)
+    out = regularizers.run_stack(
+      topology, hook, cfg, layers, topo_params, h_BTD, positions_BT, cache, collect
+    )
     h_BTD = make_norm(cfg, "final_norm")(out.h_BTD).astype(jnp.float32)
     if cfg.tie_embeddings:
       logits_BTV = jnp.einsum("btd,vd->btv", h_BTD, embed_VD.astype(jnp.float32))
     else:
-      unembed_DV = self.param("unembed", normal_init(cfg.init_std), (cfg.d_model, cfg.vocab_size),
-                              cfg.pdtype)
+      unembed_DV = self.param("unembed", normal_init(cfg.init_std), (cfg.d_model, cfg.vocab_size), cfg.pdtype)
       logits_BTV = jnp.einsum("btd,dv->btv", h_BTD, unembed_DV.astype(jnp.float32))
     if cfg.final_logit_softcap:
       logits_BTV = cfg.final_logit_softcap * jnp.tanh(logits_BTV / cfg.final_logit_softcap)

@@ -1,4 +1,4 @@
-"""Value residual learning (ResFormer, Zhou et al. 2024; SPEC §3).
+"""Value residual learning (ResFormer, Zhou et al. 2024; docs/methods.md §3).
 
 Layer n attends with U_n = A_n(lambda V_1 + (1 - lambda) V_n): its values are mixed with the first
 layer's values V_1 (raw, per kv head, at the same token); keys, queries and RoPE are unchanged. Layer 0
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from lime_jax.model.block import Block
 from lime_jax.model.model_config import ModelConfig
-from lime_jax.model.stack import StackOutput, Topology, pick_collected, register_topology, remat
+from lime_jax.model.stack import StackOutput, Topology, pick_collected, remat
 
 
 def init_value_residual_params(rng: jax.Array, cfg: ModelConfig) -> dict:
@@ -35,9 +35,15 @@ def value_residual_param_count(cfg: ModelConfig) -> int:
   return cfg.num_layers - 1 if cfg.value_residual.learnable else 0
 
 
-def run_value_residual_stack(cfg: ModelConfig, layers, topo_params, h_BTD: jax.Array,
-                             positions_BT: jax.Array, cache: dict | None = None,
-                             collect: tuple[str, ...] = ()) -> StackOutput:
+def run_value_residual_stack(
+  cfg: ModelConfig,
+  layers,
+  topo_params,
+  h_BTD: jax.Array,
+  positions_BT: jax.Array,
+  cache: dict | None = None,
+  collect: tuple[str, ...] = (),
+) -> StackOutput:
   """Scans the Block with a kv_mixer that mixes V_1 (carried) into this layer's raw values."""
   L, R, H = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim
   if cfg.value_residual.learnable:
@@ -59,8 +65,9 @@ def run_value_residual_stack(cfg: ModelConfig, layers, topo_params, h_BTD: jax.A
       mixed_BTRH = jnp.where(l == 0, v_BTRH, mixed_BTRH.astype(v_BTRH.dtype))
       return jnp.concatenate([raw_BTRC[..., :H], mixed_BTRH], axis=-1)
 
-    h_BTD, extras = block.apply({"params": params_l}, carry["h"], positions_BT, kv_mixer=kv_mixer,
-                                cache=cache_l)
+    h_BTD, extras = block.apply(
+      {"params": params_l}, carry["h"], positions_BT, kv_mixer=kv_mixer, cache=cache_l
+    )
     ys = {"collected": pick_collected(extras, h_BTD, collect), "cache": extras["cache"]}
     return {"h": h_BTD, "aux": carry["aux"], "v1": first["v1"].astype(carry["v1"].dtype)}, ys
 
@@ -76,5 +83,6 @@ def extra_forward_flops(cfg: ModelConfig) -> float:
   return float(3 * cfg.num_kv_heads * cfg.head_dim * (cfg.num_layers - 1))
 
 
-register_topology(Topology("value_residual", run_value_residual_stack, init_value_residual_params,
-                           extra_flops=extra_forward_flops))
+TOPOLOGY = Topology(
+  "value_residual", run_value_residual_stack, init_value_residual_params, extra_flops=extra_forward_flops
+)

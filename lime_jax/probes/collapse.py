@@ -1,4 +1,4 @@
-"""Representational collapse (Glasses §4, Thm 4.2; SPEC §6) and the paper's toy checks.
+"""Representational collapse (Glasses §4, Thm 4.2; docs/methods.md §6) and the paper's toy checks.
 
 For a prompt P_n and P*_n = P_n with its last token repeated, the distance between the last-token,
 last-layer representations is measured as n grows, for three prompt families:
@@ -24,10 +24,10 @@ import numpy as np
 
 from lime_jax.model import ModelConfig
 from lime_jax.probes import collapse_toys, common
-from lime_jax.probes.registry import Probe, ProbeContext, register
+from lime_jax.probes.registry import Probe, ProbeContext
 
 FAMILIES = ("repeated_ones", "uniform_digits", "ones_commas")
-BF16_RESOLUTION = 2.0 ** -7
+BF16_RESOLUTION = 2.0**-7
 _SEPARATORS = (",", "+", "-", "=", " ")
 _PROBS_BUDGET_BYTES = 1 << 29  # explicit attention probabilities kept per forward (batch is split).
 
@@ -40,14 +40,17 @@ def family_texts(family: str, n: int, rng: np.random.Generator, separator: str =
     p = "".join(str(d) for d in rng.integers(0, 10, size=n - 1)) + "1"
     return p, p + "1"
   if family == "ones_commas":
+
     def text(k):
       return separator.join("1" * min(3, k - i) for i in range(0, k, 3))
+
     return text(n), text(n) + "1"
   raise ValueError(f"unknown prompt family {family!r}; use one of {FAMILIES}.")
 
 
-def last_token_representations(params: Any, cfg: ModelConfig, rows: list[list[int]], sharding: Any = None,
-                               num_rows: int | None = None) -> dict[str, np.ndarray]:
+def last_token_representations(
+  params: Any, cfg: ModelConfig, rows: list[list[int]], sharding: Any = None, num_rows: int | None = None
+) -> dict[str, np.ndarray]:
   """Last-token, last-layer representations of prompts (token ids), as fp32 numpy.
 
   Prompts are right-padded to a power-of-two length (the model is causal, so each prompt's last
@@ -61,9 +64,10 @@ def last_token_representations(params: Any, cfg: ModelConfig, rows: list[list[in
   step = max(1, min(B, _PROBS_BUDGET_BYTES // max(per_row, 1)))
   hidden, heads = [], []
   for start in range(0, B, step):
-    _, col = common.forward(params, cfg, ids_BT[start:start + step], ("hidden", "value", "attn_probs"),
-                            sharding)
-    last_b = jnp.asarray(lengths_B[start:start + step] - 1)
+    _, col = common.forward(
+      params, cfg, ids_BT[start : start + step], ("hidden", "value", "attn_probs"), sharding
+    )
+    last_b = jnp.asarray(lengths_B[start : start + step] - 1)
     rows_b = jnp.arange(last_b.shape[0])
     v_BSRH = col["value"][-1]
     probs_BNS = col["attn_probs"][-1][rows_b, :, last_b, :]
@@ -72,24 +76,28 @@ def last_token_representations(params: Any, cfg: ModelConfig, rows: list[list[in
     out_BRGH = jnp.einsum("brgs,bsrh->brgh", probs_BRGS, v_BSRH)
     heads.append(np.asarray(out_BRGH.reshape(out_BRGH.shape[0], cfg.num_heads, -1), np.float32))
     hidden.append(np.asarray(col["hidden"][-1][rows_b, last_b], np.float32))
-  return {"hidden": np.concatenate(hidden)[:len(rows)], "heads": np.concatenate(heads)[:len(rows)]}
+  return {"hidden": np.concatenate(hidden)[: len(rows)], "heads": np.concatenate(heads)[: len(rows)]}
 
 
-def pair_distances(a: dict[str, np.ndarray], b: dict[str, np.ndarray], num_heads: int
-                   ) -> dict[str, np.ndarray]:
+def pair_distances(
+  a: dict[str, np.ndarray], b: dict[str, np.ndarray], num_heads: int
+) -> dict[str, np.ndarray]:
   """Per-prompt distances: heads_linf [B, N], chunks_linf [B, N], l1 [B]."""
   diff_BD = np.abs(a["hidden"].astype(np.float64) - b["hidden"].astype(np.float64))
-  return {"heads_linf": np.abs(a["heads"].astype(np.float64) - b["heads"]).max(axis=-1),
-          "chunks_linf": diff_BD.reshape(diff_BD.shape[0], num_heads, -1).max(axis=-1),
-          "l1": diff_BD.sum(axis=-1)}
+  return {
+    "heads_linf": np.abs(a["heads"].astype(np.float64) - b["heads"]).max(axis=-1),
+    "chunks_linf": diff_BD.reshape(diff_BD.shape[0], num_heads, -1).max(axis=-1),
+    "l1": diff_BD.sum(axis=-1),
+  }
 
 
-def collapse_distance(params: Any, cfg: ModelConfig, ids_a: list[int], ids_b: list[int],
-                      compute_dtype: str = "float32") -> dict[str, np.ndarray]:
+def collapse_distance(
+  params: Any, cfg: ModelConfig, ids_a: list[int], ids_b: list[int], compute_dtype: str = "float32"
+) -> dict[str, np.ndarray]:
   """Distances between the last-token representations of two prompts (token ids, BOS included)."""
   pcfg = common.probe_model_cfg(cfg, compute_dtype, explicit=True)
   rep = last_token_representations(params, pcfg, [list(ids_a), list(ids_b)])
-  rep_a, rep_b = ({k: v[i:i + 1] for k, v in rep.items()} for i in (0, 1))
+  rep_a, rep_b = ({k: v[i : i + 1] for k, v in rep.items()} for i in (0, 1))
   return {k: v[0] for k, v in pair_distances(rep_a, rep_b, cfg.num_heads).items()}
 
 
@@ -108,18 +116,26 @@ def _stats(x: np.ndarray) -> dict[str, float]:
 
 def _toys(ns) -> dict:
   tv = collapse_toys.total_variation_means()
-  return {"total_variation": {"n": list(tv), "ours": list(tv.values()),
-                              "spec": [collapse_toys.SPEC_TV_MEANS[n] for n in tv],
-                              "max_relative_error": max(abs(tv[n] / s - 1)
-                                                        for n, s in collapse_toys.SPEC_TV_MEANS.items())},
-          "random_attention": {"n": list(ns), **{k: [v[k] for v in
-                                                     collapse_toys.random_attention_distances(ns).values()]
-                                                 for k in ("linf", "l1")}}}
+  return {
+    "total_variation": {
+      "n": list(tv),
+      "ours": list(tv.values()),
+      "spec": [collapse_toys.PUBLISHED_TV_MEANS[n] for n in tv],
+      "max_relative_error": max(abs(tv[n] / s - 1) for n, s in collapse_toys.PUBLISHED_TV_MEANS.items()),
+    },
+    "random_attention": {
+      "n": list(ns),
+      **{k: [v[k] for v in collapse_toys.random_attention_distances(ns).values()] for k in ("linf", "l1")},
+    },
+  }
 
 
 def compatible(ctx: ProbeContext) -> str | None:
-  return None if common.encode_chars(ctx.tokenizer, "1") is not None else (
-      "the tokenizer has no single token for the digit 1")
+  return (
+    None
+    if common.encode_chars(ctx.tokenizer, "1") is not None
+    else ("the tokenizer has no single token for the digit 1")
+  )
 
 
 def run(ctx: ProbeContext) -> dict:
@@ -142,10 +158,12 @@ def run(ctx: ProbeContext) -> dict:
         samples = opts.collapse_samples if family == "uniform_digits" else 1
         texts = [family_texts(family, n, rng, sep or ",") for _ in range(samples)]
         rows_ = [[tok.bos_id, *common.encode_chars(tok, t)] for pair in texts for t in pair]
-        rep = last_token_representations(ctx.params, pcfg, rows_, ctx.batch_sharding,
-                                         num_rows=2 * opts.collapse_samples)
-        d = pair_distances({k: v[0::2] for k, v in rep.items()}, {k: v[1::2] for k, v in rep.items()},
-                           ctx.model_cfg.num_heads)
+        rep = last_token_representations(
+          ctx.params, pcfg, rows_, ctx.batch_sharding, num_rows=2 * opts.collapse_samples
+        )
+        d = pair_distances(
+          {k: v[0::2] for k, v in rep.items()}, {k: v[1::2] for k, v in rep.items()}, ctx.model_cfg.num_heads
+        )
         rows["heads_linf"].append(_stats(d["heads_linf"]))
         rows["chunks_linf"].append(_stats(d["chunks_linf"]))
         rows["l1"].append(float(d["l1"].mean()))
@@ -157,43 +175,118 @@ def run(ctx: ProbeContext) -> dict:
     for dtype in opts.collapse_dtypes:
       rows = results[f"{dtype}/{family}"]
       for reading, style in (("heads_linf", "-"), ("chunks_linf", "--")):
-        series.append({"label": f"{short.get(dtype, dtype)} {reading.split('_')[0]} (mean, min-max)",
-                       "x": ns, "y": [r["mean"] for r in rows[reading]], "style": style,
-                       "y_lo": [r["min"] for r in rows[reading]], "y_hi": [r["max"] for r in rows[reading]]})
+        series.append(
+          {
+            "label": f"{short.get(dtype, dtype)} {reading.split('_')[0]} (mean, min-max)",
+            "x": ns,
+            "y": [r["mean"] for r in rows[reading]],
+            "style": style,
+            "y_lo": [r["min"] for r in rows[reading]],
+            "y_hi": [r["max"] for r in rows[reading]],
+          }
+        )
       below = [n for n, r in zip(ns, rows["heads_linf"]) if r["mean"] < BF16_RESOLUTION]
-      summary.append([f"collapse {family} {short.get(dtype, dtype)}: heads L-inf mean @ n={ns[0]} / "
-                      f"n={ns[-1]}",
-                      f"{rows['heads_linf'][0]['mean']:.3g} / {rows['heads_linf'][-1]['mean']:.3g}"])
-      summary.append([f"collapse {family} {short.get(dtype, dtype)}: first n with heads mean < 2^-7",
-                      below[0] if below else "none"])
-    plots.append({"name": f"collapse_{family}", "title": f"collapse: {family} (P_n vs P*_n)",
-                  "xlabel": "n", "ylabel": "L-inf distance, last token, last layer", "logx": True,
-                  "logy": True, "series": series,
-                  "hlines": [{"y": BF16_RESOLUTION, "label": "bf16 resolution 2^-7"}]})
-  plots.append({"name": "collapse_l1", "title": "collapse: L1 distance of the final residual stream",
-                "xlabel": "n", "ylabel": "L1 distance", "logx": True, "logy": True,
-                "series": [{"label": f"{short.get(dt, dt)} {f}", "x": ns, "y": results[f"{dt}/{f}"]["l1"],
-                            "style": "-" if dt == "float32" else "--"}
-                           for f in families for dt in opts.collapse_dtypes]})
+      summary.append(
+        [
+          f"collapse {family} {short.get(dtype, dtype)}: heads L-inf mean @ n={ns[0]} / n={ns[-1]}",
+          f"{rows['heads_linf'][0]['mean']:.3g} / {rows['heads_linf'][-1]['mean']:.3g}",
+        ]
+      )
+      summary.append(
+        [
+          f"collapse {family} {short.get(dtype, dtype)}: first n with heads mean < 2^-7",
+          below[0] if below else "none",
+        ]
+      )
+    plots.append(
+      {
+        "name": f"collapse_{family}",
+        "title": f"collapse: {family} (P_n vs P*_n)",
+        "xlabel": "n",
+        "ylabel": "L-inf distance, last token, last layer",
+        "logx": True,
+        "logy": True,
+        "series": series,
+        "hlines": [{"y": BF16_RESOLUTION, "label": "bf16 resolution 2^-7"}],
+      }
+    )
+  plots.append(
+    {
+      "name": "collapse_l1",
+      "title": "collapse: L1 distance of the final residual stream",
+      "xlabel": "n",
+      "ylabel": "L1 distance",
+      "logx": True,
+      "logy": True,
+      "series": [
+        {
+          "label": f"{short.get(dt, dt)} {f}",
+          "x": ns,
+          "y": results[f"{dt}/{f}"]["l1"],
+          "style": "-" if dt == "float32" else "--",
+        }
+        for f in families
+        for dt in opts.collapse_dtypes
+      ],
+    }
+  )
   toys = _toys(ns)
   tv = toys["total_variation"]
-  plots.append({"name": "collapse_toy_total_variation", "title": "toy: softmax total variation (App. C.3)",
-                "xlabel": "n", "ylabel": "sum |softmax(x) - softmax(x*)|", "logx": True, "logy": True,
-                "series": [{"label": "ours (5 seeds)", "x": tv["n"], "y": tv["ours"]},
-                           {"label": "SPEC §6 (paper)", "x": tv["n"], "y": tv["spec"], "style": "o"}]})
+  plots.append(
+    {
+      "name": "collapse_toy_total_variation",
+      "title": "toy: softmax total variation (App. C.3)",
+      "xlabel": "n",
+      "ylabel": "sum |softmax(x) - softmax(x*)|",
+      "logx": True,
+      "logy": True,
+      "series": [
+        {"label": "ours (5 seeds)", "x": tv["n"], "y": tv["ours"]},
+        {"label": "docs/methods.md §6 (paper)", "x": tv["n"], "y": tv["spec"], "style": "o"},
+      ],
+    }
+  )
   ra = toys["random_attention"]
-  plots.append({"name": "collapse_toy_random_attention",
-                "title": "toy: one random attention layer, sinusoidal positions, 1^n vs 1^(n+1)",
-                "xlabel": "n", "ylabel": "distance of last-token outputs", "logx": True, "logy": True,
-                "series": [{"label": "L-inf", "x": ra["n"], "y": ra["linf"]},
-                           {"label": "L1", "x": ra["n"], "y": ra["l1"], "style": "--"}]})
-  summary.append(["toy total variation: max relative error vs SPEC", round(tv["max_relative_error"], 4)])
-  notes = [] if sep == "," else [f"ones_commas uses separator {sep!r} (the tokenizer has no ',')." if sep
-                                 else "ones_commas skipped: no separator token in the vocabulary."]
-  return {"metrics": {"ns": ns, "separator": sep, "bf16_resolution": BF16_RESOLUTION,
-                      "families": results, "toys": toys},
-          "plots": plots, "summary": summary, "notes": notes}
+  plots.append(
+    {
+      "name": "collapse_toy_random_attention",
+      "title": "toy: one random attention layer, sinusoidal positions, 1^n vs 1^(n+1)",
+      "xlabel": "n",
+      "ylabel": "distance of last-token outputs",
+      "logx": True,
+      "logy": True,
+      "series": [
+        {"label": "L-inf", "x": ra["n"], "y": ra["linf"]},
+        {"label": "L1", "x": ra["n"], "y": ra["l1"], "style": "--"},
+      ],
+    }
+  )
+  summary.append(
+    ["toy total variation: max relative error vs docs/methods.md §6", round(tv["max_relative_error"], 4)]
+  )
+  notes = (
+    []
+    if sep == ","
+    else [
+      f"ones_commas uses separator {sep!r} (the tokenizer has no ',')."
+      if sep
+      else "ones_commas skipped: no separator token in the vocabulary."
+    ]
+  )
+  return {
+    "metrics": {
+      "ns": ns,
+      "separator": sep,
+      "bf16_resolution": BF16_RESOLUTION,
+      "families": results,
+      "toys": toys,
+    },
+    "plots": plots,
+    "summary": summary,
+    "notes": notes,
+  }
 
 
-register(Probe("collapse", run, "P_n vs P*_n last-token distances (fp32 / bf16) and the toy checks",
-               compatible))
+PROBE = Probe(
+  "collapse", run, "P_n vs P*_n last-token distances (fp32 / bf16) and the toy checks", compatible
+)

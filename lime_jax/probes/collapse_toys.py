@@ -1,13 +1,23 @@
-"""The toy checks of Glasses App. C.3 (SPEC §6), in numpy: softmax total variation, one random
+"""The toy checks of Glasses App. C.3 (docs/methods.md §6), in numpy: softmax total variation, one random
 attention layer with sinusoidal positions."""
 
 from __future__ import annotations
 
 import numpy as np
 
-# SPEC §6: mean total variation over 5 seeds, by n.
-SPEC_TV_MEANS = {500: 0.0258, 750: 0.0212, 1000: 0.0170, 1500: 0.0117, 2000: 0.0091, 2500: 0.0078,
-                 3000: 0.0066, 4000: 0.0050, 5000: 0.0041, 10000: 0.0020}
+# docs/methods.md §6: mean total variation over 5 seeds, by n.
+PUBLISHED_TV_MEANS = {
+  500: 0.0258,
+  750: 0.0212,
+  1000: 0.0170,
+  1500: 0.0117,
+  2000: 0.0091,
+  2500: 0.0078,
+  3000: 0.0066,
+  4000: 0.0050,
+  5000: 0.0041,
+  10000: 0.0020,
+}
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -25,7 +35,7 @@ def total_variation(n: int, seed: int, perturbed: int = 200, noise: float = 0.1)
   return float(np.abs(_softmax(x) - _softmax(x_star)).sum())
 
 
-def total_variation_means(ns=tuple(SPEC_TV_MEANS), seeds=range(5)) -> dict[int, float]:
+def total_variation_means(ns=tuple(PUBLISHED_TV_MEANS), seeds=range(5)) -> dict[int, float]:
   """Mean total variation over `seeds` for each n."""
   return {int(n): float(np.mean([total_variation(n, s) for s in seeds])) for n in ns}
 
@@ -64,6 +74,8 @@ def random_attention_distances(ns, seeds=range(5), d: int = 64) -> dict[int, dic
   out = {}
   for n in ns:
     pairs = [random_attention_outputs(int(n), s, d) for s in seeds]
-    out[int(n)] = {"linf": float(np.mean([np.abs(a - b).max() for a, b in pairs])),
-                   "l1": float(np.mean([np.abs(a - b).sum() for a, b in pairs]))}
+    out[int(n)] = {
+      "linf": float(np.mean([np.abs(a - b).max() for a, b in pairs])),
+      "l1": float(np.mean([np.abs(a - b).sum() for a, b in pairs])),
+    }
   return out

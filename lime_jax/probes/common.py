@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +14,9 @@ import numpy as np
 from lime_jax.model import ModelConfig, Transformer
 
 
-def probe_model_cfg(cfg: ModelConfig, compute_dtype: str | None = None, explicit: bool = False
-                    ) -> ModelConfig:
+def probe_model_cfg(
+  cfg: ModelConfig, compute_dtype: str | None = None, explicit: bool = False
+) -> ModelConfig:
   """`cfg` for probing: no remat, optionally another activation dtype and explicit attention."""
   changes: dict[str, Any] = {"remat_policy": "none"}
   if compute_dtype:
@@ -45,14 +47,20 @@ def place_batch(x: np.ndarray, sharding: Any) -> Any:
   return jax.device_put(x, sharding) if x.shape[0] % shards == 0 else x
 
 
-def forward(params: Any, cfg: ModelConfig, tokens_BT: np.ndarray, collect: tuple[str, ...] = (),
-            sharding: Any = None, positions_BT: np.ndarray | None = None
-            ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def forward(
+  params: Any,
+  cfg: ModelConfig,
+  tokens_BT: np.ndarray,
+  collect: tuple[str, ...] = (),
+  sharding: Any = None,
+  positions_BT: np.ndarray | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(fp32 logits [B, T, V], {name: per-layer collection [L, B, T, ...]}) of a token batch; `positions_BT`
   (default 0..T-1 per row): e.g. the per-document positions of packed text (`model.document_mask`)."""
   place = lambda x: place_batch(np.asarray(x, np.int32), sharding)
   return _jitted_forward(cfg, tuple(collect))(
-      params, place(tokens_BT), None if positions_BT is None else place(positions_BT))
+    params, place(tokens_BT), None if positions_BT is None else place(positions_BT)
+  )
 
 
 def encode_chars(tokenizer: Any, text: str) -> list[int] | None:
@@ -82,8 +90,9 @@ def bucket(n: int, minimum: int = 16) -> int:
   return max(minimum, 1 << max(int(n) - 1, 0).bit_length())
 
 
-def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, num_rows: int | None = None, extra: int = 0
-             ) -> tuple[np.ndarray, np.ndarray]:
+def pad_rows(
+  rows: Sequence[Sequence[int]], pad_id: int, num_rows: int | None = None, extra: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
   """Right-pads token rows into [num_rows, bucket(max len + extra)] (missing rows repeat the last);
   returns (ids, lengths). A causal model's outputs at a row's real positions ignore the padding."""
   num_rows = num_rows or len(rows)
@@ -91,12 +100,19 @@ def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, num_rows: int | None = 
   buf = np.full((num_rows, bucket(int(lengths.max()) + extra)), pad_id, np.int32)
   for i in range(num_rows):
     row = rows[min(i, len(rows) - 1)]
-    buf[i, :len(row)] = row
+    buf[i, : len(row)] = row
   return buf, lengths
 
 
-def greedy_decode(params: Any, cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new: int,
-                  eos_id: int, pad_id: int = 0, sharding: Any = None) -> list[list[int]]:
+def greedy_decode(
+  params: Any,
+  cfg: ModelConfig,
+  prompts: Sequence[Sequence[int]],
+  max_new: int,
+  eos_id: int,
+  pad_id: int = 0,
+  sharding: Any = None,
+) -> list[list[int]]:
   """Greedy continuation of each prompt (up to `max_new` tokens, stopping after EOS, EOS excluded).
 
   Prompts are right-padded into one buffer; the model is causal, so padding after a prompt never
@@ -104,7 +120,7 @@ def greedy_decode(params: Any, cfg: ModelConfig, prompts: Sequence[Sequence[int]
   """
   buf, lengths = pad_rows(prompts, pad_id, num_rows=bucket(len(prompts), minimum=8), extra=max_new)
   done = np.zeros(len(buf), bool)
-  done[len(prompts):] = True  # padding rows
+  done[len(prompts) :] = True  # padding rows
   out: list[list[int]] = [[] for _ in buf]
   rows = np.arange(len(buf))
   for _ in range(max_new):
@@ -119,13 +135,16 @@ def greedy_decode(params: Any, cfg: ModelConfig, prompts: Sequence[Sequence[int]
         lengths[i] += 1
     if done.all():
       break
-  return out[:len(prompts)]
+  return out[: len(prompts)]
 
 
 def prompt_ids(tokenizer: Any, question: str, num_pause: int = 0) -> list[int]:
   """BOS + the question's ids [+ pause block], as the training pipeline lays out a prompt."""
-  pause = ([tokenizer.pause_start_id] + [tokenizer.pause_id] * num_pause + [tokenizer.pause_end_id]
-           if num_pause > 0 else [])
+  pause = (
+    [tokenizer.pause_start_id] + [tokenizer.pause_id] * num_pause + [tokenizer.pause_end_id]
+    if num_pause > 0
+    else []
+  )
   return [tokenizer.bos_id, *tokenizer.encode(question), *pause]
 
 
@@ -138,11 +157,14 @@ def eval_tokens(ctx: Any, num: int) -> tuple[np.ndarray, np.ndarray]:
   or of the built-in sentences (`prompts.probe_sentences`), BOS + at most TEXT_TOKENS tokens each."""
   if not ctx.pretrained:
     from lime_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+
     batch = pipeline.make_eval_batches(ctx.config, "test", num_examples=num, batch_size=num)[0]
     return batch["inputs"], (batch["inputs"] != ctx.tokenizer.pad_id) & (batch["example_mask"][:, None] > 0)
   from lime_jax.probes import nl_tasks, prompts  # pylint: disable=import-outside-toplevel
+
   if ctx.options.text_file:
     from etils import epath  # pylint: disable=import-outside-toplevel
+
     path = epath.Path(ctx.options.text_file)
     if not path.is_file():
       raise FileNotFoundError(f"--text_file={ctx.options.text_file!r} does not exist.")
@@ -151,7 +173,9 @@ def eval_tokens(ctx: Any, num: int) -> tuple[np.ndarray, np.ndarray]:
       raise ValueError(f"--text_file={ctx.options.text_file!r} holds no text.")
   else:
     texts = prompts.probe_sentences(num, ctx.options.seed)
-  rows = [nl_tasks.encode_prompt(ctx.tokenizer, t, ctx.model_cfg.vocab_size)[:TEXT_TOKENS + 1] for t in texts]
+  rows = [
+    nl_tasks.encode_prompt(ctx.tokenizer, t, ctx.model_cfg.vocab_size)[: TEXT_TOKENS + 1] for t in texts
+  ]
   ids_BT, lengths_B = pad_rows(rows, 0)
   mask_BT = np.arange(ids_BT.shape[1])[None] < lengths_B[:, None]
   return ids_BT, mask_BT

@@ -1,4 +1,4 @@
-"""Copying probe (Glasses §3.1; SPEC §5): greedy accuracy vs sequence length for the four variants.
+"""Copying probe (Glasses §3.1; docs/methods.md §5): greedy accuracy vs sequence length for the four variants.
 
 For each variant and each length of `--lengths`: accuracy of the greedy answer on `num_examples`
 held-out examples (`CopyingTask.example_at('test', i, n, variant)`), and whether the paper's own prompt
@@ -9,24 +9,27 @@ with its own subword tokenizer is asked in natural language instead (`nl_tasks.r
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from lime_jax.data import copying as copying_data
 from lime_jax.model import ModelConfig
 from lime_jax.probes import common, nl_tasks
-from lime_jax.probes.registry import Probe, ProbeContext, register
+from lime_jax.probes.registry import Probe, ProbeContext
 
 
 def tokenizer_reason(ctx: ProbeContext) -> str | None:
   """Why the copying/counting prompts cannot run on ctx's checkpoint (its tokenizer cannot encode them),
   or None (`Probe.compatible` of both probes). A subword tokenizer gets the natural-language prompts."""
-  if nl_tasks.is_natural_language(ctx.tokenizer) or common.encodable(ctx.tokenizer,
-                                                                     copying_data.HINT + "count cat:=+"):
+  if nl_tasks.is_natural_language(ctx.tokenizer) or common.encodable(
+    ctx.tokenizer, copying_data.HINT + "count cat:=+"
+  ):
     return None
-  return (f"the run's tokenizer (task {ctx.config.data.task!r}) cannot encode its prompts; train with "
-          "--config.data.task=copying or counting")
+  return (
+    f"the run's tokenizer (task {ctx.config.data.task!r}) cannot encode its prompts; train with "
+    "--config.data.task=copying or counting"
+  )
 
 
 def incompatible(ctx: ProbeContext, family: str) -> dict | None:
@@ -43,14 +46,14 @@ def answer_accuracy(ctx: ProbeContext, cfg, examples) -> tuple[float, list[str]]
   tok = ctx.tokenizer
   prompts = [common.prompt_ids(tok, e.question, int(ctx.config.data.num_pause)) for e in examples]
   max_new = max(len(tok.encode(e.answer)) for e in examples) + 1
-  outs = common.greedy_decode(ctx.params, cfg, prompts, max_new, tok.eos_id, tok.pad_id,
-                              ctx.batch_sharding)
+  outs = common.greedy_decode(ctx.params, cfg, prompts, max_new, tok.eos_id, tok.pad_id, ctx.batch_sharding)
   texts = [tok.decode(o) for o in outs]
   return float(np.mean([t == e.answer for t, e in zip(texts, examples)])), texts
 
 
-def start_length_sweep(ctx: ProbeContext, family: str, variants: Sequence[str]
-                       ) -> tuple[ModelConfig, list[int]]:
+def start_length_sweep(
+  ctx: ProbeContext, family: str, variants: Sequence[str]
+) -> tuple[ModelConfig, list[int]]:
   """The probe model config and the sorted `--lengths`; starts progress over variants x lengths."""
   lengths = sorted(ctx.options.lengths)
   ctx.progress.start(family, len(variants) * len(lengths))
@@ -78,17 +81,33 @@ def run(ctx: ProbeContext) -> dict:
       acc[variant].append(float(np.mean([t == e.answer for t, e in zip(texts, examples)])))
       canonical[variant].append(bool(texts[-1] == paper.answer))
   train_max = common.train_max_length(ctx.config, "copying")
-  plot = {"name": "copying_accuracy", "title": "copying: greedy accuracy vs length", "xlabel": "length n",
-          "ylabel": "accuracy", "logx": True, "ylim": [-0.02, 1.02],
-          "series": [{"label": v, "x": lengths, "y": acc[v]} for v in copying_data.VARIANTS]}
+  plot = {
+    "name": "copying_accuracy",
+    "title": "copying: greedy accuracy vs length",
+    "xlabel": "length n",
+    "ylabel": "accuracy",
+    "logx": True,
+    "ylim": [-0.02, 1.02],
+    "series": [{"label": v, "x": lengths, "y": acc[v]} for v in copying_data.VARIANTS],
+  }
   if train_max:
     plot["vlines"] = [{"x": train_max, "label": f"train max length {train_max}"}]
-  summary = [[f"copying {v} acc @ n={n}", round(a, 4)] for v in copying_data.VARIANTS
-             for n, a in zip(lengths, acc[v])]
-  return {"metrics": {"lengths": lengths, "accuracy": acc, "paper_prompt_correct": canonical,
-                      "num_examples": opts.num_examples, "train_max_length": train_max},
-          "plots": [plot], "summary": summary}
+  summary = [
+    [f"copying {v} acc @ n={n}", round(a, 4)] for v in copying_data.VARIANTS for n, a in zip(lengths, acc[v])
+  ]
+  return {
+    "metrics": {
+      "lengths": lengths,
+      "accuracy": acc,
+      "paper_prompt_correct": canonical,
+      "num_examples": opts.num_examples,
+      "train_max_length": train_max,
+    },
+    "plots": [plot],
+    "summary": summary,
+  }
 
 
-register(Probe("copying", run, "copying accuracy vs length (last / first / hint / interleaved)",
-               tokenizer_reason))
+PROBE = Probe(
+  "copying", run, "copying accuracy vs length (last / first / hint / interleaved)", tokenizer_reason
+)

@@ -1,4 +1,5 @@
-"""Counting probe (Glasses §3.2; SPEC §5): absolute error vs length and the predicted-value histogram.
+"""Counting probe (Glasses §3.2; docs/methods.md §5): absolute error vs length and the predicted-value
+histogram.
 
 Four tasks (sum `1+...+1`, count the ones of an all-ones sequence, count the ones of a 0/1 sequence
 with P(1)=0.7, count a word in a sentence); for each length of `--lengths`, `num_examples` held-out
@@ -10,11 +11,10 @@ subword tokenizer is asked in natural language instead (`nl_tasks.run_counting`,
 
 from __future__ import annotations
 
-
 from lime_jax.data import counting as counting_data
 from lime_jax.probes import common, nl_tasks, prompts
 from lime_jax.probes.copying import answer_accuracy, incompatible, start_length_sweep, tokenizer_reason
-from lime_jax.probes.registry import Probe, ProbeContext, register
+from lime_jax.probes.registry import Probe, ProbeContext
 
 
 def parse_count(text: str) -> int | None:
@@ -48,10 +48,19 @@ def run(ctx: ProbeContext) -> dict:
       acc[variant].append(stats["accuracy"])
       parse_rate[variant].append(stats["parse_rate"])
       predicted[variant].append(values)
-  return nl_tasks.counting_result(lengths, variants, abs_err, acc, parse_rate, predicted,
-                                  {"num_examples": opts.num_examples}, "counting",
-                                  common.train_max_length(ctx.config, "counting"))
+  return nl_tasks.counting_result(
+    lengths,
+    variants,
+    abs_err,
+    acc,
+    parse_rate,
+    predicted,
+    {"num_examples": opts.num_examples},
+    "counting",
+    common.train_max_length(ctx.config, "counting"),
+  )
 
 
-register(Probe("counting", run, "counting absolute error vs length and predicted-value histogram",
-               tokenizer_reason))
+PROBE = Probe(
+  "counting", run, "counting absolute error vs length and predicted-value histogram", tokenizer_reason
+)

@@ -1,4 +1,5 @@
-"""Matrix-based Renyi entropy (Seq-VCR Eq. 2; LIMe `src/analysis/entropy.py`; SPEC §6), effective rank
+"""Matrix-based Renyi entropy (Seq-VCR Eq. 2; LIMe `src/analysis/entropy.py`; docs/methods.md §6), effective
+rank
 and adjacent-layer cosine similarity, per layer, for hidden states and value vectors.
 
 For a representation Z [T, d]: K = Z Z^T (float64, on host), p_i = lambda_i(K) / tr(K),
@@ -18,14 +19,18 @@ from typing import Any
 
 import numpy as np
 
-from lime_jax.probes.registry import Probe, ProbeContext, register
+from lime_jax.probes.registry import Probe, ProbeContext
 
 CONVENTIONS = ("lime", "skean", "none")
 _EPS = 1e-12
 
 
-def preprocess(x_TD: np.ndarray, convention: str = "none", mean_D: np.ndarray | None = None,
-               std_D: np.ndarray | None = None) -> np.ndarray:
+def preprocess(
+  x_TD: np.ndarray,
+  convention: str = "none",
+  mean_D: np.ndarray | None = None,
+  std_D: np.ndarray | None = None,
+) -> np.ndarray:
   """Z for the Gram matrix (float64). 'lime' without statistics uses the sequence's own."""
   z = np.asarray(x_TD, np.float64)
   if convention == "lime":
@@ -45,7 +50,7 @@ def renyi_entropy(p: np.ndarray, alpha: float) -> float:
   p = p[p > _EPS]
   if abs(alpha - 1.0) < 1e-9:
     return float(-(p * np.log(p)).sum())
-  return float(np.log((p ** alpha).sum()) / (1.0 - alpha))
+  return float(np.log((p**alpha).sum()) / (1.0 - alpha))
 
 
 def gram_spectrum(z_TD: np.ndarray) -> np.ndarray:
@@ -55,9 +60,14 @@ def gram_spectrum(z_TD: np.ndarray) -> np.ndarray:
   return lam / max(lam.sum(), _EPS)
 
 
-def matrix_entropy(x_TD: np.ndarray, alpha: float = 1.0, convention: str = "none",
-                   normalize: bool | None = None, mean_D: np.ndarray | None = None,
-                   std_D: np.ndarray | None = None) -> float:
+def matrix_entropy(
+  x_TD: np.ndarray,
+  alpha: float = 1.0,
+  convention: str = "none",
+  normalize: bool | None = None,
+  mean_D: np.ndarray | None = None,
+  std_D: np.ndarray | None = None,
+) -> float:
   """Matrix-based Renyi entropy of x [T, d] (see the module doc). `normalize` (default: True for
   'skean' only) divides by log(min(T, d))."""
   x_TD = np.asarray(x_TD)
@@ -76,6 +86,7 @@ def effective_rank(x_TD: np.ndarray) -> float:
 def layer_representations(ctx: ProbeContext, num: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
   """({'hidden': [L, B, T, D], 'value': [L, B, T, R*H]} as float32 numpy, mask [B, T]) of eval data."""
   from lime_jax.probes import common  # model and data imports stay out of the pure functions' path
+
   inputs_BT, mask = common.eval_tokens(ctx, num)
   cfg = common.probe_model_cfg(ctx.model_cfg)
   _, col = common.forward(ctx.params, cfg, inputs_BT, ("hidden", "value"), ctx.batch_sharding)
@@ -102,8 +113,9 @@ def run(ctx: ProbeContext) -> dict:
       mean_D, std_D = tokens.mean(axis=0), tokens.std(axis=0)
       seqs = [x_LBTD[l, b][mask_BT[b]] for b in range(mask_BT.shape[0]) if mask_BT[b].sum() > 1]
       for c, a in settings:
-        per[f"{c} alpha={a}"].append(float(np.mean([matrix_entropy(s, a, c, mean_D=mean_D, std_D=std_D)
-                                                   for s in seqs])))
+        per[f"{c} alpha={a}"].append(
+          float(np.mean([matrix_entropy(s, a, c, mean_D=mean_D, std_D=std_D) for s in seqs]))
+        )
       erank.append(float(np.mean([effective_rank(s) for s in seqs])))
       if l + 1 < L:
         a_ND, b_ND = x_LBTD[l][mask_BT].astype(np.float64), x_LBTD[l + 1][mask_BT].astype(np.float64)
@@ -112,20 +124,38 @@ def run(ctx: ProbeContext) -> dict:
         cosine.append(float(cos.mean()))
     metrics[kind] = {"entropy": per, "effective_rank": erank, "adjacent_cosine": cosine}
     layers = list(range(L))
-    plots.append({"name": f"entropy_{kind}", "title": f"matrix entropy per layer: {kind}",
-                  "xlabel": "layer", "ylabel": "entropy (nats; skean: normalised)",
-                  "series": [{"label": k, "x": layers, "y": v} for k, v in per.items()]})
-    plots.append({"name": f"effective_rank_{kind}", "title": f"effective rank per layer: {kind}",
-                  "xlabel": "layer", "ylabel": "effective rank",
-                  "series": [{"label": kind, "x": layers, "y": erank}]})
+    plots.append(
+      {
+        "name": f"entropy_{kind}",
+        "title": f"matrix entropy per layer: {kind}",
+        "xlabel": "layer",
+        "ylabel": "entropy (nats; skean: normalised)",
+        "series": [{"label": k, "x": layers, "y": v} for k, v in per.items()],
+      }
+    )
+    plots.append(
+      {
+        "name": f"effective_rank_{kind}",
+        "title": f"effective rank per layer: {kind}",
+        "xlabel": "layer",
+        "ylabel": "effective rank",
+        "series": [{"label": kind, "x": layers, "y": erank}],
+      }
+    )
     if cosine:
-      plots.append({"name": f"adjacent_cosine_{kind}", "title": f"cosine(layer l, layer l+1): {kind}",
-                    "xlabel": "layer l", "ylabel": "mean cosine over tokens",
-                    "series": [{"label": kind, "x": layers[:-1], "y": cosine}]})
+      plots.append(
+        {
+          "name": f"adjacent_cosine_{kind}",
+          "title": f"cosine(layer l, layer l+1): {kind}",
+          "xlabel": "layer l",
+          "ylabel": "mean cosine over tokens",
+          "series": [{"label": kind, "x": layers[:-1], "y": cosine}],
+        }
+      )
     for k, v in per.items():
       summary.append([f"entropy {kind} {k}: first / last layer", f"{v[0]:.3f} / {v[-1]:.3f}"])
     summary.append([f"effective rank {kind}: first / last layer", f"{erank[0]:.2f} / {erank[-1]:.2f}"])
   return {"metrics": metrics, "plots": plots, "summary": summary}
 
 
-register(Probe("entropy", run, "matrix entropy, effective rank, adjacent cosine per layer"))
+PROBE = Probe("entropy", run, "matrix entropy, effective rank, adjacent cosine per layer")

@@ -16,7 +16,7 @@ import numpy as np
 from lime_jax import lm_eval
 from lime_jax.data import tasks
 from lime_jax.probes import common
-from lime_jax.probes.registry import Probe, ProbeContext, register
+from lime_jax.probes.registry import Probe, ProbeContext
 
 
 def _log_probs_fn(ctx: ProbeContext):
@@ -32,8 +32,10 @@ def _log_probs_fn(ctx: ProbeContext):
 def heldout(ctx: ProbeContext, log_probs_fn) -> dict[str, float]:
   """CE, perplexity, bits per byte of the first `--num_examples` eval windows of a text run."""
   from lime_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-  batches = pipeline.make_eval_batches(ctx.config, "test", num_examples=ctx.options.num_examples,
-                                       batch_size=min(16, ctx.options.num_examples))
+
+  batches = pipeline.make_eval_batches(
+    ctx.config, "test", num_examples=ctx.options.num_examples, batch_size=min(16, ctx.options.num_examples)
+  )
   ce_sum = ce_tokens = num_bytes = 0.0
   for b in batches:
     logp = log_probs_fn(b["inputs"], b.get("positions"))  # per-document with model.document_mask
@@ -42,8 +44,12 @@ def heldout(ctx: ProbeContext, log_probs_fn) -> dict[str, float]:
     ce_sum += float((nll_BT * mask_BT).sum())
     ce_tokens += float(mask_BT.sum())
     num_bytes += float(b["num_bytes"].sum())
-  return {"ce": ce_sum / max(ce_tokens, 1.0), "tokens": ce_tokens, "bytes": num_bytes,
-          **lm_eval.lm_metrics(ce_sum, ce_tokens, num_bytes)}
+  return {
+    "ce": ce_sum / max(ce_tokens, 1.0),
+    "tokens": ce_tokens,
+    "bytes": num_bytes,
+    **lm_eval.lm_metrics(ce_sum, ce_tokens, num_bytes),
+  }
 
 
 def run(ctx: ProbeContext) -> dict:
@@ -53,8 +59,11 @@ def run(ctx: ProbeContext) -> dict:
   if not ctx.pretrained and ctx.config.data.task == tasks.TEXT_TASK:
     metrics["heldout"] = heldout(ctx, fn)
     h = metrics["heldout"]
-    summary += [["held-out CE (nats/token)", f"{h['ce']:.4f}"], ["perplexity", f"{h['perplexity']:.2f}"],
-                ["bits per byte", f"{h['bits_per_byte']:.4f}"]]
+    summary += [
+      ["held-out CE (nats/token)", f"{h['ce']:.4f}"],
+      ["perplexity", f"{h['perplexity']:.2f}"],
+      ["bits per byte", f"{h['bits_per_byte']:.4f}"],
+    ]
   max_len = 2048 if ctx.pretrained else int(ctx.config.data.seq_len)  # RoPE: no fixed limit when pretrained.
   files = lm_eval.parse_task_files(ctx.options.mc_tasks)
   ctx.progress.start("lm", max(1, len(files)))
@@ -62,8 +71,12 @@ def run(ctx: ProbeContext) -> dict:
     docs = lm_eval.read_docs(task, path, ctx.options.mc_limit)
     res = lm_eval.score_mc(fn, ctx.tokenizer, docs, ctx.options.mc_shots, ctx.options.seed, max_len)
     metrics[task] = {k: v for k, v in res.items() if k != "loglikelihoods"}
-    summary.append([f"{task} ({res['num_docs']} docs, {res['num_shots']}-shot) acc / acc_norm",
-                    f"{res['acc']:.4f} / {res['acc_norm']:.4f}"])
+    summary.append(
+      [
+        f"{task} ({res['num_docs']} docs, {res['num_shots']}-shot) acc / acc_norm",
+        f"{res['acc']:.4f} / {res['acc_norm']:.4f}",
+      ]
+    )
     ctx.progress.advance(task)
   if not metrics:
     reason = "lm: nothing to score: not a text run and no --mc_tasks given."
@@ -71,4 +84,4 @@ def run(ctx: ProbeContext) -> dict:
   return {"metrics": metrics, "summary": summary}
 
 
-register(Probe("lm", run, "held-out loss / perplexity / bits per byte; multiple-choice acc (--mc_tasks)"))
+PROBE = Probe("lm", run, "held-out loss / perplexity / bits per byte; multiple-choice acc (--mc_tasks)")

@@ -1,4 +1,5 @@
-"""Over-squashing (Glasses §5, Thm 5.1; SPEC §6): sensitivity of the last token's final representation
+"""Over-squashing (Glasses §5, Thm 5.1; docs/methods.md §6): sensitivity of the last token's final
+representation
 to each input embedding, ||d y_n / d e_i||_F, against the distance n - i.
 
 Targets y_n: `hidden` = the last layer's output at the last position (before the final norm), and
@@ -20,7 +21,7 @@ import numpy as np
 
 from lime_jax.model import ModelConfig, Transformer
 from lime_jax.probes import common
-from lime_jax.probes.registry import Probe, ProbeContext, register
+from lime_jax.probes.registry import Probe, ProbeContext
 
 TARGETS = ("hidden", "value")
 _EXACT_MAX_OUTPUT = 512  # 'auto' uses the exact Jacobian up to this many output features.
@@ -65,9 +66,16 @@ def _hutchinson(cfg: ModelConfig, target: str, position: int, num_samples: int):
   return jax.jit(sq_norms)
 
 
-def sensitivity(params: Any, cfg: ModelConfig, tokens_T: np.ndarray, target: str = "hidden",
-                position: int = -1, method: str = "exact", num_samples: int = 64, seed: int = 0
-                ) -> tuple[np.ndarray, np.ndarray | None]:
+def sensitivity(
+  params: Any,
+  cfg: ModelConfig,
+  tokens_T: np.ndarray,
+  target: str = "hidden",
+  position: int = -1,
+  method: str = "exact",
+  num_samples: int = 64,
+  seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray | None]:
   """Squared Frobenius norms ||d y_position / d e_i||^2 for every input position i [T], and (Hutchinson)
   their standard errors [T] (None for the exact method)."""
   if target not in TARGETS:
@@ -88,8 +96,10 @@ def run(ctx: ProbeContext) -> dict:
   method = opts.oversquash_method
   rng = np.random.default_rng(opts.seed)
   num_special = int(getattr(tok, "num_special", 16))
-  prompts = [np.concatenate([[tok.bos_id], rng.integers(num_special, cfg.vocab_size, size=T - 1)])
-             for _ in range(opts.oversquash_prompts)]
+  prompts = [
+    np.concatenate([[tok.bos_id], rng.integers(num_special, cfg.vocab_size, size=T - 1)])
+    for _ in range(opts.oversquash_prompts)
+  ]
   ctx.progress.start("oversquash", len(TARGETS) * len(prompts))
   metrics: dict[str, Any] = {"length": T, "distance": list(range(T)), "prompts": len(prompts)}
   series = []
@@ -102,16 +112,28 @@ def run(ctx: ProbeContext) -> dict:
       sq, _ = sensitivity(ctx.params, cfg, tokens, target, -1, m, opts.hutchinson_samples, opts.seed + i)
       norms.append(np.sqrt(np.maximum(sq, 0.0))[::-1])  # index = distance n - i
     mean = np.mean(norms, axis=0)
-    metrics[target] = {"method": m, "mean_by_distance": mean.tolist(),
-                       "share_last_quarter": float(mean[: max(1, T // 4)].sum() / max(mean.sum(), 1e-30))}
+    metrics[target] = {
+      "method": m,
+      "mean_by_distance": mean.tolist(),
+      "share_last_quarter": float(mean[: max(1, T // 4)].sum() / max(mean.sum(), 1e-30)),
+    }
     series.append({"label": f"{target} ({m})", "x": list(range(T)), "y": mean.tolist()})
-  plot = {"name": "oversquash_sensitivity", "title": "sensitivity of the last token's final representation",
-          "xlabel": "distance n - i", "ylabel": "||d y_n / d e_i||_F (mean over prompts)", "logy": True,
-          "series": series}
-  summary = [[f"oversquash {t}: ||J|| at distance 0 / {T - 1}",
-              f"{metrics[t]['mean_by_distance'][0]:.3g} / {metrics[t]['mean_by_distance'][-1]:.3g}"]
-             for t in TARGETS]
+  plot = {
+    "name": "oversquash_sensitivity",
+    "title": "sensitivity of the last token's final representation",
+    "xlabel": "distance n - i",
+    "ylabel": "||d y_n / d e_i||_F (mean over prompts)",
+    "logy": True,
+    "series": series,
+  }
+  summary = [
+    [
+      f"oversquash {t}: ||J|| at distance 0 / {T - 1}",
+      f"{metrics[t]['mean_by_distance'][0]:.3g} / {metrics[t]['mean_by_distance'][-1]:.3g}",
+    ]
+    for t in TARGETS
+  ]
   return {"metrics": metrics, "plots": [plot], "summary": summary}
 
 
-register(Probe("oversquash", run, "sensitivity ||d y_n / d e_i|| vs distance (hidden, values)"))
+PROBE = Probe("oversquash", run, "sensitivity ||d y_n / d e_i|| vs distance (hidden, values)")

@@ -19,8 +19,10 @@ _DPI = 90
 
 def _plt():
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   return plt
 
 
@@ -39,8 +41,9 @@ def _draw_series(ax, spec: dict, series: list[dict]) -> None:
     style = s.get("style", "-")
     marker = s.get("marker", "o" if style == "o" else ".")
     linestyle = s.get("linestyle", "" if style == "o" else style)
-    line = ax.plot(s["x"], y, linestyle=linestyle or "none", marker=marker, label=s["label"],
-                   color=s.get("color"))[0]
+    line = ax.plot(
+      s["x"], y, linestyle=linestyle or "none", marker=marker, label=s["label"], color=s.get("color")
+    )[0]
     if "y_lo" in s and "y_hi" in s:
       lo = _finite_positive(s["y_lo"], floor) if logy else s["y_lo"]
       hi = _finite_positive(s["y_hi"], floor) if logy else s["y_hi"]
@@ -101,8 +104,15 @@ def overlay_series(specs_by_run: dict[str, dict]) -> list[dict]:
   for i, (run, spec) in enumerate(specs_by_run.items()):
     for j, s in enumerate(spec["series"]):
       linestyle = "" if s.get("style") == "o" else _LINESTYLES[j % len(_LINESTYLES)]
-      series.append({**s, "label": f"{run}: {s['label']}", "color": f"C{i % 10}", "linestyle": linestyle,
-                     "marker": _MARKERS[j % len(_MARKERS)]})
+      series.append(
+        {
+          **s,
+          "label": f"{run}: {s['label']}",
+          "color": f"C{i % 10}",
+          "linestyle": linestyle,
+          "marker": _MARKERS[j % len(_MARKERS)],
+        }
+      )
   return series
 
 

@@ -48,15 +48,20 @@ def local_folder(path: str) -> str:
 def check_folder(path: str) -> None:
   """Raises FileNotFoundError naming what an HF folder lacks (config.json, weights, tokenizer.json)."""
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"--hf={path!r} is not a folder; give a Hugging Face model folder "
-                            "(config.json, *.safetensors, tokenizer.json), e.g. from save_pretrained().")
+    raise FileNotFoundError(
+      f"--hf={path!r} is not a folder; give a Hugging Face model folder "
+      "(config.json, *.safetensors, tokenizer.json), e.g. from save_pretrained()."
+    )
   missing = [n for n in _REQUIRED if not os.path.isfile(os.path.join(path, n))]
   if not any(n.endswith(".safetensors") for n in os.listdir(path)):
     missing.append("*.safetensors")
   if missing:
-    hint = (" The probes need the model's own tokenizer: save it next to the weights "
-            "(tokenizer.save_pretrained(PATH), or tokenizers' Tokenizer.save(PATH/tokenizer.json))."
-            if subword.TOKENIZER_JSON in missing else "")
+    hint = (
+      " The probes need the model's own tokenizer: save it next to the weights "
+      "(tokenizer.save_pretrained(PATH), or tokenizers' Tokenizer.save(PATH/tokenizer.json))."
+      if subword.TOKENIZER_JSON in missing
+      else ""
+    )
     raise FileNotFoundError(f"--hf={path!r} lacks {', '.join(missing)}.{hint}")
 
 
@@ -64,6 +69,7 @@ def hf_config(path: str, compute_dtype: str = "float32") -> ml_collections.Confi
   """The full config describing the checkpoint: defaults, the model fields of its config.json
   (`hf.model_fields`, dotted names for sub-configs), `compute_dtype`, `model.init_from='hf:PATH'`."""
   from lime_jax import hf  # pylint: disable=import-outside-toplevel
+
   if compute_dtype not in DTYPES:
     raise ValueError(f"--dtype={compute_dtype!r} is unknown; use one of {DTYPES}.")
   config = config_lib.default_config()
@@ -80,26 +86,36 @@ def hf_config(path: str, compute_dtype: str = "float32") -> ml_collections.Confi
   return config
 
 
-def load(path: str, compute_dtype: str = "float32", mesh: jax.sharding.Mesh | None = None
-         ) -> tuple[ml_collections.ConfigDict, Any, Any, Any]:
+def load(
+  path: str, compute_dtype: str = "float32", mesh: jax.sharding.Mesh | None = None
+) -> tuple[ml_collections.ConfigDict, Any, Any, Any]:
   """(config, ModelConfig, parameters replicated on `mesh`, tokenizer) of the HF folder `path`."""
   from lime_jax import hf  # pylint: disable=import-outside-toplevel
+
   check_folder(path)
   config = hf_config(path, compute_dtype)
   model_cfg, params = hf.load_pretrained(path, param_dtype="float32")
   model_cfg = dataclasses.replace(model_cfg, compute_dtype=compute_dtype, remat_policy="none")
   tokenizer = subword.load_tokenizer(path)
   if model_cfg.vocab_size < tokenizer.vocab_size:
-    raise ValueError(f"{path}/tokenizer.json has {tokenizer.vocab_size} ids but the model's embedding has "
-                     f"{model_cfg.vocab_size} rows: the tokenizer does not belong to this checkpoint.")
+    raise ValueError(
+      f"{path}/tokenizer.json has {tokenizer.vocab_size} ids but the model's embedding has "
+      f"{model_cfg.vocab_size} rows: the tokenizer does not belong to this checkpoint."
+    )
   mesh = mesh or runner._eval_mesh()  # pylint: disable=protected-access
   params = jax.device_put(params, shard_lib.replicated(mesh))
   return config, model_cfg, params, tokenizer
 
 
-def evaluate_hf(path: str, out_dir: str, probe_names: list[str], options: ProbeOptions | None = None,
-                compute_dtype: str = "float32", skip_incompatible: bool = False, stream=None
-                ) -> tuple[str, dict]:
+def evaluate_hf(
+  path: str,
+  out_dir: str,
+  probe_names: list[str],
+  options: ProbeOptions | None = None,
+  compute_dtype: str = "float32",
+  skip_incompatible: bool = False,
+  stream=None,
+) -> tuple[str, dict]:
   """Runs the probes on the HF checkpoint at `path`, writing into `out_dir`; returns (out_dir, results)."""
   options = options or ProbeOptions()
   for name in probe_names:
@@ -109,10 +125,21 @@ def evaluate_hf(path: str, out_dir: str, probe_names: list[str], options: ProbeO
   folder = local_folder(path)
   mesh = runner._eval_mesh()  # pylint: disable=protected-access
   config, model_cfg, params, tokenizer = load(folder, compute_dtype, mesh)
-  results = runner.run_probes(params, config, probe_names, options, mesh, stream, skip_incompatible,
-                              model_cfg=model_cfg, tokenizer=tokenizer, pretrained=str(path))
+  results = runner.run_probes(
+    params,
+    config,
+    probe_names,
+    options,
+    mesh,
+    stream,
+    skip_incompatible,
+    model_cfg=model_cfg,
+    tokenizer=tokenizer,
+    pretrained=str(path),
+  )
   epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
   header = runner._header(out_dir, "hf", config, options)  # pylint: disable=protected-access
-  header.update(hf=str(path), task=None, compute_dtype=compute_dtype,
-                tokenizer_vocab=int(tokenizer.vocab_size))
+  header.update(
+    hf=str(path), task=None, compute_dtype=compute_dtype, tokenizer_vocab=int(tokenizer.vocab_size)
+  )
   return out_dir, runner.write_outputs(out_dir, header, results)

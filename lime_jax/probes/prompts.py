@@ -1,5 +1,5 @@
 """Natural-language prompts of the copying / counting probes for tokenizer-backed (pretrained) models,
-the answer parser, and the parse-rate / histogram statistics (Glasses §3; SPEC §5).
+the answer parser, and the parse-rate / histogram statistics (Glasses §3; docs/methods.md §5).
 
 A model with its own subword tokenizer (`evaluate --hf=PATH`, or a run fine-tuned with an HF
 tokenizer) is asked in words, as the paper asks Gemma; the synthetic `last:111=` format of the char
@@ -26,7 +26,7 @@ as a prediction of 0).
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -140,9 +140,13 @@ def parse_stats(predicted: Sequence[int | None], truth: Sequence[int]) -> dict[s
     raise ValueError(f"{len(predicted)} predictions for {len(truth)} answers.")
   parsed = [(p, t) for p, t in zip(predicted, truth) if p is not None]
   n = max(len(truth), 1)
-  return {"accuracy": sum(p == t for p, t in parsed) / n, "parse_rate": len(parsed) / n,
-          "abs_error": float(np.mean([abs(p - t) for p, t in parsed])) if parsed else None,
-          "parsed": len(parsed), "total": len(truth)}
+  return {
+    "accuracy": sum(p == t for p, t in parsed) / n,
+    "parse_rate": len(parsed) / n,
+    "abs_error": float(np.mean([abs(p - t) for p, t in parsed])) if parsed else None,
+    "parsed": len(parsed),
+    "total": len(truth),
+  }
 
 
 def histogram(values: Iterable[int | None]) -> dict[str, int]:

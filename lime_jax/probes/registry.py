@@ -6,10 +6,10 @@ JSON-ready and has up to four keys, which `runner.py` turns into files:
   plots    a list of plot specs (`plotting.py`): one PNG each, overlaid across runs by `--compare`;
   summary  a list of [name, value] rows for summary.md and the comparison table;
   notes    short strings (skips, substitutions) shown in summary.md.
-Adding a probe: write `lime_jax/probes/<name>.py` with a `run(ctx)`, call
-`register(Probe('<name>', run, '<one line>', compatible))` at its end, and add the module to
-`BUILTIN_MODULES`. `compatible(ctx) -> str | None` says why the probe cannot run on a checkpoint (e.g. its
-tokenizer cannot encode the prompts); the runner then fails before running anything, unless
+Adding a probe: write `lime_jax/probes/<name>.py` with a `run(ctx)` and, at its end,
+`PROBE = Probe('<name>', run, '<one line>', compatible)`, and add the module's name to `BUILTIN_MODULES`
+(the one list of probes). `compatible(ctx) -> str | None` says why the probe cannot run on a checkpoint
+(e.g. its tokenizer cannot encode the prompts); the runner then fails before running anything, unless
 `--skip_incompatible`. A probe that finds out only while running returns `metrics['skipped']` = reason.
 """
 
@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
   import ml_collections
 
   from lime_jax.model import ModelConfig
 
-# Modules that register the built-in probes (imported on first use, so that importing one pure helper,
-# e.g. `lime_jax.probes.entropy.matrix_entropy`, does not import the model).
-BUILTIN_MODULES = ("copying", "counting", "collapse", "oversquash", "entropy", "separability", "router",
-                   "lm")
+# The probes: modules of lime_jax/probes/ that each define `PROBE` (imported on first use, so that
+# importing one pure helper, e.g. `lime_jax.probes.entropy.matrix_entropy`, does not import the model).
+BUILTIN_MODULES = ("copying", "counting", "collapse", "oversquash", "entropy", "separability", "router", "lm")
 
 
 @dataclasses.dataclass
@@ -57,8 +57,8 @@ class ProbeContext:
   """What a probe may use: parameters (already on the devices), configs, tokenizer, progress."""
 
   params: Any
-  model_cfg: "ModelConfig"
-  config: "ml_collections.ConfigDict"
+  model_cfg: ModelConfig
+  config: ml_collections.ConfigDict
   tokenizer: Any
   options: ProbeOptions
   progress: Any  # runner.Progress: `.start(probe, total)`, `.advance(label)`.
@@ -68,6 +68,7 @@ class ProbeContext:
   def task(self):
     """The run's synthetic task (None for text)."""
     from lime_jax.data import tasks
+
     if self.config.data.task == tasks.TEXT_TASK:
       return None
     return tasks.get_task(self.config.data, int(self.config.seed))
@@ -93,17 +94,13 @@ def incompatibility(probe: Probe, ctx: ProbeContext) -> str | None:
   return probe.compatible(ctx) if probe.compatible is not None else None
 
 
-_PROBES: dict[str, Probe] = {}
-
-
-def register(probe: Probe) -> Probe:
-  _PROBES[probe.name] = probe
-  return probe
+_PROBES: dict[str, Probe] = {}  # name -> probe, filled from BUILTIN_MODULES on first use
 
 
 def _load_builtin() -> None:
   for module in BUILTIN_MODULES:
-    importlib.import_module(f"lime_jax.probes.{module}")
+    probe = importlib.import_module(f"lime_jax.probes.{module}").PROBE
+    _PROBES.setdefault(probe.name, probe)
 
 
 def known_probes() -> tuple[str, ...]:

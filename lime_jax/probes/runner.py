@@ -30,8 +30,14 @@ from lime_jax.data import pipeline, tasks
 from lime_jax.data import text as text_data
 from lime_jax.model import ModelConfig, init_params
 from lime_jax.probes import plotting
-from lime_jax.probes.registry import (IncompatibleProbeError, ProbeContext, ProbeOptions, get_probe,
-                                     incompatibility, known_probes)
+from lime_jax.probes.registry import (
+  IncompatibleProbeError,
+  ProbeContext,
+  ProbeOptions,
+  get_probe,
+  incompatibility,
+  known_probes,
+)
 
 
 class Progress:
@@ -88,12 +94,19 @@ def _manager(workdir: str) -> ocp.CheckpointManager:
     raise FileNotFoundError(f"--workdir {workdir!r} does not exist.")
   directory = fileio.join(fileio.absolute(workdir), "checkpoints")
   if not fileio.isdir(directory):
-    raise FileNotFoundError(f"No checkpoints in {workdir!r}: expected {directory}. Train with "
-                            "`python -m lime_jax.main --workdir=...` first, or use --random_init "
-                            "--config=...")
-  return ocp.CheckpointManager(directory, item_handlers={
-      "state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
-      "data": grain.checkpoint.CheckpointHandler()})
+    raise FileNotFoundError(
+      f"No checkpoints in {workdir!r}: expected {directory}. Train with "
+      "`python -m lime_jax.main --workdir=...` first, or use --random_init "
+      "--config=..."
+    )
+  return ocp.CheckpointManager(
+    directory,
+    item_handlers={
+      "state": ocp.PyTreeCheckpointHandler(),
+      "meta": ocp.JsonCheckpointHandler(),
+      "data": grain.checkpoint.CheckpointHandler(),
+    },
+  )
 
 
 def _resolve_step(manager: ocp.CheckpointManager, step: int | None) -> int:
@@ -134,21 +147,25 @@ def model_config_for(config: ml_collections.ConfigDict) -> ModelConfig:
 def _check_shapes(saved_params: Any, abstract_params: Any, where: str) -> None:
   """Raises CheckpointMismatchError (a ValueError) listing the parameters whose checkpoint shape differs
   from the config's."""
-  shapes = lambda tree: {jax.tree_util.keystr(p): tuple(x.shape)
-                         for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+  shapes = lambda tree: {
+    jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(tree)
+  }
   saved, want = shapes(saved_params), shapes(abstract_params)
   problems = [f"{k}: checkpoint {saved.get(k)} vs config {v}" for k, v in want.items() if saved.get(k) != v]
   problems += [f"{k}: in the checkpoint, not in the config" for k in saved if k not in want]
   if problems:
     raise ckpt_lib.CheckpointMismatchError(
-        f"The parameters in {where} do not match the shapes of the run's saved config "
-                     f"({len(problems)} differ): " + "; ".join(problems[:6]) +
-                     ". The checkpoint and its saved config disagree: was the workdir reused with another "
-                     "model?")
+      f"The parameters in {where} do not match the shapes of the run's saved config "
+      f"({len(problems)} differ): "
+      + "; ".join(problems[:6])
+      + ". The checkpoint and its saved config disagree: was the workdir reused with another "
+      "model?"
+    )
 
 
-def restore_params(workdir: str, step: int | None = None, mesh: jax.sharding.Mesh | None = None
-                   ) -> tuple[int, ml_collections.ConfigDict, Any]:
+def restore_params(
+  workdir: str, step: int | None = None, mesh: jax.sharding.Mesh | None = None
+) -> tuple[int, ml_collections.ConfigDict, Any]:
   """(step, the run's saved config, parameters only) restored replicated onto `mesh` (all devices).
 
   Without `step`, the newest intact step: damaged newer ones are moved aside with one line on stderr
@@ -171,20 +188,32 @@ def restore_params(workdir: str, step: int | None = None, mesh: jax.sharding.Mes
     _check_shapes(saved_tree["params"], abstract, f"{manager.directory}/{s}")
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
     restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=replicated), target)
-    restored = manager.restore(s, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item={"params": target}, restore_args={"params": restore_args}, partial_restore=True)))
+    restored = manager.restore(
+      s,
+      args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+          item={"params": target}, restore_args={"params": restore_args}, partial_restore=True
+        )
+      ),
+    )
     return config, restored["state"]["params"]
 
   try:
-    found = ckpt_lib.restore_newest_intact(str(manager.directory), sorted(manager.all_steps()), attempt,
-                                           ("state", "meta"), lambda line: print(line, file=sys.stderr),
-                                           step)
+    found = ckpt_lib.restore_newest_intact(
+      str(manager.directory),
+      sorted(manager.all_steps()),
+      attempt,
+      ("state", "meta"),
+      lambda line: print(line, file=sys.stderr),
+      step,
+    )
   finally:
     manager.close()
   if found.step is None:
     raise ckpt_lib.DamagedCheckpointError(
-        f"No intact checkpoint in {manager.directory}: every step was damaged (moved to "
-        f"{', '.join(found.moved)}). Train again with `python -m lime_jax.main --workdir=...`.")
+      f"No intact checkpoint in {manager.directory}: every step was damaged (moved to "
+      f"{', '.join(found.moved)}). Train again with `python -m lime_jax.main --workdir=...`."
+    )
   config, params = found.value
   return found.step, config, params
 
@@ -212,19 +241,22 @@ def tokenizer_for(config: ml_collections.ConfigDict) -> Any:
 # --------------------------------------------------------------------------------------------- running
 def _incompatible_message(reasons: dict[str, str], ctx: ProbeContext) -> str:
   runnable = [n for n in known_probes() if incompatibility(get_probe(n), ctx) is None and n not in reasons]
-  return ("; ".join(f"probe {n!r} cannot run on this checkpoint: {r}" for n, r in reasons.items()) +
-          f". Probes that can run on it (task {ctx.config.data.task!r}, topology "
-          f"{ctx.model_cfg.topology!r}): "
-          f"{', '.join(runnable) or 'none'}. Drop the probe from --probes, or pass --skip_incompatible to "
-          "skip it with a note.")
+  return (
+    "; ".join(f"probe {n!r} cannot run on this checkpoint: {r}" for n, r in reasons.items())
+    + f". Probes that can run on it (task {ctx.config.data.task!r}, topology "
+    f"{ctx.model_cfg.topology!r}): "
+    f"{', '.join(runnable) or 'none'}. Drop the probe from --probes, or pass --skip_incompatible to "
+    "skip it with a note."
+  )
 
 
 def _skipped(reason: str) -> dict:
   return {"metrics": {"skipped": reason}, "notes": [reason], "seconds": 0.0}
 
 
-def check_compatible(ctx: ProbeContext, probe_names: list[str], skip_incompatible: bool = False
-                     ) -> dict[str, str]:
+def check_compatible(
+  ctx: ProbeContext, probe_names: list[str], skip_incompatible: bool = False
+) -> dict[str, str]:
   """{probe: reason} for the named probes that cannot run on ctx's checkpoint; raises
   IncompatibleProbeError naming them, the reasons and the probes that can run, unless skip_incompatible."""
   reasons = {n: r for n in probe_names if (r := incompatibility(get_probe(n), ctx)) is not None}
@@ -233,10 +265,18 @@ def check_compatible(ctx: ProbeContext, probe_names: list[str], skip_incompatibl
   return reasons
 
 
-def run_probes(params: Any, config: ml_collections.ConfigDict, probe_names: list[str], options: ProbeOptions,
-               mesh: jax.sharding.Mesh | None = None, stream=None, skip_incompatible: bool = False,
-               model_cfg: ModelConfig | None = None, tokenizer: Any = None, pretrained: str = ""
-               ) -> dict[str, dict]:
+def run_probes(
+  params: Any,
+  config: ml_collections.ConfigDict,
+  probe_names: list[str],
+  options: ProbeOptions,
+  mesh: jax.sharding.Mesh | None = None,
+  stream=None,
+  skip_incompatible: bool = False,
+  model_cfg: ModelConfig | None = None,
+  tokenizer: Any = None,
+  pretrained: str = "",
+) -> dict[str, dict]:
   """Runs the named probes; returns {probe: result dict} (see registry.py). `model_cfg` / `tokenizer`
   (default: from `config`) and `pretrained` (the HF folder) come from `probes/pretrained.py`.
 
@@ -247,10 +287,16 @@ def run_probes(params: Any, config: ml_collections.ConfigDict, probe_names: list
   probes = [get_probe(n) for n in probe_names]
   mesh = mesh or _eval_mesh()
   progress = Progress(probe_names, stream)
-  ctx = ProbeContext(params=params, model_cfg=model_cfg or model_config_for(config), config=config,
-                     tokenizer=tokenizer if tokenizer is not None else tokenizer_for(config),
-                     options=options, progress=progress, batch_sharding=shard_lib.batch_sharding(mesh),
-                     pretrained=pretrained)
+  ctx = ProbeContext(
+    params=params,
+    model_cfg=model_cfg or model_config_for(config),
+    config=config,
+    tokenizer=tokenizer if tokenizer is not None else tokenizer_for(config),
+    options=options,
+    progress=progress,
+    batch_sharding=shard_lib.batch_sharding(mesh),
+    pretrained=pretrained,
+  )
   reasons = check_compatible(ctx, probe_names, skip_incompatible)
   results = {}
   try:
@@ -328,8 +374,12 @@ def write_outputs(out_dir: str, header: dict, results: dict[str, dict]) -> dict:
   images = {**{k: previous.get("images", {}).get(k, []) for k in kept}, **images}
   content = _sanitize({**header, "probes": results, "images": images})
   fileio.write_text(fileio.join(out_dir, "results.json"), json.dumps(content, indent=1, allow_nan=False))
-  lines = [f"# Evaluation of `{header['workdir']}` at step {header['step']}", "",
-           f"{header['created']} · {header['devices']} · probes: {', '.join(results)}", ""]
+  lines = [
+    f"# Evaluation of `{header['workdir']}` at step {header['step']}",
+    "",
+    f"{header['created']} · {header['devices']} · probes: {', '.join(results)}",
+    "",
+  ]
   for name, result in results.items():
     lines += [f"## {name} ({result.get('seconds', 0):.1f} s)", ""]
     lines += [f"- {n}" for n in result.get("notes", [])] + ([""] if result.get("notes") else [])
@@ -341,18 +391,30 @@ def write_outputs(out_dir: str, header: dict, results: dict[str, dict]) -> dict:
 
 
 def _header(workdir: str, step: Any, config: ml_collections.ConfigDict, options: ProbeOptions) -> dict:
-  return {"workdir": fileio.absolute(workdir), "step": step,
-          "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-          "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
-          "model": {k: config.model[k] for k in ("num_layers", "d_model", "num_heads", "topology",
-                                                 "compute_dtype")},
-          "task": config.data.task, "config_digest": config_digest(config),
-          "options": _sanitize(dataclasses.asdict(options))}
+  return {
+    "workdir": fileio.absolute(workdir),
+    "step": step,
+    "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
+    "model": {
+      k: config.model[k] for k in ("num_layers", "d_model", "num_heads", "topology", "compute_dtype")
+    },
+    "task": config.data.task,
+    "config_digest": config_digest(config),
+    "options": _sanitize(dataclasses.asdict(options)),
+  }
 
 
-def evaluate(workdir: str, probe_names: list[str], options: ProbeOptions | None = None,
-             step: int | None = None, random_init_config: ml_collections.ConfigDict | None = None,
-             stream=None, skip_incompatible: bool = False, reuse: bool = False) -> tuple[str, dict]:
+def evaluate(
+  workdir: str,
+  probe_names: list[str],
+  options: ProbeOptions | None = None,
+  step: int | None = None,
+  random_init_config: ml_collections.ConfigDict | None = None,
+  stream=None,
+  skip_incompatible: bool = False,
+  reuse: bool = False,
+) -> tuple[str, dict]:
   """Evaluates one run (or a random-init model of `random_init_config`); returns (out_dir, results).
 
   `reuse`: probes whose result is already saved in out_dir with the same step, config and options
@@ -370,12 +432,22 @@ def evaluate(workdir: str, probe_names: list[str], options: ProbeOptions | None 
     label = str(step)
   out_dir = fileio.join(workdir, "eval", label)
   header = _header(workdir, label, config, options)
-  saved = {k: v for k, v in reusable(_previous(out_dir), header).items()
-           if not (isinstance(v.get("metrics"), dict) and v["metrics"].get("skipped"))} if reuse else {}
+  saved = (
+    {
+      k: v
+      for k, v in reusable(_previous(out_dir), header).items()
+      if not (isinstance(v.get("metrics"), dict) and v["metrics"].get("skipped"))
+    }
+    if reuse
+    else {}
+  )
   todo = [n for n in probe_names if n not in saved]
   if saved.keys() & set(probe_names):
-    print(f"{workdir}: reusing the saved {', '.join(n for n in probe_names if n in saved)} (same step, "
-          "config and options)", file=stream or sys.stderr)
+    print(
+      f"{workdir}: reusing the saved {', '.join(n for n in probe_names if n in saved)} (same step, "
+      "config and options)",
+      file=stream or sys.stderr,
+    )
   results = run_probes(params, config, todo, options, mesh, stream, skip_incompatible) if todo else {}
   return out_dir, write_outputs(out_dir, header, results)
 
@@ -384,8 +456,9 @@ def compare(runs: dict[str, dict], out_dir: str, probe_names: list[str] | None =
   """Overlays each plot that several runs share and writes one table (compare.md, compare.json); only
   the probes in `probe_names` when given (a results.json may hold others)."""
   if probe_names is not None:
-    runs = {n: {**r, "probes": {p: v for p, v in r["probes"].items() if p in probe_names}}
-            for n, r in runs.items()}
+    runs = {
+      n: {**r, "probes": {p: v for p, v in r["probes"].items() if p in probe_names}} for n, r in runs.items()
+    }
   fileio.makedirs(out_dir)
   written = []
   names = list(runs)
@@ -412,8 +485,18 @@ def compare(runs: dict[str, dict], out_dir: str, probe_names: list[str] | None =
         lines.append(f"![{spec_name}]({fileio.basename(path)})")
     lines.append("")
   fileio.write_text(fileio.join(out_dir, "compare.md"), "\n".join(lines))
-  fileio.write_text(fileio.join(out_dir, "compare.json"), json.dumps(
-      {n: {"workdir": r["workdir"], "step": r["step"],
-           "summary": {p: v.get("summary", []) for p, v in r["probes"].items()}}
-       for n, r in runs.items()}, indent=1))
+  fileio.write_text(
+    fileio.join(out_dir, "compare.json"),
+    json.dumps(
+      {
+        n: {
+          "workdir": r["workdir"],
+          "step": r["step"],
+          "summary": {p: v.get("summary", []) for p, v in r["probes"].items()},
+        }
+        for n, r in runs.items()
+      },
+      indent=1,
+    ),
+  )
   return written

@@ -1,4 +1,4 @@
-"""Value separability (LIMe; SPEC §6): can a linear classifier tell apart the representations of a
+"""Value separability (LIMe; docs/methods.md §6): can a linear classifier tell apart the representations of a
 few close tokens (default is / are / was / were for text models) at each layer?
 
 Representations are gathered at every occurrence of each class string in the eval data (the position
@@ -20,7 +20,7 @@ import optax
 
 from lime_jax.data import tasks
 from lime_jax.probes import common
-from lime_jax.probes.registry import Probe, ProbeContext, register
+from lime_jax.probes.registry import Probe, ProbeContext
 
 TEXT_DEFAULT = ("is", "are", "was", "were")
 FOLDS, EPOCHS, LR, BATCH = 5, 1, 1e-2, 64
@@ -36,8 +36,9 @@ def default_classes(ctx: ProbeContext) -> tuple[str, ...]:
   return tuple(d for d in "0123456789" if common.encodable(ctx.tokenizer, d))[:4]
 
 
-def find_occurrences(inputs_BT: np.ndarray, mask_BT: np.ndarray, tokenizer: Any, classes
-                     ) -> list[tuple[int, int, int]]:
+def find_occurrences(
+  inputs_BT: np.ndarray, mask_BT: np.ndarray, tokenizer: Any, classes
+) -> list[tuple[int, int, int]]:
   """(row, position of the last token, class index) of every occurrence of every class string."""
   found = []
 
@@ -53,11 +54,13 @@ def find_occurrences(inputs_BT: np.ndarray, mask_BT: np.ndarray, tokenizer: Any,
     for b in range(inputs_BT.shape[0]):
       row = inputs_BT[b]
       for p in range(k - 1, inputs_BT.shape[1]):
-        if not mask_BT[b, p] or not np.array_equal(row[p - k + 1:p + 1], ids):
+        if not mask_BT[b, p] or not np.array_equal(row[p - k + 1 : p + 1], ids):
           continue
         # a class with a leading space (subword tokenizers) is delimited on the left by it
-        if len(text) > 1 and ((text[0].isalnum() and p - k >= 0 and word_edge(row[p - k], True)) or
-                              (p + 1 < len(row) and mask_BT[b, p + 1] and word_edge(row[p + 1], False))):
+        if len(text) > 1 and (
+          (text[0].isalnum() and p - k >= 0 and word_edge(row[p - k], True))
+          or (p + 1 < len(row) and mask_BT[b, p + 1] and word_edge(row[p + 1], False))
+        ):
           continue
         found.append((b, p, c))
   return found
@@ -91,8 +94,9 @@ def _train_eval(x_tr, y_tr, x_te, y_te, num_classes: int, key) -> jax.Array:
   return jnp.mean(jnp.argmax(x_te @ params["w"] + params["b"], -1) == y_te)
 
 
-def cross_validated_accuracy(x_ND: np.ndarray, y_N: np.ndarray, num_classes: int, seed: int = 0
-                             ) -> tuple[float, float]:
+def cross_validated_accuracy(
+  x_ND: np.ndarray, y_N: np.ndarray, num_classes: int, seed: int = 0
+) -> tuple[float, float]:
   """Mean and std over 5 folds of the held-out accuracy of the linear probe."""
   perm = np.random.default_rng(seed).permutation(len(y_N))
   folds = np.array_split(perm, FOLDS)
@@ -101,8 +105,18 @@ def cross_validated_accuracy(x_ND: np.ndarray, y_N: np.ndarray, num_classes: int
   for k in range(FOLDS):
     test = folds[k]
     train = np.concatenate([folds[j] for j in range(FOLDS) if j != k])
-    accs.append(float(fn(jnp.asarray(x_ND[train]), jnp.asarray(y_N[train]), jnp.asarray(x_ND[test]),
-                         jnp.asarray(y_N[test]), num_classes, jax.random.key(seed + k))))
+    accs.append(
+      float(
+        fn(
+          jnp.asarray(x_ND[train]),
+          jnp.asarray(y_N[train]),
+          jnp.asarray(x_ND[test]),
+          jnp.asarray(y_N[test]),
+          num_classes,
+          jax.random.key(seed + k),
+        )
+      )
+    )
   return float(np.mean(accs)), float(np.std(accs))
 
 
@@ -114,8 +128,10 @@ def run(ctx: ProbeContext) -> dict:
   counts = [sum(1 for o in occ if o[2] == c) for c in range(len(classes))]
   present = [c for c in range(len(classes)) if counts[c] >= FOLDS]
   if len(present) < 2:
-    reason = (f"separability skipped: fewer than two of the classes {classes} occur >= {FOLDS} times in "
-              f"{num} eval sequences (counts {counts}); set --separability_tokens.")
+    reason = (
+      f"separability skipped: fewer than two of the classes {classes} occur >= {FOLDS} times in "
+      f"{num} eval sequences (counts {counts}); set --separability_tokens."
+    )
     return {"metrics": {"skipped": reason, "classes": list(classes), "counts": counts}, "notes": [reason]}
   occ = [o for o in occ if o[2] in present]
   rows, pos = np.array([o[0] for o in occ]), np.array([o[1] for o in occ])
@@ -124,8 +140,14 @@ def run(ctx: ProbeContext) -> dict:
   _, col = common.forward(ctx.params, cfg, inputs_BT, ("hidden", "value"), ctx.batch_sharding)
   L = ctx.model_cfg.num_layers
   ctx.progress.start("separability", 2 * L)
-  metrics: dict[str, Any] = {"classes": [classes[c] for c in present], "counts": [counts[c] for c in present],
-                             "folds": FOLDS, "epochs": EPOCHS, "lr": LR, "batch": BATCH}
+  metrics: dict[str, Any] = {
+    "classes": [classes[c] for c in present],
+    "counts": [counts[c] for c in present],
+    "folds": FOLDS,
+    "epochs": EPOCHS,
+    "lr": LR,
+    "batch": BATCH,
+  }
   series = []
   for kind in ("value", "hidden"):
     x = np.asarray(col[kind], np.float32)
@@ -137,15 +159,32 @@ def run(ctx: ProbeContext) -> dict:
       mean.append(m)
       std.append(s)
     metrics[kind] = {"accuracy_mean": mean, "accuracy_std": std}
-    series.append({"label": kind, "x": list(range(L)), "y": mean,
-                   "y_lo": [m - s for m, s in zip(mean, std)], "y_hi": [m + s for m, s in zip(mean, std)]})
-  plot = {"name": "separability", "title": f"linear separability of {', '.join(metrics['classes'])}",
-          "xlabel": "layer", "ylabel": "5-fold accuracy (mean +- std)", "ylim": [0, 1.02], "series": series,
-          "hlines": [{"y": 1.0 / len(present), "label": "chance"}]}
-  summary = [[f"separability {k}: first / last layer",
-              f"{metrics[k]['accuracy_mean'][0]:.3f} / {metrics[k]['accuracy_mean'][-1]:.3f}"]
-             for k in ("value", "hidden")]
+    series.append(
+      {
+        "label": kind,
+        "x": list(range(L)),
+        "y": mean,
+        "y_lo": [m - s for m, s in zip(mean, std)],
+        "y_hi": [m + s for m, s in zip(mean, std)],
+      }
+    )
+  plot = {
+    "name": "separability",
+    "title": f"linear separability of {', '.join(metrics['classes'])}",
+    "xlabel": "layer",
+    "ylabel": "5-fold accuracy (mean +- std)",
+    "ylim": [0, 1.02],
+    "series": series,
+    "hlines": [{"y": 1.0 / len(present), "label": "chance"}],
+  }
+  summary = [
+    [
+      f"separability {k}: first / last layer",
+      f"{metrics[k]['accuracy_mean'][0]:.3f} / {metrics[k]['accuracy_mean'][-1]:.3f}",
+    ]
+    for k in ("value", "hidden")
+  ]
   return {"metrics": metrics, "plots": [plot], "summary": summary}
 
 
-register(Probe("separability", run, "5-fold linear probe on values / hidden states at chosen tokens"))
+PROBE = Probe("separability", run, "5-fold linear probe on values / hidden states at chosen tokens")
