@@ -279,7 +279,9 @@ def train(
       + "."
     )
   start_step = int(jax.device_get(state.step))
-  writer.start_at(start_step)  # drops metrics records of steps after the restored one (replayed now)
+  # Drops metrics records of steps after the restored one (replayed now); a finished run started again
+  # only evaluates its final step again, so that step's eval record is dropped too (one per step).
+  writer.start_at(start_step, redo_final_eval=start_step >= t.num_steps)
   if is_lead:
     writers.write_text(workdir, "config.json", config.to_json_best_effort(indent=2))
 
@@ -400,6 +402,8 @@ def train(
     stop.uninstall()
     checkpointer.close()
 
+  if not last_values and start_step >= t.num_steps:  # no step ran: the final step's logged metrics
+    last_values = writer.logged(t.num_steps)
   result: dict[str, Any] = {"status": status, "step": int(jax.device_get(state.step)), "train": last_values}
   if status == "completed":
     result["eval"] = writer.write(

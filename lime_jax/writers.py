@@ -57,15 +57,21 @@ class _RewrittenFile:
     self.flush()
 
 
-def records_up_to(text: str, step: int) -> str:
-  """The JSONL lines of `text` whose step is <= `step` (a line cut short by a kill is dropped too)."""
+def records_up_to(text: str, step: int, drop_eval_at_step: bool = False) -> str:
+  """The JSONL lines of `text` whose step is <= `step` (a line cut short by a kill is dropped too);
+  with `drop_eval_at_step`, also the eval records of `step` itself (a finished run started again
+  evaluates its final step again)."""
   kept = []
   for line in text.splitlines(keepends=True):
     try:
       record = json.loads(line)
     except ValueError:
       continue
-    if line.endswith("\n") and isinstance(record, dict) and int(record.get("step", 0)) <= step:
+    if not (line.endswith("\n") and isinstance(record, dict)):
+      continue
+    record_step = int(record.get("step", 0))
+    redone = drop_eval_at_step and record_step == step and record.get("split") == "eval"
+    if record_step <= step and not redone:
       kept.append(line)
   return "".join(kept)
 
@@ -106,14 +112,15 @@ class MetricWriter:
       self._tb = SummaryWriter(os.path.join(self._workdir, "tensorboard"), purge_step=self._purge_step)
     return self._tb or None
 
-  def start_at(self, step: int) -> None:
-    """The run continues after `step`: drop the metrics of later steps (see the class docstring)."""
+  def start_at(self, step: int, redo_final_eval: bool = False) -> None:
+    """The run continues after `step`: drop the metrics of later steps (see the class docstring), and
+    with `redo_final_eval` (the run restored its final step) the eval records of `step` itself."""
     if not self.enabled:
       return
     self._jsonl.close()
     path = epath.Path(self._workdir) / "metrics.jsonl"
     text = path.read_text() if path.exists() else ""
-    kept = records_up_to(text, step)
+    kept = records_up_to(text, step, drop_eval_at_step=redo_final_eval)
     if kept != text and is_remote(self._workdir):
       path.write_text(kept)
     elif kept != text:  # a kill mid-rewrite keeps the old file
@@ -124,6 +131,19 @@ class MetricWriter:
     if self._tb:
       self._tb.close()
     self._tb, self._purge_step = None, step + 1
+
+  def logged(self, step: int, split: str = "train") -> dict[str, float]:
+    """The scalars metrics.jsonl holds for `step` and `split` ({} when none, or when disabled)."""
+    path = epath.Path(self._workdir) / "metrics.jsonl"
+    if not self.enabled or not path.exists():
+      return {}
+    self._jsonl.flush()
+    found: dict[str, float] = {}
+    for line in records_up_to(path.read_text(), step).splitlines():
+      record = json.loads(line)
+      if record.get("step") == step and record.get("split") == split:
+        found = {k: v for k, v in record.items() if k not in ("step", "split", "time")}
+    return found
 
   def write(self, step: int, scalars: dict[str, Any], prefix: str = "train") -> dict[str, float]:
     values = {k: _scalar(v) for k, v in scalars.items()}

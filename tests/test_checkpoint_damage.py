@@ -215,11 +215,31 @@ def test_resume_after_a_kill_keeps_one_metrics_record_per_step(trained, tmp_path
   assert_same_state(workdir, trained, 40)
 
 
+def test_a_finished_run_started_again_keeps_one_eval_record_and_its_train_metrics(trained, tmp_path):
+  """Started again on its finished workdir (e.g. to re-evaluate), a run restores step 40, trains no
+  step and evaluates again: metrics.jsonl still has one eval record at 40, and final_metrics.json keeps
+  the train metrics of step 40 (not {})."""
+  workdir = copy_of(trained, tmp_path)
+  before = json.loads((workdir / "final_metrics.json").read_text())
+  train_lib.train(tiny_config(**STEPS), str(workdir))
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records if r["split"] == "eval"] == [40]
+  assert [r["step"] for r in records if r["split"] == "train"] == list(range(5, 41, 5))
+  after = json.loads((workdir / "final_metrics.json").read_text())
+  assert after["status"] == "completed" and after["train"]["loss"] == before["train"]["loss"]
+  assert after["train"].keys() == before["train"].keys()
+  assert after["eval"]["ce"] == pytest.approx(before["eval"]["ce"], rel=1e-6)
+
+
 def test_records_up_to_drops_later_and_cut_lines():
   from lime_jax import writers
 
   text = '{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 2, "x": 1}\n{"step": 2'
   assert writers.records_up_to(text, 2) == '{"step": 1}\n{"step": 2}\n{"step": 2, "x": 1}\n'
+  evals = '{"step": 1, "split": "eval"}\n{"step": 2, "split": "train"}\n{"step": 2, "split": "eval"}\n'
+  assert writers.records_up_to(evals, 2, drop_eval_at_step=True) == (
+    '{"step": 1, "split": "eval"}\n{"step": 2, "split": "train"}\n'
+  )
 
 
 # ------------------------------------------------------------------------------------------ --config.*
