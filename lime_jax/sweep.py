@@ -231,6 +231,13 @@ def _is_number(value: Any) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def mean_and_std(values: list[float]) -> tuple[float, float]:
+  """(mean, sample std with ddof=1; 0 for one value) of a non-empty list: the seed statistics."""
+  mean = sum(values) / len(values)
+  var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+  return mean, math.sqrt(var)
+
+
 def aggregate_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   """One row per member group (spec and overrides, seeds pooled): `seeds`, and for every numeric metric
   `<metric>_mean` and `<metric>_std` (sample std, ddof=1; 0 for one seed) over the seeds that have it."""
@@ -246,9 +253,7 @@ def aggregate_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
       values = [m[key] for m in members if _is_number(m.get(key))]
       if key in skip or not values:
         continue
-      mean = sum(values) / len(values)
-      var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-      agg[f"{key}_mean"], agg[f"{key}_std"] = mean, math.sqrt(var)
+      agg[f"{key}_mean"], agg[f"{key}_std"] = mean_and_std(values)
     out.append(agg)
   return out
 
@@ -331,9 +336,7 @@ def curve_table(members: list[Member], root: str, metric: str = "exact_match") -
     cells = []
     for step in steps:
       values = [p[step] for p in seeds if step in p]
-      mean = sum(values) / len(values) if values else 0.0
-      std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-      cells.append(f"{mean:.3f} ± {std:.2f} ({len(values)})" if values else "")
+      cells.append("{:.3f} ± {:.2f} ({})".format(*mean_and_std(values), len(values)) if values else "")
     pooled.append(f"| {group} (mean ± std (seeds)) | " + " | ".join(cells) + " |")
   return "\n".join(header + rows + pooled) + "\n"
 

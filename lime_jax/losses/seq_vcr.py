@@ -53,7 +53,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-VARIANTS = ("per_position", "batch_length")
+from lime_jax.model.model_config import SEQ_VCR_VARIANTS as VARIANTS
+
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from lime_jax.model.model_config import ATTENTION_IMPLS
+
 
 def causal_mask(q_positions_BT: jax.Array, k_positions_BS: jax.Array) -> jax.Array:
   """Boolean [B, 1, T, S] mask: query at position p sees keys at positions <= p."""
@@ -77,7 +79,7 @@ def attend(
   hold any window. `scale`: the logit scale (None: 1/sqrt(H)); `softcap`: 0 = off.
   """
   T, S = q_BTNH.shape[1], k_BSRH.shape[1]
-  if impl not in ("xla", "cudnn", "explicit"):
+  if impl not in ATTENTION_IMPLS:
     raise ValueError(f"config.model.attention_impl={impl!r} is unknown: use 'xla', 'cudnn' or 'explicit'.")
   if softcap and impl == "cudnn":
     raise ValueError(

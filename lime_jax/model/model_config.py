@@ -88,6 +88,8 @@ def from_config_dict(cls: type, node: Any, **resolved) -> Any:
 
 
 DTYPES = ("float32", "bfloat16")
+ATTENTION_IMPLS = ("xla", "cudnn", "explicit")
+SEQ_VCR_VARIANTS = ("per_position", "batch_length")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +137,7 @@ class SeqVcrConfig:
   variant: str = option(
     "per_position",
     "'per_position' (one covariance per position) or 'batch_length' (one covariance over all N*T vectors).",
-    ("per_position", "batch_length"),
+    SEQ_VCR_VARIANTS,
   )
   layers: tuple[int, ...] = option((-1,), "outputs of these blocks (0 = first block, -1 = final block).")
   proj_dim: int = option(2048, "trainable projection trained only by Seq-VCR; 0 = raw representation.")
@@ -265,7 +267,7 @@ class ModelConfig:
   attention_impl: str = option(
     "xla",
     "'xla', 'cudnn' (GPU flash kernel) or 'explicit' (materialised probabilities).",
-    ("xla", "cudnn", "explicit"),
+    ATTENTION_IMPLS,
   )
   remat_policy: str = option(
     "none",

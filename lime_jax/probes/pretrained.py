@@ -23,10 +23,10 @@ from etils import epath
 from lime_jax import config as config_lib
 from lime_jax import sharding as shard_lib
 from lime_jax.data import subword
+from lime_jax.model.model_config import DTYPES
 from lime_jax.probes import runner
 from lime_jax.probes.registry import ProbeOptions, get_probe
 
-DTYPES = ("float32", "bfloat16")
 _REQUIRED = ("config.json", subword.TOKENIZER_JSON)
 
 
