@@ -43,6 +43,11 @@ def isdir(path: str) -> bool:
   return epath.Path(path).is_dir()
 
 
+def listdir(path: str) -> list[str]:
+  """The names in folder `path`, sorted."""
+  return sorted(p.name for p in epath.Path(path).iterdir())
+
+
 def makedirs(path: str) -> None:
   epath.Path(path).mkdir(parents=True, exist_ok=True)
 

@@ -11,7 +11,11 @@ results land in WORKDIR/results.md, WORKDIR/results.csv (one row per member), WO
 and .csv (seeds pooled: mean ± std of every metric per spec and variation), WORKDIR/curves.png and
 WORKDIR/curves.md (held-out exact match at every eval step, per member and pooled over seeds) and,
 when the members ran greedy evaluation (eval.greedy), WORKDIR/ablation.png (greedy exact match and
-layer entropy per member).
+layer entropy per member) and, for an ablation (`--vary` / `--sweep`), WORKDIR/points.png (the same per
+ablation point: mean ± std over seeds, each seed a dot; a log2 axis when one numeric field varies).
+The tables and plots cover every finished member recorded in WORKDIR (each member's workdir holds its
+`member.json`), the invocation's own first, so sweeps over parts of a study (one arm, one seed) leave
+the tables of the whole study; `--tables_only` runs nothing and rewrites them.
 
 Variations (ablations): `--vary="model.seq_vcr.lambda1=0.5 model.seq_vcr.lambda2=0.002"` (repeatable; one
 member group per flag), or `--sweep=NAME` for the override lists in the config file's `SWEEPS` dict
@@ -59,6 +63,39 @@ class Member:
   def name(self) -> str:
     """Workdir name: the group, then the seed (`seqvcr_pause_lambda1=0.5_lambda2=0.002_s1`)."""
     return f"{self.group}_s{self.seed}"
+
+
+MEMBER_FILE = "member.json"  # in each member's workdir: what it is, so a folder's tables cover it
+
+
+def write_member(member: Member, workdir: str) -> None:
+  """Records `member` (spec, seed, overrides) in its workdir."""
+  fileio.makedirs(workdir)
+  fileio.write_text(fileio.join(workdir, MEMBER_FILE), json.dumps(dataclasses.asdict(member)))
+
+
+def read_member(workdir: str) -> Member | None:
+  """The member recorded in `workdir`, or None (not a member's workdir, or run before members were
+  recorded)."""
+  path = fileio.join(workdir, MEMBER_FILE)
+  if not fileio.exists(path):
+    return None
+  fields = fileio.read_json(path)
+  return Member(fields["spec"], int(fields["seed"]), tuple(fields["overrides"]), tuple(fields["vary"]))
+
+
+def folder_members(root: str, first: list[Member] = ()) -> list[Member]:
+  """Every finished member in the folder `root`: those of `first` (this invocation's, in its order) that
+  finished, then the other recorded ones, by name. A folder's tables cover all of them, so a sweep run
+  over part of a study (one arm, one seed) leaves the tables of the whole study."""
+  finished = [m for m in first if is_finished(fileio.join(root, m.name))]
+  names = {m.name for m in finished}
+  others = []
+  for entry in fileio.listdir(root) if fileio.isdir(root) else []:
+    member = read_member(fileio.join(root, entry))
+    if member and member.name == entry and entry not in names and is_finished(fileio.join(root, entry)):
+      others.append(member)
+  return finished + others
 
 
 def member_command(config_file: str, member: Member, workdir: str, python: str = sys.executable) -> list[str]:
@@ -204,6 +241,7 @@ def member_summary(member: Member, workdir: str) -> dict[str, Any]:
     "spec": member.spec,
     "seed": member.seed,
     "overrides": " ".join(member.overrides),
+    "vary": " ".join(o.partition("=")[0].split(".")[-1] + "=" + o.partition("=")[2] for o in member.vary),
     "params": report.get("params"),
     "final_train_loss": final.get("train", {}).get("loss"),
     "eval_ce": final.get("eval", {}).get("ce"),
@@ -387,6 +425,61 @@ def plot_ablation(rows: list[dict[str, Any]], root: str) -> str | None:
   return save_figure(fig, fileio.join(root, "ablation.png"))
 
 
+ABLATION_METRICS = (
+  ("eval_greedy_exact_match", "held-out exact match (greedy)"),
+  ("eval_entropy", "matrix entropy (nats)"),
+)
+
+
+def _ablation_x(groups: list[list[dict[str, Any]]]) -> tuple[list[float], list[str], str | None]:
+  """x positions, tick labels and axis name of the ablation points: the value itself (log2 axis) when
+  every point varies the same one numeric field (e.g. proj_dim), else the points in order."""
+  varies = [g[0]["vary"].split() for g in groups]
+  fields = {tuple(o.partition("=")[0] for o in v) for v in varies}
+  if len(fields) == 1 and len(next(iter(fields))) == 1:
+    values = [_parse_value(v[0].partition("=")[2]) for v in varies]
+    if all(_is_number(x) and x > 0 for x in values):
+      return [float(x) for x in values], [f"{x:g}" for x in values], next(iter(fields))[0]
+  return list(range(len(groups))), [g[0]["vary"].replace(" ", "\n") for g in groups], None
+
+
+def plot_points(rows: list[dict[str, Any]], root: str) -> str | None:
+  """One ablation's plot (points.png): greedy exact match and matrix entropy per ablation point (the
+  members' `vary`), mean ± sample std over seeds as error bars, every seed as a dot. None without
+  varied members that logged them."""
+  rows = [r for r in rows if r.get("vary") and r.get("eval_greedy_exact_match") is not None]
+  if not rows:
+    return None
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  by_group: dict[str, list[dict[str, Any]]] = {}
+  for row in rows:
+    by_group.setdefault(row["group"], []).append(row)
+  groups = list(by_group.values())
+  xs, labels, field = _ablation_x(groups)
+  fig, axes = plt.subplots(1, len(ABLATION_METRICS), figsize=(5 * len(ABLATION_METRICS), 3.8))
+  for ax, (key, label) in zip(axes, ABLATION_METRICS):
+    for x, members in zip(xs, groups):
+      values = [m[key] for m in members if _is_number(m.get(key))]
+      if not values:
+        continue
+      mean, std = mean_and_std(values)
+      ax.errorbar([x], [mean], yerr=[std], fmt="o", color="C0", capsize=4)
+      ax.plot([x] * len(values), values, ".", color="C1", alpha=0.7)
+    ax.set_xticks(xs, labels, fontsize=7)
+    if field:
+      ax.set_xscale("log", base=2)
+      ax.set_xticks(xs, labels, fontsize=7)
+      ax.minorticks_off()
+    ax.set(xlabel=field or "ablation point", ylabel=label)
+  axes[0].set_title("mean ± std over seeds (bars), seeds (dots)", fontsize=8)
+  fig.tight_layout()
+  return save_figure(fig, fileio.join(root, "points.png"))
+
+
 def define_common_flags() -> None:
   """The flags `sweep` and `compare` share (defined when either runs as a program, not on import)."""
   flags.DEFINE_string(
@@ -415,6 +508,12 @@ def define_flags() -> None:
     "Sweep workdirs whose finished members are reused (result files copied, "
     "not rerun) by a member of this sweep that runs the same config: one whose variation "
     "only sets the preset's own values.",
+  )
+  flags.DEFINE_bool(
+    "tables_only",
+    False,
+    "Run nothing: write the tables, curves and plots over every finished member of --workdir "
+    "(also those other invocations ran) and print them.",
   )
 
 
@@ -458,13 +557,14 @@ def main(argv: list[str]) -> None:
     for vary in (variations or [()])
     for seed in FLAGS.seeds
   ]
+  if FLAGS.tables_only and (FLAGS.dry_run or FLAGS.reuse):
+    raise app.UsageError("--tables_only runs nothing: it takes neither --dry_run nor --reuse.")
   if FLAGS.dry_run:
     for member in members:
       print(dry_run_command(FLAGS.config, member, fileio.join(root, member.name)))
     return
   fileio.makedirs(root)
-  rows = []
-  for member in members:
+  for member in [] if FLAGS.tables_only else members:
     workdir = fileio.join(root, member.name)
     source = None if is_finished(workdir) else reusable_source(FLAGS.config, member, FLAGS.reuse)
     if source:
@@ -473,8 +573,15 @@ def main(argv: list[str]) -> None:
         flush=True,
       )
       copy_results(source, workdir)
-    if run_member(FLAGS.config, member, workdir):
-      rows.append(member_summary(member, workdir))
+    write_member(member, workdir)
+    run_member(FLAGS.config, member, workdir)
+  write_folder_tables(root, members)
+
+
+def write_folder_tables(root: str, members: list[Member] = ()) -> None:
+  """Tables, curves and plots over every finished member of the folder (`folder_members`), printed."""
+  members = folder_members(root, members)
+  rows = [member_summary(member, fileio.join(root, member.name)) for member in members]
   write_tables(rows, root)
   print(fileio.read_text(fileio.join(root, "results.md")) if rows else "no results")
   if rows:
@@ -489,6 +596,9 @@ def main(argv: list[str]) -> None:
   ablation = plot_ablation(rows, root)
   if ablation:
     print(f"[sweep] exact match and entropy: {ablation}")
+  points = plot_points(rows, root)
+  if points:
+    print(f"[sweep] per ablation point, seeds pooled: {points}")
 
 
 if __name__ == "__main__":

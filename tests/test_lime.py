@@ -31,6 +31,7 @@ from lime_jax.model import lime as lime_mod
 from lime_jax.model.block import Block
 from lime_jax.model.lime import flops_per_token, mixing_flops_per_token, router_param_count
 from lime_jax.model.routers.v1 import top_p_keep, unit_rms
+from lime_jax.model.tables import layer_tables
 
 ROUTERS = ("kv", "static", "top_p", "dynamic")
 POLICIES = ("none", "full", "save_dots")
@@ -69,7 +70,7 @@ def lime_params(cfg: ModelConfig, seed: int = 0) -> dict:
 def run_stack(cfg: ModelConfig, params: dict, h_BTD: jax.Array, **kw):
   positions_BT = jnp.broadcast_to(jnp.arange(h_BTD.shape[1]), h_BTD.shape[:2])
   topo = get_topology(cfg.topology)
-  return topo.run(cfg, params["layers"], params["router"], h_BTD, positions_BT, **kw)
+  return topo.run(cfg, params["layers"], params["router"], h_BTD, layer_tables(cfg, positions_BT), **kw)
 
 
 def unrolled_stack(cfg: ModelConfig, params: dict, h_BTD: jax.Array) -> jax.Array:
@@ -114,7 +115,7 @@ def unrolled_stack(cfg: ModelConfig, params: dict, h_BTD: jax.Array) -> jax.Arra
           return scale_D[None, None, None, :] * jnp.stack(heads, axis=2)
 
     h_BTD, extras = block.apply(
-      {"params": params_l}, h_BTD, positions_BT, kv_mixer=kv_mixer, kv_input=kv_input
+      {"params": params_l}, h_BTD, layer_tables(cfg, positions_BT), kv_mixer=kv_mixer, kv_input=kv_input
     )
     raws.append(extras["raw_kv"])
   return h_BTD
@@ -414,7 +415,8 @@ def test_remat_reads_the_entry_instead_of_recomputing_it():
   params_l, router_l = jax.tree.map(lambda x: x[l], (params["layers"], router))
 
   def backward(fns):
-    out = jax.jit(lime_stack._layer_step(fns))(positions_BT, h_BTD, buf, params_l, router_l, l)
+    tables = layer_tables(cfg, positions_BT)
+    out = jax.jit(lime_stack._layer_step(fns))(tables, h_BTD, buf, params_l, router_l, l)
     pull = jax.jit(lambda pullback, dh, de: pullback((dh, de)))
     cost = pull.lower(out.pullback, dh_BTD, dentry).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -504,3 +506,28 @@ def test_router_analysis(router, tmp_path):
     assert 0.0 < analysis["pruned_fraction"] < 1.0
   paths = save_router_analysis(analysis, str(tmp_path))
   assert {p.rsplit("/", 1)[1] for p in paths} >= {"router.json", "router_source_share.png"}
+
+
+@pytest.mark.parametrize("router", ["kv", "static"])
+def test_the_pullback_reads_the_shared_tables_as_given(router):
+  """The RoPE tables come in once (lime_jax/model/tables.py) and the traced layer's pullback reads those
+  very inputs (known), so neither the stack (saved) nor the dependency walk (invariant) holds a copy of
+  them: no pullback leaf of the tables' shape [B, T, 1, H] is left outside the known values (a Block
+  that built its tables from the positions had four invariant ones here)."""
+  cfg = lime_cfg(router, remat_policy="none")
+  params, (B, T) = lime_params(cfg), (2, 8)
+  fns = lime_mod._layer_fns(cfg)
+  h_BTD = jax.random.normal(jax.random.PRNGKey(0), (B, T, cfg.d_model))
+  router_stacked = lime_mod._stacked_router(params["router"], cfg, fns.num_slots)
+  tables = layer_tables(cfg, jnp.broadcast_to(jnp.arange(T), (B, T)))
+  traced = lime_stack._traced_layer(
+    fns, params["layers"], router_stacked, h_BTD, fns.new_buffer(B, T), tables
+  )
+  used = traced.layout.known_used().shared
+  assert used.cos_BT1H and used.sin_BT1H and not used.positions_BT
+  out = traced.run(
+    tables, h_BTD, fns.new_buffer(B, T), *jax.tree.map(lambda x: x[0], (params["layers"], router_stacked)), 0
+  )
+  table_shape = (B, T, 1, cfg.head_dim)
+  not_known = traced.layout.saved_leaves(out.pullback) + list(traced.invariant)
+  assert table_shape not in [tuple(x.shape) for x in not_known]

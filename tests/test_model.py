@@ -17,6 +17,7 @@ from lime_jax.model.attention import attend
 from lime_jax.model.block import Block
 from lime_jax.model.layers import RMSNorm
 from lime_jax.model.model_config import ModelConfig
+from lime_jax.model.tables import layer_tables
 
 
 def _tokens(cfg: ModelConfig, batch: int, length: int, seed: int = 1) -> jax.Array:
@@ -205,7 +206,7 @@ def _unrolled_forward(cfg: ModelConfig, params: dict, tokens_BT: jax.Array):
     # Values written out from the parameters, not read back from the Block under test.
     x_BTD = RMSNorm(cfg.rms_eps).apply({"params": params_l["attn_norm"]}, h_BTD)
     value.append(jnp.einsum("btd,drh->btrh", x_BTD, params_l["wkv"][..., cfg.head_dim :]))
-    h_BTD, _ = Block(cfg).apply({"params": params_l}, h_BTD, positions_BT)
+    h_BTD, _ = Block(cfg).apply({"params": params_l}, h_BTD, layer_tables(cfg, positions_BT))
     hidden.append(h_BTD)
   h_BTD = RMSNorm(cfg.rms_eps).apply({"params": params["final_norm"]}, h_BTD)
   unembed_DV = params["embed"].T if cfg.tie_embeddings else params["unembed"]

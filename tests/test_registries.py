@@ -150,8 +150,8 @@ def test_router_topology_flag_drives_the_router_probe_and_analysis():
 
 TOY_TOPOLOGY = Topology(
   "toy",
-  lambda cfg, layers, topo_params, h_BTD, positions_BT, cache=None, collect=(): run_plain_stack(
-    cfg, layers, None, 2.0 * h_BTD, positions_BT, cache, collect
+  lambda cfg, layers, topo_params, h_BTD, tables, cache=None, collect=(): run_plain_stack(
+    cfg, layers, None, 2.0 * h_BTD, tables, cache, collect
   ),
   extra_flops=lambda cfg: 7.0,
 )

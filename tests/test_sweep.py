@@ -99,6 +99,15 @@ def test_seed_aggregation_is_mean_and_sample_std_per_group():
   assert "| a | 0 1 2 | 0.5 ± 0.36 |" in table
 
 
+def run_sweep(*flags: str) -> subprocess.CompletedProcess:
+  """`python -m lime_jax.sweep FLAGS` from the repository root; asserts that it succeeded."""
+  proc = subprocess.run(
+    [sys.executable, "-m", "lime_jax.sweep", *flags], cwd=REPO, capture_output=True, text=True, timeout=300
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return proc
+
+
 def _finished_member(directory, name, exact_match):
   """A member workdir holding only the result files a finished sweep member leaves."""
   workdir = directory / name
@@ -127,24 +136,14 @@ def test_a_variation_with_the_presets_own_values_reuses_the_finished_plain_membe
   assert sweep.reusable_source(config, other, [str(arms)]) is None  # another lambda1: must train
   assert sweep.reusable_source(config, own, []) is None
 
-  proc = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "lime_jax.sweep",
-      f"--config={config}",
-      "--specs=tiny,seqvcr_pause",
-      "--vary=model.seq_vcr.lambda1=1.0 model.seq_vcr.lambda2=0.004",
-      "--seeds=1",
-      f"--workdir={tmp_path / 'lambdas'}",
-      f"--reuse={arms}",
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
+  proc = run_sweep(
+    f"--config={config}",
+    "--specs=tiny,seqvcr_pause",
+    "--vary=model.seq_vcr.lambda1=1.0 model.seq_vcr.lambda2=0.004",
+    "--seeds=1",
+    f"--workdir={tmp_path / 'lambdas'}",
+    f"--reuse={arms}",
   )
-  assert proc.returncode == 0, proc.stderr[-2000:]
   member = tmp_path / "lambdas" / own.name
   assert "reusing its results" in proc.stdout and not (member / "checkpoints").exists()  # not trained
   assert (member / "reused_from.txt").read_text().strip() == str(source)
@@ -177,3 +176,42 @@ def test_curve_table_pools_seeds_at_every_eval_step(tmp_path):
   # a: mean 0.3, sample std 0.141 at step 10; mean 0.8, std 0.283 at step 20
   assert table[5] == "| a (mean ± std (seeds)) | 0.300 ± 0.14 (2) | 0.800 ± 0.28 (2) |"
   assert table[6] == "| b (mean ± std (seeds)) | 0.500 ± 0.00 (1) |  |"
+
+
+def test_tables_cover_every_finished_member_of_the_folder(tmp_path):
+  """A sweep over part of a study (here: nothing run, --tables_only, naming one seed) tabulates every
+  finished member recorded in the folder, its own first, so the study's tables are never replaced by
+  those of one invocation; unrecorded folders and unfinished members are left out."""
+  root = tmp_path / "study"
+  spec_a, spec_b = sweep.Member("tiny,vanilla", 0, ()), sweep.Member("tiny,vanilla", 1, ())
+  other = sweep.Member("tiny,pause", 0, (), ("model.seq_vcr.proj_dim=64",))
+  for member, em in ((spec_a, 0.25), (spec_b, 0.5), (other, 0.75)):
+    sweep.write_member(member, str(_finished_member(root, member.name, em)))
+  assert sweep.read_member(str(root / other.name)) == other
+  _finished_member(root, "stray_s0", 1.0)  # no member.json: not a member of this study
+  unfinished = sweep.Member("tiny,seqvcr", 0, ())
+  sweep.write_member(unfinished, str(root / unfinished.name))
+  run_sweep(
+    "--config=experiments/seqvcr_mult.py",
+    "--specs=tiny,vanilla",
+    "--seeds=1",
+    f"--workdir={root}",
+    "--tables_only",
+  )
+  rows = list(csv.DictReader((root / "results.csv").open()))
+  assert [(r["member"], float(r["eval_greedy_exact_match"])) for r in rows] == [
+    (spec_b.name, 0.5),
+    (other.name, 0.75),
+    (spec_a.name, 0.25),
+  ]
+  groups = [r["group"] for r in csv.DictReader((root / "results_by_group.csv").open())]
+  assert sorted(groups) == sorted({spec_a.group, other.group})
+  assert (root / "points.png").stat().st_size > 1000  # the varied member's ablation plot
+
+
+def test_ablation_points_use_the_varied_value_when_it_is_one_number():
+  row = lambda vary: [{"vary": vary}]
+  xs, labels, field = sweep._ablation_x([row("proj_dim=512"), row("proj_dim=4096")])
+  assert (xs, labels, field) == ([512.0, 4096.0], ["512", "4096"], "proj_dim")
+  xs, labels, field = sweep._ablation_x([row("lambda1=0.5 lambda2=0.002"), row("lambda1=0.1 lambda2=0.5")])
+  assert (xs, labels, field) == ([0, 1], ["lambda1=0.5\nlambda2=0.002", "lambda1=0.1\nlambda2=0.5"], None)

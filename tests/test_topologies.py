@@ -23,6 +23,7 @@ from lime_jax.model.block import Block, Residual
 from lime_jax.model.denseformer import dwa_param_count
 from lime_jax.model.hyper_connections import hc_param_count
 from lime_jax.model.model_config import DenseFormerConfig, HyperConnectionsConfig, ValueResidualConfig
+from lime_jax.model.tables import LayerTables, layer_tables
 
 TOPOLOGIES = ("plain", "lime", "denseformer", "hyper_connections", "value_residual")
 # (topology, sub-config overrides) pairs covering each method's options.
@@ -73,13 +74,14 @@ def shared_params(cfg: ModelConfig, seed: int = 0, perturb_topology: bool = True
   return params
 
 
-def positions(h_BTD):
-  return jnp.broadcast_to(jnp.arange(h_BTD.shape[1]), h_BTD.shape[:2])
+def tables_of(cfg: ModelConfig, h_BTD: jax.Array) -> LayerTables:
+  """The layer-invariant tables of positions 0..T-1 in every row."""
+  return layer_tables(cfg, jnp.broadcast_to(jnp.arange(h_BTD.shape[1]), h_BTD.shape[:2]))
 
 
 def run_stack(cfg: ModelConfig, params: dict, h_BTD: jax.Array) -> jax.Array:
   topology = get_topology(cfg.topology)
-  return topology.run(cfg, params["layers"], params.get("router"), h_BTD, positions(h_BTD)).h_BTD
+  return topology.run(cfg, params["layers"], params.get("router"), h_BTD, tables_of(cfg, h_BTD)).h_BTD
 
 
 # ---------------------------------------------------------------------------------- references
@@ -107,16 +109,16 @@ def dwa_weights(cfg: ModelConfig, alpha_P: jax.Array) -> list[dict[int, jax.Arra
 
 def unrolled(cfg: ModelConfig, params: dict, h_BTD: jax.Array) -> jax.Array:
   """Every topology as a literal Python loop over layers."""
-  block, pos_BT, L, H = Block(cfg), positions(h_BTD), cfg.num_layers, cfg.head_dim
+  block, tables, L, H = Block(cfg), tables_of(cfg, h_BTD), cfg.num_layers, cfg.head_dim
   if cfg.topology == "plain":
     for l in range(L):
-      h_BTD, _ = block.apply({"params": _layer(params, l)}, h_BTD, pos_BT)
+      h_BTD, _ = block.apply({"params": _layer(params, l)}, h_BTD, tables)
     return h_BTD
   if cfg.topology == "denseformer":
     alpha = dwa_weights(cfg, params["router"]["alpha_P"])
     xs, y_BTD = [h_BTD], h_BTD
     for i in range(L):
-      x_BTD, _ = block.apply({"params": _layer(params, i)}, y_BTD, pos_BT)
+      x_BTD, _ = block.apply({"params": _layer(params, i)}, y_BTD, tables)
       xs.append(x_BTD)
       y_BTD = x_BTD if alpha[i] is None else sum(w * xs[j] for j, w in alpha[i].items())
     return y_BTD
@@ -132,7 +134,7 @@ def unrolled(cfg: ModelConfig, params: dict, h_BTD: jax.Array) -> jax.Array:
           return raw_BTRC
         return jnp.concatenate([raw_BTRC[..., :H], lam * v1["v"] + (1 - lam) * raw_BTRC[..., H:]], -1)
 
-      h_BTD, _ = block.apply({"params": _layer(params, l)}, h_BTD, pos_BT, kv_mixer=kv_mixer)
+      h_BTD, _ = block.apply({"params": _layer(params, l)}, h_BTD, tables, kv_mixer=kv_mixer)
     return h_BTD
   if cfg.topology == "hyper_connections":
     # Streams stacked [n, B, T, D]; the per-stream weights are written out stream by stream, the mixes
@@ -168,7 +170,7 @@ def unrolled(cfg: ModelConfig, params: dict, h_BTD: jax.Array) -> jax.Array:
         return beta_nBT1 * out_BTD[None] + rest_nBTD
 
       streams_nBTD, _ = block.apply(
-        {"params": _layer(params, l)}, streams_nBTD, pos_BT, residual=Residual(read, write)
+        {"params": _layer(params, l)}, streams_nBTD, tables, residual=Residual(read, write)
       )
     return jnp.sum(streams_nBTD, axis=0) / n
   raise ValueError(cfg.topology)

@@ -16,16 +16,9 @@ import jax.numpy as jnp
 
 from lime_jax import sharding
 from lime_jax.model import attention
-from lime_jax.model.layers import (
-  Mlp,
-  apply_rope,
-  make_norm,
-  normal_init,
-  rms_norm,
-  rope_angles,
-  rope_scaling_params,
-)
+from lime_jax.model.layers import Mlp, apply_rope, make_norm, normal_init, rms_norm
 from lime_jax.model.model_config import ModelConfig
+from lime_jax.model.tables import LayerTables
 
 # A kv mixer maps this layer's raw (pre-RoPE) keys/values [B, T, R, 2H] to the ones attention uses.
 # The plain backbone uses them unchanged; LIMe mixes in earlier layers' (lime_jax/model/lime.py).
@@ -90,7 +83,9 @@ PLAIN_RESIDUAL = Residual(
 class Block(nn.Module):
   """Decoder layer. Returns the new residual stream and this layer's raw k/v.
 
-  The first argument is the residual state: h [B, T, D], or what a `residual` hook keeps (n streams).
+  The first argument is the residual state: h [B, T, D], or what a `residual` hook keeps (n streams);
+  the second the layer-invariant `LayerTables` (positions, RoPE, mask: lime_jax/model/tables.py), which
+  the caller builds once for all layers.
 
   Parameters: attn_norm, wq [D, N, H], wkv [D, R, 2H] (k then v per kv head), wo [N, H, D], mlp_norm,
   mlp (lime_jax/model/layers.py Mlp); with the options: bq [N, H] and bkv [R, 2H] (`qkv_bias`), bo [D]
@@ -105,7 +100,7 @@ class Block(nn.Module):
   def __call__(
     self,
     h_BTD: jax.Array,
-    positions_BT: jax.Array,
+    tables: LayerTables,
     kv_mixer: KvMixer | None = None,
     kv_input: KvInput | None = None,
     cache: dict | None = None,
@@ -113,6 +108,12 @@ class Block(nn.Module):
     layer: jax.Array | None = None,
   ) -> tuple[Any, dict]:
     cfg = self.cfg
+    if not isinstance(tables, LayerTables):
+      raise TypeError(
+        f"Block's second argument must be LayerTables, got {type(tables).__name__}: build them once with "
+        "lime_jax.model.tables.layer_tables(cfg, positions_BT)."
+      )
+    positions_BT = tables.positions_BT
     state, (h_BTD, ctx) = h_BTD, residual.read("attn", h_BTD)
     D, N, R, H = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     init, zeros, ones = normal_init(cfg.init_std), nn.initializers.zeros, nn.initializers.ones
@@ -138,21 +139,23 @@ class Block(nn.Module):
     k_BTRH, v_BTRH = kv_BTRC[..., :H], kv_BTRC[..., H:]
 
     if cfg.position == "rope":
-      cos_BTH, sin_BTH = rope_angles(positions_BT, H, cfg.rope_theta, rope_scaling_params(cfg))
-      q_BTNH = apply_rope(q_BTNH, cos_BTH, sin_BTH)
-      k_BTRH = apply_rope(k_BTRH, cos_BTH, sin_BTH)
+      if tables.cos_BT1H is None:
+        raise ValueError("config.model.position='rope' needs RoPE tables: build them with layer_tables(cfg).")
+      q_BTNH = apply_rope(q_BTNH, tables.cos_BT1H, tables.sin_BT1H)
+      k_BTRH = apply_rope(k_BTRH, tables.cos_BT1H, tables.sin_BT1H)
 
     window = layer_window(cfg, layer)
     new_cache, mask_B1TS = None, None
     if cache is not None:
       k_BTRH, v_BTRH, new_cache, mask_B1TS = _update_cache(cache, k_BTRH, v_BTRH, positions_BT, window)
-    elif cfg.document_mask:  # packed documents: causal within each (positions restart at 0 per document)
-      mask_B1TS = attention.causal_mask(positions_BT, positions_BT) & attention.document_mask(positions_BT)
+    elif tables.mask_B1TT is not None:  # packed documents, or per-layer windows (added here)
+      mask_B1TS = tables.mask_B1TT
       if not isinstance(window, int) or window:
         mask_B1TS = mask_B1TS & attention.window_mask(positions_BT, positions_BT, window)
-    elif not isinstance(window, int):  # per-layer window: a mask, the same for every impl
-      mask_B1TS = attention.causal_mask(positions_BT, positions_BT) & attention.window_mask(
-        positions_BT, positions_BT, window
+    elif not isinstance(window, int):
+      raise ValueError(
+        "Per-layer sliding windows (config.model.global_layers) need the causal mask in the tables: "
+        "build them with layer_tables(cfg, positions_BT) for this cfg."
       )
     scale = cfg.attn_scale_dim**-0.5 if cfg.attn_scale_dim else None
     out_BTNH, probs_BNTS = attention.attend(

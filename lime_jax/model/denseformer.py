@@ -31,6 +31,7 @@ from lime_jax.model.block import Block
 from lime_jax.model.lime_stack import LayerFns, buffer_scan, lime_stack
 from lime_jax.model.model_config import ModelConfig
 from lime_jax.model.stack import StackOutput, Topology, pick_collected
+from lime_jax.model.tables import LayerTables
 
 
 # ---------------------------------------------------------------------------------------- parameters
@@ -92,10 +93,10 @@ def _mix(coef_1S: jax.Array, buf_SBTD: jax.Array, start, l) -> jax.Array:
   return out_1X.reshape((1,) + buf_SBTD.shape[1:])
 
 
-def _post(cfg: ModelConfig, params_l, router_l, coef_1M, prev_1BTD, h_BT2D, positions_BT, l, cache_l):
+def _post(cfg: ModelConfig, params_l, router_l, coef_1M, prev_1BTD, h_BT2D, tables, l, cache_l):
   """Block l on Y_l, then the DWA: Y_{l+1} = prev + coef[l] X_l + next X_{l+1}. The entry is X_l."""
   y_BTD, x_BTD = h_BT2D[:, :, 0], h_BT2D[:, :, 1]
-  x_next_BTD, extras = Block(cfg).apply({"params": params_l}, y_BTD, positions_BT, cache=cache_l)
+  x_next_BTD, extras = Block(cfg).apply({"params": params_l}, y_BTD, tables, cache=cache_l)
   own = jax.lax.dynamic_index_in_dim(coef_1M[0], l, keepdims=False).astype(jnp.float32)
   y_next_BTD = (
     prev_1BTD[0]
@@ -124,7 +125,7 @@ def _layer_fns(cfg: ModelConfig) -> LayerFns:
 
 # ------------------------------------------------------------------------------------------ stacks
 def _scan_stack(
-  fns: LayerFns, layers, router, h_BT2D, positions_BT, cache, collect: tuple[str, ...]
+  fns: LayerFns, layers, router, h_BT2D, tables, cache, collect: tuple[str, ...]
 ) -> StackOutput:
   """Plain scan with the history in the carry (decoding and collections; O(L^2) memory if
   differentiated). 'hidden' collects Y_{l+1}, the stream the next block reads."""
@@ -133,7 +134,7 @@ def _scan_stack(
     layers,
     router,
     h_BT2D,
-    positions_BT,
+    tables,
     cache,
     lambda extras, h_next_BT2D, coef: pick_collected(extras, h_next_BT2D[:, :, 0], collect),
   )
@@ -145,7 +146,7 @@ def run_denseformer_stack(
   layers,
   topo_params,
   h_BTD: jax.Array,
-  positions_BT: jax.Array,
+  tables: LayerTables,
   cache: dict | None = None,
   collect: tuple[str, ...] = (),
   impl: str = "vjp",
@@ -156,10 +157,10 @@ def run_denseformer_stack(
   router = _stacked_router(topo_params, cfg)
   h_BT2D = jnp.stack([h_BTD, h_BTD], axis=2)  # Y_0 = X_0 = the embeddings
   if impl == "scan" or cache is not None or collect:
-    return _scan_stack(fns, layers, router, h_BT2D, positions_BT, cache, tuple(collect))
+    return _scan_stack(fns, layers, router, h_BT2D, tables, cache, tuple(collect))
   if impl != "vjp":
     raise ValueError(f"impl={impl!r} is unknown; use 'vjp' or 'scan'.")
-  return StackOutput(lime_stack(fns, layers, router, h_BT2D, positions_BT)[:, :, 0], {}, {}, None)
+  return StackOutput(lime_stack(fns, layers, router, h_BT2D, tables)[:, :, 0], {}, {}, None)
 
 
 def extra_forward_flops(cfg: ModelConfig) -> float:

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from lime_jax.model.block import Block, Residual
 from lime_jax.model.model_config import ModelConfig
 from lime_jax.model.stack import StackOutput, Topology, pick_collected, remat
+from lime_jax.model.tables import LayerTables
 
 SUBLAYERS = ("attn", "mlp")
 DYNAMIC_SCALE_INIT = 0.01
@@ -117,7 +118,7 @@ def run_hc_stack(
   layers,
   topo_params,
   h_BTD: jax.Array,
-  positions_BT: jax.Array,
+  tables: LayerTables,
   cache: dict | None = None,
   collect: tuple[str, ...] = (),
 ) -> StackOutput:
@@ -128,7 +129,7 @@ def run_hc_stack(
   def body(carry, xs):
     params_l, hc_l, cache_l = xs
     H_BTED, extras = block.apply(
-      {"params": params_l}, carry["h"], positions_BT, cache=cache_l, residual=hc_residual(cfg, hc_l)
+      {"params": params_l}, carry["h"], tables, cache=cache_l, residual=hc_residual(cfg, hc_l)
     )
     collected = pick_collected(extras, merge_streams(H_BTED), collect) if collect else {}
     return {"h": H_BTED, "aux": carry["aux"]}, {"collected": collected, "cache": extras["cache"]}

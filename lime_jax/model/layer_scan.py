@@ -9,9 +9,12 @@ anyway. `trace_step` traces one step into a jaxpr and sorts each leaf of its pul
 
   known      the very variable of a value the backward pass has again at that layer: an input of the
              step, or a value it recomputes (the caller names these values, `known`), or an input in
-             `shared` (the layer-invariant inputs: positions, tables);
-  invariant  a value that depends on no per-layer input (only on `shared` and constants: e.g. RoPE
-             tables or masks a layer builds from the positions): computed once, for all layers;
+             `shared` (the layer-invariant inputs: lime_jax/model/tables.py's positions, RoPE tables
+             and mask, which the caller builds once);
+  invariant  a value that depends on no per-layer input, only on `shared` and constants, without being
+             one of them: what an op derives from them inside its own code (jax.nn.dot_product_attention
+             builds its causal mask from constants and broadcasts a given mask), computed once, for all
+             layers;
   saved      anything else: stacked over layers by the forward scan.
 
 The sort is exact for the scan, which runs that very jaxpr (`TracedStep.run`). The step's interface is
@@ -123,8 +126,10 @@ def trace_step(step: Callable, known: Callable, shared: Any, *args: Any) -> Trac
 def _varying_vars(jaxpr: jex_core.Jaxpr, varying_in: list[bool]) -> set:
   """The variables of `jaxpr` that depend on an input marked in `varying_in` (constants do not).
 
-  The one walk of jaxpr internals: a layer builds some layer-invariant tables (RoPE, masks) from the
-  shared positions inside itself, so a pullback leaf can be invariant without being an input. An
+  The one walk of jaxpr internals. The layer-invariant tables come in as shared inputs, so the pullback
+  reads them by identity (known); what is left for this walk is what library code derives from them or
+  from constants inside the layer (attention's own causal mask, a broadcast mask, a scalar fill value),
+  which would otherwise be stacked over layers (a [B, N, T, T] mask per layer without remat). An
   equation with a varying input makes all its outputs varying (conservative, so never wrong), except
   a call-like one whose single sub-jaxpr maps its inputs and outputs one to one (jit, checkpoint,
   custom_jvp / custom_vjp), which is entered; loop bodies (scan) are not entered, since a carry would

@@ -108,12 +108,13 @@ def rope_angles(
   return jnp.cos(angles_BTC), jnp.sin(angles_BTC)
 
 
-def apply_rope(x_BTNC: jax.Array, cos_BTC: jax.Array, sin_BTC: jax.Array) -> jax.Array:
-  """Rotates the channel pairs (i, i + C/2) of every head by the position angle."""
+def apply_rope(x_BTNC: jax.Array, cos_BT1C: jax.Array, sin_BT1C: jax.Array) -> jax.Array:
+  """Rotates the channel pairs (i, i + C/2) of every head by the position angle (tables [B, T, 1, C],
+  lime_jax/model/tables.py, broadcast over the heads)."""
   half = x_BTNC.shape[-1] // 2
   x32_BTNC = x_BTNC.astype(jnp.float32)
   rotated_BTNC = jnp.concatenate([-x32_BTNC[..., half:], x32_BTNC[..., :half]], axis=-1)
-  out_BTNC = x32_BTNC * cos_BTC[:, :, None, :] + rotated_BTNC * sin_BTC[:, :, None, :]
+  out_BTNC = x32_BTNC * cos_BT1C + rotated_BTNC * sin_BT1C
   return out_BTNC.astype(x_BTNC.dtype)
 
 

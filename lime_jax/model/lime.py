@@ -23,6 +23,7 @@ from lime_jax.model.model_config import ModelConfig
 from lime_jax.model.routers import get_router
 from lime_jax.model.routers.base import Router
 from lime_jax.model.stack import StackOutput, Topology, pick_collected
+from lime_jax.model.tables import LayerTables
 
 # Extra per-layer value the lime stacks can collect: the routing coefficients (coef of `_layer_fns`).
 LIME_COLLECTABLE = ("router",)
@@ -64,9 +65,7 @@ def _stacked_router(router_params: dict, cfg: ModelConfig, M: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ stacks
-def _scan_stack(
-  fns: LayerFns, layers, router, h_BTD, positions_BT, cache, collect: tuple[str, ...]
-) -> StackOutput:
+def _scan_stack(fns: LayerFns, layers, router, h_BTD, tables, cache, collect: tuple[str, ...]) -> StackOutput:
   """Plain `lax.scan` with the buffer in the carry (all M slots mixed at every layer). Exact and
   differentiable, but reverse mode saves the buffer at every layer: O(L^2) memory."""
   standard = tuple(c for c in collect if c not in LIME_COLLECTABLE)
@@ -77,7 +76,7 @@ def _scan_stack(
       picked["router"] = coef
     return picked
 
-  h_BTD, stacked, caches = buffer_scan(fns, layers, router, h_BTD, positions_BT, cache, collected)
+  h_BTD, stacked, caches = buffer_scan(fns, layers, router, h_BTD, tables, cache, collected)
   return StackOutput(h_BTD, {}, stacked, caches)
 
 
@@ -86,7 +85,7 @@ def run_lime_stack(
   layers,
   topo_params,
   h_BTD: jax.Array,
-  positions_BT: jax.Array,
+  tables: LayerTables,
   cache: dict | None = None,
   collect: tuple[str, ...] = (),
   impl: str = "vjp",
@@ -98,10 +97,10 @@ def run_lime_stack(
   fns = _layer_fns(cfg)
   router = _stacked_router(topo_params, cfg, fns.num_slots)
   if impl == "scan" or cache is not None or collect:
-    return _scan_stack(fns, layers, router, h_BTD, positions_BT, cache, tuple(collect))
+    return _scan_stack(fns, layers, router, h_BTD, tables, cache, tuple(collect))
   if impl != "vjp":
     raise ValueError(f"impl={impl!r} is unknown; use 'vjp' or 'scan'.")
-  return StackOutput(lime_stack(fns, layers, router, h_BTD, positions_BT), {}, {}, None)
+  return StackOutput(lime_stack(fns, layers, router, h_BTD, tables), {}, {}, None)
 
 
 # ------------------------------------------------------------------------------------------- flops

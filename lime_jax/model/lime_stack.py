@@ -20,8 +20,9 @@ What a layer saves follows `remat_policy`, as for the plain stack: the forward s
 the layer's `post` (wrapped by `stack.remat`) and stacks its pullback's residuals, so 'none' keeps all
 of them and never recomputes the layer, 'full' keeps only the inputs (the backward recomputes the
 layer, and prev from the buffer), 'save_dots' keeps the matmul outputs. Residuals the backward pass
-has anyway (`Known`: the layer's inputs, its buffer slot, the shared positions) or that depend on no
-per-layer input (RoPE tables, causal masks) are not stacked: layer_scan.trace_step sorts them. With
+has anyway (`Known`: the layer's inputs, its buffer slot, the shared `LayerTables` of positions, RoPE
+and mask, lime_jax/model/tables.py) or that depend on no per-layer input (what attention derives from
+the mask or from constants) are not stacked: layer_scan.trace_step sorts them. With
 remat, an entry that can be computed on its own (`LayerFns.entry`: the kv router's raw k/v projection)
 is an input of the rematerialised layer, so the backward pass reads it from its buffer slot instead of
 recomputing the projection (which the baseline, under the same policy, recomputes), and 'save_dots'
@@ -72,6 +73,7 @@ import jax.numpy as jnp
 from lime_jax.model import lime_mix
 from lime_jax.model.layer_scan import PullbackLayout, TracedStep, scan_layers, trace_step
 from lime_jax.model.stack import remat
+from lime_jax.model.tables import LayerTables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +81,7 @@ class LayerFns:
   """A router's three stages (module docstring) and the buffer it keeps.
 
   pre(router_l, h_BTD, l) -> coef; mix(coef_block, buf_block, start, l) -> prev (only slots
-  start + i < l may count); post(layer_l, router_l, coef, prev, h_BTD, positions_BT, l, cache_l) ->
+  start + i < l may count); post(layer_l, router_l, coef, prev, h_BTD, tables, l, cache_l) ->
   (h_BTD, entry, extras); entry_shape(B, T) is one buffer slot; coef_axis is coef's source-slot axis.
   static_coef(router) -> coef of every layer [L, R, M, E] when coef does not depend on the input
   (coef_l = static_coef(router)[l] up to a reshape; a slot is E rows): then the backward pass pulls.
@@ -133,7 +135,7 @@ class LayerStep(NamedTuple):
 class Known(NamedTuple):
   """Values the backward pass has at layer l without saving them: the layer's inputs, coef (from
   `pre`), prev (recomputed from the final buffer), entry (its slot) and the shared, layer-invariant
-  inputs (the positions). None where the pullback does not read them (`PullbackLayout.known_used`)."""
+  inputs (`LayerTables`). None where the pullback does not read them (`PullbackLayout.known_used`)."""
 
   params: Any
   router: Any
@@ -152,10 +154,10 @@ def _known_of(shared: Any, args: tuple, out: LayerStep) -> Known:
 
 
 def _layer_step(fns: LayerFns) -> Callable:
-  """One forward layer with its pullback: step(positions_BT, h_BTD, buf, params_l, router_l, l) ->
+  """One forward layer with its pullback: step(tables, h_BTD, buf, params_l, router_l, l) ->
   `LayerStep`. The pullback holds exactly what the remat policy saves."""
 
-  def step(positions_BT, h_BTD, buf, params_l, router_l, l) -> LayerStep:
+  def step(tables, h_BTD, buf, params_l, router_l, l) -> LayerStep:
     coef = fns.pre(router_l, h_BTD, l)
     prev, buf = _forward_prev(fns, coef, buf, l)
     # With remat, an entry computed on its own is an input of the rematerialised layer, so its
@@ -164,7 +166,7 @@ def _layer_step(fns: LayerFns) -> Callable:
 
     def post(params_l, router_l, coef, prev, h_BTD, entry_in):
       kw = {} if entry_in is None else {"entry": entry_in}
-      h_BTD, entry, _ = fns.post(params_l, router_l, coef, prev, h_BTD, positions_BT, l, None, **kw)
+      h_BTD, entry, _ = fns.post(params_l, router_l, coef, prev, h_BTD, tables, l, None, **kw)
       return h_BTD, entry
 
     (h_next, entry), pullback = jax.vjp(
@@ -178,11 +180,11 @@ def _layer_step(fns: LayerFns) -> Callable:
 
 
 def _traced_layer(
-  fns: LayerFns, layers: Any, router: Any, h_BTD: jax.Array, buf: jax.Array, positions_BT: jax.Array
+  fns: LayerFns, layers: Any, router: Any, h_BTD: jax.Array, buf: jax.Array, tables: LayerTables
 ) -> TracedStep:
   """`_layer_step` traced once on layer 0's inputs, its pullback's leaves sorted (layer_scan)."""
   example = (h_BTD, buf, *jax.tree.map(lambda x: x[0], (layers, router)), jnp.zeros((), jnp.int32))
-  return trace_step(_layer_step(fns), _known_of, positions_BT, *example)
+  return trace_step(_layer_step(fns), _known_of, tables, *example)
 
 
 # ------------------------------------------------------------------------- grouped schedule glue
@@ -241,7 +243,7 @@ class Residuals(NamedTuple):
 
 
 def _scan_forward(
-  fns: LayerFns, layers: Any, router: Any, h_BTD: jax.Array, positions_BT: jax.Array, with_residuals: bool
+  fns: LayerFns, layers: Any, router: Any, h_BTD: jax.Array, tables: LayerTables, with_residuals: bool
 ) -> tuple[jax.Array, Residuals | None]:
   """Forward scan writing buffer slot l at layer l. With residuals, also returns what the backward
   pass needs (`Residuals`)."""
@@ -266,7 +268,7 @@ def _scan_forward(
       params_l, router_l, l = xs_l
       coef = fns.pre(router_l, carry.h, l)
       prev, buf = _forward_prev(fns, coef, carry.buf, l)
-      h_BTD, entry, _ = fns.post(params_l, router_l, coef, prev, carry.h, positions_BT, l, None)
+      h_BTD, entry, _ = fns.post(params_l, router_l, coef, prev, carry.h, tables, l, None)
       buf = jax.lax.dynamic_update_index_in_dim(buf, entry.astype(buf.dtype), l, 0)
       return ForwardCarry(h_BTD, buf, None), None
 
@@ -275,20 +277,20 @@ def _scan_forward(
     )
     return carry.h, None
 
-  traced = _traced_layer(fns, layers, router, h_BTD, buf, positions_BT)
+  traced = _traced_layer(fns, layers, router, h_BTD, buf, tables)
   layout = traced.layout
   used = layout.known_used()
   keeps_far = G > 1 and used.prev and fns.keep_far  # the first group's far parts are zero
   far = jnp.zeros((L - G, *buf.shape[1:]), buf.dtype) if keeps_far else None
 
   def body(carry: ForwardCarry, xs_l):
-    out: LayerStep = traced.run(positions_BT, carry.h, carry.buf, *xs_l)
+    out: LayerStep = traced.run(tables, carry.h, carry.buf, *xs_l)
     return ForwardCarry(out.h_next, out.buf, carry.far), (carry.h, layout.saved_leaves(out.pullback))
 
   carry, (hs_LBTD, saved) = scan_layers(
     body, ForwardCarry(h_BTD, buf, far), xs, group_size=G, group_body=group_body
   )
-  shared = jax.tree.map(lambda x, u: x if u else None, positions_BT, used.shared)
+  shared = jax.tree.map(lambda x, u: x if u else None, tables, used.shared)
   return carry.h, Residuals(
     layers, router, shared, carry.buf, carry.far, hs_LBTD, traced.invariant, saved, layout
   )
@@ -307,7 +309,7 @@ def buffer_scan(
   layers: Any,
   router: Any,
   h: jax.Array,
-  positions_BT: jax.Array,
+  tables: LayerTables,
   cache: Any,
   collected: Callable,
 ) -> tuple[jax.Array, Any, Any]:
@@ -320,7 +322,7 @@ def buffer_scan(
     params_l, router_l, l, cache_l = xs_l
     coef = fns.pre(router_l, carry.h, l)
     prev = fns.mix(coef, carry.buf, 0, l)
-    h_next, entry, extras = fns.post(params_l, router_l, coef, prev, carry.h, positions_BT, l, cache_l)
+    h_next, entry, extras = fns.post(params_l, router_l, coef, prev, carry.h, tables, l, cache_l)
     buf = jax.lax.dynamic_update_index_in_dim(carry.buf, entry.astype(carry.buf.dtype), l, 0)
     ys = {"collected": collected(extras, h_next, coef), "cache": extras["cache"]}
     return ScanCarry(buf, h_next), ys
@@ -333,16 +335,14 @@ def buffer_scan(
 
 # -------------------------------------------------------------------------------- the custom VJP
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def lime_stack(
-  fns: LayerFns, layers: Any, router: Any, h_BTD: jax.Array, positions_BT: jax.Array
-) -> jax.Array:
+def lime_stack(fns: LayerFns, layers: Any, router: Any, h_BTD: jax.Array, tables: LayerTables) -> jax.Array:
   """Runs all layers; returns the last residual stream. Differentiable with memory linear in depth.
-  `positions_BT` is the stack's shared, layer-invariant input."""
-  return _scan_forward(fns, layers, router, h_BTD, positions_BT, False)[0]
+  `tables` is the stack's shared, layer-invariant input."""
+  return _scan_forward(fns, layers, router, h_BTD, tables, False)[0]
 
 
-def _lime_stack_fwd(fns, layers, router, h_BTD, positions_BT):
-  return _scan_forward(fns, layers, router, h_BTD, positions_BT, True)
+def _lime_stack_fwd(fns, layers, router, h_BTD, tables):
+  return _scan_forward(fns, layers, router, h_BTD, tables, True)
 
 
 def _lime_stack_bwd(fns, residuals: Residuals, dh_out_BTD):

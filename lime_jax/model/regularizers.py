@@ -43,6 +43,7 @@ from lime_jax.data.tokenizer import PAD_ID
 from lime_jax.losses.seq_vcr import aligned_positions, seq_vcr_loss
 from lime_jax.model.model_config import ModelConfig
 from lime_jax.model.stack import StackOutput, Topology
+from lime_jax.model.tables import LayerTables
 
 AUX_KEYS = ("seq_vcr_variance", "seq_vcr_covariance")
 
@@ -130,17 +131,17 @@ def run_stack(
   layers: Any,
   topo_params: Any,
   h_BTD: jax.Array,
-  positions_BT: jax.Array,
+  tables: LayerTables,
   cache: dict | None,
   collect: tuple[str, ...],
 ) -> StackOutput:
   """`topology.run`, with `hook` (or None) called per layer, or on the stack output as block L-1."""
   if hook is None:
-    return topology.run(cfg, layers, topo_params, h_BTD, positions_BT, cache=cache, collect=collect)
+    return topology.run(cfg, layers, topo_params, h_BTD, tables, cache=cache, collect=collect)
   if topology.layer_hook:
     return topology.run(
-      cfg, layers, topo_params, h_BTD, positions_BT, cache=cache, collect=collect, layer_hook=hook
+      cfg, layers, topo_params, h_BTD, tables, cache=cache, collect=collect, layer_hook=hook
     )
-  out = topology.run(cfg, layers, topo_params, h_BTD, positions_BT, cache=cache, collect=collect)
+  out = topology.run(cfg, layers, topo_params, h_BTD, tables, cache=cache, collect=collect)
   aux = hook(cfg.num_layers - 1, out.h_BTD, {**out.aux, **hook.init_aux()})
   return dataclasses.replace(out, aux=aux)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from lime_jax.model.block import Block
 from lime_jax.model.model_config import ModelConfig
+from lime_jax.model.tables import LayerTables
 
 # Per-layer outputs a caller can ask the stack to return, stacked over layers.
 COLLECTABLE = ("hidden", "value", "attn_probs")
@@ -42,7 +43,7 @@ class StackOutput:
 @dataclasses.dataclass(frozen=True)
 class Topology:
   """How layers connect. `init_params(rng, cfg)` gives the topology's own parameters (or None);
-  `run(cfg, layers, topo_params, h_BTD, positions_BT, cache, collect)` runs the stack. `layer_hook`:
+  `run(cfg, layers, topo_params, h_BTD, tables, cache, collect)` runs the stack. `layer_hook`:
   whether `run` also takes `layer_hook=` (called per layer in the scan; lime_jax/model/regularizers.py)."""
 
   name: str
@@ -88,7 +89,7 @@ def run_plain_stack(
   layers: Any,
   topo_params: Any,
   h_BTD: jax.Array,
-  positions_BT: jax.Array,
+  tables: LayerTables,
   cache: dict | None = None,
   collect: tuple[str, ...] = (),
   layer_hook: Any = None,
@@ -103,7 +104,7 @@ def run_plain_stack(
 
   def body(carry, xs):
     params_l, cache_l, l = xs
-    h_BTD, extras = block.apply({"params": params_l}, carry["h"], positions_BT, cache=cache_l, layer=l)
+    h_BTD, extras = block.apply({"params": params_l}, carry["h"], tables, cache=cache_l, layer=l)
     ys = {"collected": pick_collected(extras, h_BTD, collect), "cache": extras["cache"]}
     aux = carry["aux"] if layer_hook is None else layer_hook(l, h_BTD, carry["aux"])
     return {"h": h_BTD, "aux": aux}, ys

@@ -12,15 +12,16 @@ from lime_jax.model.block import Block
 from lime_jax.model.layers import make_norm, normal_init
 from lime_jax.model.model_config import ModelConfig
 from lime_jax.model.stack import StackOutput
+from lime_jax.model.tables import layer_tables
 from lime_jax.model.topologies import get_topology
 
 
 def init_layer_params(rng: jax.Array, cfg: ModelConfig) -> dict:
   """Stacked parameters of all layers: every leaf gets a leading [L] axis (one init key per layer)."""
   dummy_h_BTD = jnp.zeros((1, 1, cfg.d_model), cfg.dtype)
-  dummy_pos_BT = jnp.zeros((1, 1), jnp.int32)
+  dummy_tables = layer_tables(cfg, jnp.zeros((1, 1), jnp.int32))
   layer = jnp.zeros((), jnp.int32)  # the shapes do not depend on it
-  init_one = lambda key: Block(cfg).init(key, dummy_h_BTD, dummy_pos_BT, layer=layer)["params"]
+  init_one = lambda key: Block(cfg).init(key, dummy_h_BTD, dummy_tables, layer=layer)["params"]
   return jax.vmap(init_one)(jax.random.split(rng, cfg.num_layers))
 
 
@@ -77,9 +78,8 @@ class Transformer(nn.Module):
         proj_KDP = self.param("seq_vcr_proj", regularizers.init_projection, cfg)
       if regularize and cache is None:
         hook = regularizers.make_hook(cfg, proj_KDP, tokens_BT, answer_mask_BT)
-    out = regularizers.run_stack(
-      topology, hook, cfg, layers, topo_params, h_BTD, positions_BT, cache, collect
-    )
+    tables = layer_tables(cfg, positions_BT, decoding=cache is not None)  # once, for every layer
+    out = regularizers.run_stack(topology, hook, cfg, layers, topo_params, h_BTD, tables, cache, collect)
     h_BTD = make_norm(cfg, "final_norm")(out.h_BTD).astype(jnp.float32)
     if cfg.tie_embeddings:
       logits_BTV = jnp.einsum("btd,vd->btv", h_BTD, embed_VD.astype(jnp.float32))

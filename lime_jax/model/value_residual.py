@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from lime_jax.model.block import Block
 from lime_jax.model.model_config import ModelConfig
 from lime_jax.model.stack import StackOutput, Topology, pick_collected, remat
+from lime_jax.model.tables import LayerTables
 
 
 def init_value_residual_params(rng: jax.Array, cfg: ModelConfig) -> dict:
@@ -40,7 +41,7 @@ def run_value_residual_stack(
   layers,
   topo_params,
   h_BTD: jax.Array,
-  positions_BT: jax.Array,
+  tables: LayerTables,
   cache: dict | None = None,
   collect: tuple[str, ...] = (),
 ) -> StackOutput:
@@ -65,9 +66,7 @@ def run_value_residual_stack(
       mixed_BTRH = jnp.where(l == 0, v_BTRH, mixed_BTRH.astype(v_BTRH.dtype))
       return jnp.concatenate([raw_BTRC[..., :H], mixed_BTRH], axis=-1)
 
-    h_BTD, extras = block.apply(
-      {"params": params_l}, carry["h"], positions_BT, kv_mixer=kv_mixer, cache=cache_l
-    )
+    h_BTD, extras = block.apply({"params": params_l}, carry["h"], tables, kv_mixer=kv_mixer, cache=cache_l)
     ys = {"collected": pick_collected(extras, h_BTD, collect), "cache": extras["cache"]}
     return {"h": h_BTD, "aux": carry["aux"], "v1": first["v1"].astype(carry["v1"].dtype)}, ys
 

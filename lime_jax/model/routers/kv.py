@@ -76,7 +76,7 @@ def _entry(cfg: ModelConfig, params_l, h_BTD: jax.Array) -> jax.Array:
   return project_kv(cfg, x_BTD, params_l).transpose(2, 0, 1, 3)
 
 
-def _post(cfg, params_l, router_l, coef_RMR, prev_RBTC, h_BTD, positions_BT, l, cache_l, entry=None):
+def _post(cfg, params_l, router_l, coef_RMR, prev_RBTC, h_BTD, tables, l, cache_l, entry=None):
   """The Block with k/v = prev (earlier layers) + W_l[:, l] own raw k/v; the entry is the raw k/v.
 
   The own term reads the entry itself, so the residual it needs is the buffer slot (not saved twice).
@@ -93,9 +93,7 @@ def _post(cfg, params_l, router_l, coef_RMR, prev_RBTC, h_BTD, positions_BT, l, 
       raw["RBTC"] = _stored(raw["RBTC"], entry.astype(raw["RBTC"].dtype))
     return (prev_RBTC.transpose(1, 2, 0, 3) + _own_term(own_RR, raw["RBTC"])).astype(cfg.dtype)
 
-  h_BTD, extras = Block(cfg).apply(
-    {"params": params_l}, h_BTD, positions_BT, kv_mixer=kv_mixer, cache=cache_l
-  )
+  h_BTD, extras = Block(cfg).apply({"params": params_l}, h_BTD, tables, kv_mixer=kv_mixer, cache=cache_l)
   return h_BTD, raw["RBTC"], extras
 
 

@@ -77,7 +77,7 @@ class V1Router(base.Router):
     a_own_R = jax.lax.dynamic_index_in_dim(coef, l, axis=coef.ndim - 1, keepdims=False)
     return prev.transpose(1, 2, 0, 3), a_own_R[None, None, :, None]
 
-  def _post(self, cfg, params_l, router_l, coef, prev, h_BTD, positions_BT, l, cache_l):
+  def _post(self, cfg, params_l, router_l, coef, prev, h_BTD, tables, l, cache_l):
     """The Block with per-head k/v inputs scale_l * (prev + a_l[:, l] n(h_l)); the entry is n(h_l)."""
     n_BTD = unit_rms(h_BTD, cfg.rms_eps)
     prev_BTRD, a_own_BTR1 = self._prev_and_own(coef, prev, l)
@@ -89,7 +89,7 @@ class V1Router(base.Router):
       return (scale_D[None, None, None, :] * mixed_BTRD).astype(cfg.dtype)
 
     h_out_BTD, extras = Block(cfg).apply(
-      {"params": params_l}, h_BTD, positions_BT, kv_input=kv_input, cache=cache_l
+      {"params": params_l}, h_BTD, tables, kv_input=kv_input, cache=cache_l
     )
     return h_out_BTD, n_BTD.astype(cfg.dtype), extras
 

@@ -1,0 +1,49 @@
+"""The layer-invariant tables (lime_jax/model/tables.py): built once from the positions, read by every
+layer; a Block refuses raw positions and tables that lack what its config needs."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import random_params, tiny_model_config
+
+from lime_jax.model.block import Block
+from lime_jax.model.tables import LayerTables, layer_tables
+
+
+def test_tables_follow_the_config():
+  packed_BT = jnp.asarray([[0, 1, 2, 0, 1, 2]])  # two documents of 3 tokens
+  rope = layer_tables(tiny_model_config(), packed_BT)
+  assert rope.cos_BT1H.shape == (1, 6, 1, 8) and rope.mask_B1TT is None
+  np.testing.assert_allclose(rope.cos_BT1H[0, :, 0, 0], np.cos(np.asarray([0, 1, 2, 0, 1, 2])), rtol=1e-6)
+  docs = layer_tables(tiny_model_config(document_mask=True), packed_BT).mask_B1TT[0, 0]
+  # Literal: query t sees key s when both lie in the same document and s <= t.
+  doc = np.asarray([0, 0, 0, 1, 1, 1])
+  expected = (doc[:, None] == doc[None, :]) & (np.arange(6)[None, :] <= np.arange(6)[:, None])
+  np.testing.assert_array_equal(np.asarray(docs), expected)
+  assert layer_tables(tiny_model_config(document_mask=True), packed_BT, decoding=True).mask_B1TT is None
+  windows = tiny_model_config(sliding_window=2, global_layers=(1,))
+  np.testing.assert_array_equal(
+    np.asarray(layer_tables(windows, jnp.arange(4)[None]).mask_B1TT[0, 0]), np.tril(np.ones((4, 4), bool))
+  )
+  learned = layer_tables(tiny_model_config(position="learned", max_positions=8), packed_BT)
+  assert learned.cos_BT1H is None and learned.sin_BT1H is None
+
+
+def _layer0(cfg):
+  return jax.tree.map(lambda x: x[0], random_params(cfg)["layers"])
+
+
+def test_block_refuses_positions_and_incomplete_tables():
+  cfg = tiny_model_config()
+  h_BTD, positions_BT = jnp.zeros((1, 4, cfg.d_model)), jnp.arange(4)[None]
+  with pytest.raises(TypeError, match="layer_tables"):
+    Block(cfg).apply({"params": _layer0(cfg)}, h_BTD, positions_BT)
+  with pytest.raises(ValueError, match="RoPE tables"):
+    Block(cfg).apply({"params": _layer0(cfg)}, h_BTD, LayerTables(positions_BT))
+  windows = tiny_model_config(sliding_window=2, global_layers=(1,))
+  no_mask = layer_tables(tiny_model_config(), positions_BT)
+  with pytest.raises(ValueError, match="global_layers"):
+    Block(windows).apply({"params": _layer0(windows)}, h_BTD, no_mask, layer=jnp.int32(0))
