@@ -460,7 +460,8 @@ def plot_points(rows: list[dict[str, Any]], root: str) -> str | None:
     by_group.setdefault(row["group"], []).append(row)
   groups = list(by_group.values())
   xs, labels, field = _ablation_x(groups)
-  fig, axes = plt.subplots(1, len(ABLATION_METRICS), figsize=(5 * len(ABLATION_METRICS), 3.8))
+  width = max(5.0, 1.3 * len(groups))  # room for one two-line tick label per point
+  fig, axes = plt.subplots(1, len(ABLATION_METRICS), figsize=(width * len(ABLATION_METRICS), 3.8))
   for ax, (key, label) in zip(axes, ABLATION_METRICS):
     for x, members in zip(xs, groups):
       values = [m[key] for m in members if _is_number(m.get(key))]
