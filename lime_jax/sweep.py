@@ -15,7 +15,8 @@ layer entropy per member) and, for an ablation (`--vary` / `--sweep`), WORKDIR/p
 ablation point: mean ± std over seeds, each seed a dot; a log2 axis when one numeric field varies).
 The tables and plots cover every finished member recorded in WORKDIR (each member's workdir holds its
 `member.json`), the invocation's own first, so sweeps over parts of a study (one arm, one seed) leave
-the tables of the whole study; `--tables_only` runs nothing and rewrites them.
+the tables of the whole study; `--tables_only` runs nothing and rewrites them (recording the finished
+members it names that have no `member.json` yet).
 
 Variations (ablations): `--vary="model.seq_vcr.lambda1=0.5 model.seq_vcr.lambda2=0.002"` (repeatable; one
 member group per flag), or `--sweep=NAME` for the override lists in the config file's `SWEEPS` dict
@@ -82,6 +83,18 @@ def read_member(workdir: str) -> Member | None:
     return None
   fields = fileio.read_json(path)
   return Member(fields["spec"], int(fields["seed"]), tuple(fields["overrides"]), tuple(fields["vary"]))
+
+
+def record_finished(root: str, members: list[Member]) -> list[Member]:
+  """Writes `member.json` into each finished member's workdir that lacks one (run by a sweep from before
+  members were recorded, or by hand), so the folder's tables cover it from now on; returns those."""
+  recorded = []
+  for member in members:
+    workdir = fileio.join(root, member.name)
+    if is_finished(workdir) and read_member(workdir) is None:
+      write_member(member, workdir)
+      recorded.append(member)
+  return recorded
 
 
 def folder_members(root: str, first: list[Member] = ()) -> list[Member]:
@@ -565,6 +578,8 @@ def main(argv: list[str]) -> None:
       print(dry_run_command(FLAGS.config, member, fileio.join(root, member.name)))
     return
   fileio.makedirs(root)
+  if FLAGS.tables_only:
+    record_finished(root, members)
   for member in [] if FLAGS.tables_only else members:
     workdir = fileio.join(root, member.name)
     source = None if is_finished(workdir) else reusable_source(FLAGS.config, member, FLAGS.reuse)

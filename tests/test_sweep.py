@@ -209,6 +209,21 @@ def test_tables_cover_every_finished_member_of_the_folder(tmp_path):
   assert (root / "points.png").stat().st_size > 1000  # the varied member's ablation plot
 
 
+def test_tables_only_records_the_finished_members_it_names(tmp_path):
+  """A finished member without member.json (run before members were recorded) is left out of the
+  folder's tables until an invocation names it; --tables_only then records it, and only it."""
+  root = tmp_path / "study"
+  named, unnamed = sweep.Member("tiny,vanilla", 0, ()), sweep.Member("tiny,vanilla", 1, ())
+  for member in (named, unnamed):
+    _finished_member(root, member.name, 0.5)
+  never_run = sweep.Member("tiny,vanilla", 2, ())  # named, but nothing to record
+  assert sweep.record_finished(str(root), [named, never_run]) == [named]
+  assert sweep.read_member(str(root / named.name)) == named
+  assert sweep.read_member(str(root / unnamed.name)) is None
+  assert not (root / never_run.name).exists()
+  assert sweep.record_finished(str(root), [named]) == []  # already recorded
+
+
 def test_ablation_points_use_the_varied_value_when_it_is_one_number():
   row = lambda vary: [{"vary": vary}]
   xs, labels, field = sweep._ablation_x([row("proj_dim=512"), row("proj_dim=4096")])
