@@ -8,8 +8,9 @@ Adding a topology: its module plus one line here (its options: a sub-config in
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from lime_jax.model import lazy_registry
 
 if TYPE_CHECKING:
   from lime_jax.model.stack import Topology
@@ -32,8 +33,4 @@ REFERENCES: dict[str, str] = {
 
 def get_topology(name: str) -> Topology:
   """The Topology object named by config.model.topology (or a reference's name)."""
-  where = REGISTRY.get(name) or REFERENCES.get(name)
-  if where is None:
-    raise ValueError(f"config.model.topology={name!r} is unknown; choose one of {sorted(REGISTRY)}.")
-  module, attribute = where.split(":")
-  return getattr(importlib.import_module(module), attribute)
+  return lazy_registry.load({**REGISTRY, **REFERENCES}, name, "config.model.topology", choices=NAMES)

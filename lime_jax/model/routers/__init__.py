@@ -9,8 +9,9 @@ imported when the router is first asked for.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from lime_jax.model import lazy_registry
 
 if TYPE_CHECKING:
   from lime_jax.model.routers.base import Router
@@ -27,7 +28,4 @@ NAMES = tuple(REGISTRY)  # the choices of config.model.lime.router
 
 def get_router(name: str) -> Router:
   """The router object named by config.model.lime.router."""
-  if name not in REGISTRY:
-    raise ValueError(f"config.model.lime.router={name!r} is unknown; choose one of {sorted(REGISTRY)}.")
-  module, attribute = REGISTRY[name].split(":")
-  return getattr(importlib.import_module(module), attribute)
+  return lazy_registry.load(REGISTRY, name, "config.model.lime.router")
