@@ -396,8 +396,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
       )
     if not 0.0 < sub.test_fraction < 0.5:
       _fail(f"data.{name}.test_fraction", sub.test_fraction, "must be in (0, 0.5).")
-  _check_choice("data.copying.variant", d.copying.variant, (*copying.VARIANTS, "mixed"))
-  _check_choice("data.counting.variant", d.counting.variant, (*counting.VARIANTS, "mixed"))
+  _check_choice("data.copying.variant", d.copying.variant, copying.CopyingTask.variant_choices())
+  _check_choice("data.counting.variant", d.counting.variant, counting.CountingTask.variant_choices())
   if not 0.0 <= d.counting.p_one <= 1.0:
     _fail("data.counting.p_one", d.counting.p_one, "must be in [0, 1].")
   if not 0.0 < d.text.validation_fraction < 1.0:

@@ -23,6 +23,7 @@ from ml_collections import config_flags
 
 from lime_jax import cli, fileio
 from lime_jax.checkpoint import DamagedCheckpointError
+from lime_jax.model import model_config
 from lime_jax.probes import registry, runner
 
 _DEFAULTS = registry.ProbeOptions()
@@ -80,7 +81,7 @@ _SKIP_INCOMPATIBLE = flags.DEFINE_bool(
   "Skip (with a note) the probes that cannot run on the checkpoint, instead of failing.",
 )
 _HF = flags.DEFINE_string("hf", None, "A Hugging Face model folder (local or gs://) to probe; needs --out.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "--hf: activation (compute) dtype.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", list(model_config.DTYPES), "--hf: activation (compute) dtype.")
 _TEXT_FILE = flags.DEFINE_string(
   "text_file",
   "",

@@ -71,6 +71,13 @@ def test_config_validation_names_the_field():
     config_lib.validate(config)
 
 
+@pytest.mark.parametrize("task_class", [copying.CopyingTask, counting.CountingTask])
+def test_a_task_built_directly_names_its_variant_field(task_class):
+  with pytest.raises(ValueError, match=rf"config.data.{task_class.name}.variant='bogus'.*'mixed'"):
+    task_class(variant="bogus")
+  assert task_class(variant=task_class.variants[-1]).variant == task_class.variants[-1]
+
+
 def test_seq_len_check_uses_longest_example():
   config = config_lib.default_config()
   config.data.task = "copying"

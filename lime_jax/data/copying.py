@@ -99,6 +99,19 @@ class LengthTask(abc.ABC):
   def tokenizer(self) -> CharTokenizer:
     return glasses_tokenizer()
 
+  @classmethod
+  def variant_choices(cls) -> tuple[str, ...]:
+    """The values of `config.data.<task>.variant`: one variant, or 'mixed'."""
+    return (*cls.variants, "mixed")
+
+  @classmethod
+  def check_variant(cls, variant: str) -> None:
+    """Raises naming `config.data.<task>.variant` unless it is one of `variant_choices()`."""
+    if variant not in cls.variant_choices():
+      raise ValueError(
+        f"config.data.{cls.name}.variant={variant!r} is unknown; use one of {cls.variant_choices()}."
+      )
+
   @abc.abstractmethod
   def example_at(self, split: str, index: int, length: int, variant: str | None = None) -> base.Example:
     """The `index`-th example of `split` with exactly `length` items (each task defines it)."""
@@ -136,10 +149,7 @@ class CopyingTask(LengthTask):
     test_fraction: float = 0.1,
     seed: int = 0,
   ):
-    if variant not in (*VARIANTS, "mixed"):
-      raise ValueError(
-        f"config.data.copying.variant={variant!r} is unknown; use one of {(*VARIANTS, 'mixed')}."
-      )
+    self.check_variant(variant)
     check_lengths("data.copying", min_length, max_length)
     base.check_split_args("data.copying", test_fraction, seed)
     self.variant, self.min_length, self.max_length = variant, min_length, max_length

@@ -64,10 +64,7 @@ class CountingTask(LengthTask):
     test_fraction: float = 0.1,
     seed: int = 0,
   ):
-    if variant not in (*VARIANTS, "mixed"):
-      raise ValueError(
-        f"config.data.counting.variant={variant!r} is unknown; use one of {(*VARIANTS, 'mixed')}."
-      )
+    self.check_variant(variant)
     check_lengths("data.counting", min_length, max_length)
     if not 0.0 <= p_one <= 1.0:
       raise ValueError(f"config.data.counting.p_one={p_one} must be in [0, 1].")
