@@ -20,11 +20,13 @@ from absl import app, flags
 from lime_jax import fileio, sweep
 
 
-def arm_row(member: sweep.Member, workdir: str, batch: int, seq_len: int) -> dict[str, Any]:
-  """One table row from a finished member's workdir."""
+def arm_row(member: sweep.Member, workdir: str) -> dict[str, Any]:
+  """One table row from a finished member's workdir (tokens per step from the run's own config.json,
+  which holds its --set overrides and a fitted data.seq_len)."""
   summary = sweep.member_summary(member, workdir)
   report = fileio.read_json(fileio.join(workdir, "compile_report.json"))
-  tokens = batch * seq_len
+  config = fileio.read_json(fileio.join(workdir, "config.json"))
+  tokens = int(config["train"]["batch_size"]) * int(config["data"]["seq_len"])
   tokens_s = summary["tokens_per_s"]
   return {
     "arm": member.spec.partition(",")[2] or member.spec,
@@ -66,13 +68,7 @@ def main(argv: list[str]) -> None:
   for member in members:
     workdir = fileio.join(root, member.name)
     if sweep.run_member(FLAGS.config, member, workdir, tag="compare"):
-      config = module.get_config(member.spec)
-      for override in member.overrides:  # --set values that change the batch shape
-        key, _, value = override.partition("=")
-        if key in ("train.batch_size", "data.seq_len"):
-          section, name = key.split(".")
-          config[section][name] = int(value)
-      rows.append(arm_row(member, workdir, config.train.batch_size, config.data.seq_len))
+      rows.append(arm_row(member, workdir))
   sweep.write_tables(rows, root)
   print(fileio.read_text(fileio.join(root, "results.md")) if rows else "no results")
   print(f"[compare] curves: {sweep.plot_curves(members, root)}")

@@ -50,7 +50,9 @@ def default_config() -> ml_collections.ConfigDict:
   # ----------------------------------------------------------------- data
   d = c.data = ml_collections.ConfigDict()
   d.task = "arithmetic"
-  d.seq_len = 64  # tokens per example fed to the model (inputs are seq_len, targets shifted by one).
+  # Tokens per example fed to the model (inputs are seq_len, targets shifted by one). 0 (synthetic tasks):
+  # fit to the task's longest example under the configured pauses and tokenizer, when the run is built.
+  d.seq_len = 64
   d.loss_scope = "answer"  # one of LOSS_SCOPES.
   d.num_pause = 0  # pause tokens between question and answer (docs/methods.md §4.1).
   d.num_workers = 0  # grain worker processes; 0 reads in the main process.
@@ -360,8 +362,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
   _check_choice("data.task", d.task, TASKS)
   _check_choice("data.loss_scope", d.loss_scope, LOSS_SCOPES)
-  if d.seq_len < 4:
-    _fail("data.seq_len", d.seq_len, "must be at least 4 tokens.")
+  if d.seq_len == 0 and d.task == "text":
+    _fail("data.seq_len", d.seq_len, "0 (fit to the task) is for synthetic tasks: set the window, e.g. 1024.")
+  if d.seq_len != 0 and d.seq_len < 4:
+    _fail("data.seq_len", d.seq_len, "must be at least 4 tokens, or 0 to fit the task's longest example.")
   if d.num_pause < 0:
     _fail("data.num_pause", d.num_pause, "must be >= 0.")
   if d.arithmetic.num_operators < 1:

@@ -7,7 +7,8 @@ Arms (`--config=experiments/seqvcr_mult.py:PRESET,ARM`):
   seqvcr        Seq-VCR on the final block (projection `model.seq_vcr.proj_dim`);
   seqvcr_pause  both;
   cot           chain-of-thought answers (no pauses, no Seq-VCR).
-`data.seq_len` is set to the task's longest example under the arm (pauses and CoT lengthen it).
+`data.seq_len` is 0: fitted to the task's longest example under the arm (pauses and CoT lengthen it)
+when the run is built, so `--config.data.<task>.<field>=...` (more digits, another length) refits it.
 
 Pause tokens share ONE learned embedding: every pause is the same token id (tokenizer PAUSE_ID), so
 its row of the embedding table is the shared pause embedding; </pause_start> and </pause_end> have
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import ml_collections
 
-from lime_jax.data import pipeline, tasks
 from lime_jax.presets import Preset
 
 ARMS = ("vanilla", "pause", "seqvcr", "seqvcr_pause", "cot")
@@ -124,13 +124,7 @@ def apply_arm(c: ml_collections.ConfigDict, arm: str, num_pause: int, config_fil
   c.model.seq_vcr.enabled = arm in ("seqvcr", "seqvcr_pause")
   task_cot(c).cot = arm == "cot"
   c.eval.greedy = True
-  fit_seq_len(c)
-
-
-def fit_seq_len(c: ml_collections.ConfigDict) -> None:
-  """`data.seq_len` = the smallest that fits the task's longest example with the configured pauses."""
-  task = tasks.get_task(c.data, int(c.seed))
-  c.data.seq_len = pipeline.required_seq_len(task.tokenizer, task.longest_example(), int(c.data.num_pause))
+  c.data.seq_len = 0  # fitted to the task when the run is built (pipeline.fit_seq_len)
 
 
 def get_config(

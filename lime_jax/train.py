@@ -50,10 +50,14 @@ class Run:
 def build(config: ml_collections.ConfigDict, devices: list | None = None) -> Run:
   """Validates the config and builds model, optimizer, mesh (over `devices`, default all) and shardings
   (no arrays allocated). With `model.init_from`, the architecture fields and data.tokenizer come from
-  the source first (lime_jax/init_from.py)."""
+  the source first (lime_jax/init_from.py); `data.seq_len = 0` is then fitted to the task (the saved
+  config.json holds the fitted value)."""
   config_lib.validate(config)
   if config.model.init_from:
     init_from.apply_source_fields(config)
+    config_lib.validate(config)
+  if config.data.seq_len == 0:  # fit to the task, with the tokenizer init_from may have set
+    pipeline.fit_seq_len(config)
     config_lib.validate(config)
   model_cfg = ModelConfig.from_config(config.model, pipeline.vocab_size_for(config))
   mesh = shard_lib.make_mesh(config.mesh, devices)

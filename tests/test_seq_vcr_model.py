@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from lime_jax import config as config_lib
+from lime_jax import train as train_lib
 from lime_jax import train_step as step_lib
 from lime_jax.data import pipeline, tasks
 from lime_jax.data.tokenizer import PAD_ID, PAUSE_ID
@@ -224,7 +225,36 @@ def test_experiment_presets_and_arms_validate(name, presets, monkeypatch):
       assert c.model.seq_vcr.enabled == arm.startswith("seqvcr")
       assert (c.data.num_pause > 0) == arm.endswith("pause")
       assert c.data[c.data.task].cot == (arm == "cot")
+      assert c.data.seq_len == 0  # fitted when the run is built
+      need = pipeline.fit_seq_len(c)
       pipeline.check_fits(tasks.get_task(c.data, 0), c.data)
+      c.data.seq_len = need - 1  # the fit is the smallest that fits
+      with pytest.raises(ValueError, match="data.seq_len"):
+        pipeline.check_fits(tasks.get_task(c.data, 0), c.data)
   assert set(module.SWEEPS) == {"lambdas", "proj_dim"}
   with pytest.raises(ValueError, match="Unknown arm"):
     module.get_config("default,nope")
+
+
+def test_a_task_override_on_a_preset_refits_seq_len():
+  """`--config.data.multiplication.num_digits=3` on a 2x2 preset: the run is built with the 3x3 length
+  (the preset's seq_len is 0, fitted at build; config.json saves the fitted number)."""
+  module = _experiment("seqvcr_mult")
+  config = module.get_config("cpu_2x2,seqvcr_pause")
+  config.data.multiplication.num_digits = 3
+  task = tasks.get_task(config.data, 0)
+  expected = pipeline.required_seq_len(task.tokenizer, task.longest_example(), int(config.data.num_pause))
+  assert expected > pipeline.fit_seq_len(module.get_config("cpu_2x2,seqvcr_pause"))
+  run = train_lib.build(config)
+  assert run.config.data.seq_len == expected
+  pipeline.check_fits(task, config.data)
+
+
+def test_seq_len_zero_is_refused_for_text():
+  config = config_lib.default_config()
+  config.data.update(task="text", seq_len=0)
+  with pytest.raises(ValueError, match=r"data.seq_len.*synthetic tasks"):
+    config_lib.validate(config)
+  config.data.update(task="arithmetic", seq_len=3)
+  with pytest.raises(ValueError, match=r"data.seq_len.*at least 4 tokens, or 0"):
+    config_lib.validate(config)

@@ -8,7 +8,7 @@ import pathlib
 import subprocess
 import sys
 
-from lime_jax import sweep
+from lime_jax import compare, sweep
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -230,3 +230,14 @@ def test_ablation_points_use_the_varied_value_when_it_is_one_number():
   assert (xs, labels, field) == ([512.0, 4096.0], ["512", "4096"], "proj_dim")
   xs, labels, field = sweep._ablation_x([row("lambda1=0.5 lambda2=0.002"), row("lambda1=0.1 lambda2=0.5")])
   assert (xs, labels, field) == ([0, 1], ["lambda1=0.5\nlambda2=0.002", "lambda1=0.1\nlambda2=0.5"], None)
+
+
+def test_compare_rows_take_tokens_per_step_from_the_runs_config(tmp_path):
+  """FLOPs per token divide by the run's own batch x seq_len (config.json: a fitted seq_len, --set
+  overrides), not by the config file's preset values."""
+  member = sweep.Member("default,lime", 0, ("train.batch_size=4",))
+  workdir = _finished_member(tmp_path, member.name, 0.5)
+  (workdir / "config.json").write_text(json.dumps({"train": {"batch_size": 4}, "data": {"seq_len": 20}}))
+  (workdir / "compile_report.json").write_text(json.dumps({"params": 10, "flops_per_step_analytic": 8000.0}))
+  row = compare.arm_row(member, str(workdir))
+  assert row["arm"] == "lime" and row["flops_per_token"] == 8000.0 / (4 * 20)

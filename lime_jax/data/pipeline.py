@@ -117,11 +117,26 @@ class TaskExamples:
     return encode_example(self._task.tokenizer, example, self._seq_len, self._num_pause, self._loss_scope)
 
 
+def _longest_example(task: base.Task) -> base.Example:
+  """The task's longest example (`longest_example`), or its first train example if it has none."""
+  longest = getattr(task, "longest_example", None)
+  return longest() if longest is not None else task.example("train", 0)
+
+
+def fit_seq_len(config: ml_collections.ConfigDict) -> int:
+  """Resolves `data.seq_len = 0` (fit to the task): sets it to the smallest length that fits the
+  synthetic task's longest example with the configured pauses and tokenizer. Returns data.seq_len (a
+  non-zero value is left as set)."""
+  d = config.data
+  if int(d.seq_len) == 0:
+    task = tasks.get_task(d, int(config.seed))
+    d.seq_len = required_seq_len(task.tokenizer, _longest_example(task), int(d.num_pause))
+  return int(d.seq_len)
+
+
 def check_fits(task: base.Task, data_config: ml_collections.ConfigDict) -> None:
   """Raises the seq_len error before training when the task's longest example does not fit."""
-  longest = getattr(task, "longest_example", None)
-  example = longest() if longest is not None else task.example("train", 0)
-  need = required_seq_len(task.tokenizer, example, int(data_config.num_pause))
+  need = required_seq_len(task.tokenizer, _longest_example(task), int(data_config.num_pause))
   if need > data_config.seq_len:
     raise ValueError(
       f"config.data.seq_len={data_config.seq_len} is too short for task {task.name!r}: its longest "

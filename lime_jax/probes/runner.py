@@ -225,8 +225,10 @@ def _eval_mesh() -> jax.sharding.Mesh:
 
 
 def random_init_params(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Any:
-  """Freshly initialised parameters (seed `config.seed`), replicated onto `mesh`."""
+  """Freshly initialised parameters (seed `config.seed`), replicated onto `mesh`; `data.seq_len = 0` is
+  fitted to the task first, as a training run would."""
   config_lib.validate(config)
+  pipeline.fit_seq_len(config)
   mesh = mesh or _eval_mesh()
   init = functools.partial(init_params, model_config_for(config))
   return jax.jit(init, out_shardings=shard_lib.replicated(mesh))(jax.random.key(int(config.seed)))
