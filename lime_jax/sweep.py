@@ -12,7 +12,8 @@ and .csv (seeds pooled: mean ± std of every metric per spec and variation), WOR
 WORKDIR/curves.md (held-out exact match at every eval step, per member and pooled over seeds) and,
 when the members ran greedy evaluation (eval.greedy), WORKDIR/ablation.png (greedy exact match and
 layer entropy per member) and, for an ablation (`--vary` / `--sweep`), WORKDIR/points.png (the same per
-ablation point: mean ± std over seeds, each seed a dot; a log2 axis when one numeric field varies).
+ablation point: mean ± std over seeds, each seed a dot; a log2 axis when one numeric field varies;
+`--references=DIR` adds the plain members of another sweep folder, e.g. vanilla, as bands).
 The tables and plots cover every finished member recorded in WORKDIR (each member's workdir holds its
 `member.json`), the invocation's own first, so sweeps over parts of a study (one arm, one seed) leave
 the tables of the whole study; `--tables_only` runs nothing and rewrites them (recording the finished
@@ -456,10 +457,39 @@ def _ablation_x(groups: list[list[dict[str, Any]]]) -> tuple[list[float], list[s
   return list(range(len(groups))), [g[0]["vary"].replace(" ", "\n") for g in groups], None
 
 
-def plot_points(rows: list[dict[str, Any]], root: str) -> str | None:
+def reference_rows(folders: list[str]) -> list[dict[str, Any]]:
+  """Summaries of the plain (not varied) finished members of other sweep folders, e.g. an arms
+  comparison's vanilla and pause members, to draw beside an ablation."""
+  return [
+    member_summary(member, fileio.join(folder, member.name))
+    for folder in folders
+    for member in folder_members(folder)
+    if not member.vary
+  ]
+
+
+def _draw_references(ax: Any, references: list[dict[str, Any]], key: str) -> None:
+  """Each reference group's mean ± std of `key` as a dashed line over a shaded band, in the legend."""
+  by_group: dict[str, list[float]] = {}
+  for row in references:
+    if _is_number(row.get(key)):
+      by_group.setdefault(row["group"], []).append(row[key])
+  for i, (group, values) in enumerate(by_group.items()):
+    mean, std = mean_and_std(values)
+    color = f"C{i + 2}"
+    label = f"{group}: {mean:.3f} ± {std:.2f} ({len(values)})" if len(values) > 1 else f"{group}: {mean:.3f}"
+    ax.axhline(mean, ls="--", lw=1, color=color, label=label)
+    if len(values) > 1:
+      ax.axhspan(mean - std, mean + std, color=color, alpha=0.08)
+  if by_group:
+    ax.legend(fontsize=7, loc="best")
+
+
+def plot_points(rows: list[dict[str, Any]], root: str, references: list[dict[str, Any]] = ()) -> str | None:
   """One ablation's plot (points.png): greedy exact match and matrix entropy per ablation point (the
-  members' `vary`), mean ± sample std over seeds as error bars, every seed as a dot. None without
-  varied members that logged them."""
+  members' `vary`), mean ± sample std over seeds as error bars, every seed as a dot; the exact-match
+  panel also draws each `references` group (`reference_rows`) as a band (entropies of other arms are
+  left out: their examples can have other lengths). None without varied members that logged them."""
   rows = [r for r in rows if r.get("vary") and r.get("eval_greedy_exact_match") is not None]
   if not rows:
     return None
@@ -489,6 +519,8 @@ def plot_points(rows: list[dict[str, Any]], root: str) -> str | None:
       ax.set_xticks(xs, labels, fontsize=7)
       ax.minorticks_off()
     ax.set(xlabel=field or "ablation point", ylabel=label)
+    if key == "eval_greedy_exact_match":
+      _draw_references(ax, list(references), key)
   axes[0].set_title("mean ± std over seeds (bars), seeds (dots)", fontsize=8)
   fig.tight_layout()
   return save_figure(fig, fileio.join(root, "points.png"))
@@ -528,6 +560,12 @@ def define_flags() -> None:
     False,
     "Run nothing: write the tables, curves and plots over every finished member of --workdir "
     "(also those other invocations ran) and print them.",
+  )
+  flags.DEFINE_list(
+    "references",
+    [],
+    "Folders of other sweeps (e.g. the arms comparison) whose plain members' greedy exact match "
+    "points.png draws as reference bands (mean ± std over seeds).",
   )
 
 
@@ -591,11 +629,12 @@ def main(argv: list[str]) -> None:
       copy_results(source, workdir)
     write_member(member, workdir)
     run_member(FLAGS.config, member, workdir)
-  write_folder_tables(root, members)
+  write_folder_tables(root, members, FLAGS.references)
 
 
-def write_folder_tables(root: str, members: list[Member] = ()) -> None:
-  """Tables, curves and plots over every finished member of the folder (`folder_members`), printed."""
+def write_folder_tables(root: str, members: list[Member] = (), references: list[str] = ()) -> None:
+  """Tables, curves and plots over every finished member of the folder (`folder_members`), printed;
+  `references`: folders whose plain members points.png draws as bands (`reference_rows`)."""
   members = folder_members(root, members)
   rows = [member_summary(member, fileio.join(root, member.name)) for member in members]
   write_tables(rows, root)
@@ -612,7 +651,7 @@ def write_folder_tables(root: str, members: list[Member] = ()) -> None:
   ablation = plot_ablation(rows, root)
   if ablation:
     print(f"[sweep] exact match and entropy: {ablation}")
-  points = plot_points(rows, root)
+  points = plot_points(rows, root, reference_rows(list(references)))
   if points:
     print(f"[sweep] per ablation point, seeds pooled: {points}")
 

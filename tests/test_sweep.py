@@ -241,3 +241,38 @@ def test_compare_rows_take_tokens_per_step_from_the_runs_config(tmp_path):
   (workdir / "compile_report.json").write_text(json.dumps({"params": 10, "flops_per_step_analytic": 8000.0}))
   row = compare.arm_row(member, str(workdir))
   assert row["arm"] == "lime" and row["flops_per_token"] == 8000.0 / (4 * 20)
+
+
+def test_points_plot_draws_the_plain_members_of_reference_folders(tmp_path):
+  """--references=DIR: the plain members of another folder (vanilla seeds) become one band on the
+  exact-match panel, labelled mean ± std (seeds); varied members there are not references."""
+  arms = tmp_path / "arms"
+  for member, em in (
+    (sweep.Member("tiny,vanilla", 0, ()), 0.2),
+    (sweep.Member("tiny,vanilla", 1, ()), 0.4),
+    (sweep.Member("tiny,pause", 0, (), ("model.seq_vcr.proj_dim=64",)), 0.9),
+  ):
+    sweep.write_member(member, str(_finished_member(arms, member.name, em)))
+  references = sweep.reference_rows([str(arms)])
+  assert sorted((r["group"], r["eval_greedy_exact_match"]) for r in references) == [
+    ("tiny-vanilla", 0.2),
+    ("tiny-vanilla", 0.4),
+  ]
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  _, ax = plt.subplots()
+  sweep._draw_references(ax, references, "eval_greedy_exact_match")
+  (line,) = ax.get_lines()
+  assert abs(line.get_ydata()[0] - 0.3) < 1e-12
+  assert line.get_label() == "tiny-vanilla: 0.300 ± 0.14 (2)"
+  plt.close("all")
+  study = tmp_path / "study"
+  varied = sweep.Member("tiny,seqvcr_pause", 0, (), ("model.seq_vcr.proj_dim=64",))
+  sweep.write_member(varied, str(_finished_member(study, varied.name, 0.7)))
+  run_sweep(
+    "--config=experiments/seqvcr_mult.py", f"--workdir={study}", "--tables_only", f"--references={arms}"
+  )
+  assert (study / "points.png").stat().st_size > 1000
