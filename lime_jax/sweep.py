@@ -393,25 +393,66 @@ def curve_table(members: list[Member], root: str, metric: str = "exact_match") -
   return "\n".join(header + rows + pooled) + "\n"
 
 
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def curve_styles(members: list[Member]) -> dict[str, dict[str, Any]]:
+  """Matplotlib keyword arguments per member name: one colour per member group, one line style per
+  seed, and a legend label on each group's first member only (so the legend lists groups)."""
+  groups = list(dict.fromkeys(member.group for member in members))
+  seeds = sorted({member.seed for member in members})
+  styles = {}
+  for member in members:
+    first = next(m for m in members if m.group == member.group)
+    styles[member.name] = {
+      "color": f"C{groups.index(member.group) % 10}"
+      if len(groups) <= 10
+      else _wide_palette(groups.index(member.group), len(groups)),
+      "linestyle": LINE_STYLES[seeds.index(member.seed) % len(LINE_STYLES)],
+      "label": member.group if member == first else None,
+    }
+  return styles
+
+
+def _wide_palette(index: int, count: int) -> tuple[float, float, float, float]:
+  """Colour `index` of `count` evenly spaced on a cyclic colour map (more groups than tab10 holds)."""
+  from matplotlib import colormaps
+
+  return colormaps["hsv"](index / count)
+
+
 def plot_curves(members: list[Member], root: str) -> str:
-  """Train loss and eval exact match against step, one line per member."""
+  """Train loss and held-out exact match against step: a colour per member group, a line style per
+  seed (legend below the plots)."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
+  styles = curve_styles(members)
+  seeds = sorted({member.seed for member in members})
+  legend_rows = -(-(len({m.group for m in members}) + (len(seeds) if len(seeds) > 1 else 0)) // 3)
+  height = 3.6 + 0.2 * legend_rows
+  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, height))
   for member in members:
     records = read_jsonl(fileio.join(root, member.name, "metrics.jsonl"))
     train = [r for r in records if r["split"] == "train"]
-    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label=member.name)
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1, **styles[member.name])
     evals = [r for r in records if r["split"] == "eval"]
     if evals:
-      ax_acc.plot([r["step"] for r in evals], [r["exact_match"] for r in evals], "o-", label=member.name)
+      ax_acc.plot(
+        [r["step"] for r in evals], [r["exact_match"] for r in evals], marker="o", ms=3, **styles[member.name]
+      )
   ax_loss.set(xlabel="step", ylabel="train loss", yscale="log")
   ax_acc.set(xlabel="step", ylabel="held-out exact match")
-  ax_loss.legend(fontsize=7)
-  fig.tight_layout()
+  handles, labels = ax_loss.get_legend_handles_labels()
+  if len(seeds) > 1:
+    for i, seed in enumerate(seeds):
+      handles.append(plt.Line2D([], [], color="grey", linestyle=LINE_STYLES[i % len(LINE_STYLES)]))
+      labels.append(f"seed {seed}")
+  if handles:
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=7, frameon=False)
+  fig.tight_layout(rect=(0, (0.16 * legend_rows + 0.05) / height, 1, 1))
   return save_figure(fig, fileio.join(root, "curves.png"))
 
 

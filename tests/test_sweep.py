@@ -276,3 +276,15 @@ def test_points_plot_draws_the_plain_members_of_reference_folders(tmp_path):
     "--config=experiments/seqvcr_mult.py", f"--workdir={study}", "--tables_only", f"--references={arms}"
   )
   assert (study / "points.png").stat().st_size > 1000
+
+
+def test_curve_styles_colour_per_group_and_line_style_per_seed():
+  members = [sweep.Member(spec, seed, ()) for spec in ("a", "b") for seed in (0, 1, 2)]
+  styles = sweep.curve_styles(members)
+  colour = {m.name: styles[m.name]["color"] for m in members}
+  assert colour["a_s0"] == colour["a_s1"] == colour["a_s2"] != colour["b_s0"] == colour["b_s2"]
+  assert len({styles[f"a_s{s}"]["linestyle"] for s in range(3)}) == 3
+  assert styles["a_s1"]["linestyle"] == styles["b_s1"]["linestyle"]
+  assert [styles[m.name]["label"] for m in members] == ["a", None, None, "b", None, None]
+  many = [sweep.Member(f"g{i}", 0, ()) for i in range(12)]  # more groups than tab10's colours
+  assert len({str(v["color"]) for v in sweep.curve_styles(many).values()}) == 12
