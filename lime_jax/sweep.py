@@ -46,6 +46,7 @@ from typing import Any
 from absl import app, flags
 
 from lime_jax import fileio
+from lime_jax.probes.plotting import LINE_STYLES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -393,24 +394,28 @@ def curve_table(members: list[Member], root: str, metric: str = "exact_match") -
   return "\n".join(header + rows + pooled) + "\n"
 
 
-LINE_STYLES = ("-", "--", ":", "-.")
+def seed_line_styles(members: list[Member]) -> dict[int, str]:
+  """{seed: matplotlib line style}, in seed order (the same style for a seed in every group)."""
+  seeds = sorted({member.seed for member in members})
+  return {seed: LINE_STYLES[i % len(LINE_STYLES)] for i, seed in enumerate(seeds)}
 
 
 def curve_styles(members: list[Member]) -> dict[str, dict[str, Any]]:
   """Matplotlib keyword arguments per member name: one colour per member group, one line style per
   seed, and a legend label on each group's first member only (so the legend lists groups)."""
   groups = list(dict.fromkeys(member.group for member in members))
-  seeds = sorted({member.seed for member in members})
-  styles = {}
+  colours = {
+    group: f"C{i}" if len(groups) <= 10 else _wide_palette(i, len(groups)) for i, group in enumerate(groups)
+  }
+  line_styles = seed_line_styles(members)
+  styles, labelled = {}, set()
   for member in members:
-    first = next(m for m in members if m.group == member.group)
     styles[member.name] = {
-      "color": f"C{groups.index(member.group) % 10}"
-      if len(groups) <= 10
-      else _wide_palette(groups.index(member.group), len(groups)),
-      "linestyle": LINE_STYLES[seeds.index(member.seed) % len(LINE_STYLES)],
-      "label": member.group if member == first else None,
+      "color": colours[member.group],
+      "linestyle": line_styles[member.seed],
+      "label": None if member.group in labelled else member.group,
     }
+    labelled.add(member.group)
   return styles
 
 
@@ -430,8 +435,9 @@ def plot_curves(members: list[Member], root: str) -> str:
   import matplotlib.pyplot as plt
 
   styles = curve_styles(members)
-  seeds = sorted({member.seed for member in members})
-  legend_rows = -(-(len({m.group for m in members}) + (len(seeds) if len(seeds) > 1 else 0)) // 3)
+  line_styles = seed_line_styles(members)
+  seed_legend = line_styles if len(line_styles) > 1 else {}  # one seed: no seed entries
+  legend_rows = -(-(sum(s["label"] is not None for s in styles.values()) + len(seed_legend)) // 3)
   height = 3.6 + 0.2 * legend_rows
   fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, height))
   for member in members:
@@ -446,10 +452,9 @@ def plot_curves(members: list[Member], root: str) -> str:
   ax_loss.set(xlabel="step", ylabel="train loss", yscale="log")
   ax_acc.set(xlabel="step", ylabel="held-out exact match")
   handles, labels = ax_loss.get_legend_handles_labels()
-  if len(seeds) > 1:
-    for i, seed in enumerate(seeds):
-      handles.append(plt.Line2D([], [], color="grey", linestyle=LINE_STYLES[i % len(LINE_STYLES)]))
-      labels.append(f"seed {seed}")
+  for seed, line_style in seed_legend.items():  # a grey proxy line per seed
+    handles.append(plt.Line2D([], [], color="grey", linestyle=line_style))
+    labels.append(f"seed {seed}")
   if handles:
     fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=7, frameon=False)
   fig.tight_layout(rect=(0, (0.16 * legend_rows + 0.05) / height, 1, 1))

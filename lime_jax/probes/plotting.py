@@ -93,7 +93,7 @@ def render(spec: dict, out_dir: str, series: list[dict] | None = None, title_suf
   return path
 
 
-_LINESTYLES = ("-", "--", ":", "-.")
+LINE_STYLES = ("-", "--", ":", "-.")  # also sweep.plot_curves: one per seed
 _MARKERS = (".", "o", "s", "^", "v", "D", "x", "+")
 
 
@@ -103,7 +103,7 @@ def overlay_series(specs_by_run: dict[str, dict]) -> list[dict]:
   series = []
   for i, (run, spec) in enumerate(specs_by_run.items()):
     for j, s in enumerate(spec["series"]):
-      linestyle = "" if s.get("style") == "o" else _LINESTYLES[j % len(_LINESTYLES)]
+      linestyle = "" if s.get("style") == "o" else LINE_STYLES[j % len(LINE_STYLES)]
       series.append(
         {
           **s,
