@@ -232,8 +232,17 @@ def _validate_backbone(m: ml_collections.ConfigDict) -> None:
       (m.rope_factor, m.rope_low_freq_factor, m.rope_high_freq_factor, m.rope_original_max_positions),
       "llama3 RoPE needs factor >= 1, 0 < low_freq_factor < high_freq_factor and a positive length.",
     )
+  if m.rope_scaling == "linear" and m.rope_factor <= 0:
+    _fail("model.rope_factor", m.rope_factor, "linear RoPE divides the positions by it: use > 0.")
   if m.sliding_window < 0:
     _fail("model.sliding_window", m.sliding_window, "must be >= 0 (0: off).")
+  if m.rope_local_theta < 0 or (m.rope_local_theta and not (m.sliding_window and m.position == "rope")):
+    _fail(
+      "model.rope_local_theta",
+      m.rope_local_theta,
+      "is the RoPE base of the sliding-window layers: it needs model.sliding_window > 0 and "
+      "model.position='rope'; set it to 0 for rope_theta on every layer.",
+    )
   layers = tuple(m.global_layers)
   if any(not 0 <= int(l) < m.num_layers for l in layers) or len(set(layers)) != len(layers):
     _fail("model.global_layers", layers, f"must be distinct layer indices in [0, {m.num_layers - 1}].")

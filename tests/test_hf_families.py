@@ -73,10 +73,42 @@ FAMILY_CONFIGS = {
     "GPT2Config",
     dict(vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0),
   ),
+  # Linear RoPE scaling on every layer.
+  "llama_linear": (
+    "LlamaConfig",
+    dict(
+      _BASE, num_key_value_heads=2, rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 4.0}
+    ),
+  ),
+  # Both layer types (the window is shorter than T), a RoPE base per layer type with linear scaling on the
+  # global layers only, q/k norms, decoupled head_dim and query_pre_attn_scalar.
+  "gemma3_text": (
+    "Gemma3TextConfig",
+    dict(
+      _BASE,
+      num_hidden_layers=6,
+      num_key_value_heads=2,
+      head_dim=32,
+      sliding_window=8,
+      query_pre_attn_scalar=24,
+      layer_types=[
+        "sliding_attention",
+        "full_attention",
+        "sliding_attention",
+        "sliding_attention",
+        "full_attention",
+        "sliding_attention",
+      ],
+      rope_parameters={
+        "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1_000_000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+      },
+    ),
+  ),
 }
 FAMILIES = list(FAMILY_CONFIGS)
 # Families with a sliding window: also checked with the explicit attention implementation.
-WINDOWED = ("mistral", "gemma2")
+WINDOWED = ("mistral", "gemma2", "gemma3_text")
 
 
 def _randomize(model, seed: int) -> None:
@@ -152,12 +184,35 @@ def test_forward_matches_hf(hf_models, family):
 
 def test_families_set_their_options(hf_models):
   """The options each family is meant to exercise are on (a test of the tests)."""
-  cfgs = {f: hf.load_pretrained(hf_models(f)[1])[0] for f in ("llama", "mistral", "gemma2", "gpt2")}
+  families = ("llama", "mistral", "gemma2", "gpt2", "gemma3_text")
+  cfgs = {f: hf.load_pretrained(hf_models(f)[1])[0] for f in families}
   assert cfgs["llama"].rope_scaling == "llama3" and cfgs["llama"].head_dim == 24
   assert cfgs["mistral"].sliding_window == 8 and cfgs["mistral"].global_layers == ()
   assert cfgs["gemma2"].global_layers == (1,) and cfgs["gemma2"].attn_logit_softcap == 2.0
   assert cfgs["gpt2"].position == "learned" and not cfgs["gpt2"].mlp_gated
   assert T > 2 * cfgs["mistral"].sliding_window
+  gemma3 = cfgs["gemma3_text"]
+  assert gemma3.global_layers == (1, 4) and gemma3.sliding_window == 8 and T > 2 * gemma3.sliding_window
+  assert (gemma3.rope_theta, gemma3.rope_local_theta) == (1e6, 1e4)
+  assert (gemma3.rope_scaling, gemma3.rope_factor) == ("linear", 4.0)
+  assert gemma3.qk_norm and gemma3.post_norms and gemma3.attn_logit_softcap == 0.0
+  assert gemma3.attn_scale_dim == 24.0 and gemma3.head_dim * gemma3.num_heads != gemma3.d_model
+
+
+def test_gemma3_needs_its_per_layer_rope(hf_models):
+  """The parity of the Gemma 3 model rests on each layer's RoPE: the global layers' base and scaling on
+  every layer, or the local base on every layer, or no linear scaling, each break it (a test of the test)."""
+  model, folder = hf_models("gemma3_text")
+  cfg, params = hf.load_pretrained(folder)
+  tokens_BT = _tokens()
+  theirs = _hf_logits(model, tokens_BT)
+  assert _max_diff(_forward(cfg, params, tokens_BT), theirs) <= 1e-4
+  for wrong in (
+    dict(rope_local_theta=0.0),  # rope_theta (scaled) on every layer
+    dict(rope_theta=cfg.rope_local_theta, rope_scaling="none"),  # the local base on every layer
+    dict(rope_scaling="none"),  # no scaling of the global layers
+  ):
+    assert _max_diff(_forward(dataclasses.replace(cfg, **wrong), params, tokens_BT), theirs) > 1e-2, wrong
 
 
 def _decode(cfg: ModelConfig, params, tokens_BT: np.ndarray, prompt: int):
@@ -248,6 +303,80 @@ def test_refuses_unimplemented_features_of_other_families():
     hf.fields_from_hf({**gemma2, "layer_types": ["sliding_attention", "chunked_attention"]})
   with pytest.raises(ValueError, match="use_bidirectional_attention"):
     hf.fields_from_hf({**gemma2, "use_bidirectional_attention": True})
+  keyed = {"full_attention": {"rope_type": "default", "rope_theta": 1e6}}
+  with pytest.raises(ValueError, match="per-layer-type RoPE"):  # only Gemma 3 keys RoPE by layer type
+    hf.fields_from_hf({**gemma2, "rope_parameters": keyed})
+
+
+def _gemma3_json(**changes) -> dict:
+  config = transformers.Gemma3TextConfig(**{**_BASE, "num_hidden_layers": 6, "head_dim": 16}).to_dict()
+  config.update(changes)
+  return config
+
+
+@pytest.mark.parametrize(
+  "changes,field",
+  [
+    (
+      dict(
+        rope_parameters={
+          "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+          "sliding_attention": {"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0},
+        }
+      ),
+      "rope_parameters.sliding_attention.rope_type",
+    ),
+    (
+      dict(
+        rope_parameters={
+          "full_attention": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 2.0},
+          "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+        }
+      ),
+      "rope_parameters.full_attention.rope_type",
+    ),
+    (dict(rope_parameters={"chunked_attention": {"rope_theta": 1e4}}), "rope_parameters.chunked_attention"),
+    (
+      dict(rope_parameters=None, rope_scaling={"rope_type": "dynamic", "factor": 2.0}),
+      "rope_scaling.rope_type",
+    ),
+    (dict(model_type="gemma3", text_config={}), "model_type='gemma3'.*gemma3_text"),
+    (dict(use_bidirectional_attention=True), "use_bidirectional_attention"),
+  ],
+)
+def test_refuses_unimplemented_gemma3_features(changes, field):
+  hf.fields_from_hf(_gemma3_json())  # the unchanged config is read
+  with pytest.raises(ValueError, match=field.replace(".", r"\.") if ".*" not in field else field):
+    hf.fields_from_hf(_gemma3_json(**changes))
+
+
+def test_gemma3_reads_the_older_config_spelling():
+  """transformers 4's Gemma 3 config.json (rope_theta + rope_scaling for the global layers,
+  rope_local_base_freq, every sliding_window_pattern-th layer global) gives the fields of the keyed one."""
+  keyed = _gemma3_json(
+    rope_parameters={
+      "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 5e5},
+      "sliding_attention": {"rope_type": "default", "rope_theta": 300.0},
+    },
+    layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
+  )
+  legacy = {k: v for k, v in keyed.items() if k not in ("rope_parameters", "layer_types")}
+  legacy.update(
+    rope_theta=5e5,
+    rope_local_base_freq=300.0,
+    rope_scaling={"rope_type": "linear", "factor": 8.0},
+    sliding_window_pattern=3,
+  )
+  fields = hf.fields_from_hf(keyed)
+  assert hf.fields_from_hf(legacy) == fields
+  assert fields["global_layers"] == (2, 5) and fields["rope_local_theta"] == 300.0
+  assert (fields["rope_theta"], fields["rope_scaling"], fields["rope_factor"]) == (5e5, "linear", 8.0)
+  # HF's defaults: every 6th layer global, bases 1e6 (global) and 1e4 (local).
+  bare = {k: v for k, v in legacy.items() if k not in ("rope_theta", "rope_local_base_freq", "rope_scaling")}
+  bare.pop("sliding_window_pattern")
+  fields = hf.fields_from_hf(bare)
+  assert fields["global_layers"] == (5,) and (fields["rope_theta"], fields["rope_local_theta"]) == (1e6, 1e4)
+  assert fields["rope_scaling"] == "none"
 
 
 def test_missing_folder_and_weights_are_clear(tmp_path):
@@ -283,12 +412,13 @@ def test_sharded_safetensors_load_like_a_single_file(hf_models, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, params_one, params_sharded)
 
 
-def test_model_fields_fill_a_config(hf_models):
+@pytest.mark.parametrize("family", ["gemma2", "gemma3_text"])
+def test_model_fields_fill_a_config(hf_models, family):
   """`model_fields` are `config.model` fields: written into the default config they validate and give
   the loaded ModelConfig."""
   from lime_jax import config as config_lib  # pylint: disable=g-import-not-at-top
 
-  _, folder = hf_models("gemma2")
+  _, folder = hf_models(family)
   config = config_lib.default_config()
   for name, value in hf.model_fields(folder).items():
     config.model[name] = value
@@ -311,7 +441,7 @@ def test_export_round_trip(hf_models, family, tmp_path):
   model, folder = hf_models(family)
   cfg, params = hf.load_pretrained(folder)
   hf.save_pretrained(params, cfg, str(tmp_path))
-  assert hf.read_config(str(tmp_path))["model_type"] == family.split("_")[0]
+  assert hf.read_config(str(tmp_path))["model_type"] == hf.read_config(folder)["model_type"]
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(
     str(tmp_path), attn_implementation="eager", dtype=torch.float32
   ).eval()
@@ -329,6 +459,21 @@ def test_export_refuses_what_hf_cannot_express():
     hf.hf_config_for(dataclasses.replace(cfg, topology="lime"))
   with pytest.raises(ValueError, match="config.model.qk_norm"):  # Gemma 1 has no q/k norms
     hf.hf_config_for(dataclasses.replace(cfg, norm_offset=1.0, embed_scale=True, qk_norm=True))
+  gemma2 = dataclasses.replace(
+    cfg, norm_offset=1.0, embed_scale=True, post_norms=True, mlp_activation="gelu_tanh", sliding_window=8
+  )
+  assert hf.family_for(gemma2) == "gemma2"
+  assert hf.family_for(dataclasses.replace(gemma2, qk_norm=True)) == "gemma3_text"
+  with pytest.raises(ValueError, match="config.model.rope_local_theta"):  # Gemma 2 has one RoPE base
+    hf.hf_config_for(dataclasses.replace(gemma2, rope_local_theta=100.0))
+  with pytest.raises(ValueError, match="config.model.rope_local_theta"):  # Gemma 3 scales no local RoPE
+    hf.hf_config_for(dataclasses.replace(gemma2, qk_norm=True, rope_scaling="linear", rope_factor=2.0))
+  linear = dataclasses.replace(cfg, rope_scaling="linear", rope_factor=2.0)  # Llama's linear RoPE
+  assert hf.hf_config_for(linear)["rope_parameters"] == {
+    "rope_type": "linear",
+    "rope_theta": 1e4,
+    "factor": 2.0,
+  }
 
 
 # ----------------------------------------------------------------------------------------- upcycling
@@ -429,6 +574,12 @@ def test_sliding_window_is_the_same_in_every_attention_path():
     (dict(global_layers=(1,)), "model.global_layers"),
     (dict(norm_type="batch"), "model.norm_type"),
     (dict(rope_scaling="yarn"), "model.rope_scaling"),
+    (dict(rope_scaling="linear", rope_factor=0.0), "model.rope_factor"),
+    (dict(rope_local_theta=100.0), "model.rope_local_theta"),
+    (
+      dict(rope_local_theta=100.0, sliding_window=4, position="learned", max_positions=64),
+      "model.rope_local_theta",
+    ),
     (dict(attn_logit_softcap=30.0, attention_impl="cudnn"), "model.attention_impl"),
     (dict(d_model=72, num_heads=5), "model.d_model"),
   ],

@@ -47,3 +47,23 @@ def test_block_refuses_positions_and_incomplete_tables():
   no_mask = layer_tables(tiny_model_config(), positions_BT)
   with pytest.raises(ValueError, match="global_layers"):
     Block(windows).apply({"params": _layer0(windows)}, h_BTD, no_mask, layer=jnp.int32(0))
+
+
+def test_local_rope_tables_only_with_rope_local_theta():
+  """The sliding layers' RoPE pair (Gemma 3) exists only with rope_local_theta, also when decoding; a
+  Block of such a config refuses tables without it."""
+  positions_BT = jnp.arange(6)[None]
+  windows = tiny_model_config(sliding_window=2, global_layers=(1,))
+  assert layer_tables(windows, positions_BT).local_cos_BT1H is None
+  local = tiny_model_config(sliding_window=2, global_layers=(1,), rope_local_theta=100.0)
+  for decoding in (False, True):
+    tables = layer_tables(local, positions_BT, decoding=decoding)
+    assert tables.local_cos_BT1H.shape == tables.cos_BT1H.shape == (1, 6, 1, 8)
+    angles = np.arange(6) * 100.0 ** (-2 / 8)  # channel 1: frequency theta^(-2/H)
+    np.testing.assert_allclose(tables.local_sin_BT1H[0, :, 0, 1], np.sin(angles), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tables.cos_BT1H[0, :, 0, 1], np.cos(np.arange(6) * 1e4 ** (-2 / 8)), rtol=1e-5)
+  h_BTD = jnp.zeros((1, 6, local.d_model))
+  with pytest.raises(ValueError, match="rope_local_theta"):
+    Block(local).apply(
+      {"params": _layer0(local)}, h_BTD, layer_tables(windows, positions_BT), layer=jnp.int32(0)
+    )

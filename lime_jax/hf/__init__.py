@@ -7,7 +7,8 @@
 - `params_to_hf_state_dict` / `hf_state_dict_to_params`: the array conversion itself.
 
 Families (lime_jax/hf/families.py): llama (2, 3, 3.1, 3.2), mistral, qwen2 (2.5), qwen3, gemma, gemma2,
-gpt2. Layouts: lime_jax/hf/weights.py. torch and transformers are not needed (only the tests use them).
+gemma3_text, gpt2. Layouts: lime_jax/hf/weights.py. torch and transformers are not needed (only the tests
+use them).
 """
 
 from __future__ import annotations

@@ -5,15 +5,17 @@ here builds a second model. `fields_from_hf` reads a config.json dict (no `trans
 refuses, naming the HF field, anything the backbone does not implement; `hf_config_for` writes the
 config.json of the family a ModelConfig belongs to, and checks that reading it back gives the same fields.
 
-| family  | model_type | what it sets                                                                    |
-|---------|------------|---------------------------------------------------------------------------------|
-| llama   | llama      | defaults; `attention_bias` -> qkv_bias + out_bias, `mlp_bias`, llama3 RoPE       |
-| mistral | mistral    | sliding_window (every layer)                                                     |
-| qwen2   | qwen2      | qkv_bias; sliding layers from `layer_types` / `max_window_layers`                |
-| qwen3   | qwen3      | qk_norm; `attention_bias`                                                        |
-| gemma   | gemma      | norm_offset 1 (1 + w), embed_scale, GeGLU (gelu_tanh)                            |
-| gemma2  | gemma2     | gemma's + post_norms, attn / final logit soft-caps, attn_scale_dim, global_layers|
-| gpt2    | gpt2       | LayerNorm, learned positions, GELU MLP, all biases (Conv1D layout)               |
+| family  | model_type  | what it sets                                                                      |
+|---------|-------------|-----------------------------------------------------------------------------------|
+| llama   | llama       | defaults; `attention_bias` -> qkv_bias + out_bias, `mlp_bias`, llama3/linear RoPE |
+| mistral | mistral     | sliding_window (every layer)                                                      |
+| qwen2   | qwen2       | qkv_bias; sliding layers from `layer_types` / `max_window_layers`                 |
+| qwen3   | qwen3       | qk_norm; `attention_bias`                                                         |
+| gemma   | gemma       | norm_offset 1 (1 + w), embed_scale, GeGLU (gelu_tanh)                             |
+| gemma2  | gemma2      | gemma's + post_norms, attn / final logit soft-caps, attn_scale_dim, global_layers |
+| gemma3  | gemma3_text | gemma2's + qk_norm, rope_local_theta (sliding layers' RoPE base), linear RoPE     |
+|         |             | on the global layers; sliding layers: `layer_types` / `sliding_window_pattern`    |
+| gpt2    | gpt2        | LayerNorm, learned positions, GELU MLP, all biases (Conv1D layout)                |
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ ARCH_FIELDS = (
   "num_kv_heads",
   "ffn_dim",
   "rope_theta",
+  "rope_local_theta",
   "rms_eps",
   "tie_embeddings",
   "attn_head_dim",
@@ -59,7 +62,7 @@ ARCH_FIELDS = (
   "final_logit_softcap",
   "attn_scale_dim",
 )
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gpt2")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gpt2")
 ARCHITECTURES = {
   "llama": "LlamaForCausalLM",
   "mistral": "MistralForCausalLM",
@@ -67,6 +70,7 @@ ARCHITECTURES = {
   "qwen3": "Qwen3ForCausalLM",
   "gemma": "GemmaForCausalLM",
   "gemma2": "Gemma2ForCausalLM",
+  "gemma3_text": "Gemma3ForCausalLM",
   "gpt2": "GPT2LMHeadModel",
 }
 # HF activation names -> config.model.mlp_activation ('gelu_new' is GPT-2's tanh approximation).
@@ -110,25 +114,58 @@ def _rope(hf: dict) -> dict[str, Any]:
   merged = {**legacy, **params}
   if any(isinstance(v, dict) for v in merged.values()):
     refuse(where, merged, "per-layer-type RoPE parameters are not implemented.")
-  rope_type = merged.get("rope_type", merged.get("type", "default"))
-  if float(merged.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))) != 1.0:
+  return _rope_entry(hf, merged, where, float(hf.get("rope_theta", 10_000.0)))
+
+
+def _rope_entry(hf: dict, entry: dict, where: str, theta: float) -> dict[str, Any]:
+  """rope_theta (`theta` when the entry has none) and the scaling fields of one RoPE parameter dict."""
+  rope_type = entry.get("rope_type", entry.get("type", "default"))
+  if float(entry.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))) != 1.0:
     refuse(
       f"{where}.partial_rotary_factor",
-      merged.get("partial_rotary_factor"),
+      entry.get("partial_rotary_factor"),
       "lime_jax rotates every channel of the head.",
     )
-  out = {"rope_theta": float(merged.get("rope_theta", hf.get("rope_theta", 10_000.0)))}
+  out = {"rope_theta": float(entry.get("rope_theta", theta))}
   if rope_type == "llama3":
     out.update(
       rope_scaling="llama3",
-      rope_factor=float(merged["factor"]),
-      rope_low_freq_factor=float(merged["low_freq_factor"]),
-      rope_high_freq_factor=float(merged["high_freq_factor"]),
-      rope_original_max_positions=int(merged["original_max_position_embeddings"]),
+      rope_factor=float(entry["factor"]),
+      rope_low_freq_factor=float(entry["low_freq_factor"]),
+      rope_high_freq_factor=float(entry["high_freq_factor"]),
+      rope_original_max_positions=int(entry["original_max_position_embeddings"]),
     )
+  elif rope_type == "linear":
+    out.update(rope_scaling="linear", rope_factor=float(entry["factor"]))
   elif rope_type != "default":
-    refuse(f"{where}.rope_type", rope_type, "lime_jax implements 'default' and 'llama3' RoPE only.")
+    refuse(f"{where}.rope_type", rope_type, "lime_jax implements 'default', 'llama3' and 'linear' RoPE only.")
   return out
+
+
+def _gemma3_rope(hf: dict) -> dict[str, Any]:
+  """Gemma 3's two RoPE bases: `rope_parameters` keyed by layer type (transformers 5), or `rope_theta` +
+  `rope_scaling` (global layers) and `rope_local_base_freq` (sliding layers). Scaling: global layers only."""
+  params = hf.get("rope_parameters") or {}
+  legacy = hf.get("rope_scaling") or {}
+  if any(isinstance(v, dict) for v in params.values()):
+    for key, value in params.items():
+      if key not in ("full_attention", "sliding_attention"):
+        refuse(
+          f"rope_parameters.{key}", value, "Gemma 3 keys its RoPE by 'full_attention' / 'sliding_attention'."
+        )
+    full, local = dict(params.get("full_attention") or {}), dict(params.get("sliding_attention") or {})
+    where, local_where = "rope_parameters.full_attention", "rope_parameters.sliding_attention"
+  else:
+    full, local = dict(params), {}
+    where, local_where = ("rope_parameters" if params else "rope_scaling"), "rope_local_base_freq"
+  if legacy:  # as HF: the legacy scaling updates the global layers' entry
+    full, where = {**full, **legacy}, "rope_scaling"
+  out = _rope_entry(hf, full, where, float(hf.get("rope_theta") or 1_000_000.0))
+  local_type = local.get("rope_type", local.get("type", "default"))
+  if local_type != "default":
+    refuse(f"{local_where}.rope_type", local_type, "lime_jax scales the global layers' RoPE only.")
+  local_rope = _rope_entry(hf, local, local_where, float(hf.get("rope_local_base_freq") or 10_000.0))
+  return {**out, "rope_local_theta": local_rope["rope_theta"]}
 
 
 def _window(hf: dict, all_layers: bool) -> dict[str, Any]:
@@ -156,8 +193,8 @@ def _window(hf: dict, all_layers: bool) -> dict[str, Any]:
   }
 
 
-def _common(hf: dict, tie_default: bool) -> dict[str, Any]:
-  """The fields every LLaMA-layout family shares."""
+def _common(hf: dict, tie_default: bool, rope: Callable[[dict], dict[str, Any]] = _rope) -> dict[str, Any]:
+  """The fields every LLaMA-layout family shares (`rope` reads the RoPE fields)."""
   D, N = int(_get(hf, "hidden_size")), int(_get(hf, "num_attention_heads"))
   head_dim = int(hf.get("head_dim") or D // N)
   return {
@@ -170,7 +207,7 @@ def _common(hf: dict, tie_default: bool) -> dict[str, Any]:
     "attn_head_dim": 0 if head_dim * N == D else head_dim,
     "rms_eps": float(hf.get("rms_norm_eps", 1e-6)),
     "tie_embeddings": bool(hf.get("tie_word_embeddings", tie_default)),
-    **_rope(hf),
+    **rope(hf),
   }
 
 
@@ -216,12 +253,12 @@ def _gemma(hf: dict) -> dict[str, Any]:
   }
 
 
-def _gemma2(hf: dict) -> dict[str, Any]:
+def _gemma2(hf: dict, rope: Callable[[dict], dict[str, Any]] = _rope) -> dict[str, Any]:
   bias = bool(hf.get("attention_bias", False))
   head_dim = int(hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"])
   scalar = float(hf.get("query_pre_attn_scalar") or head_dim)
   return {
-    **_common(hf, True),
+    **_common(hf, True, rope),
     "mlp_activation": _activation(hf, "hidden_activation", gemma=True),
     "norm_offset": 1.0,
     "embed_scale": True,
@@ -233,6 +270,19 @@ def _gemma2(hf: dict) -> dict[str, Any]:
     "final_logit_softcap": float(hf.get("final_logit_softcapping") or 0.0),
     **_window(hf, False),
   }
+
+
+def _gemma3(hf: dict) -> dict[str, Any]:
+  """Gemma 2's layout with q/k norms and a RoPE base per layer type (no soft-caps by default)."""
+  layer_types = hf.get("layer_types")
+  if layer_types is None:  # older configs: every `sliding_window_pattern`-th layer is global (HF's default 6)
+    pattern = int(hf.get("sliding_window_pattern") or 6)
+    L = int(_get(hf, "num_hidden_layers"))
+    layer_types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(L)]
+  fields = {**_gemma2({**hf, "layer_types": layer_types}, _gemma3_rope), "qk_norm": True}
+  if not fields.get("sliding_window"):  # no sliding layer: rope_theta everywhere
+    fields.pop("rope_local_theta")
+  return fields
 
 
 def _gpt2(hf: dict) -> dict[str, Any]:
@@ -269,6 +319,7 @@ _READERS: dict[str, Callable[[dict], dict[str, Any]]] = {
   "qwen3": _qwen3,
   "gemma": _gemma,
   "gemma2": _gemma2,
+  "gemma3_text": _gemma3,
   "gpt2": _gpt2,
 }
 
@@ -276,6 +327,13 @@ _READERS: dict[str, Callable[[dict], dict[str, Any]]] = {
 def fields_from_hf(hf: dict) -> dict[str, Any]:
   """Every ARCH_FIELDS value of the checkpoint described by a config.json dict (defaults filled in)."""
   model_type = hf.get("model_type")
+  if model_type == "gemma3":
+    refuse(
+      "model_type",
+      model_type,
+      "a multimodal Gemma 3 (Gemma3ForConditionalGeneration) config: lime_jax reads the text model, "
+      "model_type 'gemma3_text' (Gemma3ForCausalLM); pass a text-only checkpoint.",
+    )
   if model_type not in _READERS:
     refuse("model_type", model_type, f"lime_jax reads the families {', '.join(FAMILIES)}.")
   if hf.get("quantization_config"):
@@ -298,20 +356,21 @@ def _relevant(fields: dict[str, Any]) -> dict[str, Any]:
     out["attn_head_dim"] = 0
   if out["attn_scale_dim"] == (out["attn_head_dim"] or out["d_model"] // out["num_heads"]):
     out["attn_scale_dim"] = 0.0
-  if out["position"] == "learned" or out["rope_scaling"] == "none":
-    for name in (
-      "rope_factor",
-      "rope_low_freq_factor",
-      "rope_high_freq_factor",
-      "rope_original_max_positions",
-    ):
+  if out["position"] == "learned" or out["rope_scaling"] != "llama3":
+    for name in ("rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_positions"):
       out.pop(name)
+  if out["position"] == "learned" or out["rope_scaling"] == "none":
+    out.pop("rope_factor")
+    if out["position"] == "rope" and out["rope_local_theta"] == out["rope_theta"]:
+      out["rope_local_theta"] = 0.0  # the same base on every layer
   if out["position"] == "learned":
     out.pop("rope_theta"), out.pop("rope_scaling")
   else:
     out.pop("max_positions")
   if not out["sliding_window"]:
     out.pop("global_layers")
+  if not out["sliding_window"] or out["position"] == "learned":
+    out.pop("rope_local_theta")
   return out
 
 
@@ -320,7 +379,7 @@ def family_for(cfg: ModelConfig) -> str:
   if cfg.position == "learned":
     return "gpt2"
   if cfg.post_norms:
-    return "gemma2"
+    return "gemma3_text" if cfg.qk_norm else "gemma2"
   if cfg.norm_offset or cfg.embed_scale:
     return "gemma"
   if cfg.qk_norm:
@@ -334,6 +393,8 @@ def family_for(cfg: ModelConfig) -> str:
 
 def _rope_dict(cfg: ModelConfig) -> dict[str, Any]:
   rope: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+  if cfg.rope_scaling == "linear":
+    rope.update(rope_type="linear", factor=cfg.rope_factor)
   if cfg.rope_scaling == "llama3":
     rope.update(
       rope_type="llama3",
@@ -389,7 +450,7 @@ def hf_config_for(cfg: ModelConfig) -> dict[str, Any]:
       "max_position_embeddings": max(cfg.rope_original_max_positions, 4096),
       "hidden_act": act,
     }
-    if family in ("llama", "qwen3", "gemma", "gemma2"):
+    if family in ("llama", "qwen3", "gemma", "gemma2", "gemma3_text"):
       hf["attention_bias"] = cfg.qkv_bias
     if family == "llama":
       hf["mlp_bias"] = cfg.mlp_bias
@@ -399,7 +460,10 @@ def hf_config_for(cfg: ModelConfig) -> dict[str, Any]:
       hf.update(use_sliding_window=False, sliding_window=None)
       if cfg.sliding_window:
         hf.update(use_sliding_window=True, sliding_window=cfg.sliding_window, layer_types=_layer_types(cfg))
-    if family == "gemma2":
+    if family == "gemma3_text":
+      local = {"rope_type": "default", "rope_theta": cfg.rope_local_theta or cfg.rope_theta}
+      hf["rope_parameters"] = {"full_attention": hf["rope_parameters"], "sliding_attention": local}
+    if family in ("gemma2", "gemma3_text"):
       hf.update(
         hidden_activation=hf.pop("hidden_act"),
         layer_types=_layer_types(cfg),

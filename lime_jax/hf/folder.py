@@ -1,7 +1,9 @@
-"""Local Hugging Face folders: read config.json + safetensors into lime_jax, and write them back.
+"""Local Hugging Face folders and GGUF files: read them into lime_jax, and write HF folders back.
 
 A folder holds `config.json` and `model.safetensors`, or shards `model-0000i-of-0000n.safetensors` listed
 in `model.safetensors.index.json`. Tensors are read with the `safetensors` library (numpy; no torch).
+A `.gguf` file (or a folder holding one and no config.json) is read through lime_jax/hf/gguf_model.py,
+which gives the same config.json dict and state dict (dequantised tensor by tensor).
 """
 
 from __future__ import annotations
@@ -9,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
 
-from lime_jax.hf import families, weights
+from lime_jax.hf import families, gguf_model, weights
 from lime_jax.model.model_config import ModelConfig
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -23,7 +26,9 @@ SINGLE_FILE = "model.safetensors"
 
 
 def read_config(path: str) -> dict[str, Any]:
-  """The folder's config.json as a dict."""
+  """The folder's config.json as a dict (for a GGUF file: the equivalent one, from its metadata)."""
+  if gguf_model.gguf_file(path):
+    return gguf_model.hf_config(gguf_model.GGUFCheckpoint.open(path))
   config_path = os.path.join(path, "config.json")
   if not os.path.isfile(config_path):
     raise FileNotFoundError(f"{path!r} has no config.json: pass a local Hugging Face model folder.")
@@ -53,8 +58,11 @@ def safetensors_files(path: str) -> list[str]:
   return [os.path.join(path, name) for name in files]
 
 
-def read_state_dict(path: str) -> dict[str, np.ndarray]:
-  """Every tensor of the folder's safetensors file(s), as numpy arrays in their stored dtype."""
+def read_state_dict(path: str) -> Mapping[str, Any]:
+  """Every tensor of the folder's safetensors file(s), as numpy arrays in their stored dtype; for a GGUF
+  file, a mapping whose values are dequantised (to fp32) when numpy reads them."""
+  if gguf_model.gguf_file(path):
+    return gguf_model.state_dict(gguf_model.GGUFCheckpoint.open(path))
   from safetensors import safe_open  # pylint: disable=g-import-not-at-top
 
   sd: dict[str, np.ndarray] = {}
@@ -97,6 +105,15 @@ def load_pretrained(
   from lime_jax.model import regularizers, topologies, transformer  # pylint: disable=g-import-not-at-top
 
   fields = model_fields(path)
+  if gguf_model.gguf_file(path):
+    info = gguf_model.describe(gguf_model.GGUFCheckpoint.open(path))
+    logging.info(
+      "GGUF %s: architecture %s, %d parameters, tensor types %s",
+      info["file"],
+      info["architecture"],
+      info["parameters"],
+      info["tensor_types"],
+    )
   base = model_cfg if model_cfg is not None else ModelConfig(vocab_size=fields["vocab_size"])
   cfg = dataclasses.replace(base, **fields, param_dtype=param_dtype or base.param_dtype)
   _warn_if_not_identity(cfg)

@@ -288,7 +288,20 @@ def hf_state_dict_to_params(state_dict: Mapping[str, Any], cfg: ModelConfig) -> 
       f"HF state dict has weights lime_jax does not model with this config: {unexpected[:8]}"
       f"{' ...' if len(unexpected) > 8 else ''}"
     )
-  return jax.tree.map(lambda x: jnp.asarray(x, dtype=cfg.pdtype), params)
+  return _to_device_leafwise(params, cfg.pdtype)
+
+
+def _to_device_leafwise(tree: dict, dtype: Any) -> dict:
+  """The numpy tree as jax arrays of `dtype`, converted one leaf at a time, each numpy leaf dropped
+  once converted: the host holds the numpy tree plus one leaf, not two whole copies of the model."""
+  for key in list(tree):
+    if isinstance(tree[key], dict):
+      tree[key] = _to_device_leafwise(tree[key], dtype)
+    else:
+      leaf = tree.pop(key)
+      tree[key] = jnp.asarray(leaf, dtype=dtype)
+      del leaf
+  return tree
 
 
 def _layers_from_pieces(pieces: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 The default is LLaMA's (RMSNorm, RoPE, SwiGLU, no biases); the options of `ModelConfig` cover the
 pretrained families of lime_jax/hf/ (biases, q/k norms, LayerNorm, GeGLU / GELU MLPs, learned positions,
-sliding windows, logit soft-capping, Gemma 2's post-norms). Each option adds work only when on.
+sliding windows, logit soft-capping, Gemma 2's post-norms, Gemma 3's per-layer RoPE base). Each option
+adds work only when on.
 """
 
 from __future__ import annotations
@@ -49,6 +50,16 @@ def project_kv(cfg: ModelConfig, x_BTD: jax.Array, params_l: Any) -> jax.Array:
   return kv_BTRC
 
 
+def _is_global(cfg: ModelConfig, layer: jax.Array | None) -> jax.Array:
+  """Whether layer `layer` is one of `cfg.global_layers` (a traced bool; `cfg.global_layers` non-empty)."""
+  if layer is None:
+    raise ValueError(
+      f"config.model.global_layers={cfg.global_layers} needs the layer index in the Block; "
+      f"topology {cfg.topology!r} does not pass it: use topology 'plain'."
+    )
+  return jnp.isin(layer, jnp.asarray(cfg.global_layers, jnp.int32))
+
+
 def layer_window(cfg: ModelConfig, layer: jax.Array | None) -> Any:
   """Layer `layer`'s sliding window: 0 (off), the static `cfg.sliding_window`, or (with `global_layers`)
   a traced scalar, huge for the global layers."""
@@ -56,13 +67,28 @@ def layer_window(cfg: ModelConfig, layer: jax.Array | None) -> Any:
     return 0
   if not cfg.global_layers:
     return cfg.sliding_window
-  if layer is None:
+  return jnp.where(_is_global(cfg, layer), jnp.iinfo(jnp.int32).max, cfg.sliding_window)
+
+
+def layer_rope(cfg: ModelConfig, tables: LayerTables, layer: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+  """Layer `layer`'s RoPE cos / sin [B, T, 1, H]: the tables' global pair, or (`rope_local_theta`) the
+  local pair on the sliding-window layers, selected by the (traced) layer index with `global_layers`."""
+  if tables.cos_BT1H is None:
+    raise ValueError("config.model.position='rope' needs RoPE tables: build them with layer_tables(cfg).")
+  if not cfg.rope_local_theta or not cfg.sliding_window:
+    return tables.cos_BT1H, tables.sin_BT1H
+  if tables.local_cos_BT1H is None:
     raise ValueError(
-      f"config.model.global_layers={cfg.global_layers} needs the layer index in the Block; "
-      f"topology {cfg.topology!r} does not pass it: use topology 'plain'."
+      f"config.model.rope_local_theta={cfg.rope_local_theta} needs the local RoPE tables: build them with "
+      "layer_tables(cfg, positions_BT) for this cfg."
     )
-  is_global = jnp.isin(layer, jnp.asarray(cfg.global_layers, jnp.int32))
-  return jnp.where(is_global, jnp.iinfo(jnp.int32).max, cfg.sliding_window)
+  if not cfg.global_layers:  # every layer slides
+    return tables.local_cos_BT1H, tables.local_sin_BT1H
+  is_global = _is_global(cfg, layer)
+  return (
+    jnp.where(is_global, tables.cos_BT1H, tables.local_cos_BT1H),
+    jnp.where(is_global, tables.sin_BT1H, tables.local_sin_BT1H),
+  )
 
 
 class Residual(NamedTuple):
@@ -91,7 +117,7 @@ class Block(nn.Module):
   mlp (lime_jax/model/layers.py Mlp); with the options: bq [N, H] and bkv [R, 2H] (`qkv_bias`), bo [D]
   (`out_bias`), q_norm / k_norm [H] (`qk_norm`), attn_post_norm / mlp_post_norm (`post_norms`). `cache`
   (decoding) holds the keys/values attention used, RoPE'd, [B, S, R, H] each. `layer` (the layer index)
-  is needed only for per-layer sliding windows (`global_layers`).
+  is needed only for per-layer sliding windows and RoPE bases (`global_layers`, `rope_local_theta`).
   """
 
   cfg: ModelConfig
@@ -139,10 +165,9 @@ class Block(nn.Module):
     k_BTRH, v_BTRH = kv_BTRC[..., :H], kv_BTRC[..., H:]
 
     if cfg.position == "rope":
-      if tables.cos_BT1H is None:
-        raise ValueError("config.model.position='rope' needs RoPE tables: build them with layer_tables(cfg).")
-      q_BTNH = apply_rope(q_BTNH, tables.cos_BT1H, tables.sin_BT1H)
-      k_BTRH = apply_rope(k_BTRH, tables.cos_BT1H, tables.sin_BT1H)
+      cos_BT1H, sin_BT1H = layer_rope(cfg, tables, layer)
+      q_BTNH = apply_rope(q_BTNH, cos_BT1H, sin_BT1H)
+      k_BTRH = apply_rope(k_BTRH, cos_BT1H, sin_BT1H)
 
     window = layer_window(cfg, layer)
     new_cache, mask_B1TS = None, None

@@ -71,21 +71,28 @@ def make_norm(cfg: Any, name: str | None = None) -> nn.Module:
   raise ValueError(f"config.model.norm_type={cfg.norm_type!r} is unknown: use 'rms' or 'layer'.")
 
 
-def rope_scaling_params(cfg: Any) -> tuple[float, float, float, int] | None:
-  """(factor, low_freq_factor, high_freq_factor, original_max_positions) for 'llama3' RoPE, else None."""
+# A RoPE frequency rescaling: ('llama3', (factor, low_freq_factor, high_freq_factor, original_max_positions))
+# or ('linear', (factor,)).
+RopeScaling = tuple[str, tuple[float, ...]]
+
+
+def rope_scaling_params(cfg: Any) -> RopeScaling | None:
+  """`cfg.rope_scaling` with its parameters (see RopeScaling), or None without scaling."""
   if cfg.rope_scaling == "none":
     return None
+  if cfg.rope_scaling == "linear":
+    return ("linear", (cfg.rope_factor,))
   if cfg.rope_scaling != "llama3":
-    raise ValueError(f"config.model.rope_scaling={cfg.rope_scaling!r} is unknown: use 'none' or 'llama3'.")
+    raise ValueError(
+      f"config.model.rope_scaling={cfg.rope_scaling!r} is unknown: use 'none', 'llama3' or 'linear'."
+    )
   return (
-    cfg.rope_factor,
-    cfg.rope_low_freq_factor,
-    cfg.rope_high_freq_factor,
-    cfg.rope_original_max_positions,
+    "llama3",
+    (cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor, cfg.rope_original_max_positions),
   )
 
 
-def _llama3_inv_freq(inv_freq_K: jax.Array, scaling: tuple[float, float, float, int]) -> jax.Array:
+def _llama3_inv_freq(inv_freq_K: jax.Array, scaling: tuple[float, ...]) -> jax.Array:
   """Llama 3.1's frequency rescaling: long wavelengths / factor, short kept, a smooth blend between."""
   factor, low, high, original = scaling
   wavelen_K = 2 * math.pi / inv_freq_K
@@ -97,12 +104,13 @@ def _llama3_inv_freq(inv_freq_K: jax.Array, scaling: tuple[float, float, float, 
 
 
 def rope_angles(
-  positions_BT: jax.Array, head_dim: int, theta: float, scaling: tuple[float, float, float, int] | None = None
+  positions_BT: jax.Array, head_dim: int, theta: float, scaling: RopeScaling | None = None
 ) -> tuple[jax.Array, jax.Array]:
-  """cos/sin tables [B, T, head_dim] in the 'rotate half' layout of LLaMA (`scaling`: llama3's)."""
+  """cos/sin tables [B, T, head_dim] in the 'rotate half' layout of LLaMA (`scaling`: llama3's or linear)."""
   inv_freq_K = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
   if scaling is not None:
-    inv_freq_K = _llama3_inv_freq(inv_freq_K, scaling)
+    kind, args = scaling
+    inv_freq_K = _llama3_inv_freq(inv_freq_K, args) if kind == "llama3" else inv_freq_K / args[0]
   angles_BTK = positions_BT.astype(jnp.float32)[..., None] * inv_freq_K[None, None, :]
   angles_BTC = jnp.concatenate([angles_BTK, angles_BTK], axis=-1)
   return jnp.cos(angles_BTC), jnp.sin(angles_BTC)

@@ -204,6 +204,10 @@ class ModelConfig:
   num_kv_heads: int = option(0, "R (grouped-query attention when < N); 0: num_heads (no grouping).")
   ffn_dim: int = option(1024, "F")
   rope_theta: float = option(10_000.0, "RoPE base.")
+  rope_local_theta: float = option(
+    0.0,
+    "RoPE base of the sliding-window layers (Gemma 3's rope_local_base_freq); 0: rope_theta on every layer.",
+  )
   rms_eps: float = option(1e-6, "eps of every norm (RMSNorm or LayerNorm).")
   init_std: float = option(0.02, "std of the initial weights.")
   tie_embeddings: bool = option(True, "the output projection is the embedding table's transpose.")
@@ -225,7 +229,7 @@ class ModelConfig:
   mlp_bias: bool = option(False, "biases on the MLP projections.")
   qkv_bias: bool = option(False, "biases on q, k, v (Qwen2; with out_bias: Llama attention_bias, GPT-2).")
   out_bias: bool = option(False, "bias on the attention output projection.")
-  qk_norm: bool = option(False, "RMSNorm over head_dim of q and k, before RoPE (Qwen3).")
+  qk_norm: bool = option(False, "RMSNorm over head_dim of q and k, before RoPE (Qwen3, Gemma 3).")
   position: str = option(
     "rope",
     "'rope' or 'learned' (an absolute position table params['pos_embed'] [max_positions, D], GPT-2).",
@@ -234,10 +238,11 @@ class ModelConfig:
   max_positions: int = option(0, "'learned': rows of the position table (positions must stay below it).")
   rope_scaling: str = option(
     "none",
-    "'none' or 'llama3' (Llama 3.1 / 3.2 frequency rescaling, the four rope_* fields below).",
-    ("none", "llama3"),
+    "'none', 'llama3' (Llama 3.1 / 3.2 frequency rescaling, the four rope_* fields below) or 'linear' "
+    "(positions / rope_factor). With rope_local_theta, the global layers' RoPE only (Gemma 3).",
+    ("none", "llama3", "linear"),
   )
-  rope_factor: float = option(8.0, "llama3 RoPE scaling factor.")
+  rope_factor: float = option(8.0, "llama3 / linear RoPE scaling factor.")
   rope_low_freq_factor: float = option(1.0, "llama3 RoPE low-frequency factor.")
   rope_high_freq_factor: float = option(4.0, "llama3 RoPE high-frequency factor.")
   rope_original_max_positions: int = option(8192, "llama3 RoPE original context length.")
@@ -256,7 +261,7 @@ class ModelConfig:
     (), "layers exempt from the sliding window (Gemma 2: the odd ones); (): none."
   )
   embed_scale: bool = option(False, "embeddings * sqrt(d_model), rounded to the compute dtype (Gemma).")
-  post_norms: bool = option(False, "a norm on the attention output and on the MLP output too (Gemma 2).")
+  post_norms: bool = option(False, "a norm on the attention output and on the MLP output too (Gemma 2, 3).")
   attn_logit_softcap: float = option(0.0, "attention logits -> cap * tanh(logits / cap) (Gemma 2); 0: off.")
   final_logit_softcap: float = option(0.0, "the same on the output logits; 0: off.")
   attn_scale_dim: float = option(
