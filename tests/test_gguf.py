@@ -249,3 +249,82 @@ def test_gemma3_gguf_equals_the_original_model(tmp_path):
   np.testing.assert_allclose(_lime_logits(path, tokens), want, atol=1e-4)
   fields = hf.model_fields(path)
   assert fields["global_layers"] == (5,) and fields["rope_local_theta"] == 10_000.0 and fields["qk_norm"]
+
+
+def test_export_converts_a_gguf_file_to_a_folder_transformers_reads(tmp_path):
+  """`python -m lime_jax.export --gguf=FILE --out=DIR`: the folder's model and tokenizer, read by
+  transformers and by lime_jax, equal the GGUF file's."""
+  from lime_jax import export
+  from lime_jax.data import subword
+
+  tok = _train_byte_level(tmp_path)
+  model = _llama()
+  path = str(tmp_path / "chat.gguf")
+  template = "{% for m in messages %}<|im_start|>{{ m['content'] }}<|endoftext|>{% endfor %}"
+
+  def meta(writer):
+    add_tokenizer(writer, tok, kind="gpt2", pre="smollm", bos=1, eos=0, add_bos=False)
+    writer.add_chat_template(template)
+
+  write_model(path, "llama", model.config.to_dict(), _state_dict(model), add_metadata=meta)
+  out = str(tmp_path / "folder")
+  assert export.convert_gguf(path, out) == "llama"
+  tokens = _tokens()
+  folder_model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+  np.testing.assert_allclose(_torch_logits(folder_model, tokens), _torch_logits(model, tokens), atol=1e-5)
+  want = tok.encode(TEXT).ids
+  assert transformers.AutoTokenizer.from_pretrained(out)(TEXT).input_ids == want
+  ours = subword.load_tokenizer(out)
+  assert ours.encode_with_specials(TEXT) == want and ours.chat_template == template
+  from_gguf = gguf_tokenizer.load_tokenizer(path)
+  assert from_gguf.encode_with_specials(TEXT) == want and from_gguf.chat_template == template
+  assert from_gguf.eos_id == 0 and not from_gguf.add_bos
+
+
+_OTHER_FAMILIES = {
+  # arch: (transformers config class, its kwargs, extra GGUF metadata {key: (value, type)})
+  "qwen2": ("Qwen2Config", dict(num_key_value_heads=2, tie_word_embeddings=False), {}),
+  "qwen3": ("Qwen3Config", dict(num_key_value_heads=2, head_dim=32, tie_word_embeddings=False), {}),
+  "gemma": ("GemmaConfig", dict(num_key_value_heads=1, head_dim=32), {}),
+  "gemma2": (
+    "Gemma2Config",
+    dict(
+      num_key_value_heads=2,
+      head_dim=32,
+      query_pre_attn_scalar=32,
+      sliding_window=6,
+      attn_logit_softcapping=2.0,
+      final_logit_softcapping=3.0,
+    ),
+    {"gemma2.attn_logit_softcapping": 2.0, "gemma2.final_logit_softcapping": 3.0},
+  ),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(_OTHER_FAMILIES))
+def test_other_architectures_equal_the_original_model(tmp_path, arch):
+  """Qwen2 (q/k/v biases), Qwen3 (q/k norms), Gemma (1 + w norms), Gemma 2 (four norms, soft-caps,
+  alternating windows) from GGUF equal the original model (and transformers' GGUF load of the file)."""
+  name, kwargs, extra = _OTHER_FAMILIES[arch]
+  torch.manual_seed(0)
+  cfg = getattr(transformers, name)(
+    vocab_size=V,
+    hidden_size=64,
+    intermediate_size=112,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=256,
+    **kwargs,
+  )
+  model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+  sd = _state_dict(model)
+  for key in sd:  # make the norms (w = 0 or 1 at init) and biases (0) matter
+    if "norm" in key or key.endswith("bias"):
+      sd[key] = np.random.default_rng(len(key)).normal(0, 0.5, sd[key].shape).astype(np.float32)
+  model.load_state_dict({k: torch.tensor(v) for k, v in sd.items()}, strict=False)
+  path = str(tmp_path / f"{arch}.gguf")
+  types = {float: gguf.GGUFValueType.FLOAT32}
+  write_model(path, arch, cfg.to_dict(), sd, extra={k: (v, types[type(v)]) for k, v in extra.items()})
+  tokens = _tokens()
+  want = _torch_logits(model, tokens)
+  np.testing.assert_allclose(_lime_logits(path, tokens), want, atol=1e-4)

@@ -181,3 +181,45 @@ def _set_post_processor(tok: Any, tokens: list[str], meta: dict[str, Any]) -> No
   tok.post_processor = processors.TemplateProcessing(
     single=single, pair=pair, special_tokens=list(dict.fromkeys((tokens[i], i) for _, i in first + last))
   )
+
+
+def load_tokenizer(path: str, *, pause_tokens: bool = False) -> Any:
+  """The GGUF file's tokenizer as lime_jax's `HFTokenizer` (special ids, BOS rule and chat template from
+  the metadata)."""
+  from lime_jax.data import subword  # pylint: disable=import-outside-toplevel
+
+  ckpt = GGUFCheckpoint.open(path)
+  meta = tokenizer_metadata(ckpt)
+  return subword.HFTokenizer.from_tokenizer(
+    build_tokenizer(ckpt),
+    specials={role: i for role, i in meta["ids"].items() if role in ("bos", "eos", "pad", "sep")},
+    add_bos=meta["add_bos"],
+    chat_template=meta["chat_template"],
+    source=ckpt.path,
+    pause_tokens=pause_tokens,
+  )
+
+
+def save_hf_tokenizer(path: str, out_dir: str) -> None:
+  """Writes the GGUF file's tokenizer as an HF folder's tokenizer.json + tokenizer_config.json (special
+  tokens, add_bos_token, chat_template), which transformers and `subword.load_tokenizer` read."""
+  import json  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+
+  ckpt = GGUFCheckpoint.open(path)
+  meta = tokenizer_metadata(ckpt)
+  tok = build_tokenizer(ckpt)
+  os.makedirs(out_dir, exist_ok=True)
+  tok.save(os.path.join(out_dir, "tokenizer.json"))
+  config: dict[str, Any] = {
+    f"{role}_token": tok.id_to_token(i)
+    for role, i in meta["ids"].items()
+    if role in ("bos", "eos", "pad", "unk")
+  }
+  config.update(
+    add_bos_token=meta["add_bos"], add_eos_token=meta["add_eos"], tokenizer_class="PreTrainedTokenizerFast"
+  )
+  if meta["chat_template"]:
+    config["chat_template"] = meta["chat_template"]
+  with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
+    json.dump(config, f, indent=2, ensure_ascii=False)
