@@ -6,7 +6,8 @@
   python -m lime_jax.evaluate --hf=HF_FOLDER --out=DIR [--dtype=bfloat16] --probes=copying,counting,...
 
 `--hf` probes a Hugging Face checkpoint (config.json, *.safetensors, tokenizer.json; lime_jax/probes/
-pretrained.py) with its own tokenizer; copying / counting are then asked in natural language.
+pretrained.py) with its own tokenizer; copying / counting are then asked in natural language, with
+`--chat_template` as a user message of the tokenizer's chat template (instruction-tuned models).
 
 A probe that cannot run on the checkpoint (e.g. copying on an arithmetic run) fails the command, naming
 the reason and the probes that can run, unless --skip_incompatible. `--compare` reuses each run's saved
@@ -87,6 +88,12 @@ _TEXT_FILE = flags.DEFINE_string(
   "",
   "--hf: .txt whose paragraphs entropy / separability read (default: built-in English sentences).",
 )
+_CHAT_TEMPLATE = flags.DEFINE_bool(
+  "chat_template",
+  False,
+  "--hf: ask the copying / counting questions as one user message of the tokenizer's chat template "
+  "(instruction-tuned models); fails when the tokenizer has none.",
+)
 _RECOMPUTE = flags.DEFINE_bool(
   "recompute",
   False,
@@ -108,6 +115,7 @@ def _options() -> registry.ProbeOptions:
     mc_tasks=tuple(_MC_TASKS.value),
     mc_shots=_MC_SHOTS.value,
     mc_limit=_MC_LIMIT.value,
+    chat_template=_CHAT_TEMPLATE.value,
   )
 
 

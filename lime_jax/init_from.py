@@ -1,4 +1,5 @@
-"""Fine-tuning from a checkpoint: `config.model.init_from` = 'hf:PATH' or a lime_jax workdir 'DIR[:STEP]'.
+"""Fine-tuning from a checkpoint: `config.model.init_from` = 'hf:PATH' (an HF folder or a .gguf file) or a
+lime_jax workdir 'DIR[:STEP]'.
 
 `apply_source_fields(config)` (in `train.build`, before validation) sets the architecture fields of
 `config.model` from the source: `hf.model_fields(PATH)` for a Hugging Face folder, the saved config's
@@ -93,11 +94,13 @@ def source_fields(spec: str) -> dict[str, Any]:
   kind, path, step = parse(spec)
   if kind == "hf":
     from lime_jax import hf  # pylint: disable=import-outside-toplevel
+    from lime_jax.hf import gguf_model  # pylint: disable=import-outside-toplevel
 
-    if not fileio.isdir(path) or not fileio.exists(fileio.join(path, "config.json")):
+    is_gguf = "://" not in path and gguf_model.gguf_file(path)
+    if not is_gguf and (not fileio.isdir(path) or not fileio.exists(fileio.join(path, "config.json"))):
       raise FileNotFoundError(
         f"config.model.init_from={spec!r}: {path!r} is not a Hugging Face folder "
-        "with config.json (and *.safetensors)."
+        "with config.json (and *.safetensors), nor a .gguf file."
       )
     return dict(hf.model_fields(path))
   _, saved = _workdir_meta(path, step)

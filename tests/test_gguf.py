@@ -28,10 +28,10 @@ V, T = 96, 24
 QUANT_TYPES = ("F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
 
 
-def _llama(hidden: int = 64, ffn: int = 112, seed: int = 0, tie: bool = False):
+def _llama(hidden: int = 64, ffn: int = 112, seed: int = 0, tie: bool = False, vocab: int = V):
   torch.manual_seed(seed)
   cfg = transformers.LlamaConfig(
-    vocab_size=V,
+    vocab_size=vocab,
     hidden_size=hidden,
     intermediate_size=ffn,
     num_hidden_layers=2,
@@ -328,3 +328,30 @@ def test_other_architectures_equal_the_original_model(tmp_path, arch):
   tokens = _tokens()
   want = _torch_logits(model, tokens)
   np.testing.assert_allclose(_lime_logits(path, tokens), want, atol=1e-4)
+
+
+def test_evaluate_hf_and_init_from_read_a_gguf_file(tmp_path):
+  """`evaluate --hf=FILE.gguf` probes the file with its own tokenizer, like the HF folder it converts to;
+  `init_from='hf:FILE.gguf'` takes its fields and tokenizer."""
+  from lime_jax import config as config_lib
+  from lime_jax import export, init_from
+  from lime_jax.probes import pretrained
+  from lime_jax.probes.registry import ProbeOptions
+
+  tok = _train_byte_level(tmp_path)
+  model = _llama(vocab=tok.get_vocab_size())
+  path = str(tmp_path / "m.gguf")
+  meta = lambda w: add_tokenizer(w, tok, kind="gpt2", pre="smollm", bos=1, eos=0, add_bos=False)
+  write_model(path, "llama", model.config.to_dict(), _state_dict(model), add_metadata=meta)
+  export.convert_gguf(path, str(tmp_path / "folder"))
+  options = ProbeOptions(num_examples=2, lengths=(4,), entropy_alphas=(1.0,))
+  results = {}
+  for name, source in (("gguf", path), ("folder", str(tmp_path / "folder"))):
+    _, results[name] = pretrained.evaluate_hf(source, str(tmp_path / name), ["copying", "entropy"], options)
+  for probe in ("copying", "entropy"):
+    assert results["gguf"]["probes"][probe]["metrics"] == results["folder"]["probes"][probe]["metrics"], probe
+  config = config_lib.default_config()
+  config.model.init_from = f"hf:{path}"
+  config.data.task = "text"
+  init_from.apply_source_fields(config)
+  assert config.data.tokenizer == path and config.model.num_layers == 2 and config.model.d_model == 64

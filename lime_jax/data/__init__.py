@@ -9,6 +9,7 @@ Modules:
   counting    `CountingTask` (Glasses §3.2: sum / ones / bits / word).
   tasks       `get_task(config.data, seed)`: registry of the synthetic tasks by `config.data.task`.
   subword     `load_tokenizer` (HF tokenizer.json / folder, SentencePiece .model) behind `Tokenizer`.
+  chat_template  chat templates of instruction-tuned tokenizers rendered with jinja2 (as transformers).
   corpus      parquet / jsonl / txt shards read with a resumable cursor; `PackIterDataset` packing.
   text        `local_text` tfds builder, the tfds / files document sources, tokenise + pack streams.
   pipeline    `encode_example`, `make_train_iterator` (checkpointable grain iterator, process-sliced

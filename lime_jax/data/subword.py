@@ -15,8 +15,19 @@ Pause tokens: with `pause_tokens=True` three ids are appended after the tokenize
 task that inserts pauses fails on them. `decode` writes them as `<pause_start>`, `<pause>`,
 `<pause_end>`.
 
-`encode` adds no special tokens. `decode` drops the run of pad ids at the end (as the char / byte
-tokenizers do; with pad = eos that includes trailing eos) and keeps every other special as text.
+`encode` adds no special tokens. `encode_with_specials` adds what the model's own tokenizer adds around
+a text (transformers' `tokenizer(text).input_ids`), `add_bos` says whether that includes a BOS. The rule:
+tokenizer_config.json's `add_bos_token` / `add_eos_token` when present (transformers 4's rule for the
+Llama / Gemma tokenizer classes, which rebuild the post-processor from them), else what tokenizer.json's
+post-processor adds (`post_processor_specials`); SmolLM2 and GPT-2 add none, Llama and Gemma add BOS;
+`HFTokenizer.from_tokenizer` takes it as `add_bos`. A SentencePiece model adds BOS. `decode` drops the
+run of pad ids at the end (as the char / byte tokenizers do; with pad = eos that includes trailing eos)
+and keeps every other special as text.
+
+Chat templates (`chat_template.py`): `chat_template` is the folder's `chat_template.jinja`, else
+tokenizer_config.json's `chat_template` (None without one); `apply_chat_template(messages)` renders it.
+`stop_ids` end a generated answer: EOS, plus the special token the template closes an assistant message
+with (`<|im_end|>`, `<end_of_turn>`, `<|eot_id|>`).
 
 `model.vocab_size` may exceed `vocab_size` (the embedding rows above it are padding, e.g. GPT-2's 50257
 rounded up to a multiple of 128 so that the vocab axis shards); `check_model_vocab` rejects a smaller one.
@@ -33,8 +44,11 @@ from typing import Any
 
 import numpy as np
 
+from lime_jax.data import chat_template as chat_lib
+
 PAUSE_NAMES = ("<pause_start>", "<pause>", "<pause_end>")
 TOKENIZER_JSON = "tokenizer.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 _CONFIG_FILES = ("special_tokens_map.json", "tokenizer_config.json")  # later files win.
 _ROLES = ("bos", "eos", "pad", "sep")
 # Token strings recognised for a role when no config file names one (first match wins).
@@ -55,22 +69,61 @@ def _token_content(value: Any) -> str | None:
   return None
 
 
+def _read_json(path: pathlib.Path) -> dict:
+  """The JSON object in `path` ({} when the file is absent)."""
+  if not path.is_file():
+    return {}
+  try:
+    data = json.loads(path.read_text(encoding="utf-8"))
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path} is not valid JSON ({e}); fix or remove it.") from e
+  return data if isinstance(data, dict) else {}
+
+
 def _configured_specials(folder: pathlib.Path) -> dict[str, str]:
   """{role: token string} from the HF config files in `folder` (absent files and entries skipped)."""
   out: dict[str, str] = {}
   for name in _CONFIG_FILES:
-    path = folder / name
-    if not path.is_file():
-      continue
-    try:
-      data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path} is not valid JSON ({e}); fix or remove it.") from e
+    data = _read_json(folder / name)
     for role in _ROLES:
       content = _token_content(data.get(f"{role}_token"))
       if content:
         out[role] = content
   return out
+
+
+def _config_flag(config: dict, key: str, path: str) -> bool | None:
+  """tokenizer_config.json's boolean `key` (add_bos_token / add_eos_token), None when absent."""
+  value = config.get(key)
+  if value is None or isinstance(value, bool):
+    return value
+  raise ValueError(f"{key}={value!r} in the tokenizer_config.json beside {path!r} must be true or false.")
+
+
+def _folder_chat_template(folder: pathlib.Path, config: dict) -> str | None:
+  """The chat template of an HF folder: `chat_template.jinja`, else tokenizer_config.json's
+  `chat_template` (a string, or a list / dict of named templates: the one named 'default')."""
+  jinja = folder / CHAT_TEMPLATE_FILE
+  if jinja.is_file():
+    return jinja.read_text(encoding="utf-8")
+  template = config.get("chat_template")
+  if isinstance(template, list):
+    template = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+  if isinstance(template, dict):
+    template = template.get("default")
+  return template if isinstance(template, str) and template.strip() else None
+
+
+def post_processor_specials(tok: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """(ids put before a text, ids put after it) by the post-processor of a `tokenizers.Tokenizer`, i.e.
+  what `tok.encode(text, add_special_tokens=True)` adds (read off the encoding of a short text)."""
+  for probe in ("1", "a", "hello", " "):
+    enc = tok.encode(probe, add_special_tokens=True)
+    seq = list(enc.sequence_ids)
+    if 0 in seq:
+      first, last = seq.index(0), len(seq) - seq[::-1].index(0)
+      return tuple(enc.ids[:first]), tuple(enc.ids[last:])
+  return (), ()
 
 
 def _resolve_specials(named: dict[str, int], path: str) -> dict[str, int]:
@@ -91,6 +144,13 @@ class _SubwordBase(abc.ABC):
 
   _base_size: int
 
+  # What the tokenizer puts around a text (`encode_with_specials`); subclasses set them.
+  _prefix: tuple[int, ...] = ()
+  _suffix: tuple[int, ...] = ()
+  add_bos: bool = False  # whether the tokenizer puts BOS before a text (transformers' tokenizer(text))
+  chat_template: str | None = None
+  stop_ids: tuple[int, ...] = ()  # tokens that end a generated answer: EOS, the template's end of turn
+
   def _init_specials(self, specials: dict[str, int], pause_tokens: bool) -> None:
     self.bos_id, self.eos_id = specials["bos"], specials["eos"]
     self.pad_id, self.sep_id = specials["pad"], specials["sep"]
@@ -104,8 +164,14 @@ class _SubwordBase(abc.ABC):
       self.vocab_size = V
 
   def encode(self, text: str) -> list[int]:
-    """Token ids of `text`, no special tokens added."""
+    """Token ids of `text`, no special tokens added (special-token text in it, e.g. `<|im_start|>`, is
+    still read as that token)."""
     return self._encode(text)
+
+  def encode_with_specials(self, text: str) -> list[int]:
+    """Token ids of `text` with the specials the tokenizer adds around a text (its BOS where it adds
+    one): what transformers' `tokenizer(text).input_ids` gives."""
+    return [*self._prefix, *self._encode(text), *self._suffix]
 
   def decode(self, ids: Sequence[int] | np.ndarray) -> str:
     """Text of `ids` with the trailing pad run dropped; pause ids as `<pause...>` names."""
@@ -140,35 +206,131 @@ class _SubwordBase(abc.ABC):
 
 
 class HFTokenizer(_SubwordBase):
-  """A `tokenizers.Tokenizer` from a `tokenizer.json` file (optionally with HF config files beside it)."""
+  """A `tokenizers.Tokenizer`: from a `tokenizer.json` file (with the HF config files and
+  `chat_template.jinja` beside it), or built in memory (`from_tokenizer`, e.g. from a GGUF file)."""
 
   def __init__(self, json_path: str, *, pause_tokens: bool = False, source: str | None = None):
     import tokenizers  # pylint: disable=import-outside-toplevel
 
-    self.path = source or json_path
     try:
-      self._tok = tokenizers.Tokenizer.from_file(json_path)
+      tok = tokenizers.Tokenizer.from_file(json_path)
     except Exception as e:  # the library raises a bare Exception on malformed files.
       raise ValueError(
         f"cannot read tokenizer {json_path!r} with the tokenizers library "
         f"({type(e).__name__}: {e}); it must be a Hugging Face tokenizer.json."
       ) from e
-    self._base_size = int(self._tok.get_vocab_size(with_added_tokens=True))
-    vocab = self._tok.get_vocab(with_added_tokens=True)
+    folder = pathlib.Path(json_path).parent
+    vocab = tok.get_vocab(with_added_tokens=True)
     named: dict[str, int] = {}
-    for role, content in _configured_specials(pathlib.Path(json_path).parent).items():
+    for role, content in _configured_specials(folder).items():
       if content not in vocab:
         raise ValueError(
           f"the {role}_token {content!r} named next to {json_path!r} is not in its "
           "vocabulary; fix tokenizer_config.json / special_tokens_map.json."
         )
       named[role] = int(vocab[content])
+    config = _read_json(folder / "tokenizer_config.json")
+    prefix, _ = post_processor_specials(tok)
+    if "bos" not in named and len(prefix) == 1:
+      named["bos"] = prefix[0]  # the one token the post-processor puts first is the tokenizer's BOS
     for role, candidates in _KNOWN.items():
       if role not in named:
         found = next((c for c in candidates if c in vocab), None)
         if found is not None:
           named[role] = int(vocab[found])
-    self._init_specials(_resolve_specials(named, self.path), pause_tokens)
+    self._setup(
+      tok,
+      named,
+      add_bos=_config_flag(config, "add_bos_token", json_path),
+      add_eos=_config_flag(config, "add_eos_token", json_path),
+      chat_template=_folder_chat_template(folder, config),
+      source=source or json_path,
+      pause_tokens=pause_tokens,
+    )
+
+  @classmethod
+  def from_tokenizer(
+    cls,
+    tok: Any,
+    *,
+    specials: dict[str, int],
+    add_bos: bool,
+    chat_template: str | None,
+    source: str,
+    pause_tokens: bool = False,
+  ) -> HFTokenizer:
+    """Wraps a `tokenizers.Tokenizer` built in memory. `specials`: {role: id} for 'bos', 'eos', 'pad'
+    and optionally 'sep' (a missing bos / pad falls back to eos, as for files; 'unk' is ignored);
+    `add_bos`: whether the model's tokenizer puts BOS before a text (`encode_with_specials`)."""
+    unknown = set(specials) - set(_ROLES) - {"unk"}
+    if unknown:
+      raise ValueError(f"{source}: unknown special-token roles {sorted(unknown)}; use {_ROLES}.")
+    size = int(tok.get_vocab_size(with_added_tokens=True))
+    named = {r: int(i) for r, i in specials.items() if r in _ROLES and i is not None}
+    for role, i in named.items():
+      if not 0 <= i < size:
+        raise ValueError(f"{source}: the {role} id {i} is outside the vocabulary [0, {size}).")
+    out = cls.__new__(cls)
+    out._setup(  # pylint: disable=protected-access
+      tok,
+      named,
+      add_bos=bool(add_bos),
+      add_eos=None,
+      chat_template=chat_template,
+      source=source,
+      pause_tokens=pause_tokens,
+    )
+    return out
+
+  def _setup(
+    self,
+    tok: Any,
+    named: dict[str, int],
+    *,
+    add_bos: bool | None,
+    add_eos: bool | None,
+    chat_template: str | None,
+    source: str,
+    pause_tokens: bool,
+  ) -> None:
+    """The shared part of both constructors: specials, BOS / EOS rules, chat template, stop ids.
+    `add_bos` / `add_eos` None: as the tokenizer's post-processor does."""
+    self._tok, self.path = tok, source
+    self._base_size = int(tok.get_vocab_size(with_added_tokens=True))
+    self._init_specials(_resolve_specials(named, source), pause_tokens)
+    prefix, suffix = post_processor_specials(tok)
+    if add_bos is not None:
+      prefix = (self.bos_id,) if add_bos else ()
+    if add_eos is not None:
+      suffix = (self.eos_id,) if add_eos else ()
+    self._prefix, self._suffix = prefix, suffix
+    self.add_bos = bool(prefix)
+    self.chat_template = chat_template or None
+    # Token strings the template sees: the roles the tokenizer names (not the eos fallbacks).
+    self._template_tokens = {f"{r}_token": tok.id_to_token(i) for r, i in named.items() if r in _ROLES}
+    self.stop_ids = (self.eos_id, *[i for i in self._end_of_turn_ids() if i != self.eos_id])
+
+  def _end_of_turn_ids(self) -> tuple[int, ...]:
+    """The special token the chat template closes an assistant message with (empty without a template,
+    or when what follows the reply is not a special token: then EOS alone ends an answer)."""
+    if not self.chat_template:
+      return ()
+    text = chat_lib.end_of_turn(self.chat_template, **self._template_tokens)
+    ids = self._encode(text) if text else []
+    special = {int(i) for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+    return (ids[0],) if ids and ids[0] in special else ()
+
+  def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    """The chat template's text of `messages` (what transformers' `apply_chat_template(..., tokenize=False)`
+    gives); tokenise it with `encode`, which adds no specials: the text holds them, e.g. its BOS."""
+    if not self.chat_template:
+      raise ValueError(
+        f"the tokenizer {self.path!r} has no chat template (no chat_template in tokenizer_config.json, no "
+        "chat_template.jinja); drop --chat_template."
+      )
+    return chat_lib.render(
+      self.chat_template, messages, add_generation_prompt=add_generation_prompt, **self._template_tokens
+    )
 
   def _encode(self, text: str) -> list[int]:
     return list(self._tok.encode(text, add_special_tokens=False).ids)
@@ -199,6 +361,8 @@ class SentencePieceTokenizer(_SubwordBase):
     self._init_specials(
       _resolve_specials({r: i for r, i in named.items() if i >= 0}, model_path), pause_tokens
     )
+    self._prefix, self.add_bos = (self.bos_id,), True  # as transformers' Llama / Gemma SentencePiece
+    self.stop_ids = (self.eos_id,)
 
   def _encode(self, text: str) -> list[int]:
     return list(self._sp.encode(text, out_type=int))
@@ -208,15 +372,21 @@ class SentencePieceTokenizer(_SubwordBase):
 
 
 def load_tokenizer(path: str, *, pause_tokens: bool = False) -> HFTokenizer | SentencePieceTokenizer:
-  """The tokenizer at `path`: a tokenizer.json, a folder holding one, or a SentencePiece .model."""
+  """The tokenizer at `path`: a tokenizer.json, a folder holding one, a SentencePiece .model, or a GGUF
+  checkpoint (a .gguf file or a folder holding one and no tokenizer.json: its `tokenizer.ggml.*`
+  metadata, lime_jax/hf/gguf_tokenizer.py)."""
   p = pathlib.Path(os.path.expanduser(str(path)))
+  if p.suffix == ".gguf" or (p.is_dir() and not (p / TOKENIZER_JSON).is_file() and any(p.glob("*.gguf"))):
+    from lime_jax.hf import gguf_tokenizer  # pylint: disable=import-outside-toplevel
+
+    return gguf_tokenizer.load_tokenizer(str(p), pause_tokens=pause_tokens)
   if p.is_dir():
     json_path = p / TOKENIZER_JSON
     if not json_path.is_file():
       raise ValueError(
         f"tokenizer folder {str(path)!r} holds no {TOKENIZER_JSON}; point "
-        "config.data.tokenizer at a tokenizer.json, a folder with one, or a "
-        "SentencePiece .model file."
+        "config.data.tokenizer at a tokenizer.json, a folder with one, a "
+        "SentencePiece .model file or a .gguf file."
       )
     return HFTokenizer(str(json_path), pause_tokens=pause_tokens, source=str(path))
   if not p.is_file():

@@ -6,7 +6,8 @@ last-layer representations is measured as n grows, for three prompt families:
   uniform_digits  P_n = n-1 uniform digits then 1 (so P*_n ends in 11); `collapse_samples` prompts;
   ones_commas     n ones with a comma after every third one (111,111,1...); P*_n adds one more 1.
 (A tokenizer without ',' gets the first of `+ - = space` it has, recorded as `separator`.)
-Every prompt starts with BOS, as in training. Readings of "per head", both reported:
+Every prompt starts with BOS where the tokenizer puts one (as in training; a pretrained model's own
+rule, `common.start_ids`: none for SmolLM2). Readings of "per head", both reported:
   heads   the final layer's attention-head outputs at the last token (probabilities x values of each
           head, before the output projection), L-inf per head;
   chunks  the final residual stream (last layer output, before the final norm) cut into num_heads
@@ -17,19 +18,21 @@ run with activations in float32 and in bfloat16 (parameters fp32), against the b
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lime_jax.model import ModelConfig
+from lime_jax.model import ModelConfig, Transformer, init_cache
 from lime_jax.probes import collapse_toys, common
 from lime_jax.probes.registry import Probe, ProbeContext
 
 FAMILIES = ("repeated_ones", "uniform_digits", "ones_commas")
 BF16_RESOLUTION = 2.0**-7
 _SEPARATORS = (",", "+", "-", "=", " ")
-_PROBS_BUDGET_BYTES = 1 << 29  # explicit attention probabilities kept per forward (batch is split).
+_PROBS_BUDGET_BYTES = 1 << 29  # one layer's attention + KV cache per forward (the batch is split).
 
 
 def family_texts(family: str, n: int, rng: np.random.Generator, separator: str = ",") -> tuple[str, str]:
@@ -48,6 +51,41 @@ def family_texts(family: str, n: int, rng: np.random.Generator, separator: str =
   raise ValueError(f"unknown prompt family {family!r}; use one of {FAMILIES}.")
 
 
+@functools.lru_cache(maxsize=32)
+def _last_token_fn(cfg: ModelConfig):
+  """jit of (params, ids [B, T], last [B]) -> (hidden [B, D], heads [B, N, H]) at position last[b].
+
+  The padded prompts are prefilled into a KV cache of T slots with nothing collected (the forward of the
+  full-sequence probe, same shapes, so the same numbers); `hidden` is its final residual stream at
+  `last`. Then one decoding step feeds each row's last token again at its own position `last`, with one
+  more (empty) cache slot for the step's own key / value, and collects the last layer's values and
+  attention row. Slot s holds position s, so the step's causal mask shows it slots 0..last, the
+  prefilled copy of its own key / value included: its query row is the one the full forward computes at
+  `last`, and only that row of probabilities is formed, [L, B, N, 1, T + 1], instead of every layer's
+  [B, N, T, T]."""
+  model = Transformer(cfg)
+
+  def fn(params, ids_BT, last_B):
+    B, T = ids_BT.shape
+    positions_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
+    _, out = model.apply({"params": params}, ids_BT, positions_BT, cache=init_cache(cfg, B, T, cfg.dtype))
+    hidden_BD = jnp.take_along_axis(out.h_BTD, last_B[:, None, None], axis=1)[:, 0]
+    slot = ((0, 0), (0, 0), (0, 1), (0, 0), (0, 0))  # [L, B, S, R, H]: one more slot, S = T + 1
+    cache = {**out.cache, "k": jnp.pad(out.cache["k"], slot), "v": jnp.pad(out.cache["v"], slot)}
+    token_B1 = jnp.take_along_axis(ids_BT, last_B[:, None], axis=1)
+    _, step = model.apply(
+      {"params": params}, token_B1, last_B[:, None], cache=cache, collect=("value", "attn_probs")
+    )
+    v_BSRH = step.collected["value"][-1]
+    probs_BNS = step.collected["attn_probs"][-1][:, :, 0, :]
+    R, G = v_BSRH.shape[2], cfg.num_heads // v_BSRH.shape[2]
+    probs_BRGS = probs_BNS.reshape(B, R, G, -1).astype(v_BSRH.dtype)
+    heads_BRGH = jnp.einsum("brgs,bsrh->brgh", probs_BRGS, v_BSRH)
+    return hidden_BD, heads_BRGH.reshape(B, cfg.num_heads, -1)
+
+  return jax.jit(fn)
+
+
 def last_token_representations(
   params: Any, cfg: ModelConfig, rows: list[list[int]], sharding: Any = None, num_rows: int | None = None
 ) -> dict[str, np.ndarray]:
@@ -56,26 +94,24 @@ def last_token_representations(
   Prompts are right-padded to a power-of-two length (the model is causal, so each prompt's last
   position is unaffected) and to `num_rows` rows, which keeps the number of compiled shapes small.
   `cfg` must use explicit attention. Returns `hidden` [B, D] (last layer output) and `heads` [B, N, H]
-  (each head's attention output at the last token, in the compute dtype, as the model forms it).
+  (each head's attention output at the last token, in the compute dtype, as the model forms it). Only
+  the last token's attention row is formed (`_last_token_fn`): memory per prompt is one layer's explicit
+  attention and the KV cache, not every layer's T x T probabilities.
   """
   ids_BT, lengths_B = common.pad_rows(rows, 0, num_rows)
   B, T = ids_BT.shape
-  per_row = cfg.num_layers * cfg.num_heads * T * T * 4
+  per_row = (
+    cfg.num_heads * T * (T + 1) * 4 + 2 * cfg.num_layers * (T + 1) * cfg.num_kv_heads * cfg.head_dim * 4
+  )
   step = max(1, min(B, _PROBS_BUDGET_BYTES // max(per_row, 1)))
+  fn = _last_token_fn(cfg)
   hidden, heads = [], []
   for start in range(0, B, step):
-    _, col = common.forward(
-      params, cfg, ids_BT[start : start + step], ("hidden", "value", "attn_probs"), sharding
-    )
-    last_b = jnp.asarray(lengths_B[start : start + step] - 1)
-    rows_b = jnp.arange(last_b.shape[0])
-    v_BSRH = col["value"][-1]
-    probs_BNS = col["attn_probs"][-1][rows_b, :, last_b, :]
-    R, G = v_BSRH.shape[2], cfg.num_heads // v_BSRH.shape[2]
-    probs_BRGS = probs_BNS.reshape(probs_BNS.shape[0], R, G, -1).astype(v_BSRH.dtype)
-    out_BRGH = jnp.einsum("brgs,bsrh->brgh", probs_BRGS, v_BSRH)
-    heads.append(np.asarray(out_BRGH.reshape(out_BRGH.shape[0], cfg.num_heads, -1), np.float32))
-    hidden.append(np.asarray(col["hidden"][-1][rows_b, last_b], np.float32))
+    ids = common.place_batch(np.asarray(ids_BT[start : start + step], np.int32), sharding)
+    last = common.place_batch(np.asarray(lengths_B[start : start + step] - 1, np.int32), sharding)
+    hidden_BD, heads_BNH = fn(params, ids, last)
+    hidden.append(np.asarray(hidden_BD, np.float32))
+    heads.append(np.asarray(heads_BNH, np.float32))
   return {"hidden": np.concatenate(hidden)[: len(rows)], "heads": np.concatenate(heads)[: len(rows)]}
 
 
@@ -157,7 +193,7 @@ def run(ctx: ProbeContext) -> dict:
         ctx.progress.advance(f"{dtype} {family} n={n}")
         samples = opts.collapse_samples if family == "uniform_digits" else 1
         texts = [family_texts(family, n, rng, sep or ",") for _ in range(samples)]
-        rows_ = [[tok.bos_id, *common.encode_chars(tok, t)] for pair in texts for t in pair]
+        rows_ = [[*common.start_ids(tok), *common.encode_chars(tok, t)] for pair in texts for t in pair]
         rep = last_token_representations(
           ctx.params, pcfg, rows_, ctx.batch_sharding, num_rows=2 * opts.collapse_samples
         )

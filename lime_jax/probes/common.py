@@ -138,6 +138,13 @@ def greedy_decode(
   return out[: len(prompts)]
 
 
+def start_ids(tokenizer: Any) -> list[int]:
+  """The ids a probe prompt starts with: [BOS] where the tokenizer puts one before a text (`add_bos`:
+  Llama, Gemma; not SmolLM2 or GPT-2), and always for the synthetic char / byte tokenizers, whose
+  training prompts start with BOS."""
+  return [int(tokenizer.bos_id)] if getattr(tokenizer, "add_bos", True) else []
+
+
 def prompt_ids(tokenizer: Any, question: str, num_pause: int = 0) -> list[int]:
   """BOS + the question's ids [+ pause block], as the training pipeline lays out a prompt."""
   pause = (
@@ -154,7 +161,8 @@ TEXT_TOKENS = 128  # tokens per sequence of a pretrained model's probe text (ent
 def eval_tokens(ctx: Any, num: int) -> tuple[np.ndarray, np.ndarray]:
   """(token ids [B, T], mask of the real tokens [B, T]) of `num` probe sequences: the run's held-out
   data, or for a pretrained model (`ctx.pretrained`) paragraphs of `--text_file` (blank-line separated)
-  or of the built-in sentences (`prompts.probe_sentences`), BOS + at most TEXT_TOKENS tokens each."""
+  or of the built-in sentences (`prompts.probe_sentences`): at most TEXT_TOKENS tokens each after the
+  specials the model's tokenizer puts first (`nl_tasks.encode_prompt`: BOS only where it adds one)."""
   if not ctx.pretrained:
     from lime_jax.data import pipeline  # pylint: disable=import-outside-toplevel
 
@@ -173,8 +181,9 @@ def eval_tokens(ctx: Any, num: int) -> tuple[np.ndarray, np.ndarray]:
       raise ValueError(f"--text_file={ctx.options.text_file!r} holds no text.")
   else:
     texts = prompts.probe_sentences(num, ctx.options.seed)
+  first = len(start_ids(ctx.tokenizer))
   rows = [
-    nl_tasks.encode_prompt(ctx.tokenizer, t, ctx.model_cfg.vocab_size)[: TEXT_TOKENS + 1] for t in texts
+    nl_tasks.encode_prompt(ctx.tokenizer, t, ctx.model_cfg.vocab_size)[: TEXT_TOKENS + first] for t in texts
   ]
   ids_BT, lengths_B = pad_rows(rows, 0)
   mask_BT = np.arange(ids_BT.shape[1])[None] < lengths_B[:, None]

@@ -3,9 +3,9 @@ histogram.
 
 Four tasks (sum `1+...+1`, count the ones of an all-ones sequence, count the ones of a 0/1 sequence
 with P(1)=0.7, count a word in a sentence); for each length of `--lengths`, `num_examples` held-out
-examples are answered greedily and the mean absolute error |predicted - true| over the answers that
-parse as a number is reported, with the parse rate (unparsed answers are left out of the error and
-counted there), exact-match accuracy and the histogram of predicted values. A model with its own
+examples are answered greedily and the median and mean absolute error |predicted - true| over the
+answers that parse as a number are reported, with the parse rate (unparsed answers are left out of the
+error and counted there), exact-match accuracy and the histogram of predicted values. A model with its own
 subword tokenizer is asked in natural language instead (`nl_tasks.run_counting`, `prompts.py`).
 """
 
@@ -31,29 +31,22 @@ def run(ctx: ProbeContext) -> dict:
   variants = counting_data.VARIANTS
   cfg, lengths = start_length_sweep(ctx, "counting", variants)
   task = counting_data.CountingTask(seed=int(ctx.config.seed), p_one=float(ctx.config.data.counting.p_one))
-  abs_err: dict[str, list[float | None]] = {}
-  acc: dict[str, list[float]] = {}
-  parse_rate: dict[str, list[float]] = {}
+  stats: dict[str, list[dict]] = {}
   predicted: dict[str, list[list[int | None]]] = {}
   for variant in variants:
-    abs_err[variant], acc[variant], parse_rate[variant], predicted[variant] = [], [], [], []
+    stats[variant], predicted[variant] = [], []
     num = 1 if variant in ("sum", "ones") else opts.num_examples  # one question per length
     for n in lengths:
       ctx.progress.advance(f"{variant} n={n}")
       examples = [task.example_at("test", i, n, variant) for i in range(num)]
       _, texts = answer_accuracy(ctx, cfg, examples)
       values = [parse_count(t) for t in texts]
-      stats = prompts.parse_stats(values, [int(e.answer) for e in examples])
-      abs_err[variant].append(stats["abs_error"])
-      acc[variant].append(stats["accuracy"])
-      parse_rate[variant].append(stats["parse_rate"])
+      stats[variant].append(prompts.parse_stats(values, [int(e.answer) for e in examples]))
       predicted[variant].append(values)
   return nl_tasks.counting_result(
     lengths,
     variants,
-    abs_err,
-    acc,
-    parse_rate,
+    stats,
     predicted,
     {"num_examples": opts.num_examples},
     "counting",

@@ -3,7 +3,10 @@
 `copying.run` / `counting.run` come here when the context's tokenizer is not the synthetic char / byte
 tokenizer (`is_natural_language`). Prompts and parsing are `prompts.py`; answers are decoded greedily
 with the KV cache (`lime_jax/decode.py`: prompts right-padded into one buffer per length, the cache
-shared by the rows), `MAX_NEW` tokens per style, stopping at EOS.
+shared by the rows), `prompts.max_new_tokens` per style, cut at EOS or the chat template's end of turn
+(`stop_ids`). A prompt carries the specials the model's tokenizer adds (`encode_prompt`); with
+`ProbeOptions.chat_template` (`--chat_template`) each question is one user message of the tokenizer's
+chat template, rendered text tokenised without added specials (`generate`).
 """
 
 from __future__ import annotations
@@ -28,10 +31,17 @@ def is_natural_language(tokenizer: Any) -> bool:
   return not isinstance(tokenizer, (CharTokenizer, ByteTokenizer))
 
 
-def encode_prompt(tokenizer: Any, text: str, vocab_size: int) -> list[int]:
-  """BOS (when the tokenizer has one) + the prompt's ids; refuses ids outside the model's vocabulary."""
-  bos = getattr(tokenizer, "bos_id", None)
-  ids = ([int(bos)] if bos is not None else []) + [int(i) for i in tokenizer.encode(text)]
+def encode_prompt(tokenizer: Any, text: str, vocab_size: int, specials: bool = True) -> list[int]:
+  """The prompt's ids as the model's own tokenizer gives them (`encode_with_specials`: BOS only where
+  the tokenizer adds one; a tokenizer without that method, e.g. the char / byte ones, gets BOS + ids as
+  in training); `specials=False`: the text's ids alone (a rendered chat template holds its specials).
+  Refuses ids outside the model's vocabulary."""
+  if not specials:
+    ids = [int(i) for i in tokenizer.encode(text)]
+  elif hasattr(tokenizer, "encode_with_specials"):
+    ids = [int(i) for i in tokenizer.encode_with_specials(text)]
+  else:
+    ids = [int(tokenizer.bos_id)] + [int(i) for i in tokenizer.encode(text)]
   if max(ids) >= vocab_size:
     raise ValueError(
       f"The tokenizer gives id {max(ids)} for a probe prompt, outside the model's vocabulary "
@@ -40,9 +50,46 @@ def encode_prompt(tokenizer: Any, text: str, vocab_size: int) -> list[int]:
   return ids
 
 
-def generate(params: Any, cfg: ModelConfig, tokenizer: Any, texts: Sequence[str], max_new: int) -> list[str]:
-  """Greedy continuations (decoded text, EOS excluded) of prompt texts, with the KV cache."""
-  rows = [encode_prompt(tokenizer, t, cfg.vocab_size) for t in texts]
+def require_chat_template(tokenizer: Any) -> None:
+  """Raises ValueError naming --chat_template when the tokenizer has no chat template."""
+  if not getattr(tokenizer, "chat_template", None):
+    raise ValueError(
+      f"--chat_template: the tokenizer {getattr(tokenizer, 'path', type(tokenizer).__name__)!r} has no chat "
+      "template (no chat_template in tokenizer_config.json, no chat_template.jinja beside it); drop the "
+      "flag to ask in plain text."
+    )
+
+
+def chat_prompt(tokenizer: Any, text: str) -> str:
+  """`text` as one user message in the tokenizer's chat template, ending with the assistant's header."""
+  require_chat_template(tokenizer)
+  return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+
+
+def stop_ids(tokenizer: Any) -> set[int]:
+  """Tokens that end an answer: EOS and the chat template's end of turn (`HFTokenizer.stop_ids`)."""
+  stops = {int(i) for i in getattr(tokenizer, "stop_ids", ()) or ()}
+  eos = getattr(tokenizer, "eos_id", None)
+  return stops | ({int(eos)} if eos is not None else set())
+
+
+def generate(
+  params: Any,
+  cfg: ModelConfig,
+  tokenizer: Any,
+  texts: Sequence[str],
+  max_new: int,
+  chat_template: bool = False,
+) -> list[str]:
+  """Greedy continuations (decoded text, cut before the first `stop_ids` token) of prompt texts, with
+  the KV cache. `chat_template`: each text is asked as one user message of the tokenizer's chat template
+  (`chat_prompt`), tokenised without added specials as transformers does."""
+  if chat_template:
+    rows = [
+      encode_prompt(tokenizer, chat_prompt(tokenizer, t), cfg.vocab_size, specials=False) for t in texts
+    ]
+  else:
+    rows = [encode_prompt(tokenizer, t, cfg.vocab_size) for t in texts]
   buf, lengths = common.pad_rows(rows, 0, num_rows=common.bucket(len(rows), minimum=8), extra=max_new)
   shortest = int(lengths.min())
   prefill = 1 << (shortest.bit_length() - 1)  # a power of two <= every prompt: few compiled shapes
@@ -51,17 +98,37 @@ def generate(params: Any, cfg: ModelConfig, tokenizer: Any, texts: Sequence[str]
       cfg, params, jnp.asarray(buf), jnp.asarray(lengths, jnp.int32), prefill_len=prefill
     )
   )
-  eos = getattr(tokenizer, "eos_id", None)
+  stops = stop_ids(tokenizer)
   out = []
   for i in range(len(rows)):
     new = [int(t) for t in pred[i, lengths[i] - 1 : lengths[i] - 1 + max_new]]
-    if eos is not None and eos in new:
-      new = new[: new.index(eos)]
-    out.append(tokenizer.decode(new))
+    end = next((j for j, t in enumerate(new) if t in stops), len(new))
+    out.append(tokenizer.decode(new[:end]))
   return out
 
 
+def _generate(ctx: ProbeContext, cfg: ModelConfig, texts: Sequence[str], max_new: int) -> list[str]:
+  """`generate` with the probe options' prompt format (the chat flag is passed only when on)."""
+  chat = {"chat_template": True} if ctx.options.chat_template else {}
+  return generate(ctx.params, cfg, ctx.tokenizer, texts, max_new, **chat)
+
+
+def _sample(ctx: ProbeContext, n: int, text: str, output: str, parsed: int | None) -> dict:
+  """One (prompt, output) pair kept for reading; with the chat template also the rendered prompt."""
+  sample = {"n": n, "prompt": text, "output": output, "parsed": parsed}
+  if ctx.options.chat_template:
+    sample["rendered_prompt"] = chat_prompt(ctx.tokenizer, text)
+  return sample
+
+
+def prompt_format(ctx: ProbeContext) -> str:
+  """How the questions were asked, for results.json and summary.md."""
+  return "chat template (--chat_template)" if ctx.options.chat_template else "plain text"
+
+
 def _start(ctx: ProbeContext, family: str, styles: Sequence[str]) -> tuple[ModelConfig, list[int]]:
+  if ctx.options.chat_template:
+    require_chat_template(ctx.tokenizer)
   lengths = sorted(int(n) for n in ctx.options.lengths)
   ctx.progress.start(family, len(styles) * len(lengths))
   return common.probe_model_cfg(ctx.model_cfg), lengths
@@ -76,7 +143,7 @@ def run_copying(ctx: ProbeContext) -> dict:
   samples: dict[str, list[dict]] = {}
   for s_idx, style in enumerate(prompts.COPY_STYLES):
     acc[style], parse_rate[style], canonical[style], samples[style] = [], [], [], []
-    max_new = prompts.MAX_NEW.get(style, prompts.DEFAULT_MAX_NEW)
+    max_new = prompts.max_new_tokens(style, ctx.options.chat_template)
     for n in lengths:
       ctx.progress.advance(f"{style} n={n}")
       rng = np.random.default_rng([ctx.options.seed, 1, s_idx, n])
@@ -86,14 +153,15 @@ def run_copying(ctx: ProbeContext) -> dict:
       for seq in seqs + ([paper] if paper else []):
         shots = prompts.few_shot_sequences("copying", rng) if style == "few_shot" else ()
         texts.append(prompts.copying_prompt(style, seq, shots))
-      outs = generate(ctx.params, cfg, ctx.tokenizer, texts, max_new)
-      preds = [prompts.parse_answer(o, "digit", style) for o in outs]
+      outs = _generate(ctx, cfg, texts, max_new)
+      asked = seqs + ([paper] if paper else [])
+      preds = [prompts.parse_answer(o, "digit", style, seq) for o, seq in zip(outs, asked)]
       stats = prompts.parse_stats(preds[: len(seqs)], [s[-1] for s in seqs])
       acc[style].append(stats["accuracy"])
       parse_rate[style].append(stats["parse_rate"])
       canonical[style].append(bool(preds[-1] == 0) if paper else None)
       if len(samples[style]) < _SAMPLES_PER_STYLE:
-        samples[style].append({"n": n, "prompt": texts[0], "output": outs[0], "parsed": preds[0]})
+        samples[style].append(_sample(ctx, n, texts[0], outs[0], preds[0]))
   plot = {
     "name": "copying_accuracy",
     "title": "copying (natural language): greedy accuracy vs length",
@@ -108,9 +176,11 @@ def run_copying(ctx: ProbeContext) -> dict:
     [f"copying {s} acc @ n={n}", round(a, 4)] for s in prompts.COPY_STYLES for n, a in zip(lengths, acc[s])
   ]
   summary.append(["copying parse rate (all styles)", round(overall, 4)])
+  summary.append(["copying prompts", prompt_format(ctx)])
   return {
     "metrics": {
       "prompt_format": "natural_language",
+      "chat_template": bool(ctx.options.chat_template),
       "styles": list(prompts.COPY_STYLES),
       "lengths": lengths,
       "accuracy": acc,
@@ -126,16 +196,15 @@ def run_copying(ctx: ProbeContext) -> dict:
 
 
 def run_counting(ctx: ProbeContext) -> dict:
-  """Absolute error over parsed answers, parse rate, and the histogram of predicted counts."""
+  """Absolute error (median and mean) over parsed answers, parse rate, and the histogram of predicted
+  counts."""
   cfg, lengths = _start(ctx, "counting", prompts.COUNT_STYLES)
-  abs_err: dict[str, list[float | None]] = {}
-  acc: dict[str, list[float]] = {}
-  parse_rate: dict[str, list[float]] = {}
+  stats: dict[str, list[dict]] = {}
   predicted: dict[str, list[list[int | None]]] = {}
   samples: dict[str, list[dict]] = {}
   for s_idx, style in enumerate(prompts.COUNT_STYLES):
-    abs_err[style], acc[style], parse_rate[style], predicted[style], samples[style] = [], [], [], [], []
-    max_new = prompts.MAX_NEW.get(style, prompts.DEFAULT_MAX_NEW)
+    stats[style], predicted[style], samples[style] = [], [], []
+    max_new = prompts.max_new_tokens(style, ctx.options.chat_template)
     num = ctx.options.num_examples if style == "bits" else 1  # the all-ones questions are unique
     for n in lengths:
       ctx.progress.advance(f"{style} n={n}")
@@ -143,49 +212,57 @@ def run_counting(ctx: ProbeContext) -> dict:
       seqs = [prompts.counting_items(style, n, rng) for _ in range(num)]
       shots = prompts.few_shot_sequences("counting", rng) if style == "few_shot" else ()
       texts = [prompts.counting_prompt(style, seq, shots) for seq in seqs]
-      outs = generate(ctx.params, cfg, ctx.tokenizer, texts, max_new)
-      preds = [prompts.parse_answer(o, "integer", style) for o in outs]
-      stats = prompts.parse_stats(preds, [sum(seq) for seq in seqs])
-      abs_err[style].append(stats["abs_error"])
-      acc[style].append(stats["accuracy"])
-      parse_rate[style].append(stats["parse_rate"])
+      outs = _generate(ctx, cfg, texts, max_new)
+      preds = [prompts.parse_answer(o, "integer", style, seq) for o, seq in zip(outs, seqs)]
+      stats[style].append(prompts.parse_stats(preds, [sum(seq) for seq in seqs]))
       predicted[style].append(preds)
       if len(samples[style]) < _SAMPLES_PER_STYLE:
-        samples[style].append({"n": n, "prompt": texts[0], "output": outs[0], "parsed": preds[0]})
-  return counting_result(
+        samples[style].append(_sample(ctx, n, texts[0], outs[0], preds[0]))
+  result = counting_result(
     lengths,
     prompts.COUNT_STYLES,
-    abs_err,
-    acc,
-    parse_rate,
+    stats,
     predicted,
-    {"prompt_format": "natural_language", "samples": samples, "num_examples": ctx.options.num_examples},
+    {
+      "prompt_format": "natural_language",
+      "chat_template": bool(ctx.options.chat_template),
+      "samples": samples,
+      "num_examples": ctx.options.num_examples,
+    },
     "counting (natural language)",
   )
+  result["summary"].append(["counting prompts", prompt_format(ctx)])
+  return result
+
+
+def _fmt(x: float | None) -> str:
+  return "-" if x is None else f"{x:.4g}"
 
 
 def counting_result(
   lengths: list[int],
   variants: Sequence[str],
-  abs_err: dict,
-  acc: dict,
-  parse_rate: dict,
+  stats: dict[str, list[dict]],
   predicted: dict,
   extra: dict,
   title: str,
   train_max: int | None = None,
 ) -> dict:
-  """The counting probe's result (both prompt formats): error / parse-rate plots, the histogram."""
+  """The counting probe's result (both prompt formats) from the `prompts.parse_stats` of each variant and
+  length: error / parse-rate plots, the histogram, and one summary row per variant and length with the
+  median and mean absolute error over the parsed answers and the parse rate."""
+  pick = lambda key: {v: [st[key] for st in stats[v]] for v in variants}
+  abs_err, median_err, parse_rate = pick("abs_error"), pick("median_abs_error"), pick("parse_rate")
   everything = [v for variant in variants for vals in predicted[variant] for v in vals]
   total = len(everything)
   overall = sum(v is not None for v in everything) / max(total, 1)
   err_plot = {
     "name": "counting_abs_error",
-    "title": f"{title}: mean |predicted - true| (parsed answers)",
+    "title": f"{title}: median |predicted - true| (parsed answers)",
     "xlabel": "length n",
     "ylabel": "absolute error",
     "logx": True,
-    "series": [{"label": v, "x": lengths, "y": abs_err[v]} for v in variants],
+    "series": [{"label": v, "x": lengths, "y": median_err[v]} for v in variants],
   }
   rate_plot = {
     "name": "counting_parse_rate",
@@ -207,8 +284,17 @@ def counting_result(
   }
   if train_max:
     err_plot["vlines"] = [{"x": train_max, "label": f"train max length {train_max}"}]
-  fmt = lambda e: "unparsed" if e is None else round(e, 3)
-  summary = [[f"counting {v} abs err @ n={n}", fmt(e)] for v in variants for n, e in zip(lengths, abs_err[v])]
+  summary = [
+    [
+      f"counting {v} abs err @ n={n}",
+      "unparsed"
+      if st["abs_error"] is None
+      else f"median {_fmt(st['median_abs_error'])} · mean {_fmt(st['abs_error'])} · "
+      f"parsed {st['parsed']}/{st['total']}",
+    ]
+    for v in variants
+    for n, st in zip(lengths, stats[v])
+  ]
   summary.append(["counting parse rate (all variants)", round(overall, 4)])
   hist = prompts.histogram(everything)
   top = sorted(((c, k) for k, c in hist.items() if k != "unparsed"), reverse=True)[:3]
@@ -218,7 +304,8 @@ def counting_result(
   metrics = {
     "lengths": lengths,
     "abs_error": abs_err,
-    "accuracy": acc,
+    "median_abs_error": median_err,
+    "accuracy": pick("accuracy"),
     "parse_rate": parse_rate,
     "parse_rate_overall": overall,
     "predicted": predicted,

@@ -7,7 +7,8 @@ Targets y_n: `hidden` = the last layer's output at the last position (before the
 the embedding sequence e (the model's embedding lookup, differentiated through `embeddings_BTD`).
 Exact: the full Jacobian (jax.jacrev). Hutchinson: with Rademacher u, E||u^T J_i||^2 = ||J_i||_F^2, so
 K vector-Jacobian products estimate every position's squared norm at once, with standard error
-std/sqrt(K). Prompts: BOS then uniform regular tokens of the run's vocabulary.
+std/sqrt(K). Prompts: BOS (where the tokenizer puts one, `common.start_ids`) then uniform regular tokens
+of the run's vocabulary.
 """
 
 from __future__ import annotations
@@ -96,8 +97,9 @@ def run(ctx: ProbeContext) -> dict:
   method = opts.oversquash_method
   rng = np.random.default_rng(opts.seed)
   num_special = int(getattr(tok, "num_special", 16))
+  start = common.start_ids(tok)  # BOS where the tokenizer puts one
   prompts = [
-    np.concatenate([[tok.bos_id], rng.integers(num_special, cfg.vocab_size, size=T - 1)])
+    np.concatenate([start, rng.integers(num_special, cfg.vocab_size, size=T - len(start))]).astype(np.int64)
     for _ in range(opts.oversquash_prompts)
   ]
   ctx.progress.start("oversquash", len(TARGETS) * len(prompts))

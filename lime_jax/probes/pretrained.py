@@ -2,10 +2,13 @@
 
 PATH is a local folder (or a gs:// URL, copied to a local temporary folder first) in the HF layout:
 `config.json` + `*.safetensors` (read by `lime_jax.hf.load_pretrained`) and the model's own
-`tokenizer.json` (read with the `tokenizers` library, `lime_jax.data.subword`). The probes run on those
+`tokenizer.json` (read with the `tokenizers` library, `lime_jax.data.subword`), or a GGUF file (weights,
+architecture and tokenizer from the one file, lime_jax/hf/gguf_model.py). The probes run on those
 parameters (fp32) with activations in `--dtype` (float32 or bfloat16); copying / counting ask in natural
-language (`nl_tasks.py`), entropy / separability read text (`common.eval_tokens`). Results go to DIR:
-`results.json` (with `hf` = PATH and the dtype), the PNGs and `summary.md`, as for a run.
+language (`nl_tasks.py`; `--chat_template`: as a chat user message), entropy / separability read text
+(`common.eval_tokens`). Prompts carry the special tokens the model's own tokenizer adds (BOS only where
+it adds one). Results go to DIR: `results.json` (with `hf` = PATH, the dtype and the options, among them
+`chat_template`), the PNGs and `summary.md`, as for a run.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from lime_jax import config as config_lib
 from lime_jax import sharding as shard_lib
 from lime_jax.data import subword
 from lime_jax.model.model_config import DTYPES
-from lime_jax.probes import runner
+from lime_jax.probes import nl_tasks, runner
 from lime_jax.probes.registry import ProbeOptions, get_probe
 
 _REQUIRED = ("config.json", subword.TOKENIZER_JSON)
@@ -35,6 +38,11 @@ def local_folder(path: str) -> str:
   if "://" not in str(path):
     return os.path.abspath(os.path.expanduser(path))
   remote = epath.Path(path)
+  if remote.is_file() and remote.name.endswith(".gguf"):  # one GGUF file
+    local = os.path.join(tempfile.mkdtemp(prefix="lime_hf_"), remote.name)
+    with remote.open("rb") as src, open(local, "wb") as dst:
+      shutil.copyfileobj(src, dst)
+    return local
   if not remote.is_dir():
     raise FileNotFoundError(f"--hf={path!r} does not exist (or is not a folder).")
   local = tempfile.mkdtemp(prefix="lime_hf_")
@@ -46,11 +54,16 @@ def local_folder(path: str) -> str:
 
 
 def check_folder(path: str) -> None:
-  """Raises FileNotFoundError naming what an HF folder lacks (config.json, weights, tokenizer.json)."""
+  """Raises FileNotFoundError naming what an HF folder lacks (config.json, weights, tokenizer.json); a
+  GGUF checkpoint (a .gguf file, or a folder holding one and no config.json) holds all three."""
+  from lime_jax.hf import gguf_model  # pylint: disable=import-outside-toplevel
+
+  if gguf_model.gguf_file(path):
+    return
   if not os.path.isdir(path):
     raise FileNotFoundError(
-      f"--hf={path!r} is not a folder; give a Hugging Face model folder "
-      "(config.json, *.safetensors, tokenizer.json), e.g. from save_pretrained()."
+      f"--hf={path!r} is neither a folder nor a .gguf file; give a Hugging Face model folder "
+      "(config.json, *.safetensors, tokenizer.json), e.g. from save_pretrained(), or a GGUF file."
     )
   missing = [n for n in _REQUIRED if not os.path.isfile(os.path.join(path, n))]
   if not any(n.endswith(".safetensors") for n in os.listdir(path)):
@@ -123,6 +136,9 @@ def evaluate_hf(
   if not out_dir:
     raise ValueError("--out is required with --hf (the folder that receives results.json and the plots).")
   folder = local_folder(path)
+  if options.chat_template:  # before the weights are read
+    check_folder(folder)
+    nl_tasks.require_chat_template(subword.load_tokenizer(folder))
   mesh = runner._eval_mesh()  # pylint: disable=protected-access
   config, model_cfg, params, tokenizer = load(folder, compute_dtype, mesh)
   results = runner.run_probes(

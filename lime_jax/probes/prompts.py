@@ -9,7 +9,7 @@ Copying (`COPY_STYLES`): the sequence is n-1 ones then a final digit c != 1 (the
 uniform in {0, 2..9}), asked as
   direct       What is the last digit of the following sequence? 1110\nAnswer:
   hint         the same question followed by the paper's hint "It's not necessarily a 1, check carefully."
-  cot          ... Let's think step by step.   (parsed after the last "answer", else the last number)
+  cot          ... Let's think step by step.   (parsed after the last "answer" / "=", else the last number)
   few_shot     `FEW_SHOT` worked examples (shorter sequences, other digits) before the question
   commas       the sequence written with ", " between the digits (1, 1, 1, 0)
   interleaved  n-1 alternating digits 1, 0, 1, ... then c in {2..9} (the pattern is not 1 or 0)
@@ -17,15 +17,24 @@ Counting (`COUNT_STYLES`): how many ones in n ones (direct, cot, few_shot, comma
 1+1+...+1?" and `bits` = how many ones in n digits that are 1 with probability 0.7 (the paper's p).
 The hint is a copying prompt only ("not necessarily a 1" has no counting counterpart).
 
-Parsing: copying takes the first digit of the output, counting the first integer; cot takes the number
-after the last "answer" (case-insensitive), else the last number. An output without a number is
-*unparsed*: it is left out of the error and counted in `parse_rate` (an unparsed count used to score
-as a prediction of 0).
+Parsing (`parse_answer`, given the question's sequence): copying takes the first digit that stands alone,
+counting the first plausible count, one that counts ones ("there are 4 ones") first; cot takes the
+first one after the last "answer" or "=", else the last one. Nothing inside an echo of the question
+counts (`is_echo`: the sequence, or a start of it, written out as 1111..., 1, 1, ... or 1+1+...; real
+models repeat the question, and 1111...1 used to parse as a count of 10^40), nor a number glued to a
+word ("a sequence of 1s"), and a count is at most max(100, 10 n) (`plausible_count`). An output
+without an answer is *unparsed*: it is left out of the error and counted in `parse_rate` (an unparsed
+count used to score as a prediction of 0). `parse_stats` reports the median and the mean absolute error
+over the parsed answers (exact integers, capped at `ERROR_CAP`).
+
+With the chat template (`--chat_template`) a question is one user message and the answer gets more
+tokens (`max_new_tokens`: 24, cot 96; plain text 6, cot 48).
 """
 
 from __future__ import annotations
 
 import re
+import statistics
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -39,9 +48,16 @@ COUNT_QUESTION = "How many ones are there in the following sequence?"
 FEW_SHOT = 3  # worked examples of the few-shot style.
 MAX_NEW = {"cot": 48}  # greedy tokens decoded per style (others: `DEFAULT_MAX_NEW`).
 DEFAULT_MAX_NEW = 6
+# With the chat template an answer is a sentence ("The last digit of the sequence is 0."): more tokens.
+CHAT_MAX_NEW = {"cot": 96}
+CHAT_DEFAULT_MAX_NEW = 24
 P_ONE = 0.7  # 'bits': probability of a 1 (the paper's counting setting).
+ERROR_CAP = 10**15  # absolute errors are capped here (exact in float64) before the mean.
 _INT = re.compile(r"-?\d+")
-_ANSWER = re.compile(r"answer", re.IGNORECASE)
+_DIGIT = re.compile(r"\d")
+_SPAN = re.compile(r"\d+(?:[ \t]*[,+][ \t]*\d+)*(?:[ \t]*[,+])?")  # numbers joined by ',' / '+'
+_MARK = re.compile(r"answer|=", re.IGNORECASE)  # cot: the final answer follows the last of these.
+_ONES = re.compile(r"[ \t]+ones?\b", re.IGNORECASE)  # after a count: "there are 4 ones"
 
 
 def _sequence(digits: Sequence[int], commas: bool = False) -> str:
@@ -98,6 +114,13 @@ def counting_prompt(style: str, digits: Sequence[int], shots: Sequence[Sequence[
   return _qa(COUNT_QUESTION, body)
 
 
+def max_new_tokens(style: str, chat_template: bool = False) -> int:
+  """Greedy tokens decoded for an answer of `style` (plain text or chat template)."""
+  if chat_template:
+    return CHAT_MAX_NEW.get(style, CHAT_DEFAULT_MAX_NEW)
+  return MAX_NEW.get(style, DEFAULT_MAX_NEW)
+
+
 def few_shot_sequences(family: str, rng: np.random.Generator, k: int = FEW_SHOT) -> list[list[int]]:
   """k short worked-example sequences (5..8 digits): copying repeats a digit != 1 and ends in another
   digit, counting is all ones (so the examples do not give away the query's answer)."""
@@ -112,38 +135,87 @@ def few_shot_sequences(family: str, rng: np.random.Generator, k: int = FEW_SHOT)
   return out
 
 
-def parse_answer(text: str, kind: str = "integer", style: str = "direct") -> int | None:
+def _written_forms(sequence: Sequence[int]) -> tuple[str, ...]:
+  """The ways the prompts write a sequence, without spaces: 1110, 1,1,1,0 and 1+1+1+0."""
+  digits = [str(int(d)) for d in sequence]
+  return ("".join(digits), ",".join(digits), "+".join(digits))
+
+
+def is_echo(span: str, sequence: Sequence[int]) -> bool:
+  """Whether `span` (digits, possibly joined by ',' / '+', as `_SPAN` finds them) repeats the question's
+  sequence instead of answering it: with a separator, a start of one of its `_written_forms` ('1, 1, '
+  or '1+1+' of an all-ones question); a bare number, for n >= 2, a start of its digits with at least
+  min(4, n) digits (1111 at n = 64, 11 at n = 2; 111 at n = 64 stays a count, 1 at n = 1 the answer)."""
+  norm = re.sub(r"\s", "", span)
+  forms = _written_forms(sequence)
+  if "," in norm or "+" in norm:
+    return any(form.startswith(norm) for form in forms[1:])
+  n = len(sequence)
+  return n >= 2 and len(norm) >= min(4, n) and forms[0].startswith(norm)
+
+
+def plausible_count(number: str, sequence: Sequence[int]) -> bool:
+  """Whether a number can be a count of the n digits of `sequence`: at most `max(100, 10 n)` in absolute
+  value (a longer digit string is the sequence, or a piece of it, written out) and not `is_echo`."""
+  return abs(int(number)) <= max(100, 10 * len(sequence)) and not is_echo(number.lstrip("-"), sequence)
+
+
+def _answers(text: str, kind: str, sequence: Sequence[int] | None) -> list[re.Match]:
+  """The matches in `text` that can be the answer, in order (see `parse_answer`)."""
+  if sequence is None:
+    return list((_DIGIT if kind == "digit" else _INT).finditer(text))
+  echoes = [m.span() for m in _SPAN.finditer(text) if is_echo(m.group(), sequence)]
+  found = [
+    m
+    for m in _INT.finditer(text)
+    if not any(a <= m.end() - 1 < b for a, b in echoes) and not text[m.end() : m.end() + 1].isalpha()
+  ]
+  if kind == "digit":
+    return [m for m in found if len(m.group()) == 1]
+  return [m for m in found if plausible_count(m.group(), sequence)]
+
+
+def parse_answer(
+  text: str, kind: str = "integer", style: str = "direct", sequence: Sequence[int] | None = None
+) -> int | None:
   """The answer in a model's output (None when there is none).
 
-  kind 'digit': the first digit character; 'integer': the first integer. Style 'cot': the first number
-  after the last "answer" in the output, else its last number.
+  kind 'digit': the first digit character; 'integer': the first integer. Given the question's
+  `sequence`, only what can be an answer counts: nothing inside an echo of the sequence (`is_echo`), no
+  number glued to a word ('1s', '2nd'), for 'digit' a digit standing alone (the 1 of '11' answers no
+  "last digit" question), for 'integer' a `plausible_count`, and a number that counts ones ('4 ones')
+  goes before the others. Style 'cot': the first such number after the last "answer" or "=" that has
+  one after it, else the last one (the last that counts ones first).
   """
   if kind not in ("digit", "integer"):
     raise ValueError(f"parse kind {kind!r} is unknown; use 'digit' or 'integer'.")
-  pattern = re.compile(r"\d") if kind == "digit" else _INT
+  found = _answers(text, kind, sequence)
+  if not found:
+    return None
   if style == "cot":
-    marks = list(_ANSWER.finditer(text))
-    if marks:
-      found = pattern.search(text, marks[-1].end())
-      if found:
-        return int(found.group())
-    found_all = pattern.findall(text)
-    return int(found_all[-1]) if found_all else None
-  found = pattern.search(text)
-  return int(found.group()) if found else None
+    for mark in reversed(list(_MARK.finditer(text))):
+      after = next((m for m in found if m.start() >= mark.end()), None)
+      if after is not None:
+        return int(after.group())
+  counted = [m for m in found if sequence is not None and kind == "integer" and _ONES.match(text, m.end())]
+  pick = counted or found
+  return int((pick[-1] if style == "cot" else pick[0]).group())
 
 
 def parse_stats(predicted: Sequence[int | None], truth: Sequence[int]) -> dict[str, float | int | None]:
-  """Accuracy (unparsed = wrong), parse rate, and the mean absolute error over parsed answers only
-  (None when nothing parsed)."""
+  """Accuracy (unparsed = wrong), parse rate, and the median and mean absolute error over the parsed
+  answers only (None when nothing parsed). Errors are exact integers, each capped at `ERROR_CAP` before
+  the mean (a runaway digit string must not overflow the statistics)."""
   if len(predicted) != len(truth):
     raise ValueError(f"{len(predicted)} predictions for {len(truth)} answers.")
-  parsed = [(p, t) for p, t in zip(predicted, truth) if p is not None]
+  parsed = [(int(p), int(t)) for p, t in zip(predicted, truth) if p is not None]
+  errors = sorted(min(abs(p - t), ERROR_CAP) for p, t in parsed)
   n = max(len(truth), 1)
   return {
     "accuracy": sum(p == t for p, t in parsed) / n,
     "parse_rate": len(parsed) / n,
-    "abs_error": float(np.mean([abs(p - t) for p, t in parsed])) if parsed else None,
+    "abs_error": sum(errors) / len(errors) if errors else None,
+    "median_abs_error": float(statistics.median(errors)) if errors else None,
     "parsed": len(parsed),
     "total": len(truth),
   }

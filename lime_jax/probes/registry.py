@@ -49,6 +49,7 @@ class ProbeOptions:
   mc_tasks: tuple[str, ...] = ()  # lm: multiple-choice jsonl files, TASK=PATH or PATH (lm_eval.py).
   mc_shots: int = 0  # lm: few-shot examples before each question.
   mc_limit: int = 0  # lm: questions per file (0 = all).
+  chat_template: bool = False  # copying / counting (--hf): ask each question as a chat user message.
   seed: int = 0
 
 
