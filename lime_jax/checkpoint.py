@@ -7,14 +7,22 @@ and renames it when complete, so a crash mid-save never damages an earlier check
 the model config the state was made with; restoring under a different model config fails early with the
 fields that differ (`CheckpointMismatchError`).
 
-A step whose files are missing or cannot be decoded (disk or copy damage) is told apart from a mismatch:
-`restore_newest_intact` tries the steps newest first, moves each damaged one aside to `<step>.corrupt`
-(never deleting it), logs one line naming the step and the file, and returns the newest intact step.
+Integrity: once orbax has committed a step (renamed its temporary folder; sync and async saves alike),
+process 0 writes `<step>/digests.json`, the SHA-256 of every file of the step (tmp + rename), and `meta`
+records that it will exist. Before a step is restored its files are hashed again (streamed) and compared,
+so a flipped byte anywhere in the arrays is damage, not wrong values. A step whose meta does not mention
+digests (saved before they existed) is accepted unverified.
+
+A step whose files are missing, cannot be decoded or fail their digest (disk or copy damage) is told
+apart from a mismatch: `restore_newest_intact` tries the steps newest first, moves each damaged one aside
+to `<step>.corrupt` (never deleting it), logs one line naming the step and the file, and returns the
+newest intact step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -24,10 +32,12 @@ from typing import Any, NamedTuple, TypeVar
 import grain
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from lime_jax.errors import UserError
 from lime_jax.model import model_config
 from lime_jax.model.topologies import get_topology
 
@@ -86,12 +96,21 @@ def _resolve(workdir: str) -> str:
 
 
 # ------------------------------------------------------------------------------ damage vs mismatch
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
   """The checkpoint is readable but was made for another config (model fields, tree structure, shapes)."""
 
 
-class DamagedCheckpointError(RuntimeError):
+class DamagedCheckpointError(UserError, RuntimeError):
   """A checkpoint step cannot be read: a missing, truncated or corrupt file."""
+
+
+class DamagedFileError(Exception):
+  """Raised inside a restore attempt when a file reads but holds what no clean save writes (`where`:
+  'FILE (why)'); the step is damaged."""
+
+  def __init__(self, where: str):
+    super().__init__(where)
+    self.where = where
 
 
 T = TypeVar("T")
@@ -161,18 +180,110 @@ def file_damage(step_dir: str, items: tuple[str, ...]) -> str | None:
   return None
 
 
+# ------------------------------------------------------------------------------------------- digests
+DIGESTS = "digests.json"  # in the step folder: {"algorithm": "sha256", "files": {relative path: hex}}
+_ALGORITHM = "sha256"
+_CHUNK = 1 << 22  # bytes hashed per read
+
+
+def _digest(path: epath.Path, algorithm: str = _ALGORITHM) -> str:
+  """Hex digest of a file, read in chunks (hashlib releases the GIL on large updates)."""
+  h = hashlib.new(algorithm)
+  with path.open("rb") as f:
+    while chunk := f.read(_CHUNK):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def _digests(root: epath.Path, relpaths: list[str], algorithm: str = _ALGORITHM) -> list[str | None]:
+  """Hex digests of files under `root` (None: missing)."""
+  return [_digest(root / rel, algorithm) if (root / rel).exists() else None for rel in relpaths]
+
+
+def _step_files(root: epath.Path) -> list[str]:
+  """Relative paths of every file under a step folder, except the digests file (and its temporary);
+  one listing per folder (no recursive glob: gs:// has none)."""
+
+  def walk(folder: epath.Path, prefix: str) -> list[str]:
+    out = []
+    for entry in folder.iterdir():
+      out += walk(entry, f"{prefix}{entry.name}/") if entry.is_dir() else [f"{prefix}{entry.name}"]
+    return out
+
+  return sorted(p for p in walk(root, "") if not p.startswith(DIGESTS))
+
+
+def write_digests(step_dir: str) -> dict[str, Any]:
+  """Hashes every file of a committed step into `<step>/digests.json` (written to a temporary name,
+  then renamed, so a reader sees a whole file or none); returns the record."""
+  root = epath.Path(step_dir)
+  relpaths = _step_files(root)
+  files = dict(zip(relpaths, _digests(root, relpaths)))
+  record = {"algorithm": _ALGORITHM, "files": files}
+  tmp = root / f"{DIGESTS}.tmp"
+  tmp.write_text(json.dumps(record, indent=1))
+  tmp.replace(root / DIGESTS)
+  return record
+
+
+def _expects_digests(root: epath.Path) -> bool:
+  """Whether the step's meta says digests.json was to be written (steps saved before digests: no)."""
+  try:
+    return bool(json.loads((root / "meta" / "metadata").read_text()).get("digests"))
+  except (OSError, ValueError, AttributeError):
+    return False
+
+
+def digest_damage(step_dir: str, items: tuple[str, ...]) -> str | None:
+  """'FILE (reason)' for the first file of the step's `items` (and its top-level files) whose digest
+  differs from the one recorded at save, or that is missing; None when all match or the step predates
+  digests. Several processes split the files and agree on the verdict."""
+  root = epath.Path(step_dir)
+  path = root / DIGESTS
+  if not path.exists():
+    return f"{path} (missing: the save did not finish)" if _expects_digests(root) else None
+  try:
+    record = json.loads(path.read_text())
+    algorithm, files = record["algorithm"], dict(record["files"])
+  except (ValueError, KeyError, TypeError):
+    return f"{path} (not valid JSON)"
+  todo = [rel for rel in sorted(files) if "/" not in rel or rel.split("/", 1)[0] in items]
+  index, count = jax.process_index(), jax.process_count()
+  mine = list(range(index, len(todo), count))
+  found = _digests(root, [todo[i] for i in mine], algorithm)
+  first_bad = next((i for i, got in zip(mine, found) if got != files[todo[i]]), len(todo))
+  if count > 1:
+    first_bad = int(np.min(multihost_utils.process_allgather(np.asarray(first_bad, np.int64))))
+  if first_bad == len(todo):
+    return None
+  bad = root / todo[first_bad]
+  if not bad.exists():
+    return f"{bad} (missing; listed in {DIGESTS})"
+  return f"{bad} ({algorithm} differs from the digest recorded when the step was saved: the file changed)"
+
+
+def verify_step(step_dir: str, items: tuple[str, ...] = ("state",)) -> None:
+  """Raises DamagedCheckpointError naming the file when the step's files are damaged (see
+  `file_damage`, `digest_damage`)."""
+  problem = file_damage(step_dir, items) or digest_damage(step_dir, items)
+  if problem:
+    raise DamagedCheckpointError(f"Checkpoint {step_dir} is damaged ({problem}).")
+
+
 def _try_step(
   directory: str, step: int, attempt: Callable[[int], T], items: tuple[str, ...]
 ) -> tuple[T | None, str | None]:
   """(attempt(step), None), or (None, 'FILE: reason') if the step is damaged. A mismatch propagates."""
   step_dir = os.path.join(directory, str(step))
-  problem = file_damage(step_dir, items)
+  problem = file_damage(step_dir, items) or digest_damage(step_dir, items)
   if problem:
     return None, problem
   try:
     return attempt(step), None
   except (CheckpointMismatchError, MemoryError):
     raise
+  except DamagedFileError as e:
+    return None, e.where
   except Exception as e:  # any read or decode failure of the step's files: damage, not a mismatch
     if any(code in f"{e} {_root_message(e)}" for code in _NOT_DAMAGE):
       raise
@@ -271,6 +382,39 @@ class DataRestore(ocp.args.CheckpointArgs):
   item: Any
 
 
+class _DigestingManager(ocp.CheckpointManager):
+  """orbax's CheckpointManager, writing `digests.json` once a step has committed.
+
+  `_finalize_checkpoint(step)` runs after the step's temporary folder was renamed (in the finalize thread
+  of an async save, inline for a sync one); `Checkpointer.wait` writes any digest this hook missed (an
+  orbax without it), so the only window without a digest is between the rename and the hash.
+  """
+
+  def _finalize_checkpoint(self, step: int):
+    result = super()._finalize_checkpoint(step)
+    ensure_digests(str(self.directory), step)
+    return result
+
+
+def ensure_digests(directory: str, step: int) -> None:
+  """Writes `<step>/digests.json` on process 0 when the committed step has none."""
+  root = epath.Path(directory) / str(step)
+  if jax.process_index() == 0 and root.is_dir() and not (root / DIGESTS).exists():
+    write_digests(str(root))
+
+
+def check_data_position(state: Any, step: int, where: str) -> None:
+  """Raises DamagedFileError when a restored index iterator's `next_index` (the batches it has yielded:
+  the step, in every process) is not `step`: an edited or mixed-up `data` item (stream iterators, whose
+  state is a cursor, are not checked here; their files are covered by the digests)."""
+  position = state.get("next_index") if isinstance(state, dict) else None
+  if position is not None and int(position) != step:
+    raise DamagedFileError(
+      f"{where} (data iterator at batch {position}, but the state is at step {step}; a clean save "
+      "always has them equal)"
+    )
+
+
 class Checkpointer:
   """Saves and restores (train state, data iterator, meta) under WORKDIR/checkpoints."""
 
@@ -279,10 +423,11 @@ class Checkpointer:
     self._options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save
     )
+    self._saved: list[int] = []  # steps saved by this object: `wait` writes any digests the hook missed
     self.manager = self._open()
 
   def _open(self) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(
+    return _DigestingManager(
       self.directory,
       options=self._options,
       item_handlers={
@@ -299,10 +444,13 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, step: int, state: Any, data_iterator: Any, meta: dict, force: bool = False) -> bool:
-    args = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+    """Saves a step (async when so configured); its digests follow once it has committed."""
+    args = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave({**meta, "digests": DIGESTS})}
     if data_iterator is not None:
       args["data"] = DataSave(data_iterator)
-    return self.manager.save(step, args=ocp.args.Composite(**args), force=force)
+    saved = self.manager.save(step, args=ocp.args.Composite(**args), force=force)
+    self._saved.append(step)
+    return saved
 
   def read_meta(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -344,6 +492,7 @@ class Checkpointer:
     )["state"]
     if data_iterator is not None:
       self.manager.restore(step, args=ocp.args.Composite(data=DataRestore(data_iterator)))
+      check_data_position(data_iterator.get_state(), step, f"{self.directory}/{step}/data")
     return state
 
   def restore_latest_intact(
@@ -369,10 +518,14 @@ class Checkpointer:
     return found
 
   def wait(self) -> None:
+    """Waits for the pending save; every step saved so far then has its digests."""
     self.manager.wait_until_finished()
+    for step in self._saved:
+      ensure_digests(self.directory, step)
+    self._saved = []
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    self.wait()
     self.manager.close()
 
 
@@ -393,7 +546,8 @@ def abstract_like(tree: Any) -> Any:
 
 def restore_raw_state(workdir: str, step: int | None = None) -> tuple[int, Any]:
   """(step, state as saved: nested dicts of arrays on one local device) from WORKDIR/checkpoints, latest
-  by default; the checkpoint may come from any mesh and process count."""
+  by default; the checkpoint may come from any mesh and process count. A damaged step raises
+  DamagedCheckpointError naming the file (`verify_step`)."""
   directory = os.path.join(_resolve(workdir), "checkpoints")
   if not epath.Path(directory).is_dir():
     raise FileNotFoundError(f"No checkpoints in {workdir!r}: expected {directory}. Check --workdir.")
@@ -403,6 +557,7 @@ def restore_raw_state(workdir: str, step: int | None = None) -> tuple[int, Any]:
     step = manager.latest_step()
   if step is None or step not in steps:
     raise FileNotFoundError(f"Checkpoint step {step} not found in {directory}; available: {sorted(steps)}.")
+  verify_step(os.path.join(directory, str(step)), ("state",))
   # Onto this process's first device, whatever mesh and process count wrote it.
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(

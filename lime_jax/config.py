@@ -11,10 +11,13 @@ eval and mesh sections are written here.
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import Any
 
 import ml_collections
 
 from lime_jax.data import copying, counting, multiplication, tasks
+from lime_jax.errors import ConfigError
 from lime_jax.model import model_config
 from lime_jax.model.model_config import LimeConfig, ModelConfig
 
@@ -104,6 +107,9 @@ def default_config() -> ml_collections.ConfigDict:
   d.text.files = ""  # 'files': comma-separated globs of the train shards, e.g. 'data/train-*.parquet'.
   d.text.eval_files = ""  # 'files': globs of the held-out shards ('' = none: set them for eval).
   d.text.file_format = "auto"  # 'auto' (from the extension) | 'parquet' | 'jsonl' | 'txt'.
+  # Bytes of a txt / jsonl shard that are not UTF-8: 'strict' (fail naming the file, line and byte),
+  # 'replace' (U+FFFD) or 'ignore' (dropped).
+  d.text.decode_errors = "strict"
   # Tokenizer of the text (and of any task that reads it): '' = the task's own (text: UTF-8 bytes, 272 ids);
   # else a tokenizer.json, a folder with one (HF layout) or a SentencePiece .model (data/subword.py).
   d.tokenizer = ""
@@ -156,7 +162,37 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def _fail(field: str, value, fix: str) -> None:
-  raise ValueError(f"config.{field}={value!r} is invalid: {fix}")
+  raise ConfigError(f"config.{field}={value!r} is invalid: {fix}")
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+  """{'train.learning_rate': 0.001, ...}: the leaves of a config (ConfigDict or its JSON dict)."""
+  out: dict[str, Any] = {}
+  for key, value in node.items() if isinstance(node, (ml_collections.ConfigDict, dict)) else ():
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      out.update(flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
+def non_finite_fields(config: Any) -> dict[str, Any]:
+  """{dotted name: value} of the float fields (or tuples of floats) holding NaN or +-Inf."""
+  return {
+    k: v
+    for k, v in flatten(config).items()
+    if any(isinstance(x, float) and not math.isfinite(x) for x in (v if isinstance(v, list) else [v]))
+  }
+
+
+def config_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+  """'field: old -> new' for each leaf that differs between two configs (JSON dicts), sorted by name."""
+  a, b = flatten(before), flatten(after)
+  return [
+    f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
+    for k in sorted(a.keys() | b.keys())
+    if a.get(k) != b.get(k)
+  ]
 
 
 def _check_choice(field: str, value, choices) -> None:
@@ -303,6 +339,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   Runs before any array is allocated or any function is compiled.
   """
   m, d, t = c.model, c.data, c.train
+  for name, value in non_finite_fields(c).items():  # NaN passes every `<=` check below
+    _fail(name, value, "must be a finite number (NaN and Inf are refused).")
   _check_typed_fields(m, ModelConfig, "model")  # every choice and bool of config.model
   for name in ("num_layers", "d_model", "num_heads", "ffn_dim"):
     if int(m[name]) <= 0:
@@ -426,6 +464,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     )
   _check_choice("data.text.source", d.text.source, ("tfds", "files"))
   _check_choice("data.text.file_format", d.text.file_format, ("auto", "parquet", "jsonl", "txt"))
+  _check_choice("data.text.decode_errors", d.text.decode_errors, ("strict", "replace", "ignore"))
   if d.task == "text" and d.text.source == "files" and not d.text.files:
     _fail(
       "data.text.files",

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 from absl import app, flags
 
+from lime_jax.model.model_config import DTYPES
+
 
 def define_flags() -> None:
   """The CLI's flags; defined only when run as a program, so importing this module defines none."""
   flags.DEFINE_string("workdir", None, "The lime_jax run directory (checkpoints/ inside).")
   flags.DEFINE_integer("step", None, "Checkpoint step; default: the newest intact one.")
   flags.DEFINE_string("gguf", None, "A .gguf file to convert instead of a run (with its tokenizer).")
-  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "--gguf: dtype of the written weights.")
+  flags.DEFINE_enum("dtype", "float32", list(DTYPES), "--gguf: dtype of the written weights.")
   flags.DEFINE_string("out", None, "Output folder for config.json + model.safetensors.")
   flags.mark_flags_as_required(["out"])
   flags.register_validator(

@@ -17,9 +17,10 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 
-from lime_jax import answer_eval, caches, init_from, lm_eval, timing, writers
+from lime_jax import answer_eval, caches, init_from, lm_eval, timing, workdir_lock, writers
 from lime_jax import checkpoint as ckpt_lib
 from lime_jax import config as config_lib
 from lime_jax import flops as flops_lib
@@ -27,11 +28,49 @@ from lime_jax import optimizer as opt_lib
 from lime_jax import sharding as shard_lib
 from lime_jax import train_step as step_lib
 from lime_jax.data import pipeline
+from lime_jax.errors import UserError
 from lime_jax.model import ModelConfig, Transformer, init_params
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
   """The loss or gradient norm became NaN/Inf; the last good checkpoint is kept."""
+
+
+def non_finite_message(
+  step: int,
+  values: dict[str, float],
+  last_good: int | None,
+  start_step: int,
+  directory: str,
+  config: ml_collections.ConfigDict,
+) -> str:
+  """What a NaN/Inf loss at `step` means: the real last good checkpoint (or none) and the likely causes,
+  most likely first."""
+  kept = (
+    f"The last good checkpoint is step {last_good} in {directory}; rerunning resumes from it."
+    if last_good is not None
+    else f"No checkpoint was written yet ({directory} has none from this run); rerunning starts at step 0."
+  )
+  causes = [
+    "the learning rate is too high for this model: lower train.learning_rate, raise "
+    "train.warmup_steps or set train.grad_clip (e.g. 1.0)",
+  ]
+  if config.model.compute_dtype != "float32":
+    causes.append(f"model.compute_dtype={config.model.compute_dtype!r} overflowed: try 'float32'")
+  if config.data.task == "text":
+    causes.append("a batch holds unusual text (e.g. very long repeats): check the shards the run reads")
+  if last_good is not None and step == start_step + 1 and start_step == last_good:
+    causes.insert(
+      0,
+      f"step {start_step}, just restored, holds bad values: evaluate it (python -m lime_jax.evaluate "
+      f"--workdir=... --step={start_step}) or move {directory}/{start_step} aside to resume from an "
+      "older step",
+    )
+  listed = "; ".join(f"({i}) {c}" for i, c in enumerate(causes, 1))
+  return (
+    f"Non-finite loss/grad at step {step} (loss={values['loss']}, grad_norm={values['grad_norm']}). {kept} "
+    f"Likely causes, most likely first: {listed}."
+  )
 
 
 @dataclasses.dataclass
@@ -238,19 +277,41 @@ def _is_finite(values: dict[str, float]) -> bool:
   return all(np.isfinite(values[k]) for k in ("loss", "grad_norm"))
 
 
+def save_config(workdir: str, config: ml_collections.ConfigDict, start_step: int) -> None:
+  """config.json (this run's config) and config.<start_step>.json (the config of the segment that trains
+  from `start_step`), so resuming with other values keeps the record of every segment. A config.json
+  written before these records existed is kept as config.before-<start_step>.json when it differs."""
+  text = config.to_json_best_effort(indent=2)
+  root = epath.Path(workdir)
+  old = root / "config.json"
+  if old.exists() and not list(root.glob("config.[0-9]*.json")) and old.read_text() != text:
+    writers.write_text(workdir, f"config.before-{start_step}.json", old.read_text())
+  writers.write_text(workdir, f"config.{start_step}.json", text)
+  writers.write_text(workdir, "config.json", text)
+
+
 def train(
   config: ml_collections.ConfigDict, workdir: str, startup: dict[str, float] | None = None
 ) -> TrainResult:
   """Trains per `config`, checkpointing into `workdir`; resumes from its latest checkpoint. Returns the
   final state and metrics (`TrainResult`). `startup`: phases timed before the call (e.g. `imports_s`),
-  reported with the others in compile_report.json."""
+  reported with the others in compile_report.json. The workdir is locked for the run (workdir_lock.py):
+  a second run on it fails at once with WorkdirLockedError."""
   phases = timing.Phases(startup)
   with phases("build"):
     run = build(config)
+  writers.make_dirs(workdir)  # a local path or a gs:// URL
+  say = print if jax.process_index() == 0 else (lambda line: None)
+  with workdir_lock.held(workdir, log=say):
+    return _train(run, workdir, phases)
+
+
+def _train(run: Run, workdir: str, phases: timing.Phases) -> TrainResult:
+  """`train` once the run is built and the workdir locked."""
+  config = run.config
   t = config.train
   cache_dir = caches.setup_compilation_cache(t.compilation_cache_dir)  # before the first compile
   is_lead = jax.process_index() == 0
-  writers.make_dirs(workdir)  # a local path or a gs:// URL
   writer = writers.MetricWriter(workdir, t.num_steps, enabled=is_lead)
   writer.add_sink(writers.make_wandb_sink(config, workdir, is_lead))  # None unless train.wandb.project
   checkpointer = ckpt_lib.Checkpointer(workdir, t.keep_checkpoints, t.async_checkpoint)
@@ -268,6 +329,16 @@ def train(
   if latest is not None:
     state = found.value
     writer.text(f"Resumed from {checkpointer.directory}/{latest}.")
+    changes = config_lib.config_changes(
+      checkpointer.read_meta(latest).get("config", {}), json.loads(config.to_json_best_effort())
+    )
+    if changes:
+      writer.text(
+        f"The config differs from the one saved with step {latest} ({len(changes)} fields: "
+        + "; ".join(changes[:8])
+        + ("; ..." if len(changes) > 8 else "")
+        + f"); config.{latest}.json records the new one, earlier config.<step>.json files the old."
+      )
   elif found.moved:
     data_iter = pipeline.make_train_iterator(config, jax.process_index(), jax.process_count())
     writer.text(
@@ -287,7 +358,7 @@ def train(
   # only evaluates its final step again, so that step's eval record is dropped too (one per step).
   writer.start_at(start_step, redo_final_eval=start_step >= t.num_steps)
   if is_lead:
-    writers.write_text(workdir, "config.json", config.to_json_best_effort(indent=2))
+    save_config(workdir, config, start_step)
 
   train_step = jit_train_step(run)
   eval_step = jit_eval_step(run)
@@ -346,9 +417,7 @@ def train(
     values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
     if not _is_finite(values):
       raise NonFiniteLossError(
-        f"Non-finite loss/grad at step {step} (loss={values['loss']}, grad_norm={values['grad_norm']}). "
-        f"The last good checkpoint is step {last_good} in {checkpointer.directory}. Lower "
-        "train.learning_rate, raise train.warmup_steps or enable train.grad_clip, then rerun to resume."
+        non_finite_message(step, values, last_good, start_step, checkpointer.directory, config)
       )
     last_values = values
     if "first_step_s" not in phases.seconds:

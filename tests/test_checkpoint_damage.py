@@ -1,6 +1,7 @@
 """A damaged checkpoint does not stop a run: `main` and `evaluate` move it aside to <step>.corrupt, name
-the step and the file, and use the newest intact step; a config mismatch is reported as such; a resumed
-run keeps one metrics record per step; a misspelt --config field names the nearest valid one.
+the step and the file, and use the newest intact step; bytes changed after the save fail the step's
+digests; a data iterator position that is not the step is damage; a config mismatch is reported as such;
+a resumed run keeps one metrics record per step; a misspelt --config field names the nearest valid one.
 
 One tiny run (checkpoints 20, 30, 40) is trained per module; each test damages a copy of it."""
 
@@ -37,7 +38,7 @@ def trained(tmp_path_factory):
 
 def copy_of(trained, tmp_path):
   workdir = tmp_path / "run"
-  shutil.copytree(trained, workdir)
+  shutil.copytree(trained, workdir, ignore=shutil.ignore_patterns("lock.json"))
   return workdir
 
 
@@ -108,8 +109,18 @@ def test_train_moves_a_damaged_step_aside_and_resumes_from_the_newest_intact(tra
   assert_same_state(workdir, trained, 40)
 
 
+def as_saved_before_digests(step_dir):
+  """A step as saved before digests existed: no digests.json, and a meta that does not promise one."""
+  (step_dir / ckpt_lib.DIGESTS).unlink()
+  meta = json.loads((step_dir / "meta" / "metadata").read_text())
+  del meta["digests"]
+  (step_dir / "meta" / "metadata").write_text(json.dumps(meta))
+
+
 def test_main_binary_survives_random_bytes_in_the_latest_state(trained, tmp_path):
+  """Without digests (a step saved before them), orbax's decode error is the damage."""
   workdir = copy_of(trained, tmp_path)
+  as_saved_before_digests(workdir / "checkpoints" / "40")
   relpath, noise = random_bytes(workdir / "checkpoints" / "40")
   proc = _run(
     [
@@ -127,6 +138,86 @@ def test_main_binary_survives_random_bytes_in_the_latest_state(trained, tmp_path
   assert "ZSTD" in line and f"moved it to {workdir}/checkpoints/40.corrupt" in line
   assert f"Resumed from {workdir}/checkpoints/30." in proc.stdout
   assert (workdir / "checkpoints" / "40.corrupt" / relpath).read_bytes() == noise  # moved, not deleted
+  assert_same_state(workdir, trained, 40)
+
+
+# --------------------------------------------------------------------------------------------- digests
+def flip_bytes(path, offset: int, n: int = 4) -> None:
+  data = bytearray(path.read_bytes())
+  for i in range(offset, offset + n):
+    data[i] ^= 0xFF
+  path.write_bytes(bytes(data))
+
+
+def largest_data_file(step_dir):
+  """The largest OCDBT data file of the state (array chunks)."""
+  return max((step_dir / "state" / "ocdbt.process_0" / "d").iterdir(), key=lambda p: p.stat().st_size)
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_digests_are_written_once_orbax_has_committed_the_step(tmp_path, async_save):
+  checkpointer = ckpt_lib.Checkpointer(str(tmp_path), async_save=async_save)
+  state = {"w": jax.numpy.arange(1000.0), "b": jax.numpy.ones((3, 4))}
+  checkpointer.save(7, state, None, {"step": 7}, force=True)
+  checkpointer.manager.wait_until_finished()  # orbax's own wait: the commit hook wrote them
+  step_dir = tmp_path / "checkpoints" / "7"
+  record = json.loads((step_dir / ckpt_lib.DIGESTS).read_text())
+  assert record["algorithm"] == "sha256" and "state/_METADATA" in record["files"]
+  assert ckpt_lib.digest_damage(str(step_dir), ("state", "meta")) is None
+  assert ckpt_lib.Checkpointer(str(tmp_path)).all_steps() == [7]  # orbax ignores the extra file
+  checkpointer.close()
+
+
+def test_flipped_bytes_in_array_data_are_damage_in_main_evaluate_and_raw_restores(trained, tmp_path, capsys):
+  workdirs = [copy_of(trained, tmp_path / name) for name in ("main", "evaluate")]
+  for workdir in workdirs:
+    target = largest_data_file(workdir / "checkpoints" / "40")
+    flip_bytes(target, target.stat().st_size // 2)
+  relpath = os.path.relpath(target, workdirs[1] / "checkpoints")
+  with pytest.raises(ckpt_lib.DamagedCheckpointError, match=rf"{relpath} \(sha256 differs"):
+    ckpt_lib.restore_raw_state(str(workdirs[0]), 40)
+
+  train_lib.train(tiny_config(**STEPS), str(workdirs[0]))
+  log = capsys.readouterr().out
+  assert f"Checkpoint step 40 is damaged ({workdirs[0]}/checkpoints/{relpath} (sha256 differs" in log, log
+  assert (
+    f"Resumed from {workdirs[0]}/checkpoints/30." in log and "learning_rate" not in log.split("Resumed")[0]
+  )
+  assert_same_state(workdirs[0], trained, 40)  # the redone step 40 is the clean run's
+
+  step, _, _ = runner.restore_params(str(workdirs[1]))
+  assert step == 30 and f"{relpath} (sha256 differs" in capsys.readouterr().err
+  assert checkpoint_dirs(workdirs[1]) == ["20", "30", "40.corrupt"]
+
+
+def test_a_step_saved_before_digests_is_accepted_and_a_promised_missing_one_is_damage(trained, tmp_path):
+  workdir = copy_of(trained, tmp_path)
+  step_dir = workdir / "checkpoints" / "40"
+  items = ("state", "meta", "data")
+  (step_dir / ckpt_lib.DIGESTS).unlink()  # killed between orbax's commit and the digests
+  assert (
+    ckpt_lib.digest_damage(str(step_dir), items)
+    == f"{step_dir}/digests.json (missing: the save did not finish)"
+  )
+  as_saved_before_digests(workdir / "checkpoints" / "30")
+  assert ckpt_lib.digest_damage(str(workdir / "checkpoints" / "30"), items) is None
+  (workdir / "checkpoints" / "20" / ckpt_lib.DIGESTS).write_text("{not json")
+  assert ckpt_lib.digest_damage(str(workdir / "checkpoints" / "20"), items).endswith("(not valid JSON)")
+
+
+def test_a_data_position_that_is_not_the_step_is_damage(trained, tmp_path, capsys):
+  """An edited (or mixed-up) iterator state, even with digests that match it, is not resumed from."""
+  workdir = copy_of(trained, tmp_path)
+  step_dir = workdir / "checkpoints" / "40"
+  (step_dir / "data" / "process_0-of-1.json").write_text(json.dumps({"next_index": 37}))
+  ckpt_lib.write_digests(str(step_dir))
+  train_lib.train(tiny_config(**STEPS), str(workdir))
+  log = capsys.readouterr().out
+  assert (
+    "Checkpoint step 40 is damaged (" in log
+    and "data iterator at batch 37, but the state is at step 40" in log
+  )
+  assert f"Resumed from {workdir}/checkpoints/30." in log
   assert_same_state(workdir, trained, 40)
 
 
@@ -157,7 +248,7 @@ def test_evaluate_uses_the_newest_intact_step(trained, tmp_path, capsys):
   step, _, params = runner.restore_params(str(workdir))
   err = capsys.readouterr().err
   assert step == 20 and "step 20 is damaged" not in err
-  assert f"Checkpoint step 40 is damaged ({workdir}/checkpoints/40/state: " in err
+  assert f"Checkpoint step 40 is damaged ({workdir}/checkpoints/40/state/" in err  # the file, by digest
   assert f"Checkpoint step 30 is damaged ({workdir}/checkpoints/30/meta (missing)" in err
   assert checkpoint_dirs(workdir) == ["20", "30.corrupt", "40.corrupt"]
   _, raw = ckpt_lib.restore_raw_state(str(workdir), 20)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import re
+import signal
 
 import grain
 import numpy as np
@@ -216,3 +219,79 @@ def test_paper_presets_are_the_paper_text_setting_and_name_what_to_supply(tmp_pa
     validate(c)
   c.data.tokenizer = "gpt2/tokenizer.json"
   validate(c)
+
+
+# ------------------------------------------------------------------------------------- bad shard files
+@contextlib.contextmanager
+def deadline(seconds: int):
+  """A hang fails the test (TimeoutError) instead of blocking the suite."""
+
+  def expire(*_):
+    raise TimeoutError(f"no result within {seconds} s: the iterator hangs")
+
+  previous = signal.signal(signal.SIGALRM, expire)
+  signal.alarm(seconds)
+  try:
+    yield
+  finally:
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "txt"])
+@pytest.mark.parametrize("content", ["", "\n\n  \n\n"])
+def test_empty_or_blank_train_shards_fail_naming_the_file_and_never_hang(tmp_path, fmt, content):
+  c, _ = _config(tmp_path, fmt)
+  bad = tmp_path / f"bad.{fmt}"
+  bad.write_text(content)
+  c.data.text.files = str(bad)
+  why = "is empty (0 bytes)" if not content else "holds no document"
+  with deadline(60), pytest.raises(corpus.ShardError, match=rf"'{bad}'.* {re.escape(why)}"):
+    next(pipeline.make_train_iterator(c))
+
+
+def test_a_blank_shard_among_good_ones_fails_when_the_stream_reaches_it(tmp_path):
+  c, _ = _config(tmp_path, "jsonl", num_shards=2, docs_per_shard=2)
+  (tmp_path / "train-00002.jsonl").write_text("\n \n")
+  with deadline(60), pytest.raises(corpus.ShardError, match=r"train-00002\.jsonl' holds no document"):
+    it = pipeline.make_train_iterator(c)
+    for _ in range(50):
+      next(it)
+
+
+def test_bytes_that_are_not_utf8_name_the_file_and_line_or_are_replaced(tmp_path):
+  path = tmp_path / "latin.txt"
+  path.write_bytes("first document\n\nsecond\ncaf\u00e9 au lait\n".encode("latin1"))
+  with pytest.raises(corpus.ShardError, match=r"latin\.txt' line 4 \(byte 26\) is not UTF-8.*decode_errors"):
+    list(corpus.read_documents(str(path), "auto", "text"))
+  docs = [t for t, _ in corpus.read_documents(str(path), "auto", "text", errors="replace")]
+  assert docs == ["first document", "second\ncaf\ufffd au lait"]
+  jsonl = tmp_path / "latin.jsonl"
+  jsonl.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+  with pytest.raises(corpus.ShardError, match=r"latin\.jsonl' line 2 \(byte 28\) is not UTF-8"):
+    list(corpus.read_documents(str(jsonl), "auto", "text"))
+  c = default_config()
+  c.data.text.decode_errors = "latin1"
+  with pytest.raises(ValueError, match=r"config\.data\.text\.decode_errors"):
+    validate(c)
+
+
+def test_a_malformed_jsonl_line_names_its_line_in_the_file(tmp_path):
+  path = tmp_path / "s.jsonl"
+  lines = [json.dumps({"text": f"doc {i}"}) for i in range(5)] + ['{"text": "cut sh', "[1, 2]"]
+  path.write_text("\n".join(lines) + "\n")
+  read = corpus.read_documents(str(path), "auto", "text")
+  assert [next(read)[0] for _ in range(5)] == [f"doc {i}" for i in range(5)]
+  with pytest.raises(corpus.ShardError, match=r"s\.jsonl' line 6 is not valid JSON .*fix or delete"):
+    next(read)
+  cursor = len("\n".join(lines[:6])) + 1  # resumed past the cut line: still the file's line number
+  with pytest.raises(corpus.ShardError, match=r"s\.jsonl' line 7 has no config\.data\.text\.feature='text'"):
+    list(corpus.read_documents(str(path), "auto", "text", cursor))
+
+
+def test_a_folder_given_as_a_shard_is_named_with_the_fix(tmp_path):
+  (tmp_path / "shards").mkdir()
+  with pytest.raises(
+    corpus.ShardError, match=r"'.*/shards' is a folder, not a shard file; .*shards/\*\.parquet"
+  ):
+    corpus.list_shards(str(tmp_path / "shards"))

@@ -132,6 +132,9 @@ def test_shape_mismatch_is_reported(run_dir, tmp_path):
   meta = json.loads(meta_path.read_text())
   meta["config"]["model"]["ffn_dim"] = 48
   meta_path.write_text(json.dumps(meta))
+  from lime_jax import checkpoint as ckpt_lib
+
+  ckpt_lib.write_digests(str(copy / "checkpoints" / "4"))  # a consistent step, not a damaged one
   with pytest.raises(
     ValueError,
     match=r"do not match the shapes.*mlp.*checkpoint \(2, 32, 64\) vs config "

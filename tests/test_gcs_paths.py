@@ -119,3 +119,27 @@ def test_hf_folder_in_a_bucket_is_copied_locally(bucket):
   with pytest.raises(FileNotFoundError, match="--hf='gs://bucket/nothing' does not exist"):
     pretrained.local_folder("gs://bucket/nothing")
   assert isinstance(epath.Path("gs://bucket/hf"), epath.Path)
+
+
+def test_workdir_lock_and_checkpoint_digests_on_a_bucket(bucket):
+  """gs:// has no flock: the lock is a heartbeat file; digests list and hash the step through epath."""
+  from lime_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+  from lime_jax import workdir_lock  # pylint: disable=import-outside-toplevel
+
+  (bucket / "run").mkdir()
+  lock = workdir_lock.acquire("gs://bucket/run")
+  assert json.loads((bucket / "run" / "lock.json").read_text())["pid"] == os.getpid()
+  with pytest.raises(workdir_lock.WorkdirLockedError, match=f"pid {os.getpid()}"):
+    workdir_lock.acquire("gs://bucket/run")
+  lock.release()
+  assert not (bucket / "run" / "lock.json").exists()
+
+  step = bucket / "run" / "checkpoints" / "3"
+  (step / "state" / "d").mkdir(parents=True)
+  (step / "state" / "d" / "chunk").write_bytes(b"\x00\x01\x02\x03")
+  (step / "_CHECKPOINT_METADATA").write_text("{}")
+  url = "gs://bucket/run/checkpoints/3"
+  assert sorted(ckpt_lib.write_digests(url)["files"]) == ["_CHECKPOINT_METADATA", "state/d/chunk"]
+  assert ckpt_lib.digest_damage(url, ("state",)) is None
+  (step / "state" / "d" / "chunk").write_bytes(b"\x00\x01\x02\x04")
+  assert ckpt_lib.digest_damage(url, ("state",)).startswith(f"{url}/state/d/chunk (sha256 differs")

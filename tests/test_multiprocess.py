@@ -168,3 +168,39 @@ def test_sigterm_to_one_process_stops_all_at_one_checkpointed_step(tmp_path):
   assert final["status"] == "preempted" and 3 <= final["step"] < 400, final
   assert ckpt_lib.Checkpointer(str(workdir)).all_steps() == [final["step"]]
   assert f"Signal 15: checkpointed step {final['step']}" in logs[0]
+
+
+def test_a_locked_workdir_stops_every_process_and_digests_are_checked_by_all(tmp_path):
+  """Process 0 takes the workdir lock for all; when another run holds it, every process fails at once
+  (process 0 naming the holder) instead of waiting in a collective. Unlocked, two processes train, and on
+  resume split the digests of a damaged step between them and agree to move it aside."""
+  from lime_jax import workdir_lock  # pylint: disable=import-outside-toplevel
+
+  workdir = tmp_path / "multi"
+  workdir.mkdir()
+  dist = dict(LIME_COORDINATOR=f"localhost:{free_port()}", LIME_NUM_PROCESSES="2")
+
+  def both(*args: str) -> tuple[list[int], list[str]]:
+    procs = [start_main(workdir, 2, *args, LIME_PROCESS_ID=str(i), **dist) for i in range(2)]
+    codes = wait_all(procs, TIMEOUT_S)
+    return codes, [read_log(tmp_path / f"multi{i}.log") for i in range(2)]
+
+  with workdir_lock.held(str(workdir)):
+    codes, logs = both("--config.train.num_steps=2")
+  assert codes == [1, 1], "\n\n".join(logs)
+  assert f"is in use by another training run: pid {os.getpid()}" in logs[0]
+  assert "process 0 could not lock --workdir" in logs[1]
+  assert not (workdir / "checkpoints").exists()
+
+  codes, logs = both("--config.train.num_steps=2", "--config.train.checkpoint_every=1")
+  assert codes == [0, 0], "\n\n".join(logs)
+  data = workdir / "checkpoints" / "2" / "state" / "ocdbt.process_1" / "d"
+  target = max(data.iterdir(), key=lambda p: p.stat().st_size)
+  blob = bytearray(target.read_bytes())
+  blob[len(blob) // 2] ^= 0xFF
+  target.write_bytes(bytes(blob))
+  codes, logs = both("--config.train.num_steps=3", "--config.train.checkpoint_every=1")
+  assert codes == [0, 0], "\n\n".join(logs)
+  assert f"Checkpoint step 2 is damaged ({target} (sha256 differs" in logs[0]
+  assert f"Resumed from {workdir}/checkpoints/1." in logs[0]
+  assert ckpt_lib.Checkpointer(str(workdir)).all_steps() == [1, 2, 3]

@@ -1,8 +1,12 @@
 """Streamed text corpora: shard files read with a resumable cursor, and on-the-fly packing.
 
-Start-up reads nothing but the shard listing (one glob): a shard is opened only when a grain iterator
-(in a worker process when `data.num_workers > 0`) reaches it, so the cost of starting does not grow with
-the corpus.
+Start-up reads nothing but the shard listing (one glob, with each match's type and size): a shard is
+opened only when a grain iterator (in a worker process when `data.num_workers > 0`) reaches it, so the
+cost of starting does not grow with the corpus. The listing refuses a folder or an empty (0-byte) file
+among the matches; what only reading shows (a shard with no document, bytes that are not UTF-8, a jsonl
+line that is not a JSON object with the text field) raises `ShardError` naming the file, the line and the
+fix when the shard is read (the first batch is read before the train step is compiled). A shard that
+yields no document raises, so a training stream never spins over empty shards.
 
 Shard formats (`file_format`, 'auto' takes it from the extension):
 - `parquet` (FineWeb / FineWeb-Edu layout): the text column `field`, read one row group at a time;
@@ -33,8 +37,17 @@ from typing import Any
 import grain
 import numpy as np
 
+from lime_jax.errors import UserError
+
 FORMATS = ("auto", "parquet", "jsonl", "txt")
 _EXTENSIONS = {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "txt"}
+
+
+DECODE_ERRORS = ("strict", "replace", "ignore")
+
+
+class ShardError(UserError, ValueError):
+  """A shard file that cannot be read as configured; the message names the file, the line and the fix."""
 
 
 def _fs_and_path(url: str):
@@ -56,19 +69,38 @@ def list_shards(patterns: str, field: str = "config.data.text.files") -> list[st
       continue
     fs, path = _fs_and_path(os.path.expanduser(pattern))
     if fs is None:
-      matches = sorted(glob_lib.glob(path, recursive=True))
+      found = {m: _local_info(m) for m in glob_lib.glob(path, recursive=True)}
     else:
       protocol = pattern.split("://", 1)[0]
-      matches = sorted(f"{protocol}://{m}" if "://" not in m else m for m in fs.glob(path))
-    if not matches:
+      listing = fs.glob(path, detail=True)
+      found = {
+        (f"{protocol}://{m}" if "://" not in m else m): (info.get("type") == "directory", info.get("size"))
+        for m, info in listing.items()
+      }
+    if not found:
       raise ValueError(
         f"{field}={patterns!r}: the glob {pattern!r} matches no file; point it at "
         "shards such as 'data/train-*.parquet'."
       )
-    out.extend(matches)
+    for match, (is_dir, size) in sorted(found.items()):
+      if is_dir:
+        raise ShardError(
+          f"{field}={patterns!r}: {match!r} is a folder, not a shard file; give the files inside it, "
+          f"e.g. '{match.rstrip('/')}/*.parquet' (or *.jsonl, *.txt)."
+        )
+      if size == 0:
+        raise ShardError(
+          f"{field}={patterns!r}: shard {match!r} is empty (0 bytes); remove it or narrow the glob."
+        )
+    out.extend(sorted(found))
   if not out:
     raise ValueError(f"{field} is empty; set it to a glob of parquet / jsonl / txt shards.")
   return out
+
+
+def _local_info(path: str) -> tuple[bool, int | None]:
+  """(is a folder, size in bytes) of a local path."""
+  return os.path.isdir(path), (None if os.path.isdir(path) else os.path.getsize(path))
 
 
 def shard_format(path: str, file_format: str) -> str:
@@ -89,14 +121,17 @@ def _open(path: str, mode: str = "rb"):
   return open(p, mode) if fs is None else fs.open(p, mode)
 
 
-def _parquet_documents(path: str, field: str, cursor: Any) -> Iterator[tuple[str, Any]]:
+def _parquet_documents(
+  path: str, field: str, cursor: Any, errors: str = "strict"
+) -> Iterator[tuple[str, Any]]:
+  del errors  # arrow has validated the strings
   import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
 
   group, row = cursor or (0, 0)
   with _open(path) as f:
     pf = pq.ParquetFile(f)
     if field not in pf.schema_arrow.names:
-      raise ValueError(
+      raise ShardError(
         f"parquet shard {path!r} has no column config.data.text.feature={field!r}; "
         f"its columns: {pf.schema_arrow.names}."
       )
@@ -106,71 +141,116 @@ def _parquet_documents(path: str, field: str, cursor: Any) -> Iterator[tuple[str
         yield texts[r] or "", (g, r + 1)
 
 
-def _jsonl_documents(path: str, field: str, cursor: Any) -> Iterator[tuple[str, Any]]:
+def _line_of(path: str, offset: int) -> int:
+  """1-based line number of byte `offset` of a shard (read again only to word an error)."""
+  with _open(path) as f:
+    return f.read(offset).count(b"\n") + 1
+
+
+def _decode(data: bytes, path: str, offset: int, errors: str) -> str:
+  """UTF-8 text of bytes that start at byte `offset` of `path`; a ShardError names the line and byte."""
+  try:
+    return data.decode("utf-8", errors=errors)
+  except UnicodeDecodeError as e:
+    at = offset + e.start
+    raise ShardError(
+      f"shard {path!r} line {_line_of(path, at)} (byte {at}) is not UTF-8 ({e.reason}: "
+      f"{data[e.start : e.start + 4]!r}); convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8), or "
+      "set config.data.text.decode_errors='replace' (or 'ignore')."
+    ) from None
+
+
+def _jsonl_documents(path: str, field: str, cursor: Any, errors: str = "strict") -> Iterator[tuple[str, Any]]:
   offset = int(cursor or 0)
   with _open(path) as f:
     f.seek(offset)
     for line in f:
-      offset += len(line)
+      start, offset = offset, offset + len(line)
       if not line.strip():
         continue
-      record = json.loads(line)
-      if field not in record:
-        raise ValueError(
-          f"jsonl shard {path!r} has a record without config.data.text.feature="
-          f"{field!r} (keys: {sorted(record)})."
+      try:
+        record = json.loads(_decode(line, path, start, errors))
+      except json.JSONDecodeError as e:
+        raise ShardError(
+          f"jsonl shard {path!r} line {_line_of(path, start)} is not valid JSON ({e.msg}, column "
+          f'{e.colno}); each line must be one JSON object such as {{"{field}": "..."}}: fix or delete '
+          "that line."
+        ) from None
+      if not isinstance(record, dict) or field not in record:
+        keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+        raise ShardError(
+          f"jsonl shard {path!r} line {_line_of(path, start)} has no config.data.text.feature="
+          f"{field!r} (keys: {keys}); set data.text.feature to the text's key, or fix that line."
         )
       yield str(record[field]), offset
 
 
-def _txt_documents(path: str, field: str, cursor: Any) -> Iterator[tuple[str, Any]]:
+def _txt_documents(path: str, field: str, cursor: Any, errors: str = "strict") -> Iterator[tuple[str, Any]]:
   del field
   offset = int(cursor or 0)
   with _open(path) as f:
     f.seek(offset)
     lines: list[bytes] = []
+    start = offset
     for line in f:
+      if not lines:
+        start = offset
       offset += len(line)
       if line.strip():
         lines.append(line)
       elif lines:
-        yield b"".join(lines).decode("utf-8").strip("\n"), offset
+        yield _decode(b"".join(lines), path, start, errors).strip("\n"), offset
         lines = []
     if lines:
-      yield b"".join(lines).decode("utf-8").strip("\n"), offset
+      yield _decode(b"".join(lines), path, start, errors).strip("\n"), offset
 
 
-_READERS: dict[str, Callable[[str, str, Any], Iterator[tuple[str, Any]]]] = {
+_READERS: dict[str, Callable[[str, str, Any, str], Iterator[tuple[str, Any]]]] = {
   "parquet": _parquet_documents,
   "jsonl": _jsonl_documents,
   "txt": _txt_documents,
 }
 
 
-def read_documents(path: str, file_format: str, field: str, cursor: Any = None) -> Iterator[tuple[str, Any]]:
-  """(document text, cursor after it) of shard `path` from `cursor` (None: the start)."""
-  return _READERS[shard_format(path, file_format)](path, field, cursor)
+def read_documents(
+  path: str, file_format: str, field: str, cursor: Any = None, errors: str = "strict"
+) -> Iterator[tuple[str, Any]]:
+  """(document text, cursor after it) of shard `path` from `cursor` (None: the start); `errors`: what
+  to do with bytes that are not UTF-8 (`DECODE_ERRORS`)."""
+  return _READERS[shard_format(path, file_format)](path, field, cursor, errors)
 
 
 class _ShardDocumentsIterator(grain.DatasetIterator):
-  """Documents of the shards the parent yields; state = (parent state before the shard, cursor)."""
+  """Documents of the shards the parent yields; state = (parent state before the shard, cursor). A shard
+  read from its start that yields no document raises ShardError (a stream of such shards would spin)."""
 
-  def __init__(self, parent: grain.DatasetIterator, file_format: str, field: str):
+  def __init__(self, parent: grain.DatasetIterator, file_format: str, field: str, errors: str = "strict"):
     super().__init__(parent)
-    self._format, self._field = file_format, field
+    self._format, self._field, self._errors = file_format, field, errors
     self._shard_state = self._parent.get_state()
     self._cursor: Any = None
     self._docs: Iterator[tuple[str, Any]] | None = None
+    self._path = ""
+
+  def _read(self, cursor: Any) -> Iterator[tuple[str, Any]]:
+    self._path = str(next(self._parent))
+    return read_documents(self._path, self._format, self._field, cursor, self._errors)
 
   def __next__(self) -> dict[str, Any]:
     while True:
-      if self._docs is None:
+      fresh = self._docs is None
+      if fresh:
         self._shard_state = self._parent.get_state()
-        self._docs = read_documents(str(next(self._parent)), self._format, self._field, self._cursor)
+        self._docs = self._read(self._cursor)
       try:
         text, self._cursor = next(self._docs)
         return {"text": text}
       except StopIteration:
+        if fresh and self._cursor is None:
+          raise ShardError(
+            f"shard {self._path!r} holds no document (only blank lines or no rows); remove it from "
+            "config.data.text.files / eval_files or fill it."
+          ) from None
         self._docs, self._cursor = None, None
 
   def get_state(self) -> dict[str, Any]:
@@ -185,18 +265,19 @@ class _ShardDocumentsIterator(grain.DatasetIterator):
     self._cursor = tuple(cursor) if isinstance(cursor, list) else cursor
     self._docs = None
     if cursor is not None:  # re-open the shard the state was inside of.
-      self._docs = read_documents(str(next(self._parent)), self._format, self._field, self._cursor)
+      self._docs = self._read(self._cursor)
 
 
 class ShardDocumentsIterDataset(grain.IterDataset):
-  """IterDataset of {'text': document} over an IterDataset of shard paths."""
+  """IterDataset of {'text': document} over an IterDataset of shard paths (`errors`: how bytes that are
+  not UTF-8 are decoded, `DECODE_ERRORS`)."""
 
-  def __init__(self, parent: grain.IterDataset, file_format: str, field: str):
+  def __init__(self, parent: grain.IterDataset, file_format: str, field: str, errors: str = "strict"):
     super().__init__(parent)
-    self._format, self._field = file_format, field
+    self._format, self._field, self._errors = file_format, field, errors
 
   def __iter__(self) -> grain.DatasetIterator:
-    return _ShardDocumentsIterator(self._parent.__iter__(), self._format, self._field)
+    return _ShardDocumentsIterator(self._parent.__iter__(), self._format, self._field, self._errors)
 
 
 class _PackIterator(grain.DatasetIterator):

@@ -53,7 +53,13 @@ def read_paragraphs(source_dir: str) -> list[tuple[str, list[str]]]:
     raise ValueError(f"config.data.text.source_dir={source_dir!r} holds no .txt files.")
   out = []
   for path in files:
-    text = path.read_text(encoding="utf-8").replace("\r\n", "\n")
+    try:
+      text = path.read_text(encoding="utf-8").replace("\r\n", "\n")
+    except UnicodeDecodeError as e:
+      raise corpus.ShardError(
+        f"{path} (under config.data.text.source_dir) is not UTF-8 at byte {e.start} ({e.reason}); convert "
+        "it to UTF-8 (e.g. iconv -f latin1 -t utf-8) or remove it from the folder."
+      ) from None
     paragraphs = [p.strip("\n") for p in _PARAGRAPH_BREAK.split(text)]
     out.append((str(path.relative_to(root)), [p for p in paragraphs if p.strip()]))
   return out
@@ -283,7 +289,9 @@ def document_dataset(
   ds = grain.MapDataset.source(shards)
   if train:
     ds = ds.shuffle(seed=int(config.seed)).repeat()[process_index::process_count]
-  return corpus.ShardDocumentsIterDataset(ds.to_iter_dataset(options), t.file_format, t.feature)
+  return corpus.ShardDocumentsIterDataset(
+    ds.to_iter_dataset(options), t.file_format, t.feature, t.get("decode_errors", "strict")
+  )
 
 
 def packed_stream(
