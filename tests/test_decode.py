@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from lime_jax import answer_eval, decode, metrics
 from lime_jax.model import ModelConfig, Transformer, init_params
@@ -13,8 +16,8 @@ V, T = 20, 10
 CFG = ModelConfig(vocab_size=V, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, ffn_dim=64)
 
 
-def _setup(B=4, prompt_lens=(3, 5, 4, 6)):
-  params = init_params(CFG, jax.random.key(0))
+def _setup(B=4, prompt_lens=(3, 5, 4, 6), cfg=CFG):
+  params = init_params(cfg, jax.random.key(0))
   inputs = np.array(jax.random.randint(jax.random.key(1), (B, T), 7, V))
   answer = np.zeros((B, T), np.float32)
   for b, p in enumerate(prompt_lens):
@@ -22,9 +25,9 @@ def _setup(B=4, prompt_lens=(3, 5, 4, 6)):
   return params, inputs, answer
 
 
-def _greedy_by_recomputation(params, inputs, prompt_lens):
+def _greedy_by_recomputation(params, inputs, prompt_lens, cfg=CFG):
   """Reference: for every row, feed its prompt, then append argmax tokens; full forward each step."""
-  model = Transformer(CFG)
+  model = Transformer(cfg)
   preds = np.zeros_like(inputs)
   for b, p in enumerate(prompt_lens):
     seq = list(inputs[b, :p])
@@ -45,10 +48,11 @@ def test_greedy_with_cache_equals_greedy_by_recomputation():
   params, inputs, answer = _setup()
   prompt_lens = decode.prompt_lengths(answer)
   expected = _greedy_by_recomputation(params, inputs, prompt_lens)
-  for prefill in (1, 3):  # prefill up to the shortest prompt, or a single token
+  # prefill up to the shortest prompt, or a single token; steps on the unrolled or the stacked layers
+  for prefill, unroll in ((3, True), (1, False), (3, False)):
     got = np.asarray(
       decode.greedy_predictions(
-        CFG, params, jnp.asarray(inputs), jnp.asarray(prompt_lens), prefill_len=prefill
+        CFG, params, jnp.asarray(inputs), jnp.asarray(prompt_lens), prefill_len=prefill, unroll=unroll
       )
     )
     for b, p in enumerate(prompt_lens):  # predictions from the last prompt position on
@@ -56,6 +60,38 @@ def test_greedy_with_cache_equals_greedy_by_recomputation():
   np.testing.assert_array_equal(
     decode.decode_batch(CFG, params, {"inputs": inputs, "answer_mask": answer}), got
   )
+
+
+def test_greedy_continuations_equal_greedy_by_recomputation():
+  # Larger weights than CFG's: attention then moves the argmax, so a decoding step that saw the tokens
+  # prefilled after a shorter row's prompt (random here) would give other tokens.
+  cfg = dataclasses.replace(CFG, init_std=0.3)
+  params, inputs, answer = _setup(cfg=cfg)
+  prompt_lens = decode.prompt_lengths(answer)
+  expected = _greedy_by_recomputation(params, inputs, prompt_lens, cfg)
+  new = T - max(prompt_lens) + 1  # the longest prompt's predictions reach the buffer's end
+  assert not decode.use_unrolled(cfg, params, new)  # a tiny model: the steps scan the stacked layers
+  for unroll in (True, None):
+    got = np.asarray(decode.greedy_continuations(cfg, params, inputs, prompt_lens, new, unroll=unroll))
+    assert got.shape == (4, new) and len(np.unique(got)) > 4
+    for b, p in enumerate(prompt_lens):
+      np.testing.assert_array_equal(got[b], expected[b, p - 1 : p - 1 + new])
+  wide = np.pad(inputs, ((0, 0), (0, 6)))  # a wider buffer (padding) and one new token change nothing
+  np.testing.assert_array_equal(decode.greedy_continuations(cfg, params, wide, prompt_lens, new), got)
+  np.testing.assert_array_equal(decode.greedy_continuations(cfg, params, wide, prompt_lens, 1), got[:, :1])
+
+
+def test_use_unrolled_by_loop_size_and_topology():
+  cfg = dataclasses.replace(CFG, num_layers=2)
+  params = {"layers": {"w": jax.ShapeDtypeStruct((2, 1024, 1024), jnp.float32)}}  # 4 MiB a layer
+  assert decode.UNROLL_MIN_BYTES == 1024 * 4 * 2**20
+  assert not decode.use_unrolled(cfg, params, 1023) and decode.use_unrolled(cfg, params, 1024)
+  assert decode.use_unrolled(cfg, params, 1, unroll=True)
+  assert not decode.use_unrolled(cfg, params, 10**6, unroll=False)
+  lime = dataclasses.replace(cfg, topology="lime")
+  assert not decode.use_unrolled(lime, params, 10**6)
+  with pytest.raises(ValueError, match="plain"):
+    decode.use_unrolled(lime, params, 1, unroll=True)
 
 
 def test_greedy_exact_match_equals_teacher_forced_and_per_position_counts():

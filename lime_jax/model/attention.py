@@ -62,6 +62,25 @@ def explicit_attention(
   return out_BTRGH.reshape(B, T, N, H), probs_BRGTS.reshape(B, N, T, -1)
 
 
+def one_query_attention(
+  q_B1NH: jax.Array, k_BSRH: jax.Array, v_BSRH: jax.Array, mask_B11S: jax.Array, scale: float | None = None
+) -> jax.Array:
+  """Attention of one query per row (a decoding step), [B, 1, N, H], as products and sums: no matmul.
+
+  XLA (CPU) runs the two attention matmuls of one query on layout copies (transposes) of the keys and
+  values that cost more than the products: summed in place they are read once. fp32 logits, softmax and
+  sums, the output cast to the values' dtype, as `jax.nn.dot_product_attention`."""
+  B, _, N, H = q_B1NH.shape
+  R = k_BSRH.shape[2]
+  q_B1RGH = q_B1NH.reshape(B, 1, R, N // R, H).astype(jnp.float32)
+  logits_BSRG = jnp.sum(k_BSRH[:, :, :, None, :].astype(jnp.float32) * q_B1RGH, axis=-1)
+  logits_BSRG = logits_BSRG * jnp.float32(H**-0.5 if scale is None else scale)
+  logits_BSRG = jnp.where(mask_B11S[:, 0, 0, :, None, None], logits_BSRG, jnp.finfo(jnp.float32).min)
+  probs_BSRG = jax.nn.softmax(logits_BSRG, axis=1)
+  out_BRGH = jnp.sum(probs_BSRG[..., None] * v_BSRH[:, :, :, None, :].astype(jnp.float32), axis=1)
+  return out_BRGH.reshape(B, 1, N, H).astype(v_BSRH.dtype)
+
+
 def attend(
   q_BTNH: jax.Array,
   k_BSRH: jax.Array,
@@ -96,6 +115,8 @@ def attend(
     return out_BTNH, probs_BNTS if impl == "explicit" else None
   if impl == "cudnn" and jax.default_backend() != "gpu":
     raise ValueError("config.model.attention_impl='cudnn' needs a GPU backend; use 'xla' here.")
+  if impl == "xla" and T == 1 and mask_B1TS is not None:  # a decoding step
+    return one_query_attention(q_BTNH, k_BSRH, v_BSRH, mask_B1TS, scale), None
   kwargs = {}
   if scale is not None:
     kwargs["scale"] = scale

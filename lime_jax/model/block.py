@@ -213,16 +213,24 @@ class Block(nn.Module):
 def _update_cache(
   cache: dict, k_BTRH: jax.Array, v_BTRH: jax.Array, positions_BT: jax.Array, window: Any = 0
 ):
-  """Writes the new keys/values at `cache['index']` and returns what attention reads (slot s holds
-  position s); keys outside a sliding `window` (> 0) are masked."""
+  """Writes the new keys/values at `cache['index']` and returns what attention reads; keys outside a
+  sliding `window` (> 0) are masked. Slot s holds position s, or with `cache['pos']` [B, S] (rows at
+  different positions, `init_cache(slot_positions=True)`) the position written there, which the causal
+  mask compares: a slot whose position is above every query's is never seen."""
   index = cache["index"]
   k_BSRH = jax.lax.dynamic_update_slice_in_dim(cache["k"], k_BTRH.astype(cache["k"].dtype), index, 1)
   v_BSRH = jax.lax.dynamic_update_slice_in_dim(cache["v"], v_BTRH.astype(cache["v"].dtype), index, 1)
   B, S = k_BSRH.shape[:2]
-  slot_positions_BS = jnp.broadcast_to(jnp.arange(S), (B, S))
-  filled_BS = slot_positions_BS < index + k_BTRH.shape[1]
+  new_cache = {"k": k_BSRH, "v": v_BSRH, "index": index + k_BTRH.shape[1]}
+  slots_BS = jnp.broadcast_to(jnp.arange(S), (B, S))
+  slot_positions_BS = slots_BS
+  if "pos" in cache:
+    slot_positions_BS = jax.lax.dynamic_update_slice_in_dim(
+      cache["pos"], positions_BT.astype(cache["pos"].dtype), index, 1
+    )
+    new_cache["pos"] = slot_positions_BS
+  filled_BS = slots_BS < index + k_BTRH.shape[1]
   mask_B1TS = attention.causal_mask(positions_BT, slot_positions_BS) & filled_BS[:, None, None, :]
   if not isinstance(window, int) or window:
     mask_B1TS = mask_B1TS & attention.window_mask(positions_BT, slot_positions_BS, window)
-  new_cache = {"k": k_BSRH, "v": v_BSRH, "index": index + k_BTRH.shape[1]}
   return k_BSRH.astype(k_BTRH.dtype), v_BSRH.astype(v_BTRH.dtype), new_cache, mask_B1TS

@@ -98,31 +98,101 @@ def run_plain_stack(
 
   `layer_hook` (optional, see lime_jax/model/regularizers.py): `layer_hook(l, h_BTD, aux) -> aux` after
   each block l, with the carry's aux starting from `layer_hook.init_aux()`.
+
+  `layers` may also be a list of per-layer parameters (`split_layers`), and then `cache` a list of
+  per-layer caches (`split_cache`) or None: the layers run unrolled, on weights and caches that are
+  arrays of their own. A scan slices the stacked weights and cache of layer l, and XLA (CPU) copies a
+  slice before a matmul reads it: in a decoding step of a few tokens that copy takes about half as long
+  as the matmuls (docs/benchmarks.md, "Greedy decoding vs transformers"). Unrolled, the program is L
+  layers long (compiles slower); decoding (lime_jax/decode.py `use_unrolled`) splits the weights once,
+  outside its loop.
   """
   del topo_params
   block = Block(cfg)
+  if isinstance(layers, (list, tuple)):
+    return _run_unrolled(block, layers, h_BTD, tables, cache, collect, layer_hook)
 
   def body(carry, xs):
-    params_l, cache_l, l = xs
+    params_l, l = xs
+    cache_l = None
+    if cache is not None:  # in the carry, updated in place (as scan xs / ys it is copied every call)
+      cache_l = jax.tree.map(lambda c_L: jax.lax.dynamic_index_in_dim(c_L, l, 0, False), carry["cache"])
     h_BTD, extras = block.apply({"params": params_l}, carry["h"], tables, cache=cache_l, layer=l)
-    ys = {"collected": pick_collected(extras, h_BTD, collect), "cache": extras["cache"]}
     aux = carry["aux"] if layer_hook is None else layer_hook(l, h_BTD, carry["aux"])
-    return {"h": h_BTD, "aux": aux}, ys
+    new = {"h": h_BTD, "aux": aux}
+    if cache is not None:  # write back the slots of this call's tokens only (in place)
+      new["cache"] = _write_back(carry["cache"], extras["cache"], cache_l["index"], h_BTD.shape[1], l)
+    return new, pick_collected(extras, h_BTD, collect)
 
+  init = {"h": h_BTD, "aux": {} if layer_hook is None else layer_hook.init_aux()}
+  if cache is not None:
+    init["cache"] = cache
+  carry, collected = jax.lax.scan(remat(body, cfg.remat_policy), init, (layers, jnp.arange(cfg.num_layers)))
+  return StackOutput(carry["h"], carry["aux"], collected, carry.get("cache"))
+
+
+def _write_back(cache_L: dict, cache_l: dict, index: jax.Array, T: int, l: jax.Array) -> dict:
+  """The stacked cache with layer l's slots index..index+T-1 (and its index) taken from `cache_l`."""
+  new = {"index": cache_L["index"].at[l].set(cache_l["index"])}
+  for name, c_L in cache_L.items():
+    if name != "index":  # [L, B, S, ...]: the slots are axis 2
+      tokens = jax.lax.dynamic_slice_in_dim(cache_l[name], index, T, axis=1)[None]
+      start = (l, 0, index) + (0,) * (c_L.ndim - 3)
+      new[name] = jax.lax.dynamic_update_slice(c_L, tokens.astype(c_L.dtype), start)
+  return new
+
+
+def _run_unrolled(
+  block: Block,
+  layers: Any,
+  h_BTD: jax.Array,
+  tables: LayerTables,
+  cache: list | None,
+  collect: tuple[str, ...],
+  layer_hook: Any,
+) -> StackOutput:
+  """`run_plain_stack` on per-layer parameters (and caches), one layer after the other."""
+  if cache is not None and (not isinstance(cache, (list, tuple)) or len(cache) != len(layers)):
+    raise ValueError("per-layer parameters (split_layers) need per-layer caches (split_cache) or none.")
   aux = {} if layer_hook is None else layer_hook.init_aux()
-  xs = (layers, cache, jnp.arange(cfg.num_layers))
-  carry, ys = jax.lax.scan(remat(body, cfg.remat_policy), {"h": h_BTD, "aux": aux}, xs)
-  return StackOutput(carry["h"], carry["aux"], ys["collected"], ys["cache"])
+  collected, caches = [], []
+  for l, params_l in enumerate(layers):
+    index = jnp.asarray(l, jnp.int32)
+    cache_l = None if cache is None else cache[l]
+    h_BTD, extras = block.apply({"params": params_l}, h_BTD, tables, cache=cache_l, layer=index)
+    aux = aux if layer_hook is None else layer_hook(index, h_BTD, aux)
+    collected.append(pick_collected(extras, h_BTD, collect))
+    caches.append(extras["cache"])
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *collected)
+  return StackOutput(h_BTD, aux, stacked, None if cache is None else caches)
+
+
+def split_layers(layers: Any, num_layers: int) -> list:
+  """The stacked layer parameters (leaves [L, ...]) as a list of L per-layer trees."""
+  return [jax.tree.map(lambda x, l=l: x[l], layers) for l in range(num_layers)]
+
+
+def split_cache(cache: dict) -> list[dict]:
+  """A stacked cache (`init_cache`: leaves [L, ...]) as a list of per-layer caches."""
+  return [jax.tree.map(lambda x, l=l: x[l], cache) for l in range(cache["index"].shape[0])]
 
 
 TOPOLOGY = Topology("plain", run_plain_stack, layer_hook=True)
 
 
-def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> dict:
-  """An empty decoding cache for every layer: mixed, RoPE'd keys and values, [L, B, S, R, H] each."""
+def init_cache(
+  cfg: ModelConfig, batch: int, max_len: int, dtype=jnp.float32, slot_positions: bool = False
+) -> dict:
+  """An empty decoding cache for every layer: mixed, RoPE'd keys and values, [L, B, S, R, H] each, and
+  the next slot per layer, index [L]. `slot_positions`: also the position held by each slot, pos
+  [L, B, S] (int32), for rows decoded at different positions (lime_jax/model/block.py `_update_cache`);
+  without it slot s holds position s."""
   shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
-  return {
+  cache = {
     "k": jnp.zeros(shape, dtype),
     "v": jnp.zeros(shape, dtype),
     "index": jnp.zeros((cfg.num_layers,), jnp.int32),
   }
+  if slot_positions:
+    cache["pos"] = jnp.zeros(shape[:3], jnp.int32)
+  return cache

@@ -44,15 +44,27 @@ class Transformer(nn.Module):
     embeddings_BTD: jax.Array | None = None,
     regularize: bool = False,
     answer_mask_BT: jax.Array | None = None,
+    logits_at_BK: jax.Array | None = None,
+    layer_params: list | None = None,
   ) -> tuple[jax.Array, StackOutput]:
     """`embeddings_BTD`, when given, replaces the embedding lookup of `tokens_BT` (probes differentiate
     with respect to it); `tokens_BT` then only gives the shape.
 
     `regularize=True` adds the configured regularisers' terms (Seq-VCR) to `out.aux` (training only;
-    never with a cache); `answer_mask_BT` is the batch's answer mask, for seq_vcr.positions='answer'."""
+    never with a cache); `answer_mask_BT` is the batch's answer mask, for seq_vcr.positions='answer'.
+    `logits_at_BK` (int [B, K], indices into T): the logits [B, K, V] of these positions only (a
+    decoding prefill needs one per row; the full [B, T, V] logits are not formed).
+
+    `layer_params` (topology 'plain'): params['layers'] split per layer (`stack.split_layers`), used in
+    their place, with `cache` split likewise (`stack.split_cache`) or None; the stack then runs
+    unrolled (`stack.run_plain_stack`: a decoding step without copies of the weights)."""
     cfg = self.cfg
     embed_VD = self.param("embed", normal_init(cfg.init_std), (cfg.vocab_size, cfg.d_model), cfg.pdtype)
     layers = self.param("layers", init_layer_params, cfg)
+    if layer_params is not None:
+      if cfg.topology != "plain":
+        raise ValueError(f"layer_params (per-layer weights) need topology 'plain', not {cfg.topology!r}.")
+      layers = layer_params
     topology = get_topology(cfg.topology)
     topo_params = None
     if topology.init_params is not None:
@@ -80,7 +92,10 @@ class Transformer(nn.Module):
         hook = regularizers.make_hook(cfg, proj_KDP, tokens_BT, answer_mask_BT)
     tables = layer_tables(cfg, positions_BT, decoding=cache is not None)  # once, for every layer
     out = regularizers.run_stack(topology, hook, cfg, layers, topo_params, h_BTD, tables, cache, collect)
-    h_BTD = make_norm(cfg, "final_norm")(out.h_BTD).astype(jnp.float32)
+    h_BTD = out.h_BTD
+    if logits_at_BK is not None:
+      h_BTD = jnp.take_along_axis(h_BTD, logits_at_BK[:, :, None], axis=1)  # [B, K, D]
+    h_BTD = make_norm(cfg, "final_norm")(h_BTD).astype(jnp.float32)
     if cfg.tie_embeddings:
       logits_BTV = jnp.einsum("btd,vd->btv", h_BTD, embed_VD.astype(jnp.float32))
     else:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 from lime_jax import decode
@@ -90,18 +89,14 @@ def generate(
     ]
   else:
     rows = [encode_prompt(tokenizer, t, cfg.vocab_size) for t in texts]
-  buf, lengths = common.pad_rows(rows, 0, num_rows=common.bucket(len(rows), minimum=8), extra=max_new)
-  shortest = int(lengths.min())
-  prefill = 1 << (shortest.bit_length() - 1)  # a power of two <= every prompt: few compiled shapes
-  pred = np.asarray(
-    decode.greedy_predictions(
-      cfg, params, jnp.asarray(buf), jnp.asarray(lengths, jnp.int32), prefill_len=prefill
-    )
-  )
+  buf, lengths = common.pad_rows(rows, 0, num_rows=common.bucket(len(rows), minimum=8))
+  # One prefill of every prompt, then exactly max_new steps (docs/benchmarks.md, "Greedy decoding vs
+  # transformers").
+  new_RN = np.asarray(decode.greedy_continuations(cfg, params, buf, lengths, max_new))
   stops = stop_ids(tokenizer)
   out = []
   for i in range(len(rows)):
-    new = [int(t) for t in pred[i, lengths[i] - 1 : lengths[i] - 1 + max_new]]
+    new = [int(t) for t in new_RN[i]]
     end = next((j for j, t in enumerate(new) if t in stops), len(new))
     out.append(tokenizer.decode(new[:end]))
   return out
