@@ -49,6 +49,17 @@ def _state_dict(model) -> dict[str, np.ndarray]:
   return {k: v.detach().float().numpy() for k, v in model.state_dict().items() if "rotary" not in k}
 
 
+def _random_norms_and_biases(model) -> dict[str, np.ndarray]:
+  """Draws the model's norm weights and biases (HF initialises them to 0 or 1, where a mix-up between w
+  and 1 + w or a dropped bias would not show) and returns its state dict."""
+  sd = _state_dict(model)
+  for key in sd:
+    if "norm" in key or key.endswith("bias"):
+      sd[key] = np.random.default_rng(len(key)).normal(0, 0.5, sd[key].shape).astype(np.float32)
+  model.load_state_dict({k: torch.tensor(v) for k, v in sd.items()}, strict=False)
+  return sd
+
+
 def _tokens(seed: int = 0) -> np.ndarray:
   return np.random.default_rng(seed).integers(0, V, size=(2, T))
 
@@ -236,11 +247,7 @@ def test_gemma3_gguf_equals_the_original_model(tmp_path):
     max_position_embeddings=256,
   )
   model = transformers.Gemma3ForCausalLM(cfg).eval()
-  sd = _state_dict(model)
-  for key in sd:  # HF initialises Gemma norms to w = 0 (scale 1): make them matter
-    if "norm" in key:
-      sd[key] = np.random.default_rng(len(key)).normal(0, 0.5, sd[key].shape).astype(np.float32)
-  model.load_state_dict({k: torch.tensor(v) for k, v in sd.items()}, strict=False)
+  sd = _random_norms_and_biases(model)
   path = str(tmp_path / "gemma3.gguf")
   write_model(path, "gemma3", cfg.to_dict(), sd)
   tokens = _tokens()
@@ -304,7 +311,7 @@ _OTHER_FAMILIES = {
 @pytest.mark.parametrize("arch", sorted(_OTHER_FAMILIES))
 def test_other_architectures_equal_the_original_model(tmp_path, arch):
   """Qwen2 (q/k/v biases), Qwen3 (q/k norms), Gemma (1 + w norms), Gemma 2 (four norms, soft-caps,
-  alternating windows) from GGUF equal the original model (and transformers' GGUF load of the file)."""
+  alternating windows) from GGUF equal the original model."""
   name, kwargs, extra = _OTHER_FAMILIES[arch]
   torch.manual_seed(0)
   cfg = getattr(transformers, name)(
@@ -317,11 +324,7 @@ def test_other_architectures_equal_the_original_model(tmp_path, arch):
     **kwargs,
   )
   model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
-  sd = _state_dict(model)
-  for key in sd:  # make the norms (w = 0 or 1 at init) and biases (0) matter
-    if "norm" in key or key.endswith("bias"):
-      sd[key] = np.random.default_rng(len(key)).normal(0, 0.5, sd[key].shape).astype(np.float32)
-  model.load_state_dict({k: torch.tensor(v) for k, v in sd.items()}, strict=False)
+  sd = _random_norms_and_biases(model)
   path = str(tmp_path / f"{arch}.gguf")
   types = {float: gguf.GGUFValueType.FLOAT32}
   write_model(path, arch, cfg.to_dict(), sd, extra={k: (v, types[type(v)]) for k, v in extra.items()})

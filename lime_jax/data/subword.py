@@ -373,12 +373,12 @@ class SentencePieceTokenizer(_SubwordBase):
 
 def load_tokenizer(path: str, *, pause_tokens: bool = False) -> HFTokenizer | SentencePieceTokenizer:
   """The tokenizer at `path`: a tokenizer.json, a folder holding one, a SentencePiece .model, or a GGUF
-  checkpoint (a .gguf file or a folder holding one and no tokenizer.json: its `tokenizer.ggml.*`
-  metadata, lime_jax/hf/gguf_tokenizer.py)."""
-  p = pathlib.Path(os.path.expanduser(str(path)))
-  if p.suffix == ".gguf" or (p.is_dir() and not (p / TOKENIZER_JSON).is_file() and any(p.glob("*.gguf"))):
-    from lime_jax.hf import gguf_tokenizer  # pylint: disable=import-outside-toplevel
+  checkpoint (a .gguf file or a folder holding one and no config.json: its `tokenizer.ggml.*` metadata,
+  lime_jax/hf/gguf_tokenizer.py)."""
+  from lime_jax.hf import gguf_model, gguf_tokenizer  # pylint: disable=import-outside-toplevel
 
+  p = pathlib.Path(os.path.expanduser(str(path)))
+  if gguf_model.gguf_file(str(p)):  # the one rule of what a GGUF checkpoint path is
     return gguf_tokenizer.load_tokenizer(str(p), pause_tokens=pause_tokens)
   if p.is_dir():
     json_path = p / TOKENIZER_JSON

@@ -223,9 +223,7 @@ def hf_config(ckpt: GGUFCheckpoint) -> dict[str, Any]:
   }
   if arch in ("llama", "qwen2", "qwen3"):
     hf["hidden_act"] = "silu"
-  if arch == "llama":
-    hf["attention_bias"] = "blk.0.attn_q.bias" in tensors
-  if arch == "qwen3":
+  if arch in ("llama", "qwen3"):
     hf["attention_bias"] = "blk.0.attn_q.bias" in tensors
   if arch in GEMMA_ARCHS:
     hf["hidden_activation"] = "gelu_pytorch_tanh"
