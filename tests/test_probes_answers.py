@@ -89,6 +89,14 @@ def test_digit_answers_of_real_models(text, style, sequence, want):
   assert prompts.parse_answer(text, "digit", style, sequence) == want
 
 
+def test_a_number_cut_at_the_token_budget_is_no_answer():
+  cot = " 1113 is 111 * 111 * 111 * 1"  # SmolLM2 at 48 tokens: the last 1 would have gone on
+  assert prompts.parse_answer(cot, "digit", "cot", [1, 1, 1, 3], truncated=True) is None
+  assert prompts.parse_answer(cot, "digit", "cot", [1, 1, 1, 3]) == 1
+  assert prompts.parse_answer("There are 4 ones. So 4", "integer", "cot", ONES4, truncated=True) == 4
+  assert prompts.parse_answer(" 4.", "integer", "direct", ONES4, truncated=True) == 4
+
+
 def test_echo_and_plausibility_rules():
   assert (
     prompts.is_echo("1, 1,", ONES4) and prompts.is_echo("1+1+1+1", ONES4) and not prompts.is_echo("4,", ONES4)
@@ -136,9 +144,9 @@ def test_chat_template_flag_wraps_questions_and_is_reported(monkeypatch):
 
   def fake_generate(params, cfg, tokenizer, texts, max_new, chat_template=False):
     calls.append((max_new, chat_template))
-    return [" There are 4 ones." for _ in texts]
+    return [nl_tasks.Continuation(" There are 4 ones.", True) for _ in texts]
 
-  monkeypatch.setattr(nl_tasks, "generate", fake_generate)
+  monkeypatch.setattr(nl_tasks, "continuations", fake_generate)
   monkeypatch.setattr(nl_tasks.common, "probe_model_cfg", lambda cfg: cfg)
   result = counting.run(_ctx(_ChatTok(), chat=True))
   m = result["metrics"]

@@ -116,11 +116,11 @@ def test_counting_histogram_and_parse_rate_from_fake_decoder(monkeypatch):
   the parse rate is the share of numbers, and the error counts only the parsed answers."""
   calls = []
 
-  def fake_generate(params, cfg, tokenizer, texts, max_new):
+  def fake_generate(params, cfg, tokenizer, texts, max_new, chat_template=False):
     calls.append((list(texts), max_new))
-    return [" 100" if i % 2 == 0 else " hmm" for i in range(len(texts))]
+    return [nl_tasks.Continuation(" 100" if i % 2 == 0 else " hmm", True) for i in range(len(texts))]
 
-  monkeypatch.setattr(nl_tasks, "generate", fake_generate)
+  monkeypatch.setattr(nl_tasks, "continuations", fake_generate)
   monkeypatch.setattr(nl_tasks.common, "probe_model_cfg", lambda cfg: cfg)
   result = counting.run(_ctx(_WordTok()))
   m = result["metrics"]

@@ -12,7 +12,7 @@ chat template, rendered text tokenised without added specials (`generate`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -72,14 +72,21 @@ def stop_ids(tokenizer: Any) -> set[int]:
   return stops | ({int(eos)} if eos is not None else set())
 
 
-def generate(
+class Continuation(NamedTuple):
+  """A decoded answer and whether it ended at a stop token (False: cut at the token budget)."""
+
+  text: str
+  stopped: bool
+
+
+def continuations(
   params: Any,
   cfg: ModelConfig,
   tokenizer: Any,
   texts: Sequence[str],
   max_new: int,
   chat_template: bool = False,
-) -> list[str]:
+) -> list[Continuation]:
   """Greedy continuations (decoded text, cut before the first `stop_ids` token) of prompt texts, with
   the KV cache. `chat_template`: each text is asked as one user message of the tokenizer's chat template
   (`chat_prompt`), tokenised without added specials as transformers does."""
@@ -98,19 +105,31 @@ def generate(
   for i in range(len(rows)):
     new = [int(t) for t in new_RN[i]]
     end = next((j for j, t in enumerate(new) if t in stops), len(new))
-    out.append(tokenizer.decode(new[:end]))
+    out.append(Continuation(tokenizer.decode(new[:end]), end < len(new)))
   return out
 
 
-def _generate(ctx: ProbeContext, cfg: ModelConfig, texts: Sequence[str], max_new: int) -> list[str]:
-  """`generate` with the probe options' prompt format (the chat flag is passed only when on)."""
-  chat = {"chat_template": True} if ctx.options.chat_template else {}
-  return generate(ctx.params, cfg, ctx.tokenizer, texts, max_new, **chat)
+def generate(
+  params: Any,
+  cfg: ModelConfig,
+  tokenizer: Any,
+  texts: Sequence[str],
+  max_new: int,
+  chat_template: bool = False,
+) -> list[str]:
+  """The texts of `continuations`."""
+  return [c.text for c in continuations(params, cfg, tokenizer, texts, max_new, chat_template)]
 
 
-def _sample(ctx: ProbeContext, n: int, text: str, output: str, parsed: int | None) -> dict:
-  """One (prompt, output) pair kept for reading; with the chat template also the rendered prompt."""
-  sample = {"n": n, "prompt": text, "output": output, "parsed": parsed}
+def _generate(ctx: ProbeContext, cfg: ModelConfig, texts: Sequence[str], max_new: int) -> list[Continuation]:
+  """`continuations` with the probe options' prompt format."""
+  return continuations(ctx.params, cfg, ctx.tokenizer, texts, max_new, ctx.options.chat_template)
+
+
+def _sample(ctx: ProbeContext, n: int, text: str, output: Continuation, parsed: int | None) -> dict:
+  """One (prompt, output) pair kept for reading (`stopped`: False when cut at the token budget); with
+  the chat template also the rendered prompt."""
+  sample = {"n": n, "prompt": text, "output": output.text, "stopped": output.stopped, "parsed": parsed}
   if ctx.options.chat_template:
     sample["rendered_prompt"] = chat_prompt(ctx.tokenizer, text)
   return sample
@@ -150,7 +169,9 @@ def run_copying(ctx: ProbeContext) -> dict:
         texts.append(prompts.copying_prompt(style, seq, shots))
       outs = _generate(ctx, cfg, texts, max_new)
       asked = seqs + ([paper] if paper else [])
-      preds = [prompts.parse_answer(o, "digit", style, seq) for o, seq in zip(outs, asked)]
+      preds = [
+        prompts.parse_answer(o.text, "digit", style, seq, not o.stopped) for o, seq in zip(outs, asked)
+      ]
       stats = prompts.parse_stats(preds[: len(seqs)], [s[-1] for s in seqs])
       acc[style].append(stats["accuracy"])
       parse_rate[style].append(stats["parse_rate"])
@@ -208,7 +229,9 @@ def run_counting(ctx: ProbeContext) -> dict:
       shots = prompts.few_shot_sequences("counting", rng) if style == "few_shot" else ()
       texts = [prompts.counting_prompt(style, seq, shots) for seq in seqs]
       outs = _generate(ctx, cfg, texts, max_new)
-      preds = [prompts.parse_answer(o, "integer", style, seq) for o, seq in zip(outs, seqs)]
+      preds = [
+        prompts.parse_answer(o.text, "integer", style, seq, not o.stopped) for o, seq in zip(outs, seqs)
+      ]
       stats[style].append(prompts.parse_stats(preds, [sum(seq) for seq in seqs]))
       predicted[style].append(preds)
       if len(samples[style]) < _SAMPLES_PER_STYLE:

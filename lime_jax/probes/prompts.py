@@ -176,7 +176,11 @@ def _answers(text: str, kind: str, sequence: Sequence[int] | None) -> list[re.Ma
 
 
 def parse_answer(
-  text: str, kind: str = "integer", style: str = "direct", sequence: Sequence[int] | None = None
+  text: str,
+  kind: str = "integer",
+  style: str = "direct",
+  sequence: Sequence[int] | None = None,
+  truncated: bool = False,
 ) -> int | None:
   """The answer in a model's output (None when there is none).
 
@@ -185,11 +189,15 @@ def parse_answer(
   number glued to a word ('1s', '2nd'), for 'digit' a digit standing alone (the 1 of '11' answers no
   "last digit" question), for 'integer' a `plausible_count`, and a number that counts ones ('4 ones')
   goes before the others. Style 'cot': the first such number after the last "answer" or "=" that has
-  one after it, else the last one (the last that counts ones first).
+  one after it, else the last one (the last that counts ones first). `truncated`: the output was cut at
+  the token budget, so a number touching its end may be the start of a longer one ('... * 1' of '... *
+  111') and is no answer.
   """
   if kind not in ("digit", "integer"):
     raise ValueError(f"parse kind {kind!r} is unknown; use 'digit' or 'integer'.")
   found = _answers(text, kind, sequence)
+  if truncated:
+    found = [m for m in found if m.end() < len(text)]
   if not found:
     return None
   if style == "cot":
