@@ -5,7 +5,8 @@
 #
 #   bash benchmarks/glasses_real.sh [MEMBER ...]    # default: every member, in the order below
 #
-# Needs the two weight packages (README, "Real pretrained models"). Times go to docs/real/<member>/time.txt.
+# Needs the two weight packages (README, "Real pretrained models"). Wall and CPU times go to
+# docs/real/<member>/time.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -41,8 +42,8 @@ for m in "${members[@]}"; do
   args=$(member_args "$m")
   mkdir -p "$out"
   echo "== $m: python -m lime_jax.evaluate $args --out=$out"
-  start=$(date +%s)
+  TIMEFORMAT="%R s wall, %U s user, %S s sys, $(nproc) cores"
+  # The time report goes to time.txt, the program's own stderr to the terminal (fd 4).
   # shellcheck disable=SC2086  # args is a flag list
-  "$PY" -m lime_jax.evaluate $args --out="$out"
-  echo "$(( $(date +%s) - start )) s wall, $(date -u +%FT%TZ), $(nproc) cores" > "$out/time.txt"
+  { time "$PY" -m lime_jax.evaluate $args --out="$out" 2>&4; } 4>&2 2>"$out/time.txt"
 done
