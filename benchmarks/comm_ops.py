@@ -28,7 +28,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from lime_jax import config as config_lib  # noqa: E402
-from lime_jax import train as train_lib  # noqa: E402
+from lime_jax.train import loop as train_lib  # noqa: E402
 
 MESHES = ((8, 1, 1), (1, 8, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8))
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")

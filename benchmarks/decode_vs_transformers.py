@@ -10,7 +10,7 @@ tokens and no logit is masked), by
                          prefill to a power of two <= the shortest prompt, then one token per step up to
                          the buffer's end);
   lime_jax continuations `decode.greedy_continuations` on the same buffer (every prompt prefilled in one
-                         call, then --max_new - 1 steps with per-row positions), when decode.py has it;
+                         call, then --max_new - 1 steps with per-row positions), when model/decode.py has it;
   lime_jax unrolled      the same with unroll=True: the steps on unrolled layers (`decode.use_unrolled`:
                          no per-step copies of the weights, a longer compilation);
   hf batched             transformers `generate(do_sample=False)`, --batch prompts per call, left-padded;
@@ -71,10 +71,11 @@ def make_prompts(seed: int = 0) -> list[str]:
 
 
 def lime_runner(name: str, cfg, params, max_new: int) -> Callable[[list[list[int]]], np.ndarray] | None:
-  """A function rows -> new ids [len(rows), max_new] decoding like the probes (None: decode.py lacks it)."""
+  """A function rows -> new ids [len(rows), max_new] decoding like the probes (None: model/decode.py
+  lacks it)."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
-  from lime_jax import decode  # pylint: disable=import-outside-toplevel
+  from lime_jax.model import decode  # pylint: disable=import-outside-toplevel
   from lime_jax.probes import common  # pylint: disable=import-outside-toplevel
 
   def buffer(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -160,13 +161,14 @@ def main() -> None:
   import transformers  # pylint: disable=import-outside-toplevel
 
   from lime_jax import hf  # pylint: disable=import-outside-toplevel
-  from lime_jax.hf import gguf_model, gguf_tokenizer  # pylint: disable=import-outside-toplevel
+  from lime_jax.gguf import reader as gguf_reader  # pylint: disable=import-outside-toplevel
+  from lime_jax.gguf import tokenizer as gguf_tokenizer  # pylint: disable=import-outside-toplevel
 
   torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
   path = args.gguf or default_gguf()
   folder, name = os.path.dirname(path), os.path.basename(path)
   cfg, params = hf.load_pretrained(path, param_dtype="float32")
-  tok = gguf_tokenizer.build_tokenizer(gguf_model.GGUFCheckpoint.open(path))
+  tok = gguf_tokenizer.build_tokenizer(gguf_reader.GGUFCheckpoint.open(path))
   hf_model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
   hf_model.eval()
   hf_tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -191,7 +193,7 @@ def main() -> None:
     if v.startswith("lime_jax"):
       run = lime_runner(v.split()[1], cfg, params, args.max_new)
       if run is None:
-        print(f"{v}: not in this lime_jax/decode.py, left out")
+        print(f"{v}: not in this lime_jax/model/decode.py, left out")
       else:
         variants[v] = (args.batch, run)
     elif v == "hf bs1":

@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lime_jax import optimizer as opt_lib
-from lime_jax import train_step as step_lib
 from lime_jax.losses import seq_vcr_loss
 from lime_jax.model import ModelConfig, Transformer, init_params
+from lime_jax.train import optimizer as opt_lib
+from lime_jax.train import step as step_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

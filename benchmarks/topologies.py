@@ -4,7 +4,7 @@ One jitted value_and_grad + SGD step per topology (benchmarks/lime_vs_baseline.p
 interleaved step by step so that load on the shared machine hits all alike; median of --steps steps
 after --warmup. 't ratio' = wall time / plain's, 'cpu ratio' = process CPU time / plain's, 'mem ratio' =
 XLA temp memory (memory_analysis of the compiled step) / plain's, 'F ratio' = analytic FLOPs / plain's
-(lime_jax/flops.py, the topology's extra FLOPs included). 'denseformer_scan' is DenseFormer as a plain
+(lime_jax/model/flops.py, the topology's extra FLOPs included). 'denseformer_scan' is DenseFormer as a plain
 scan with the history in the carry (the O(L^2)-memory design the custom VJP avoids).
 
   python benchmarks/topologies.py                       # depth 32, d_model 256, B 2, T 64, remat none
@@ -19,8 +19,7 @@ import dataclasses
 import jax
 from lime_vs_baseline import MIB, compile_step, time_steps  # same folder (run as a script)
 
-from lime_jax import flops
-from lime_jax.model import ModelConfig
+from lime_jax.model import ModelConfig, flops
 
 VARIANTS = ("plain", "lime", "denseformer", "hyper_connections", "value_residual", "denseformer_scan")
 

@@ -9,7 +9,7 @@ Presets:
 """
 
 from lime_jax.config import default_config
-from lime_jax.presets import apply_preset, paper_main_model, paper_text_data
+from lime_jax.config.presets import apply_preset, paper_main_model, paper_text_data
 
 
 def _default(c):

@@ -14,12 +14,12 @@ lr x train.router_lr_multiplier). LIMe keeps the paper's 10x. DenseFormer, Hyper
 value-residual lambdas train at the model's lr (multiplier 1), as in their reference code
 (epfml/DenseFormer; corl-team/lime `hc.py` and `train_utils.py`); unlike those, their weights get no decay.
 
-`python -m lime_jax.compare --config=experiments/compare_topologies.py --workdir=DIR` runs every arm and
+`python -m lime_jax.tools.compare --config=experiments/compare_topologies.py --workdir=DIR` runs every arm and
 writes one table.
 """
 
 from lime_jax.config import default_config
-from lime_jax.presets import apply_preset, deep_narrow_cpu, deep_narrow_tiny, paper_deep_text
+from lime_jax.config.presets import apply_preset, deep_narrow_cpu, deep_narrow_tiny, paper_deep_text
 
 ARMS = ("plain", "lime", "denseformer", "hyper_connections", "value_residual")
 

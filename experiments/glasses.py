@@ -8,7 +8,7 @@ it with `python -m lime_jax.evaluate --probes=copying,counting --lengths=4,8,16,
 """
 
 from lime_jax.config import default_config
-from lime_jax.presets import apply_preset
+from lime_jax.config.presets import apply_preset
 
 
 def _common(c):

@@ -12,7 +12,7 @@ Both arms of a comparison share data, steps and seed.
 """
 
 from lime_jax.config import default_config
-from lime_jax.presets import apply_preset, deep_narrow_cpu, deep_narrow_tiny, paper_deep_text
+from lime_jax.config.presets import apply_preset, deep_narrow_cpu, deep_narrow_tiny, paper_deep_text
 
 # default: deep and narrow on the baseline's CPU task (16 x 64, as many parameters as baseline.py's 4 x 128).
 PRESETS = {

@@ -5,14 +5,14 @@
 PRESET: default (CPU: length 10, 4 x 128 model), tiny (seconds, tests), len50 / len80 / len100 (paper:
 minGPT-sized model from scratch, 6 layers x 256, 4 heads; AdamW lr 1e-4, batch 128, 100 epochs of 1M).
 ARM: vanilla, pause (4 pauses, the paper's setting for length 80; 2 on CPU), seqvcr, seqvcr_pause
-(default), cot — see lime_jax/seqvcr_arms.py. Seq-VCR (App. A): lambda1 = 0.1, lambda2 = 0.5, projection
-2048 on the final block. Sweeps: `python -m lime_jax.sweep --config=experiments/seqvcr_lis.py
+(default), cot — see experiments/seqvcr_arms.py. Seq-VCR (App. A): lambda1 = 0.1, lambda2 = 0.5, projection
+2048 on the final block. Sweeps: `python -m lime_jax.tools.sweep --config=experiments/seqvcr_lis.py
 --specs=len80,seqvcr_pause --sweep=lambdas|proj_dim --workdir=... [--dry_run]`.
 """
 
-from lime_jax import seqvcr_arms
-from lime_jax.presets import Preset
-from lime_jax.seqvcr_arms import SWEEPS  # noqa: F401  (read by lime_jax.sweep --sweep=)
+from lime_jax.config.presets import Preset
+from lime_jax.experiments import seqvcr_arms
+from lime_jax.experiments.seqvcr_arms import SWEEPS  # noqa: F401  (read by lime_jax.tools.sweep --sweep=)
 
 CONFIG_FILE = "experiments/seqvcr_lis.py"
 LAMBDAS = {"lambda1": 0.1, "lambda2": 0.5}  # Seq-VCR coefficients (App. A)

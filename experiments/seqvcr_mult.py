@@ -7,16 +7,17 @@ PRESET: default (CPU: 3 x 3 digits, 4 x 128 model, ~10 minutes per arm on 2 core
 lr 5e-4, 40 epochs of 808k examples; evaluated on the official test files), gpt2_table1 / gpt2_table1_5x5
 (the paper's Table 1 protocol: the same schedule fine-tuning a pretrained GPT-2 small; needs
 `--config.model.init_from=hf:/path/to/gpt2`, whose tokenizer then encodes the task).
-ARM: vanilla, pause (2 pauses), seqvcr, seqvcr_pause (default), cot — see lime_jax/seqvcr_arms.py.
+ARM: vanilla, pause (2 pauses), seqvcr, seqvcr_pause (default), cot — see experiments/seqvcr_arms.py.
 Seq-VCR coefficients (App. A): lambda1 = 1.0, lambda2 = 0.004, projection 2048, final block.
-Sweeps (docs/methods.md §4 ablations): `python -m lime_jax.sweep --config=experiments/seqvcr_mult.py
+Sweeps (docs/methods.md §4 ablations): `python -m lime_jax.tools.sweep --config=experiments/seqvcr_mult.py
   --specs=default,seqvcr_pause --sweep=lambdas|proj_dim --workdir=workdirs/mult_lambdas [--dry_run]`.
 """
 
-from lime_jax import init_from, seqvcr_arms
+from lime_jax.config.presets import Preset
 from lime_jax.data import multiplication
-from lime_jax.presets import Preset
-from lime_jax.seqvcr_arms import SWEEPS  # noqa: F401  (read by lime_jax.sweep --sweep=)
+from lime_jax.experiments import seqvcr_arms
+from lime_jax.experiments.seqvcr_arms import SWEEPS  # noqa: F401  (read by lime_jax.tools.sweep --sweep=)
+from lime_jax.train import init_from
 
 CONFIG_FILE = "experiments/seqvcr_mult.py"
 LAMBDAS = {"lambda1": 1.0, "lambda2": 0.004}  # Seq-VCR coefficients (App. A)

@@ -22,10 +22,10 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lime_jax import cli, fileio
-from lime_jax.checkpoint import DamagedCheckpointError
+from lime_jax.checkpoint.checkpointer import DamagedCheckpointError
 from lime_jax.model import model_config
 from lime_jax.probes import registry, runner
+from lime_jax.runtime import cli, fileio
 
 _DEFAULTS = registry.ProbeOptions()
 _WORKDIR = flags.DEFINE_string(

@@ -3,7 +3,7 @@
   python -m lime_jax.main --config=experiments/lime_deep.py[:preset] --workdir=DIR \
       [--config.model.num_layers=64 ...]
 
-All logic lives in lime_jax.train; this file parses flags and reports errors. A user error (config,
+All logic lives in lime_jax.train.loop; this file parses flags and reports errors. A user error (config,
 data, checkpoint, locked / full / read-only workdir, NaN loss: `errors.describe`) prints one `FATAL:` line
 and exits 1; `--traceback` adds the Python traceback. Any other exception is a bug and keeps its traceback.
 """
@@ -17,7 +17,8 @@ _IMPORT_START = time.perf_counter()
 from absl import app, flags, logging  # noqa: E402 (imports are timed for the compile report)
 from ml_collections import config_flags  # noqa: E402
 
-from lime_jax import cli, distributed, errors, train  # noqa: E402
+from lime_jax.runtime import cli, distributed, errors  # noqa: E402
+from lime_jax.train import loop  # noqa: E402
 
 _IMPORTS_S = time.perf_counter() - _IMPORT_START  # jax, flax, orbax, grain, ...
 
@@ -42,7 +43,7 @@ def main(argv: list[str]) -> None:
   if not _TRACEBACK.value:
     cli.quiet_logged_tracebacks()
   try:
-    train.train(_CONFIG.value, _WORKDIR.value, startup={"imports_s": _IMPORTS_S})
+    loop.train(_CONFIG.value, _WORKDIR.value, startup={"imports_s": _IMPORTS_S})
   except Exception as e:  # pylint: disable=broad-except  (sorted into user errors and bugs)
     message = errors.describe(e)
     if message is None or _TRACEBACK.value:

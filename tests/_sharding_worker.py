@@ -29,12 +29,12 @@ import numpy as np  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-from experiments import baseline  # noqa: E402
-from lime_jax import checkpoint as ckpt_lib  # noqa: E402
-from lime_jax import sharding as shard_lib  # noqa: E402
-from lime_jax import train as train_lib  # noqa: E402
+from lime_jax.checkpoint import checkpointer as ckpt_lib  # noqa: E402
 from lime_jax.data import pipeline  # noqa: E402
+from lime_jax.experiments import baseline  # noqa: E402
 from lime_jax.losses import seq_vcr  # noqa: E402
+from lime_jax.runtime import sharding as shard_lib  # noqa: E402
+from lime_jax.train import loop as train_lib  # noqa: E402
 
 MESHES = ((1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8))
 NUM_STEPS = 3

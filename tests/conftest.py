@@ -68,7 +68,7 @@ def random_params(cfg: ModelConfig, seed: int = 0, std: float = 0.1, norm_std: f
 
 @pytest.fixture(scope="session", autouse=True)
 def _session_user_cache(tmp_path_factory):
-  """lime_jax's caches (lime_jax/caches.py: the CPU peak and jax's persistent compilation cache) in a
+  """lime_jax's caches (lime_jax/runtime/caches.py: the CPU peak and jax's persistent compilation cache) in a
   fresh directory per test session, which its subprocesses inherit through the environment: a run
   neither reads nor fills ~/.cache, and every test process (binaries included) reuses the executables
   an earlier test compiled. Exported LIME_JAX_CACHE_DIR / JAX_COMPILATION_CACHE_DIR are kept."""

@@ -20,10 +20,10 @@ import pytest
 from test_preemption import assert_same_state
 from test_train import REPO, tiny_config
 
-from lime_jax import checkpoint as ckpt_lib
-from lime_jax import cli
-from lime_jax import train as train_lib
+from lime_jax.checkpoint import checkpointer as ckpt_lib
 from lime_jax.probes import runner
+from lime_jax.runtime import cli
+from lime_jax.train import loop as train_lib
 
 STEPS = dict(num_steps=40, checkpoint_every=10, log_every=5)
 
@@ -323,7 +323,7 @@ def test_a_finished_run_started_again_keeps_one_eval_record_and_its_train_metric
 
 
 def test_records_up_to_drops_later_and_cut_lines():
-  from lime_jax import writers
+  from lime_jax.train import writers
 
   text = '{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 2, "x": 1}\n{"step": 2'
   assert writers.records_up_to(text, 2) == '{"step": 1}\n{"step": 2}\n{"step": 2, "x": 1}\n'

@@ -13,8 +13,8 @@ from typing import Any
 import ml_collections
 import pytest
 
-from lime_jax import checkpoint
 from lime_jax import config as config_lib
+from lime_jax.checkpoint import checkpointer
 from lime_jax.data import pipeline
 from lime_jax.model import model_config
 from lime_jax.model.model_config import ModelConfig
@@ -129,7 +129,7 @@ KNOWN_DUPLICATES = {
   ("model.attention_impl", "model/attention.py"),  # attend(): `impl not in ("xla", "cudnn", "explicit")`
   ("model.lime.init", "model/lime.py"),  # `lc.init not in ("paper", "identity")` (moving to routers/kv.py)
   ("model.lime.init", "model/routers/kv.py"),
-  ("model.seq_vcr.variant", "losses/seq_vcr.py"),  # VARIANTS = ("per_position", "batch_length")
+  ("model.seq_vcr.variant", "losses/seq_vcr.py"),  # VARIANTS: defined there, model_config.py imports it
   ("model.compute_dtype", "probes/pretrained.py"),  # DTYPES = ("float32", "bfloat16") for --dtype
   ("model.compute_dtype", "evaluate.py"),  # --dtype enum ["float32", "bfloat16"]
   ("model.compute_dtype", "probes/registry.py"),  # collapse_dtypes default: both dtypes (a value)
@@ -152,7 +152,7 @@ def test_no_other_module_spells_out_a_choice_tuple():
 
 def test_checkpoint_backbone_defaults_are_the_dataclass_defaults():
   defaults = model_config.defaults(ModelConfig)
-  backbone = checkpoint._BACKBONE_FIELDS  # pylint: disable=protected-access
+  backbone = checkpointer._BACKBONE_FIELDS  # pylint: disable=protected-access
   assert backbone == {k: defaults[k] for k in backbone}
 
 

@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lime_jax import answer_eval, decode, metrics
-from lime_jax.model import ModelConfig, Transformer, init_params
+from lime_jax.evals import greedy_answers
+from lime_jax.losses import token_metrics
+from lime_jax.model import ModelConfig, Transformer, decode, init_params
 
 V, T = 20, 10
 CFG = ModelConfig(vocab_size=V, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, ffn_dim=64)
@@ -108,12 +109,12 @@ def test_greedy_exact_match_equals_teacher_forced_and_per_position_counts():
   targets[3, prompt_lens[3] - 1] = (pred[3, prompt_lens[3] - 1] + 1) % V
   inputs[3, prompt_lens[3]] = targets[3, prompt_lens[3] - 1]
   batch = {"inputs": inputs, "targets": targets, "answer_mask": answer, "example_mask": np.ones(4)}
-  sums = answer_eval.generation_sums(decode.decode_batch(CFG, params, batch), batch, T)
+  sums = greedy_answers.generation_sums(decode.decode_batch(CFG, params, batch), batch, T)
   assert sums["exact"] == 2 and sums["examples"] == 4
   np.testing.assert_array_equal(sums["pos_seen"][:4], [4, 4, 4, 0])
   assert sums["pos_right"][0] == 3 and sums["pos_right"][1] in (2, 3)  # row 1 wrong at position 1
   logits, _ = Transformer(CFG).apply({"params": params}, jnp.asarray(inputs))
-  tf = metrics.answer_metrics(logits, jnp.asarray(targets), jnp.asarray(answer))
+  tf = token_metrics.answer_metrics(logits, jnp.asarray(targets), jnp.asarray(answer))
   assert float(tf["exact_matches"]) == sums["exact"]  # teacher-forced EM = greedy EM
 
 
@@ -121,7 +122,7 @@ def test_generation_sums_by_hand():
   targets = np.array([[5, 6, 7, 2], [5, 6, 7, 2], [0, 0, 0, 0]])
   answer = np.array([[0, 1, 1, 1], [0, 1, 1, 1], [0, 0, 0, 0]], np.float32)
   pred = np.array([[9, 6, 7, 2], [9, 6, 8, 2], [1, 1, 1, 1]])
-  sums = answer_eval.generation_sums(
+  sums = greedy_answers.generation_sums(
     pred, {"targets": targets, "answer_mask": answer, "example_mask": np.array([1, 1, 0])}, 4
   )
   assert (sums["exact"], sums["examples"], sums["right"], sums["tokens"]) == (1, 2, 5, 6)
@@ -134,23 +135,23 @@ def test_matrix_entropy_against_numpy_eigenvalues():
   z = rng.normal(size=(3, 6, 5)).astype(np.float32)
   mask = np.ones((3, 6), np.float32)
   mask[1, 4:] = 0
-  got = np.asarray(answer_eval.matrix_entropy(jnp.asarray(z), jnp.asarray(mask)))
+  got = np.asarray(greedy_answers.matrix_entropy(jnp.asarray(z), jnp.asarray(mask)))
   for b in range(3):
     rows = z[b][mask[b] != 0].astype(np.float64)
     eig = np.clip(np.linalg.eigvalsh(rows @ rows.T), 0, None)
     p = eig[eig > 1e-12] / eig.sum()
     np.testing.assert_allclose(got[b], -np.sum(p * np.log(p)), rtol=1e-4)
   collapsed = np.tile(rng.normal(size=(1, 1, 5)), (1, 6, 1)).astype(np.float32)  # all rows identical
-  assert abs(float(answer_eval.matrix_entropy(jnp.asarray(collapsed), jnp.ones((1, 6)))[0])) < 1e-5
+  assert abs(float(greedy_answers.matrix_entropy(jnp.asarray(collapsed), jnp.ones((1, 6)))[0])) < 1e-5
   flat = np.eye(4, 5, dtype=np.float32)[None]  # orthonormal rows: log(4)
   np.testing.assert_allclose(
-    answer_eval.matrix_entropy(jnp.asarray(flat), jnp.ones((1, 4)))[0], np.log(4), rtol=1e-5
+    greedy_answers.matrix_entropy(jnp.asarray(flat), jnp.ones((1, 4)))[0], np.log(4), rtol=1e-5
   )
 
 
 def test_matrix_entropy_matches_the_probe_implementation():
   probe = __import__("pytest").importorskip("lime_jax.probes.entropy")
   z = np.random.default_rng(1).normal(size=(2, 7, 4)).astype(np.float32)
-  got = answer_eval.matrix_entropy(jnp.asarray(z), jnp.ones((2, 7)))
+  got = greedy_answers.matrix_entropy(jnp.asarray(z), jnp.ones((2, 7)))
   for b in range(2):
     np.testing.assert_allclose(got[b], probe.matrix_entropy(z[b], alpha=1.0, convention="none"), rtol=1e-4)

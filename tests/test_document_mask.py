@@ -11,11 +11,11 @@ from test_corpus import SEQ_LEN, _config, _stream
 from test_lime import lime_params
 
 from lime_jax import config as config_lib
-from lime_jax import train as train_lib
 from lime_jax.data import text
 from lime_jax.data.tokenizer import ByteTokenizer
 from lime_jax.model import ModelConfig, Transformer, init_params
 from lime_jax.model.model_config import LimeConfig
+from lime_jax.train import loop as train_lib
 
 A_LEN, B_LEN = 5, 7
 

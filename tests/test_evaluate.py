@@ -132,7 +132,7 @@ def test_shape_mismatch_is_reported(run_dir, tmp_path):
   meta = json.loads(meta_path.read_text())
   meta["config"]["model"]["ffn_dim"] = 48
   meta_path.write_text(json.dumps(meta))
-  from lime_jax import checkpoint as ckpt_lib
+  from lime_jax.checkpoint import checkpointer as ckpt_lib
 
   ckpt_lib.write_digests(str(copy / "checkpoints" / "4"))  # a consistent step, not a damaged one
   with pytest.raises(
@@ -146,7 +146,7 @@ def test_shape_mismatch_is_reported(run_dir, tmp_path):
 def test_restored_params_equal_the_checkpoint(run_dir):
   import jax
 
-  from lime_jax import checkpoint as ckpt_lib
+  from lime_jax.checkpoint import checkpointer as ckpt_lib
 
   step, config, params = runner.restore_params(str(run_dir), step=2)
   _, raw = ckpt_lib.restore_raw_state(str(run_dir), 2)
@@ -156,7 +156,7 @@ def test_restored_params_equal_the_checkpoint(run_dir):
 
 
 def test_random_init_and_compare(tmp_path):
-  from experiments import baseline
+  from lime_jax.experiments import baseline
 
   config = baseline.get_config("tiny")
   opts = registry.ProbeOptions(num_examples=8)

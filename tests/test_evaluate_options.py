@@ -16,7 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _arith_config():
-  from experiments import baseline
+  from lime_jax.experiments import baseline
 
   return baseline.get_config("tiny")  # task 'arithmetic': its tokenizer has no letters
 

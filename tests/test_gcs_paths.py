@@ -14,8 +14,9 @@ import pytest
 from etils import epath
 from etils.epath import testing as epath_testing
 
-from lime_jax import fileio, sweep
 from lime_jax.probes import pretrained, runner
+from lime_jax.runtime import fileio
+from lime_jax.tools import sweep
 
 _TWO_PATHS = ("rename", "replace", "copy")
 _ONE_PATH = ("exists", "isdir", "makedirs", "mkdir", "open", "listdir", "remove", "rmtree", "stat")
@@ -123,8 +124,8 @@ def test_hf_folder_in_a_bucket_is_copied_locally(bucket):
 
 def test_workdir_lock_and_checkpoint_digests_on_a_bucket(bucket):
   """gs:// has no flock: the lock is a heartbeat file; digests list and hash the step through epath."""
-  from lime_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
-  from lime_jax import workdir_lock  # pylint: disable=import-outside-toplevel
+  from lime_jax.checkpoint import checkpointer as ckpt_lib  # pylint: disable=import-outside-toplevel
+  from lime_jax.runtime import workdir_lock  # pylint: disable=import-outside-toplevel
 
   (bucket / "run").mkdir()
   lock = workdir_lock.acquire("gs://bucket/run")

@@ -1,4 +1,4 @@
-"""GGUF checkpoints (lime_jax/hf/gguf_model.py, gguf_tokenizer.py) on small files written here.
+"""GGUF checkpoints (lime_jax/gguf/reader.py, tokenizer.py) on small files written here.
 
 Each model is a random `transformers` model written as llama.cpp's converter would (tests/_gguf_tiny.py).
 Three readers meet: the original model in transformers, transformers' own GGUF loader (torch), and
@@ -17,7 +17,8 @@ import pytest
 from _gguf_tiny import add_tokenizer, write_model
 
 from lime_jax import hf
-from lime_jax.hf import gguf_model, gguf_tokenizer
+from lime_jax.gguf import reader as gguf_reader
+from lime_jax.gguf import tokenizer as gguf_tokenizer
 from lime_jax.model import Transformer
 
 transformers = pytest.importorskip("transformers")
@@ -100,7 +101,7 @@ def test_without_the_unpermutation_the_logits_differ(tmp_path, monkeypatch):
   model = _llama()
   path = str(tmp_path / "tiny.gguf")
   write_model(path, "llama", model.config.to_dict(), _state_dict(model))
-  monkeypatch.setattr(gguf_model, "unpermute_rows", lambda w, n: w)
+  monkeypatch.setattr(gguf_reader, "unpermute_rows", lambda w, n: w)
   diff = float(np.abs(_lime_logits(path, _tokens()) - _torch_logits(model, _tokens())).max())
   assert diff > 1e-3  # 100x the tolerance of the test above
 
@@ -112,10 +113,10 @@ def test_every_quant_type_reads_like_transformers_and_gguf(tmp_path, qtype):
   model = _llama(hidden=256, ffn=512)
   path = str(tmp_path / f"tiny-{qtype}.gguf")
   expected = write_model(path, "llama", model.config.to_dict(), _state_dict(model), qtype=qtype)
-  ckpt = gguf_model.GGUFCheckpoint.open(path)
-  types = gguf_model.describe(ckpt)["tensor_types"]
+  ckpt = gguf_reader.GGUFCheckpoint.open(path)
+  types = gguf_reader.describe(ckpt)["tensor_types"]
   assert types[qtype] == 2 * 7 + 2  # 7 matrices per layer, the embedding and the output
-  sd = gguf_model.state_dict(ckpt)
+  sd = gguf_reader.state_dict(ckpt)
   H = 256 // 4
   wq = np.asarray(sd["model.layers.1.self_attn.q_proj.weight"])
   stored = expected["blk.1.attn_q.weight"]  # rows in llama.cpp's interleaved order
@@ -136,11 +137,11 @@ def test_unreadable_types_architectures_and_folders_are_refused(tmp_path):
   sd = _state_dict(model)
   path = str(tmp_path / "q2k.gguf")
   write_model(path, "llama", model.config.to_dict(), sd, qtype="Q8_0")
-  ckpt = gguf_model.GGUFCheckpoint.open(path)
+  ckpt = gguf_reader.GGUFCheckpoint.open(path)
   tensors = dict(ckpt.tensors)
   tensors["blk.0.attn_q.weight"] = dataclasses.replace(tensors["blk.0.attn_q.weight"], kind="Q2_K")
   with pytest.raises(ValueError, match=r"blk\.0\.attn_q\.weight.*Q2_K"):
-    gguf_model.state_dict(gguf_model.GGUFCheckpoint(path, ckpt.metadata, tensors))
+    gguf_reader.state_dict(gguf_reader.GGUFCheckpoint(path, ckpt.metadata, tensors))
   other = str(tmp_path / "mamba.gguf")
   write_model(other, "mamba", model.config.to_dict(), {})
   with pytest.raises(ValueError, match="general.architecture='mamba'"):
@@ -191,7 +192,7 @@ def test_byte_level_tokenizer_gives_the_original_ids(tmp_path):
     path = str(tmp_path / f"tok{add_bos}.gguf")
     meta = lambda w: add_tokenizer(w, tok, kind="gpt2", pre="smollm", bos=1, eos=0, add_bos=add_bos)
     write_model(path, "llama", model.config.to_dict(), _state_dict(model), add_metadata=meta)
-    ours = gguf_tokenizer.build_tokenizer(gguf_model.GGUFCheckpoint.open(path))
+    ours = gguf_tokenizer.build_tokenizer(gguf_reader.GGUFCheckpoint.open(path))
     ids = ours.encode(TEXT, add_special_tokens=True).ids
     assert ids == ([1] if add_bos else []) + tok.encode(TEXT).ids
     folder, name = os.path.split(path)
@@ -202,7 +203,7 @@ def test_byte_level_tokenizer_gives_the_original_ids(tmp_path):
   meta = lambda w: add_tokenizer(w, tok, kind="gpt2", pre="made-up", bos=1, eos=0, add_bos=False)
   write_model(bad, "llama", model.config.to_dict(), _state_dict(model), add_metadata=meta)
   with pytest.raises(ValueError, match="tokenizer.ggml.pre='made-up'"):
-    gguf_tokenizer.build_tokenizer(gguf_model.GGUFCheckpoint.open(bad))
+    gguf_tokenizer.build_tokenizer(gguf_reader.GGUFCheckpoint.open(bad))
 
 
 def test_sentencepiece_tokenizer_matches_transformers(tmp_path):
@@ -218,7 +219,7 @@ def test_sentencepiece_tokenizer_matches_transformers(tmp_path):
   path = str(tmp_path / "spm.gguf")
   meta = lambda w: add_tokenizer(w, sp._tokenizer, kind="llama", pre=None, bos=1, eos=2, add_bos=True)
   write_model(path, "llama", model.config.to_dict(), _state_dict(model), add_metadata=meta)
-  ours = gguf_tokenizer.build_tokenizer(gguf_model.GGUFCheckpoint.open(path))
+  ours = gguf_tokenizer.build_tokenizer(gguf_reader.GGUFCheckpoint.open(path))
   folder, name = os.path.split(path)
   ref = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
   for text in (TEXT, "plain words", " leading space"):
@@ -259,10 +260,10 @@ def test_gemma3_gguf_equals_the_original_model(tmp_path):
 
 
 def test_export_converts_a_gguf_file_to_a_folder_transformers_reads(tmp_path):
-  """`python -m lime_jax.export --gguf=FILE --out=DIR`: the folder's model and tokenizer, read by
+  """`python -m lime_jax.tools.export --gguf=FILE --out=DIR`: the folder's model and tokenizer, read by
   transformers and by lime_jax, equal the GGUF file's."""
-  from lime_jax import export
   from lime_jax.data import subword
+  from lime_jax.tools import export
 
   tok = _train_byte_level(tmp_path)
   model = _llama()
@@ -283,7 +284,7 @@ def test_export_converts_a_gguf_file_to_a_folder_transformers_reads(tmp_path):
   assert transformers.AutoTokenizer.from_pretrained(out)(TEXT).input_ids == want
   ours = subword.load_tokenizer(out)
   assert ours.encode_with_specials(TEXT) == want and ours.chat_template == template
-  from_gguf = gguf_tokenizer.load_tokenizer(path)
+  from_gguf = subword.load_gguf_tokenizer(path)
   assert from_gguf.encode_with_specials(TEXT) == want and from_gguf.chat_template == template
   assert from_gguf.eos_id == 0 and not from_gguf.add_bos
 
@@ -337,9 +338,10 @@ def test_evaluate_hf_and_init_from_read_a_gguf_file(tmp_path):
   """`evaluate --hf=FILE.gguf` probes the file with its own tokenizer, like the HF folder it converts to;
   `init_from='hf:FILE.gguf'` takes its fields and tokenizer."""
   from lime_jax import config as config_lib
-  from lime_jax import export, init_from
   from lime_jax.probes import pretrained
   from lime_jax.probes.registry import ProbeOptions
+  from lime_jax.tools import export
+  from lime_jax.train import init_from
 
   tok = _train_byte_level(tmp_path)
   model = _llama(vocab=tok.get_vocab_size())

@@ -35,7 +35,7 @@ def test_answers_stop_at_the_end_of_turn_token(hf_dirs):
   _, model_cfg, params, tok = pretrained.load(hf_dirs[0])
   cfg = common.probe_model_cfg(model_cfg)
   texts = [prompts.counting_prompt("direct", [1, 1, 1]), prompts.copying_prompt("direct", [1, 1, 0])]
-  rows = [nl_tasks.encode_prompt(tok, t, model_cfg.vocab_size) for t in texts]
+  rows = [common.encode_prompt(tok, t, model_cfg.vocab_size) for t in texts]
   new = common.greedy_decode(params, cfg, rows, 5, tok.eos_id, 0)
   assert tok.stop_ids == (tok.eos_id,) and nl_tasks.generate(params, cfg, tok, texts, 5) == [
     tok.decode(n) for n in new

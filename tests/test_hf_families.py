@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from lime_jax import hf
-from lime_jax.decode import greedy_predictions
 from lime_jax.model import Transformer, init_cache
+from lime_jax.model.decode import greedy_predictions
 from lime_jax.model.model_config import ModelConfig
 
 transformers = pytest.importorskip("transformers")
@@ -168,7 +168,7 @@ def _max_diff(a, b) -> float:
 # ------------------------------------------------------------------------------------------ parity
 @pytest.mark.parametrize("family", FAMILIES)
 def test_forward_matches_hf(hf_models, family):
-  from lime_jax import sharding  # pylint: disable=g-import-not-at-top
+  from lime_jax.runtime import sharding  # pylint: disable=g-import-not-at-top
 
   model, folder = hf_models(family)
   cfg, params = hf.load_pretrained(folder)
@@ -246,7 +246,7 @@ def _decode(cfg: ModelConfig, params, tokens_BT: np.ndarray, prompt: int):
 def test_cached_decoding_matches_hf(hf_models, family):
   """Greedy decoding with the KV cache: the logits at every position equal HF's on the sequence it
   generated, and each generated token is HF's argmax there (so HF's greedy loop gives the same tokens).
-  Windowed families and GPT-2 also go through lime_jax/decode.py's greedy_predictions."""
+  Windowed families and GPT-2 also go through lime_jax/model/decode.py's greedy_predictions."""
   model, folder = hf_models(family)
   cfg, params = hf.load_pretrained(folder)
   prompt = 5
@@ -512,7 +512,7 @@ def test_upcycling_starts_from_the_pretrained_logits(hf_models, family, name):
 
 # ------------------------------------------------------------------------------------------ export CLI
 def test_export_cli_writes_a_folder_transformers_loads(tmp_path):
-  """`python -m lime_jax.export --workdir=RUN --out=DIR` on a trained run: transformers loads DIR to the
+  """`python -m lime_jax.tools.export --workdir=RUN --out=DIR` on a trained run: transformers loads DIR to the
   logits lime_jax gives with the checkpoint's parameters."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
@@ -533,7 +533,7 @@ def test_export_cli_writes_a_folder_transformers_loads(tmp_path):
     "--config.data.seq_len=32",
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  proc = run("lime_jax.export", f"--workdir={workdir}", f"--out={out}")
+  proc = run("lime_jax.tools.export", f"--workdir={workdir}", f"--out={out}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "llama" in proc.stdout
   _, config, params = runner.restore_params(str(workdir))
@@ -541,7 +541,7 @@ def test_export_cli_writes_a_folder_transformers_loads(tmp_path):
   model = transformers.AutoModelForCausalLM.from_pretrained(str(out), attn_implementation="eager").eval()
   tokens_BT = np.random.default_rng(5).integers(0, cfg.vocab_size, (2, 24)).astype(np.int32)
   assert _max_diff(_hf_logits(model, tokens_BT), _forward(cfg, params, tokens_BT)) <= 1e-4
-  from lime_jax import export  # pylint: disable=g-import-not-at-top
+  from lime_jax.tools import export  # pylint: disable=g-import-not-at-top
 
   with pytest.raises(FileNotFoundError):
     export.export(str(tmp_path / "nothing"), str(tmp_path / "hf2"))
@@ -600,8 +600,9 @@ def test_backbone_options_are_validated(changes, field):
 def test_flops_and_checkpoint_signature_follow_the_options():
   """GPT-2's MLP has two matrices, a sliding window caps the attention FLOPs, and the checkpoint
   signature names a shape-changing option only when it is set (older checkpoints still match)."""
-  from lime_jax import checkpoint, flops  # pylint: disable=g-import-not-at-top
   from lime_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from lime_jax.checkpoint import checkpointer  # pylint: disable=g-import-not-at-top
+  from lime_jax.model import flops  # pylint: disable=g-import-not-at-top
 
   cfg = ModelConfig(vocab_size=V, num_layers=2, d_model=64, num_heads=4, ffn_dim=128)
   gelu = dataclasses.replace(cfg, mlp_gated=False)
@@ -612,6 +613,6 @@ def test_flops_and_checkpoint_signature_follow_the_options():
   half = attn(dataclasses.replace(windowed, global_layers=(1,)))
   assert half == pytest.approx((attn(cfg) + attn(windowed)) / 2)
   model = config_lib.default_config().model
-  plain = checkpoint.arch_signature(model, V)
+  plain = checkpointer.arch_signature(model, V)
   model.qkv_bias = True
-  assert checkpoint.arch_signature(model, V) == {**plain, "qkv_bias": True}
+  assert checkpointer.arch_signature(model, V) == {**plain, "qkv_bias": True}

@@ -82,7 +82,7 @@ def test_kv_cache_generation_matches_uncached_greedy(hf_dir):
   ]
   cfg = common.probe_model_cfg(model_cfg)
   got = nl_tasks.generate(params, cfg, tok, texts, max_new=7)
-  rows = [nl_tasks.encode_prompt(tok, t, model_cfg.vocab_size) for t in texts]
+  rows = [common.encode_prompt(tok, t, model_cfg.vocab_size) for t in texts]
   want = [tok.decode(o) for o in common.greedy_decode(params, cfg, rows, 7, tok.eos_id, 0)]
   assert got == want
   assert any(len(g) > 0 for g in got)

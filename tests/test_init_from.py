@@ -12,12 +12,12 @@ import jax
 import numpy as np
 import pytest
 
-from lime_jax import checkpoint as ckpt_lib
 from lime_jax import config as config_lib
-from lime_jax import init_from
-from lime_jax import train as train_lib
+from lime_jax.checkpoint import checkpointer as ckpt_lib
 from lime_jax.data import subword, tasks
 from lime_jax.model import Transformer
+from lime_jax.train import init_from
+from lime_jax.train import loop as train_lib
 
 
 def _experiment(name):
@@ -123,7 +123,7 @@ def test_clashing_override_names_the_field(hf_dir):
 
 def _tiny_baseline(**train):
   sys.path.insert(0, _hf_tiny.REPO)
-  from experiments import baseline
+  from lime_jax.experiments import baseline
 
   config = baseline.get_config("tiny")
   config.train.update(async_checkpoint=False, **train)

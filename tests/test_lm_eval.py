@@ -1,4 +1,5 @@
-"""Tests of lm_eval.py (bits per byte, multiple-choice scoring), the `lm` probe and text eval logs."""
+"""Tests of data/target_bytes.py and token_metrics.lm_metrics (bits per byte), evals/multiple_choice.py
+(multiple-choice scoring), the `lm` probe and text eval logs."""
 
 from __future__ import annotations
 
@@ -9,33 +10,35 @@ import jax
 import numpy as np
 import pytest
 
-from lime_jax import lm_eval
-from lime_jax import train as train_lib
 from lime_jax.config import default_config
+from lime_jax.data import target_bytes
 from lime_jax.data.tokenizer import ByteTokenizer
+from lime_jax.evals import multiple_choice
+from lime_jax.losses import token_metrics
 from lime_jax.model import ModelConfig, Transformer, init_params
+from lime_jax.train import loop as train_lib
 
 TOK = ByteTokenizer()
 
 
 def test_lm_metrics_and_target_bytes_literal():
-  m = lm_eval.lm_metrics(ce_sum=10.0, ce_tokens=5.0, num_bytes=20.0)
+  m = token_metrics.lm_metrics(ce_sum=10.0, ce_tokens=5.0, num_bytes=20.0)
   assert m["perplexity"] == pytest.approx(math.exp(2.0))
   assert m["bits_per_byte"] == pytest.approx(10.0 / math.log(2) / 20.0)
   assert m["bytes_per_token"] == pytest.approx(4.0)
   targets = np.array([TOK.encode("héllo") + [TOK.eos_id, TOK.pad_id]], np.int32)  # é: 2 bytes.
   mask = np.ones_like(targets, np.float32)
-  assert lm_eval.target_bytes(TOK, targets, mask).tolist() == [6.0]
+  assert target_bytes.target_bytes(TOK, targets, mask).tolist() == [6.0]
   # Rows cut inside 'é' and 'ö': the characters count once, in the sum over the consecutive rows.
   stream = np.array(TOK.encode("héllo wörld, ça va") + [TOK.eos_id], np.int32)
   rows = np.stack([stream[i : i + 4] for i in range(0, 20, 4)])
-  got = lm_eval.target_bytes(TOK, rows, np.ones_like(rows, np.float32))
+  got = target_bytes.target_bytes(TOK, rows, np.ones_like(rows, np.float32))
   assert got.sum() == len("héllo wörld, ça v".encode()) == 20  # the first 20 bytes.
   assert got.tolist() != [4.0] * 5  # the rows holding the ends of split characters count them.
 
 
 def test_task_formats_follow_the_harness_definitions():
-  doc = lm_eval.to_doc(
+  doc = multiple_choice.to_doc(
     "hellaswag",
     {
       "activity_label": "Cooking",
@@ -47,22 +50,22 @@ def test_task_formats_follow_the_harness_definitions():
   )
   assert doc.contexts == ("Cooking: A man cuts onions. He. fries them",) * 2
   assert doc.continuations == (" x y", " z") and doc.gold == 1
-  arc = lm_eval.to_doc(
+  arc = multiple_choice.to_doc(
     "arc_easy",
     {"question": "Q?", "choices": {"text": ["a", "b", "c"], "label": ["A", "B", "C"]}, "answerKey": "C"},
   )
   assert arc.contexts[0] == "Question: Q?\nAnswer:" and arc.gold == 2 and arc.continuations[1] == " b"
-  piqa = lm_eval.to_doc("piqa", {"goal": "g", "sol1": "s1", "sol2": "s2", "label": 0})
+  piqa = multiple_choice.to_doc("piqa", {"goal": "g", "sol1": "s1", "sol2": "s2", "label": 0})
   assert piqa.continuations == (" s1", " s2") and piqa.gold == 0
-  wino = lm_eval.to_doc(
+  wino = multiple_choice.to_doc(
     "winogrande",
     {"sentence": "Tom hugged Bob because _ was sad.", "option1": "Tom", "option2": "Bob", "answer": "2"},
   )
   assert wino.contexts == ("Tom hugged Bob because Tom", "Tom hugged Bob because Bob")
   assert wino.continuations == (" was sad.", " was sad.") and wino.gold == 1
-  assert lm_eval.infer_task("/x/arc_challenge-test.jsonl") == "arc_challenge"
+  assert multiple_choice.infer_task("/x/arc_challenge-test.jsonl") == "arc_challenge"
   with pytest.raises(ValueError, match=r"lacks \['sol2'"):
-    lm_eval.to_doc("piqa", {"goal": "g", "sol1": "s1", "label": 0})
+    multiple_choice.to_doc("piqa", {"goal": "g", "sol1": "s1", "label": 0})
 
 
 def _tiny_model(vocab: int = 272):
@@ -79,7 +82,7 @@ def _tiny_model(vocab: int = 272):
 def test_loglikelihoods_equal_a_direct_sum_over_the_logits():
   log_probs = _tiny_model()
   reqs = [("The cat", " sat"), ("A", " much longer continuation"), ("x" * 40, " y")]
-  got = lm_eval.loglikelihoods(log_probs, TOK, reqs, max_len=32, batch_size=2)
+  got = multiple_choice.loglikelihoods(log_probs, TOK, reqs, max_len=32, batch_size=2)
   for (ctx, cont), g in zip(reqs, got):
     ids = ([TOK.bos_id] + TOK.encode(ctx) + TOK.encode(cont))[-33:]
     n = len(TOK.encode(cont))
@@ -102,21 +105,21 @@ def test_score_mc_acc_and_acc_norm_and_few_shot(tmp_path):
     {"context": "q3", "choices": ["ab", "bbb"], "gold": 1},
   ]  # ll -1 vs -3: wrong both ways.
   path.write_text("".join(json.dumps(r) + "\n" for r in recs))
-  docs = lm_eval.read_docs("generic", str(path))
-  res = lm_eval.score_mc(log_probs, TOK, docs, max_len=64)
+  docs = multiple_choice.read_docs("generic", str(path))
+  res = multiple_choice.score_mc(log_probs, TOK, docs, max_len=64)
   # continuations carry the leading space (one non-'a' byte): ll = -(non-'a' bytes).
   assert res["loglikelihoods"] == [-1.0, -3.0, -5.0, -2.0, -2.0, -4.0]
   assert res["acc"] == pytest.approx(1 / 3)
   # acc_norm: doc 2 ties (-5/5 = -2/2), argmax takes the first (gold): 2 of 3.
   assert res["acc_norm"] == pytest.approx(2 / 3)
-  reqs = lm_eval.requests(docs, num_shots=2, seed=0)
-  assert reqs == lm_eval.requests(docs, num_shots=2, seed=0)  # fixed seed.
+  reqs = multiple_choice.requests(docs, num_shots=2, seed=0)
+  assert reqs == multiple_choice.requests(docs, num_shots=2, seed=0)  # fixed seed.
   first_ctx = reqs[0][0]
   assert first_ctx.endswith("q1") and "q1" not in first_ctx[:-2]  # shots are other documents.
-  assert first_ctx.count(lm_eval.FEWSHOT_DELIMITER) == 2
+  assert first_ctx.count(multiple_choice.FEWSHOT_DELIMITER) == 2
   assert "q2 bbbb" in first_ctx and "q3 bbb" in first_ctx
   with pytest.raises(ValueError, match=r"3-shot needs 4 documents"):
-    lm_eval.requests(docs, num_shots=3, seed=0)
+    multiple_choice.requests(docs, num_shots=3, seed=0)
 
 
 def _text_config(tmp_path):

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from lime_jax import checkpoint as ckpt_lib
+from lime_jax.checkpoint import checkpointer as ckpt_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS, STOP_AT = 6, 3
@@ -174,7 +174,7 @@ def test_a_locked_workdir_stops_every_process_and_digests_are_checked_by_all(tmp
   """Process 0 takes the workdir lock for all; when another run holds it, every process fails at once
   (process 0 naming the holder) instead of waiting in a collective. Unlocked, two processes train, and on
   resume split the digests of a damaged step between them and agree to move it aside."""
-  from lime_jax import workdir_lock  # pylint: disable=import-outside-toplevel
+  from lime_jax.runtime import workdir_lock  # pylint: disable=import-outside-toplevel
 
   workdir = tmp_path / "multi"
   workdir.mkdir()

@@ -79,7 +79,8 @@ def _full_forward_representations(params, cfg, rows):
   R = v.shape[2]
   probs = probs.reshape(len(b), R, cfg.num_heads // R, -1)
   heads = np.einsum("brgs,bsrh->brgh", probs, v).reshape(len(b), cfg.num_heads, -1)
-  return {"hidden": np.asarray(col["hidden"][-1], np.float32)[b, last], "heads": heads}
+  layers = np.swapaxes(np.asarray(col["hidden"], np.float32)[:, b, last], 0, 1)  # [B, L, D]
+  return {"hidden": np.asarray(col["hidden"][-1], np.float32)[b, last], "heads": heads, "layers": layers}
 
 
 @pytest.mark.parametrize("topology", ["plain", "lime"])
@@ -112,6 +113,10 @@ def test_last_token_reading_equals_the_full_forward(topology, dtype):
   np.testing.assert_array_equal(got["hidden"], want["hidden"])
   tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == "float32" else {"rtol": 0, "atol": 2**-7}
   np.testing.assert_allclose(got["heads"], want["heads"], **tol)
+  assert got["layers"].shape == (len(rows), cfg.num_layers, cfg.d_model)
+  scale = np.abs(want["layers"]).max(axis=-1, keepdims=True)  # per prompt and layer
+  bound = 1e-5 if dtype == "float32" else 2**-6  # the one-token step's rounding, relative
+  assert np.all(np.abs(got["layers"] - want["layers"]) <= bound * scale)
 
 
 def test_only_the_last_query_row_of_attention_is_formed(monkeypatch):
@@ -138,5 +143,27 @@ def test_only_the_last_query_row_of_attention_is_formed(monkeypatch):
   finally:
     collapse._last_token_fn.cache_clear()
   assert rep["heads"].shape == (2, cfg.num_heads, cfg.head_dim)
+  assert rep["layers"].shape == (2, cfg.num_layers, cfg.d_model)
   with_probs = [shape for shape, collect in calls if "attn_probs" in collect]
   assert with_probs == [(2, 1)], calls
+
+
+def test_per_layer_distances_are_linf_over_the_norm():
+  """layers_linf / layers_rel against the literal max |a - b| and max |a - b| / max |a| per layer."""
+  rng = np.random.default_rng(0)
+  a = {
+    "hidden": rng.normal(size=(2, 8)),
+    "heads": rng.normal(size=(2, 2, 4)),
+    "layers": rng.normal(size=(2, 3, 8)),
+  }
+  b = {k: v + 1e-3 * rng.normal(size=v.shape) for k, v in a.items()}
+  b["layers"][1, 2] = a["layers"][1, 2]  # one layer exactly collapsed
+  d = collapse.pair_distances(a, b, num_heads=2)
+  for i in range(2):
+    for layer in range(3):
+      linf = max(abs(x - y) for x, y in zip(a["layers"][i, layer], b["layers"][i, layer]))
+      assert d["layers_linf"][i, layer] == pytest.approx(linf, rel=1e-12)
+      assert d["layers_rel"][i, layer] == pytest.approx(
+        linf / max(abs(x) for x in a["layers"][i, layer]), rel=1e-12
+      )
+  assert d["layers_rel"][1, 2] == 0.0

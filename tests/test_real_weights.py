@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 from lime_jax import hf
-from lime_jax.hf import gguf_model, gguf_tokenizer
+from lime_jax.gguf import reader as gguf_reader
+from lime_jax.gguf import tokenizer as gguf_tokenizer
 from lime_jax.model import Transformer
 
 transformers = pytest.importorskip("transformers")
@@ -86,7 +87,7 @@ def test_logits_equal_transformers_on_english(real_model):
   """fp32 logits of lime_jax's GGUF load vs transformers' GGUF load of the same file on ~300 tokens:
   identical argmax; the difference is fp32 summation noise, measured against transformers in float64:
   lime_jax is within 3x transformers' own fp32 error (and under 2.5e-4 absolute)."""
-  tok = gguf_tokenizer.build_tokenizer(gguf_model.GGUFCheckpoint.open(real_model))
+  tok = gguf_tokenizer.build_tokenizer(gguf_reader.GGUFCheckpoint.open(real_model))
   ids = np.asarray([tok.encode(ENGLISH, add_special_tokens=True).ids])
   assert 150 <= ids.shape[1] <= 400
   cfg, params = hf.load_pretrained(real_model, param_dtype="float32")
@@ -107,7 +108,7 @@ def test_logits_equal_transformers_on_english(real_model):
 def test_tokenizer_ids_equal_transformers(real_model):
   """Multilingual text with digits, runs of spaces, tabs and newlines; BOS as each file says (Gemma 3
   adds it, SmolLM2 not)."""
-  ours = gguf_tokenizer.build_tokenizer(gguf_model.GGUFCheckpoint.open(real_model))
+  ours = gguf_tokenizer.build_tokenizer(gguf_reader.GGUFCheckpoint.open(real_model))
   folder, name = os.path.split(real_model)
   ref = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
   for text in [MULTILINGUAL, *MULTILINGUAL.split("\n"), ENGLISH]:
@@ -117,7 +118,7 @@ def test_tokenizer_ids_equal_transformers(real_model):
 
 
 def test_what_was_loaded_is_reported(real_model):
-  info = gguf_model.describe(gguf_model.GGUFCheckpoint.open(real_model))
+  info = gguf_reader.describe(gguf_reader.GGUFCheckpoint.open(real_model))
   if "gemma" in real_model:
     assert info["architecture"] == "gemma3"
     assert info["tensor_types"] == {"F32": 109, "Q5_0": 81, "Q4_K": 27, "Q8_0": 10, "Q6_K": 9}

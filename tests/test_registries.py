@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from conftest import tiny_model_config
 
-from lime_jax import checkpoint, flops
 from lime_jax import config as config_lib
-from lime_jax.model import LimeConfig, ModelConfig, Transformer, init_params, lime, routers, topologies
+from lime_jax.checkpoint import checkpointer
+from lime_jax.model import LimeConfig, ModelConfig, Transformer, flops, init_params, lime, routers, topologies
 from lime_jax.model.routers import base as routers_base
 from lime_jax.model.routers import kv as kv_router
 from lime_jax.model.routers import v1 as v1_routers
@@ -46,7 +46,7 @@ def test_unknown_router_names_the_field_and_the_choices():
 
 
 def test_registries_import_nothing_heavy():
-  """config.py may read the registries' names: importing them must not import Flax or the model."""
+  """lime_jax.config may read the registries' names: importing them must not import Flax or the model."""
   code = (
     "import sys; from lime_jax.model import routers, topologies; "
     "print(sorted(m for m in ('flax', 'lime_jax.model.lime', 'lime_jax.model.transformer') "
@@ -89,7 +89,7 @@ def test_a_new_router_is_one_class_and_one_registry_line(monkeypatch):
   zeroed = {**params, "router": {**params["router"], "w_LRM": jnp.zeros_like(params["router"]["w_LRM"])}}
   want_BTV, _ = Transformer(static).apply({"params": zeroed}, tokens_BT)
   np.testing.assert_allclose(logits_BTV, want_BTV, rtol=1e-6, atol=1e-6)
-  assert checkpoint.arch_signature(_config_dict(cfg), 61)["lime.router"] == "uniform"
+  assert checkpointer.arch_signature(_config_dict(cfg), 61)["lime.router"] == "uniform"
 
 
 def test_auto_group_rule_says_where_it_was_measured_and_explicit_groups_override_it():
@@ -120,7 +120,7 @@ def test_unknown_topology_names_the_field_and_the_choices():
 
 @pytest.mark.parametrize("router", routers.NAMES)
 def test_lime_scan_counts_the_mixing_flops_of_lime(router):
-  """flops.py reads only `Topology.extra_flops`: the plain-scan reference has LIMe's count."""
+  """model/flops.py reads only `Topology.extra_flops`: the plain-scan reference has LIMe's count."""
   cfg = small_cfg(router=router)
   lime_flops = flops.forward_flops_per_token(cfg, 16)
   assert flops.forward_flops_per_token(dataclasses.replace(cfg, topology="lime_scan"), 16) == lime_flops
@@ -136,9 +136,9 @@ def _config_dict(cfg: ModelConfig):
 
 
 def test_checkpoint_signature_comes_from_the_topology():
-  assert checkpoint.arch_signature(_config_dict(small_cfg(router="top_p")), 61)["lime.router"] == "top_p"
+  assert checkpointer.arch_signature(_config_dict(small_cfg(router="top_p")), 61)["lime.router"] == "top_p"
   for name in ("plain", "denseformer"):
-    assert "lime.router" not in checkpoint.arch_signature(_config_dict(small_cfg(name)), 61)
+    assert "lime.router" not in checkpointer.arch_signature(_config_dict(small_cfg(name)), 61)
 
 
 def test_router_topology_flag_drives_the_router_probe_and_analysis():

@@ -16,10 +16,10 @@ import time
 import pytest
 from test_train import REPO, tiny_config
 
-from lime_jax import cli, errors, workdir_lock
 from lime_jax import config as config_lib
-from lime_jax import train as train_lib
 from lime_jax.probes import runner
+from lime_jax.runtime import cli, errors, workdir_lock
+from lime_jax.train import loop as train_lib
 
 
 def _main(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
@@ -50,7 +50,7 @@ def test_the_lock_of_a_killed_run_is_recovered(tmp_path):
     [
       sys.executable,
       "-c",
-      "import sys, time; from lime_jax import workdir_lock; workdir_lock.acquire(sys.argv[1]); "
+      "import sys, time; from lime_jax.runtime import workdir_lock; workdir_lock.acquire(sys.argv[1]); "
       "print('locked', flush=True); time.sleep(600)",
       str(tmp_path),
     ],

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from lime_jax import config as config_lib
-from lime_jax import train as train_lib
-from lime_jax import train_step as step_lib
 from lime_jax.data import pipeline, tasks
 from lime_jax.data.tokenizer import PAD_ID, PAUSE_ID
 from lime_jax.losses import aligned_positions, seq_vcr_loss
 from lime_jax.model import ModelConfig, Transformer, init_params
+from lime_jax.train import loop as train_lib
+from lime_jax.train import step as step_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 B, T, V = 6, 7, 24

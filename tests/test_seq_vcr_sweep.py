@@ -8,14 +8,14 @@ import pathlib
 import subprocess
 import sys
 
-from lime_jax import sweep
+from lime_jax.tools import sweep
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _sweep(*args):
   return subprocess.run(
-    [sys.executable, "-m", "lime_jax.sweep", "--config=experiments/seqvcr_mult.py", *args],
+    [sys.executable, "-m", "lime_jax.tools.sweep", "--config=experiments/seqvcr_mult.py", *args],
     cwd=REPO,
     capture_output=True,
     text=True,

@@ -14,10 +14,11 @@ import jax
 import numpy as np
 import pytest
 
-from lime_jax import caches, timing
-from lime_jax import checkpoint as ckpt_lib
-from lime_jax import train as train_lib
+from lime_jax.checkpoint import checkpointer as ckpt_lib
 from lime_jax.probes.runner import Progress
+from lime_jax.runtime import caches
+from lime_jax.train import loop as train_lib
+from lime_jax.train import timing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -124,7 +125,7 @@ def test_step_timer_leaves_out_excluded_time():
 
 def _tiny_config(**train_overrides):
   sys.path.insert(0, REPO)
-  from experiments import baseline
+  from lime_jax.experiments import baseline
 
   config = baseline.get_config("tiny")
   config.train.update(async_checkpoint=False, **train_overrides)

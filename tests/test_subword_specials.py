@@ -10,7 +10,7 @@ import tokenizers
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, trainers
 
 from lime_jax.data import chat_template, subword
-from lime_jax.probes import nl_tasks
+from lime_jax.probes import common, nl_tasks
 
 transformers = pytest.importorskip("transformers")
 
@@ -98,7 +98,7 @@ def test_encode_with_specials_matches_transformers(tmp_path, post, adds_bos):
     assert ids[: int(adds_bos)] == [tok.bos_id] * int(adds_bos) and tok.encode(text) == fast.encode(
       text, add_special_tokens=False
     )
-  assert nl_tasks.encode_prompt(tok, TEXTS[0], 320) == auto(TEXTS[0]).input_ids
+  assert common.encode_prompt(tok, TEXTS[0], 320) == auto(TEXTS[0]).input_ids
 
 
 def test_add_bos_token_of_the_config_wins_over_the_post_processor(tmp_path):
@@ -175,7 +175,7 @@ def test_chat_template_renders_and_tokenises_like_transformers(tmp_path, templat
       text = tok.apply_chat_template(messages, add_generation_prompt=gen)
       assert text == ref.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
       want = ref.apply_chat_template(messages, tokenize=True, add_generation_prompt=gen, return_dict=True)
-      ids = nl_tasks.encode_prompt(tok, text, 320, specials=False)
+      ids = common.encode_prompt(tok, text, 320, specials=False)
       assert ids == list(want["input_ids"])
   if template == GEMMA:
     assert text.startswith("<s><start_of_turn>user\n") and ids.count(tok.bos_id) == 1

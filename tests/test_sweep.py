@@ -8,7 +8,7 @@ import pathlib
 import subprocess
 import sys
 
-from lime_jax import compare, sweep
+from lime_jax.tools import compare, sweep
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -100,9 +100,13 @@ def test_seed_aggregation_is_mean_and_sample_std_per_group():
 
 
 def run_sweep(*flags: str) -> subprocess.CompletedProcess:
-  """`python -m lime_jax.sweep FLAGS` from the repository root; asserts that it succeeded."""
+  """`python -m lime_jax.tools.sweep FLAGS` from the repository root; asserts that it succeeded."""
   proc = subprocess.run(
-    [sys.executable, "-m", "lime_jax.sweep", *flags], cwd=REPO, capture_output=True, text=True, timeout=300
+    [sys.executable, "-m", "lime_jax.tools.sweep", *flags],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
   )
   assert proc.returncode == 0, proc.stderr[-2000:]
   return proc

@@ -15,15 +15,16 @@ import numpy as np
 import pytest
 from conftest import tiny_model_config
 
-from lime_jax import decode, flops, info, sample, sweep, writers
-from lime_jax import train as train_lib
-from lime_jax.model import Transformer, init_params
+from lime_jax.model import Transformer, decode, flops, init_params
+from lime_jax.tools import info, sample, sweep
+from lime_jax.train import loop as train_lib
+from lime_jax.train import writers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tiny(num_steps: int = 2):
-  from experiments import baseline
+  from lime_jax.experiments import baseline
 
   config = baseline.get_config("tiny")
   config.train.update(num_steps=num_steps, checkpoint_every=num_steps, async_checkpoint=False, log_every=1)
@@ -39,7 +40,7 @@ def trained(tmp_path_factory):
 
 # ------------------------------------------------------------------------------------ item 7: notebooks
 def test_experiments_import_from_another_directory(tmp_path):
-  code = "import experiments.baseline as b; print(b.get_config('tiny').model.num_layers)"
+  code = "import lime_jax.experiments.baseline as b; print(b.get_config('tiny').model.num_layers)"
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   proc = subprocess.run(
     [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120
@@ -181,7 +182,7 @@ def test_sample_cli_on_a_checkpoint(trained):
     [
       sys.executable,
       "-m",
-      "lime_jax.sample",
+      "lime_jax.tools.sample",
       f"--workdir={workdir}",
       "--prompt=1+2=",
       "--temperature=0",
@@ -211,7 +212,7 @@ def test_info_reports_size_flops_and_memory_without_training(tmp_path):
     [
       sys.executable,
       "-m",
-      "lime_jax.info",
+      "lime_jax.tools.info",
       "--config=experiments/baseline.py:tiny",
       "--config.model.num_layers=3",
       "--json",
@@ -229,7 +230,7 @@ def test_info_reports_size_flops_and_memory_without_training(tmp_path):
     [
       sys.executable,
       "-m",
-      "lime_jax.info",
+      "lime_jax.tools.info",
       "--config=experiments/baseline.py:tiny",
       "--config.model.d_model=30",
     ],
@@ -242,7 +243,7 @@ def test_info_reports_size_flops_and_memory_without_training(tmp_path):
 
 
 def test_info_needs_no_data_for_a_text_config():
-  from experiments import baseline
+  from lime_jax.experiments import baseline
 
   got = info.config_info(baseline.get_config("paper"), compile_step=False)  # no shards, no tokenizer here
   assert 1.1e9 < got["params"] < 1.3e9 and got["model"]["vocab_size"] == 50257  # docs/methods.md §1: 1.2B
@@ -259,7 +260,7 @@ def _cli(module, *args):
 def test_sweep_and_compare_share_one_convention_and_print_portable_commands(tmp_path):
   config = os.path.join(REPO, "experiments", "lime_deep.py")  # absolute: printed relative to the repo
   sweep_out = _cli(
-    "lime_jax.sweep", f"--config={config}", "--specs=tiny,lime", f"--workdir={tmp_path}/s", "--dry_run"
+    "lime_jax.tools.sweep", f"--config={config}", "--specs=tiny,lime", f"--workdir={tmp_path}/s", "--dry_run"
   )
   assert sweep_out.returncode == 0, sweep_out.stderr[-2000:]
   assert sweep_out.stdout.split() == [
@@ -271,7 +272,7 @@ def test_sweep_and_compare_share_one_convention_and_print_portable_commands(tmp_
     "--config.seed=0",
   ]
   compare_out = _cli(
-    "lime_jax.compare",
+    "lime_jax.tools.compare",
     "--config=experiments/compare_topologies.py",
     "--arms=plain,lime",
     "--seeds=0,1",
@@ -284,7 +285,7 @@ def test_sweep_and_compare_share_one_convention_and_print_portable_commands(tmp_
   assert len(lines) == 4 and all(l.startswith("python -m lime_jax.main --config=experiments/") for l in lines)
   assert sys.executable not in compare_out.stdout
   old = _cli(
-    "lime_jax.sweep",
+    "lime_jax.tools.sweep",
     "--config=experiments/lime_deep.py",
     "--specs=tiny,lime",
     f"--root={tmp_path}/s",
@@ -292,7 +293,7 @@ def test_sweep_and_compare_share_one_convention_and_print_portable_commands(tmp_
   )
   assert old.returncode == 0 and "--root is deprecated; use --workdir" in old.stderr
   assert old.stdout == sweep_out.stdout
-  missing = _cli("lime_jax.compare", "--config=experiments/compare_topologies.py", "--dry_run")
+  missing = _cli("lime_jax.tools.compare", "--config=experiments/compare_topologies.py", "--dry_run")
   assert missing.returncode != 0 and "--workdir=DIR are required" in missing.stderr
 
 

@@ -17,8 +17,7 @@ import pytest
 from conftest import random_params
 
 from lime_jax import config as config_lib
-from lime_jax import flops
-from lime_jax.model import LimeConfig, ModelConfig, Transformer, get_topology, init_cache, init_params
+from lime_jax.model import LimeConfig, ModelConfig, Transformer, flops, get_topology, init_cache, init_params
 from lime_jax.model.block import Block, Residual
 from lime_jax.model.denseformer import dwa_param_count
 from lime_jax.model.hyper_connections import hc_param_count

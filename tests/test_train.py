@@ -12,16 +12,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lime_jax import checkpoint as ckpt_lib
-from lime_jax import optimizer as opt_lib
-from lime_jax import train as train_lib
+from lime_jax.checkpoint import checkpointer as ckpt_lib
+from lime_jax.train import loop as train_lib
+from lime_jax.train import optimizer as opt_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(**train_overrides):
   sys.path.insert(0, REPO)
-  from experiments import baseline
+  from lime_jax.experiments import baseline
 
   config = baseline.get_config("tiny")
   config.train.update(async_checkpoint=False, **train_overrides)
@@ -115,7 +115,7 @@ def test_bad_config_fails_before_compiling(tmp_path, field, value, match):
 
 def test_unknown_preset_names_known_ones():
   sys.path.insert(0, REPO)
-  from experiments import baseline
+  from lime_jax.experiments import baseline
 
   with pytest.raises(ValueError, match="known presets: default, paper, tiny"):
     baseline.get_config("nope")

@@ -8,10 +8,11 @@ Modules:
   copying     `CopyingTask` (Glasses §3.1: last / first / hint / interleaved), the shared tokenizer.
   counting    `CountingTask` (Glasses §3.2: sum / ones / bits / word).
   tasks       `get_task(config.data, seed)`: registry of the synthetic tasks by `config.data.task`.
-  subword     `load_tokenizer` (HF tokenizer.json / folder, SentencePiece .model) behind `Tokenizer`.
+  subword     `load_tokenizer` (HF tokenizer.json / folder, SentencePiece .model, GGUF) behind `Tokenizer`.
   chat_template  chat templates of instruction-tuned tokenizers rendered with jinja2 (as transformers).
   corpus      parquet / jsonl / txt shards read with a resumable cursor; `PackIterDataset` packing.
   text        `local_text` tfds builder, the tfds / files document sources, tokenise + pack streams.
+  target_bytes  UTF-8 bytes that target tokens decode to (the denominator of bits per byte).
   pipeline    `encode_example`, `make_train_iterator` (checkpointable grain iterator, process-sliced
               global batches), `make_eval_batches`, `vocab_size_for`.
 """

@@ -14,6 +14,9 @@ import hashlib
 from typing import Protocol
 
 SPLITS = ("train", "test")
+# data.loss_scope (config.validate checks it; pipeline.py builds the loss mask): CE on the answer (+eos)
+# only, or on every non-pad token.
+LOSS_SCOPES = ("answer", "all")
 _HASH_BYTES = 8
 
 

@@ -37,7 +37,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from lime_jax.errors import UserError
+from lime_jax.runtime.errors import UserError
 
 FORMATS = ("auto", "parquet", "jsonl", "txt")
 _EXTENSIONS = {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "txt"}

@@ -35,9 +35,9 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from lime_jax import lm_eval
-from lime_jax.config import LOSS_SCOPES  # noqa: F401  (re-exported; defined once, in config)
 from lime_jax.data import base, tasks, text
+from lime_jax.data import target_bytes as bytes_lib
+from lime_jax.data.base import LOSS_SCOPES  # noqa: F401  (re-exported; defined once, in data/base.py)
 
 FEATURE_KEYS = ("inputs", "targets", "loss_mask", "answer_mask")
 _MAX_PREFETCH_THREADS = 16
@@ -274,8 +274,8 @@ def make_eval_batches(
     source = TaskExamples(task, split, d)
   rows = [source[i] for i in range(num_examples)]
   batches = [_pad_rows(rows[i : i + batch_size], batch_size) for i in range(0, num_examples, batch_size)]
-  if d.task == tasks.TEXT_TASK:  # bytes of each row's targets: bits per byte (lm_eval.lm_metrics).
-    num_bytes = lm_eval.target_bytes(
+  if d.task == tasks.TEXT_TASK:  # bytes of each row's targets: bits per byte (token_metrics.lm_metrics).
+    num_bytes = bytes_lib.target_bytes(
       text.tokenizer_for(d), np.stack([r["targets"] for r in rows]), np.stack([r["loss_mask"] for r in rows])
     )
     for i, b in enumerate(batches):

@@ -371,15 +371,33 @@ class SentencePieceTokenizer(_SubwordBase):
     return self._sp.decode(ids) if ids else ""
 
 
+def load_gguf_tokenizer(path: str, *, pause_tokens: bool = False) -> HFTokenizer:
+  """The GGUF file's tokenizer as an `HFTokenizer` (special ids, BOS rule and chat template from the
+  metadata; lime_jax/gguf/tokenizer.py builds it)."""
+  from lime_jax.gguf import reader as gguf_reader  # pylint: disable=import-outside-toplevel
+  from lime_jax.gguf import tokenizer as gguf_tokenizer  # pylint: disable=import-outside-toplevel
+
+  ckpt = gguf_reader.GGUFCheckpoint.open(path)
+  meta = gguf_tokenizer.tokenizer_metadata(ckpt)
+  return HFTokenizer.from_tokenizer(
+    gguf_tokenizer.build_tokenizer(ckpt),
+    specials={role: i for role, i in meta["ids"].items() if role in ("bos", "eos", "pad", "sep")},
+    add_bos=meta["add_bos"],
+    chat_template=meta["chat_template"],
+    source=ckpt.path,
+    pause_tokens=pause_tokens,
+  )
+
+
 def load_tokenizer(path: str, *, pause_tokens: bool = False) -> HFTokenizer | SentencePieceTokenizer:
   """The tokenizer at `path`: a tokenizer.json, a folder holding one, a SentencePiece .model, or a GGUF
   checkpoint (a .gguf file or a folder holding one and no config.json: its `tokenizer.ggml.*` metadata,
-  lime_jax/hf/gguf_tokenizer.py)."""
-  from lime_jax.hf import gguf_model, gguf_tokenizer  # pylint: disable=import-outside-toplevel
+  lime_jax/gguf/tokenizer.py)."""
+  from lime_jax.gguf import reader as gguf_reader  # pylint: disable=import-outside-toplevel
 
   p = pathlib.Path(os.path.expanduser(str(path)))
-  if gguf_model.gguf_file(str(p)):  # the one rule of what a GGUF checkpoint path is
-    return gguf_tokenizer.load_tokenizer(str(p), pause_tokens=pause_tokens)
+  if gguf_reader.gguf_file(str(p)):  # the one rule of what a GGUF checkpoint path is
+    return load_gguf_tokenizer(str(p), pause_tokens=pause_tokens)
   if p.is_dir():
     json_path = p / TOKENIZER_JSON
     if not json_path.is_file():

@@ -1,7 +1,7 @@
 """Hugging Face `config.json` <-> lime_jax backbone fields, per family.
 
-Every family is a set of `config.model` options of the one scanned backbone (lime_jax/config.py); nothing
-here builds a second model. `fields_from_hf` reads a config.json dict (no `transformers` needed) and
+Every family is a set of `config.model` options of the one scanned backbone (lime_jax/config/__init__.py);
+nothing here builds a second model. `fields_from_hf` reads a config.json dict (no `transformers` needed) and
 refuses, naming the HF field, anything the backbone does not implement; `hf_config_for` writes the
 config.json of the family a ModelConfig belongs to, and checks that reading it back gives the same fields.
 

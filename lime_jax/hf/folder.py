@@ -2,7 +2,7 @@
 
 A folder holds `config.json` and `model.safetensors`, or shards `model-0000i-of-0000n.safetensors` listed
 in `model.safetensors.index.json`. Tensors are read with the `safetensors` library (numpy; no torch).
-A `.gguf` file (or a folder holding one and no config.json) is read through lime_jax/hf/gguf_model.py,
+A `.gguf` file (or a folder holding one and no config.json) is read through lime_jax/gguf/reader.py,
 which gives the same config.json dict and state dict (dequantised tensor by tensor).
 """
 
@@ -18,7 +18,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from lime_jax.hf import families, gguf_model, weights
+from lime_jax.gguf import reader as gguf_reader
+from lime_jax.hf import families, weights
 from lime_jax.model.model_config import ModelConfig
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -27,8 +28,8 @@ SINGLE_FILE = "model.safetensors"
 
 def read_config(path: str) -> dict[str, Any]:
   """The folder's config.json as a dict (for a GGUF file: the equivalent one, from its metadata)."""
-  if gguf_model.gguf_file(path):
-    return gguf_model.hf_config(gguf_model.GGUFCheckpoint.open(path))
+  if gguf_reader.gguf_file(path):
+    return gguf_reader.hf_config(gguf_reader.GGUFCheckpoint.open(path))
   config_path = os.path.join(path, "config.json")
   if not os.path.isfile(config_path):
     raise FileNotFoundError(f"{path!r} has no config.json: pass a local Hugging Face model folder.")
@@ -61,8 +62,8 @@ def safetensors_files(path: str) -> list[str]:
 def read_state_dict(path: str) -> Mapping[str, Any]:
   """Every tensor of the folder's safetensors file(s), as numpy arrays in their stored dtype; for a GGUF
   file, a mapping whose values are dequantised (to fp32) when numpy reads them."""
-  if gguf_model.gguf_file(path):
-    return gguf_model.state_dict(gguf_model.GGUFCheckpoint.open(path))
+  if gguf_reader.gguf_file(path):
+    return gguf_reader.state_dict(gguf_reader.GGUFCheckpoint.open(path))
   from safetensors import safe_open  # pylint: disable=g-import-not-at-top
 
   sd: dict[str, np.ndarray] = {}
@@ -105,8 +106,8 @@ def load_pretrained(
   from lime_jax.model import regularizers, topologies, transformer  # pylint: disable=g-import-not-at-top
 
   fields = model_fields(path)
-  if gguf_model.gguf_file(path):
-    info = gguf_model.describe(gguf_model.GGUFCheckpoint.open(path))
+  if gguf_reader.gguf_file(path):
+    info = gguf_reader.describe(gguf_reader.GGUFCheckpoint.open(path))
     logging.info(
       "GGUF %s: architecture %s, %d parameters, tensor types %s",
       info["file"],

@@ -53,7 +53,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from lime_jax.model.model_config import SEQ_VCR_VARIANTS as VARIANTS
+# config.model.seq_vcr.variant (model_config.SeqVcrConfig reads its choices from here).
+VARIANTS = ("per_position", "batch_length")
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 

@@ -7,6 +7,8 @@
   (lime_mix.py: its mix kernels; layer_scan.py: the residual-aware layer scan under it).
 - routers/: LIMe's routers (kv, static, top_p, dynamic) and their list.
 - denseformer.py, hyper_connections.py, value_residual.py: the other cross-layer topologies.
+- flops.py: analytic FLOP counts (each topology's `extra_flops` included; the MFU numerator).
+- decode.py: KV-cached greedy decoding (answers, continuations).
 
 The names below are imported on first use, so that importing a light submodule (model_config,
 topologies, routers) does not import Flax and every topology.

@@ -15,11 +15,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lime_jax import sharding
 from lime_jax.model import attention
 from lime_jax.model.layers import Mlp, apply_rope, make_norm, normal_init, rms_norm
 from lime_jax.model.model_config import ModelConfig
 from lime_jax.model.tables import LayerTables
+from lime_jax.runtime import sharding
 
 # A kv mixer maps this layer's raw (pre-RoPE) keys/values [B, T, R, 2H] to the ones attention uses.
 # The plain backbone uses them unchanged; LIMe mixes in earlier layers' (lime_jax/model/lime.py).

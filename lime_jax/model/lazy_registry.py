@@ -1,6 +1,6 @@
 """Registries that name objects by `"module:attribute"` strings, imported when first asked for.
 
-The topology and router registries use this, so that listing their names (config.py reads them for the
+The topology and router registries use this, so that listing their names (lime_jax.config reads them for the
 choices of a field) imports nothing heavy.
 """
 

@@ -17,7 +17,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from lime_jax import flops
+from lime_jax.model import flops
 from lime_jax.model.lime_stack import LayerFns, buffer_scan, lime_stack
 from lime_jax.model.model_config import ModelConfig
 from lime_jax.model.routers import get_router
@@ -110,7 +110,7 @@ def mixing_flops_per_token(cfg: ModelConfig) -> float:
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-  """Training FLOPs per token with LIMe's mixing included, in lime_jax/flops.py's convention:
+  """Training FLOPs per token with LIMe's mixing included, in lime_jax/model/flops.py's convention:
   3 x forward; forward = 2 x matmul parameters (q, kv, o, SwiGLU, unembedding) + causal attention
   halved + `mixing_flops_per_token`. Remat recomputation is not counted."""
   return 3.0 * flops.forward_flops_per_token(cfg, seq_len)
@@ -124,7 +124,8 @@ def buffer_bytes(cfg: ModelConfig, batch: int, seq_len: int) -> int:
 
 
 def signature(model_cfg) -> dict:
-  """What a LIMe checkpoint's architecture signature adds (lime_jax/checkpoint.py): the router kind."""
+  """What a LIMe checkpoint's architecture signature adds (lime_jax/checkpoint/checkpointer.py): the
+  router kind."""
   return {"lime.router": model_cfg.lime.router}
 
 

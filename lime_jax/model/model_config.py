@@ -1,7 +1,7 @@
 """The model's frozen config: the single source of every `config.model` field, its default and choices.
 
-Each field is declared once here, with `option(default, doc, choices)`. `lime_jax/config.py` builds the
-ml_collections `config.model` from these dataclasses (`config_dict_from_dataclass`) and checks every
+Each field is declared once here, with `option(default, doc, choices)`. `lime_jax/config/__init__.py` builds
+the ml_collections `config.model` from these dataclasses (`config_dict_from_dataclass`) and checks every
 field with `choices` (and every bool) generically from this metadata; `ModelConfig.from_config` turns a
 (validated) `config.model` back into the hashable dataclass the model functions take.
 """
@@ -16,6 +16,8 @@ from typing import Any
 
 import jax.numpy as jnp
 import ml_collections
+
+from lime_jax.losses.seq_vcr import VARIANTS as SEQ_VCR_VARIANTS
 
 # A field's valid values: a tuple, or a function returning one (a registry read when checked, e.g. the
 # registered topologies; called lazily so that the registry's module may import this one).
@@ -89,7 +91,6 @@ def from_config_dict(cls: type, node: Any, **resolved) -> Any:
 
 DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLS = ("xla", "cudnn", "explicit")
-SEQ_VCR_VARIANTS = ("per_position", "batch_length")
 
 
 @dataclasses.dataclass(frozen=True)

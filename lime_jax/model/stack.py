@@ -50,9 +50,10 @@ class Topology:
   run: Callable[..., StackOutput]
   init_params: Callable[[jax.Array, ModelConfig], Any] | None = None
   layer_hook: bool = False
-  # Per-token forward FLOPs the topology adds to the backbone (lime_jax/flops.py); None: 0.
+  # Per-token forward FLOPs the topology adds to the backbone (lime_jax/model/flops.py); None: 0.
   extra_flops: Callable[[ModelConfig], float] | None = None
-  # signature(model_cfg) -> entries the checkpoint's architecture signature adds (lime_jax/checkpoint.py).
+  # signature(model_cfg) -> entries the checkpoint's architecture signature adds
+  # (lime_jax/checkpoint/checkpointer.py).
   signature: Callable[[Any], dict[str, Any]] | None = None
   # lime_router(cfg) -> the LIMe router object (lime_jax/model/routers/); None: the topology has none.
   lime_router: Callable[[ModelConfig], Any] | None = None
@@ -104,7 +105,7 @@ def run_plain_stack(
   arrays of their own. A scan slices the stacked weights and cache of layer l, and XLA (CPU) copies a
   slice before a matmul reads it: in a decoding step of a few tokens that copy takes about half as long
   as the matmuls (docs/benchmarks.md, "Greedy decoding vs transformers"). Unrolled, the program is L
-  layers long (compiles slower); decoding (lime_jax/decode.py `use_unrolled`) splits the weights once,
+  layers long (compiles slower); decoding (lime_jax/model/decode.py `use_unrolled`) splits the weights once,
   outside its loop.
   """
   del topo_params

@@ -3,7 +3,7 @@
 Each topology module exports its `Topology` object; `REGISTRY` names it, one line per topology.
 Adding a topology: its module plus one line here (its options: a sub-config in
 `model_config.TOPOLOGY_CONFIGS` and `config.model.<name>`). This module imports nothing heavy
-(config.py may read `NAMES`): a topology's module is imported when it is first asked for.
+(lime_jax.config may read `NAMES`): a topology's module is imported when it is first asked for.
 """
 
 from __future__ import annotations

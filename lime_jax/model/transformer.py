@@ -6,7 +6,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lime_jax import sharding
 from lime_jax.model import regularizers
 from lime_jax.model.block import Block
 from lime_jax.model.layers import make_norm, normal_init
@@ -14,6 +13,7 @@ from lime_jax.model.model_config import ModelConfig
 from lime_jax.model.stack import StackOutput
 from lime_jax.model.tables import layer_tables
 from lime_jax.model.topologies import get_topology
+from lime_jax.runtime import sharding
 
 
 def init_layer_params(rng: jax.Array, cfg: ModelConfig) -> dict:

@@ -12,8 +12,12 @@ rule, `common.start_ids`: none for SmolLM2). Readings of "per head", both report
           head, before the output projection), L-inf per head;
   chunks  the final residual stream (last layer output, before the final norm) cut into num_heads
           equal chunks, L-inf per chunk;
-with mean / min / max over heads, and the L1 distance of the whole final residual vector. Everything is
-run with activations in float32 and in bfloat16 (parameters fp32), against the bf16 resolution 2^-7.
+with mean / min / max over heads, and the L1 distance of the whole final residual vector. Per layer:
+  layers  every layer's residual stream output at the last token, L-inf distance, absolute and relative
+          to the L-inf norm of P_n's representation at that layer (the relative spacing of bf16
+          numbers is 2^-8 .. 2^-7, so a relative distance below 2^-8 cannot survive a bf16 rounding).
+Everything is run with activations in float32 and in bfloat16 (parameters fp32), against the bf16
+resolution 2^-7.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from lime_jax.probes.registry import Probe, ProbeContext
 
 FAMILIES = ("repeated_ones", "uniform_digits", "ones_commas")
 BF16_RESOLUTION = 2.0**-7
+BF16_UNIT_ROUNDOFF = 2.0**-8  # the largest relative error of rounding a number to bf16
 _SEPARATORS = (",", "+", "-", "=", " ")
 _PROBS_BUDGET_BYTES = 1 << 29  # one layer's attention + KV cache per forward (the batch is split).
 
@@ -53,13 +58,15 @@ def family_texts(family: str, n: int, rng: np.random.Generator, separator: str =
 
 @functools.lru_cache(maxsize=32)
 def _last_token_fn(cfg: ModelConfig):
-  """jit of (params, ids [B, T], last [B]) -> (hidden [B, D], heads [B, N, H]) at position last[b].
+  """jit of (params, ids [B, T], last [B]) -> (hidden [B, D], heads [B, N, H], layers [B, L, D]) at
+  position last[b].
 
   The padded prompts are prefilled into a KV cache of T slots with nothing collected (the forward of the
   full-sequence probe, same shapes, so the same numbers); `hidden` is its final residual stream at
   `last`. Then one decoding step feeds each row's last token again at its own position `last`, with one
   more (empty) cache slot for the step's own key / value, and collects the last layer's values and
-  attention row. Slot s holds position s, so the step's causal mask shows it slots 0..last, the
+  attention row and every layer's residual output (`layers`, to float rounding the full forward's).
+  Slot s holds position s, so the step's causal mask shows it slots 0..last, the
   prefilled copy of its own key / value included: its query row is the one the full forward computes at
   `last`, and only that row of probabilities is formed, [L, B, N, 1, T + 1], instead of every layer's
   [B, N, T, T]."""
@@ -74,14 +81,15 @@ def _last_token_fn(cfg: ModelConfig):
     cache = {**out.cache, "k": jnp.pad(out.cache["k"], slot), "v": jnp.pad(out.cache["v"], slot)}
     token_B1 = jnp.take_along_axis(ids_BT, last_B[:, None], axis=1)
     _, step = model.apply(
-      {"params": params}, token_B1, last_B[:, None], cache=cache, collect=("value", "attn_probs")
+      {"params": params}, token_B1, last_B[:, None], cache=cache, collect=("value", "attn_probs", "hidden")
     )
+    layers_BLD = jnp.swapaxes(step.collected["hidden"][:, :, 0], 0, 1)
     v_BSRH = step.collected["value"][-1]
     probs_BNS = step.collected["attn_probs"][-1][:, :, 0, :]
     R, G = v_BSRH.shape[2], cfg.num_heads // v_BSRH.shape[2]
     probs_BRGS = probs_BNS.reshape(B, R, G, -1).astype(v_BSRH.dtype)
     heads_BRGH = jnp.einsum("brgs,bsrh->brgh", probs_BRGS, v_BSRH)
-    return hidden_BD, heads_BRGH.reshape(B, cfg.num_heads, -1)
+    return hidden_BD, heads_BRGH.reshape(B, cfg.num_heads, -1), layers_BLD
 
   return jax.jit(fn)
 
@@ -93,8 +101,9 @@ def last_token_representations(
 
   Prompts are right-padded to a power-of-two length (the model is causal, so each prompt's last
   position is unaffected) and to `num_rows` rows, which keeps the number of compiled shapes small.
-  `cfg` must use explicit attention. Returns `hidden` [B, D] (last layer output) and `heads` [B, N, H]
-  (each head's attention output at the last token, in the compute dtype, as the model forms it). Only
+  `cfg` must use explicit attention. Returns `hidden` [B, D] (last layer output), `heads` [B, N, H]
+  (each head's attention output at the last token, in the compute dtype, as the model forms it) and
+  `layers` [B, L, D] (every layer's output at the last token, from the one-token step). Only
   the last token's attention row is formed (`_last_token_fn`): memory per prompt is one layer's explicit
   attention and the KV cache, not every layer's T x T probabilities.
   """
@@ -105,26 +114,39 @@ def last_token_representations(
   )
   step = max(1, min(B, _PROBS_BUDGET_BYTES // max(per_row, 1)))
   fn = _last_token_fn(cfg)
-  hidden, heads = [], []
+  hidden, heads, layers = [], [], []
   for start in range(0, B, step):
     ids = common.place_batch(np.asarray(ids_BT[start : start + step], np.int32), sharding)
     last = common.place_batch(np.asarray(lengths_B[start : start + step] - 1, np.int32), sharding)
-    hidden_BD, heads_BNH = fn(params, ids, last)
+    hidden_BD, heads_BNH, layers_BLD = fn(params, ids, last)
     hidden.append(np.asarray(hidden_BD, np.float32))
     heads.append(np.asarray(heads_BNH, np.float32))
-  return {"hidden": np.concatenate(hidden)[: len(rows)], "heads": np.concatenate(heads)[: len(rows)]}
+    layers.append(np.asarray(layers_BLD, np.float32))
+  return {
+    "hidden": np.concatenate(hidden)[: len(rows)],
+    "heads": np.concatenate(heads)[: len(rows)],
+    "layers": np.concatenate(layers)[: len(rows)],
+  }
 
 
 def pair_distances(
   a: dict[str, np.ndarray], b: dict[str, np.ndarray], num_heads: int
 ) -> dict[str, np.ndarray]:
-  """Per-prompt distances: heads_linf [B, N], chunks_linf [B, N], l1 [B]."""
+  """Per-prompt distances: heads_linf [B, N], chunks_linf [B, N], l1 [B], and, where the readings have
+  `layers`, layers_linf [B, L] and layers_rel [B, L] (over the L-inf norm of a's representation)."""
   diff_BD = np.abs(a["hidden"].astype(np.float64) - b["hidden"].astype(np.float64))
-  return {
+  out = {
     "heads_linf": np.abs(a["heads"].astype(np.float64) - b["heads"]).max(axis=-1),
     "chunks_linf": diff_BD.reshape(diff_BD.shape[0], num_heads, -1).max(axis=-1),
     "l1": diff_BD.sum(axis=-1),
   }
+  if "layers" in a and "layers" in b:
+    layers_a = a["layers"].astype(np.float64)
+    out["layers_linf"] = np.abs(layers_a - b["layers"]).max(axis=-1)
+    out["layers_rel"] = out["layers_linf"] / np.maximum(
+      np.abs(layers_a).max(axis=-1), np.finfo(np.float64).tiny
+    )
+  return out
 
 
 def collapse_distance(
@@ -166,6 +188,38 @@ def _toys(ns) -> dict:
   }
 
 
+def _layer_plots(results: dict, families: list[str], ns: list[int], dtypes) -> list[dict]:
+  """Per family: the relative last-token distance of every layer's output, one line per n (fp32), and
+  the largest n in each other dtype dashed, against bf16's unit roundoff 2^-8."""
+  plots = []
+  for family in families:
+    series = []
+    for dtype in dtypes:
+      rows = results[f"{dtype}/{family}"]["layers_rel"]
+      picks = range(len(ns)) if dtype == "float32" else [len(ns) - 1]
+      for i in picks:
+        series.append(
+          {
+            "label": f"{'fp32' if dtype == 'float32' else dtype} n={ns[i]}",
+            "x": list(range(1, len(rows[i]) + 1)),
+            "y": rows[i],
+            "style": "-" if dtype == "float32" else "--",
+          }
+        )
+    plots.append(
+      {
+        "name": f"collapse_layers_{family}",
+        "title": f"collapse per layer: {family} (P_n vs P*_n; exactly equal drawn at the floor)",
+        "xlabel": "layer",
+        "ylabel": "L-inf distance / L-inf norm, last token",
+        "logy": True,
+        "series": series,
+        "hlines": [{"y": BF16_UNIT_ROUNDOFF, "label": "bf16 unit roundoff 2^-8"}],
+      }
+    )
+  return plots
+
+
 def compatible(ctx: ProbeContext) -> str | None:
   return (
     None
@@ -188,7 +242,13 @@ def run(ctx: ProbeContext) -> dict:
     pcfg = common.probe_model_cfg(ctx.model_cfg, dtype, explicit=True)
     for family in families:
       rng = np.random.default_rng([opts.seed, FAMILIES.index(family)])
-      rows: dict[str, list] = {"heads_linf": [], "chunks_linf": [], "l1": []}
+      rows: dict[str, list] = {
+        "heads_linf": [],
+        "chunks_linf": [],
+        "l1": [],
+        "layers_linf": [],
+        "layers_rel": [],
+      }
       for n in ns:
         ctx.progress.advance(f"{dtype} {family} n={n}")
         samples = opts.collapse_samples if family == "uniform_digits" else 1
@@ -203,6 +263,8 @@ def run(ctx: ProbeContext) -> dict:
         rows["heads_linf"].append(_stats(d["heads_linf"]))
         rows["chunks_linf"].append(_stats(d["chunks_linf"]))
         rows["l1"].append(float(d["l1"].mean()))
+        rows["layers_linf"].append(d["layers_linf"].mean(axis=0).tolist())  # [L], mean over prompts
+        rows["layers_rel"].append(d["layers_rel"].mean(axis=0).tolist())
       results[f"{dtype}/{family}"] = rows
   plots, summary = [], []
   short = {"float32": "fp32", "bfloat16": "bf16"}
@@ -246,6 +308,17 @@ def run(ctx: ProbeContext) -> dict:
         "hlines": [{"y": BF16_RESOLUTION, "label": "bf16 resolution 2^-7"}],
       }
     )
+  plots.extend(_layer_plots(results, families, ns, opts.collapse_dtypes))
+  for family in families:
+    for dtype in opts.collapse_dtypes:
+      rel = results[f"{dtype}/{family}"]["layers_rel"][-1]
+      below = [i + 1 for i, r in enumerate(rel) if r < BF16_UNIT_ROUNDOFF]
+      summary.append(
+        [
+          f"collapse {family} {short.get(dtype, dtype)}: layers with relative distance < 2^-8 @ n={ns[-1]}",
+          f"{len(below)} of {len(rel)}" + (f" (from layer {below[0]})" if below else ""),
+        ]
+      )
   plots.append(
     {
       "name": "collapse_l1",
@@ -314,6 +387,7 @@ def run(ctx: ProbeContext) -> dict:
       "ns": ns,
       "separator": sep,
       "bf16_resolution": BF16_RESOLUTION,
+      "bf16_unit_roundoff": BF16_UNIT_ROUNDOFF,
       "families": results,
       "toys": toys,
     },

@@ -155,6 +155,25 @@ def prompt_ids(tokenizer: Any, question: str, num_pause: int = 0) -> list[int]:
   return [tokenizer.bos_id, *tokenizer.encode(question), *pause]
 
 
+def encode_prompt(tokenizer: Any, text: str, vocab_size: int, specials: bool = True) -> list[int]:
+  """The prompt's ids as the model's own tokenizer gives them (`encode_with_specials`: BOS only where
+  the tokenizer adds one; a tokenizer without that method, e.g. the char / byte ones, gets BOS + ids as
+  in training); `specials=False`: the text's ids alone (a rendered chat template holds its specials).
+  Refuses ids outside the model's vocabulary."""
+  if not specials:
+    ids = [int(i) for i in tokenizer.encode(text)]
+  elif hasattr(tokenizer, "encode_with_specials"):
+    ids = [int(i) for i in tokenizer.encode_with_specials(text)]
+  else:
+    ids = [int(tokenizer.bos_id)] + [int(i) for i in tokenizer.encode(text)]
+  if max(ids) >= vocab_size:
+    raise ValueError(
+      f"The tokenizer gives id {max(ids)} for a probe prompt, outside the model's vocabulary "
+      f"({vocab_size}); the tokenizer.json does not belong to this checkpoint."
+    )
+  return ids
+
+
 TEXT_TOKENS = 128  # tokens per sequence of a pretrained model's probe text (entropy, separability).
 
 
@@ -162,13 +181,13 @@ def eval_tokens(ctx: Any, num: int) -> tuple[np.ndarray, np.ndarray]:
   """(token ids [B, T], mask of the real tokens [B, T]) of `num` probe sequences: the run's held-out
   data, or for a pretrained model (`ctx.pretrained`) paragraphs of `--text_file` (blank-line separated)
   or of the built-in sentences (`prompts.probe_sentences`): at most TEXT_TOKENS tokens each after the
-  specials the model's tokenizer puts first (`nl_tasks.encode_prompt`: BOS only where it adds one)."""
+  specials the model's tokenizer puts first (`encode_prompt`: BOS only where it adds one)."""
   if not ctx.pretrained:
     from lime_jax.data import pipeline  # pylint: disable=import-outside-toplevel
 
     batch = pipeline.make_eval_batches(ctx.config, "test", num_examples=num, batch_size=num)[0]
     return batch["inputs"], (batch["inputs"] != ctx.tokenizer.pad_id) & (batch["example_mask"][:, None] > 0)
-  from lime_jax.probes import nl_tasks, prompts  # pylint: disable=import-outside-toplevel
+  from lime_jax.probes import prompts  # pylint: disable=import-outside-toplevel
 
   if ctx.options.text_file:
     from etils import epath  # pylint: disable=import-outside-toplevel
@@ -182,9 +201,7 @@ def eval_tokens(ctx: Any, num: int) -> tuple[np.ndarray, np.ndarray]:
   else:
     texts = prompts.probe_sentences(num, ctx.options.seed)
   first = len(start_ids(ctx.tokenizer))
-  rows = [
-    nl_tasks.encode_prompt(ctx.tokenizer, t, ctx.model_cfg.vocab_size)[: TEXT_TOKENS + first] for t in texts
-  ]
+  rows = [encode_prompt(ctx.tokenizer, t, ctx.model_cfg.vocab_size)[: TEXT_TOKENS + first] for t in texts]
   ids_BT, lengths_B = pad_rows(rows, 0)
   mask_BT = np.arange(ids_BT.shape[1])[None] < lengths_B[:, None]
   return ids_BT, mask_BT

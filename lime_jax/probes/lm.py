@@ -2,8 +2,8 @@
 
 Held-out figures use the run's eval split (`data.text.eval_split` / `eval_files`, `--num_examples`
 windows). Multiple choice reads `--mc_tasks` (jsonl files of HellaSwag / ARC / PIQA / WinoGrande /
-generic records, `TASK=PATH` or a path whose name says the task; see lm_eval.py) with `--mc_shots`
-examples in front of each question and at most `--mc_limit` questions per file (0: all).
+generic records, `TASK=PATH` or a path whose name says the task; see evals/multiple_choice.py) with
+`--mc_shots` examples in front of each question and at most `--mc_limit` questions per file (0: all).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from lime_jax import lm_eval
 from lime_jax.data import tasks
+from lime_jax.evals import multiple_choice
+from lime_jax.losses import token_metrics
 from lime_jax.probes import common
 from lime_jax.probes.registry import Probe, ProbeContext
 
@@ -48,7 +49,7 @@ def heldout(ctx: ProbeContext, log_probs_fn) -> dict[str, float]:
     "ce": ce_sum / max(ce_tokens, 1.0),
     "tokens": ce_tokens,
     "bytes": num_bytes,
-    **lm_eval.lm_metrics(ce_sum, ce_tokens, num_bytes),
+    **token_metrics.lm_metrics(ce_sum, ce_tokens, num_bytes),
   }
 
 
@@ -65,11 +66,11 @@ def run(ctx: ProbeContext) -> dict:
       ["bits per byte", f"{h['bits_per_byte']:.4f}"],
     ]
   max_len = 2048 if ctx.pretrained else int(ctx.config.data.seq_len)  # RoPE: no fixed limit when pretrained.
-  files = lm_eval.parse_task_files(ctx.options.mc_tasks)
+  files = multiple_choice.parse_task_files(ctx.options.mc_tasks)
   ctx.progress.start("lm", max(1, len(files)))
   for task, path in files:
-    docs = lm_eval.read_docs(task, path, ctx.options.mc_limit)
-    res = lm_eval.score_mc(fn, ctx.tokenizer, docs, ctx.options.mc_shots, ctx.options.seed, max_len)
+    docs = multiple_choice.read_docs(task, path, ctx.options.mc_limit)
+    res = multiple_choice.score_mc(fn, ctx.tokenizer, docs, ctx.options.mc_shots, ctx.options.seed, max_len)
     metrics[task] = {k: v for k, v in res.items() if k != "loglikelihoods"}
     summary.append(
       [

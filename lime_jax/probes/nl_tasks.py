@@ -2,9 +2,9 @@
 
 `copying.run` / `counting.run` come here when the context's tokenizer is not the synthetic char / byte
 tokenizer (`is_natural_language`). Prompts and parsing are `prompts.py`; answers are decoded greedily
-with the KV cache (`lime_jax/decode.py`: prompts right-padded into one buffer per length, the cache
+with the KV cache (`lime_jax/model/decode.py`: prompts right-padded into one buffer per length, the cache
 shared by the rows), `prompts.max_new_tokens` per style, cut at EOS or the chat template's end of turn
-(`stop_ids`). A prompt carries the specials the model's tokenizer adds (`encode_prompt`); with
+(`stop_ids`). A prompt carries the specials the model's tokenizer adds (`common.encode_prompt`); with
 `ProbeOptions.chat_template` (`--chat_template`) each question is one user message of the tokenizer's
 chat template, rendered text tokenised without added specials (`generate`).
 """
@@ -16,9 +16,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from lime_jax import decode
 from lime_jax.data.tokenizer import ByteTokenizer, CharTokenizer
-from lime_jax.model import ModelConfig
+from lime_jax.model import ModelConfig, decode
 from lime_jax.probes import common, prompts
 from lime_jax.probes.registry import ProbeContext
 
@@ -28,25 +27,6 @@ _SAMPLES_PER_STYLE = 2  # (prompt, output) pairs kept per style in results.json,
 def is_natural_language(tokenizer: Any) -> bool:
   """True for a tokenizer that is not one of the synthetic char / byte tokenizers."""
   return not isinstance(tokenizer, (CharTokenizer, ByteTokenizer))
-
-
-def encode_prompt(tokenizer: Any, text: str, vocab_size: int, specials: bool = True) -> list[int]:
-  """The prompt's ids as the model's own tokenizer gives them (`encode_with_specials`: BOS only where
-  the tokenizer adds one; a tokenizer without that method, e.g. the char / byte ones, gets BOS + ids as
-  in training); `specials=False`: the text's ids alone (a rendered chat template holds its specials).
-  Refuses ids outside the model's vocabulary."""
-  if not specials:
-    ids = [int(i) for i in tokenizer.encode(text)]
-  elif hasattr(tokenizer, "encode_with_specials"):
-    ids = [int(i) for i in tokenizer.encode_with_specials(text)]
-  else:
-    ids = [int(tokenizer.bos_id)] + [int(i) for i in tokenizer.encode(text)]
-  if max(ids) >= vocab_size:
-    raise ValueError(
-      f"The tokenizer gives id {max(ids)} for a probe prompt, outside the model's vocabulary "
-      f"({vocab_size}); the tokenizer.json does not belong to this checkpoint."
-    )
-  return ids
 
 
 def require_chat_template(tokenizer: Any) -> None:
@@ -92,10 +72,11 @@ def continuations(
   (`chat_prompt`), tokenised without added specials as transformers does."""
   if chat_template:
     rows = [
-      encode_prompt(tokenizer, chat_prompt(tokenizer, t), cfg.vocab_size, specials=False) for t in texts
+      common.encode_prompt(tokenizer, chat_prompt(tokenizer, t), cfg.vocab_size, specials=False)
+      for t in texts
     ]
   else:
-    rows = [encode_prompt(tokenizer, t, cfg.vocab_size) for t in texts]
+    rows = [common.encode_prompt(tokenizer, t, cfg.vocab_size) for t in texts]
   buf, lengths = common.pad_rows(rows, 0, num_rows=common.bucket(len(rows), minimum=8))
   # One prefill of every prompt, then exactly max_new steps (docs/benchmarks.md, "Greedy decoding vs
   # transformers").

@@ -11,7 +11,7 @@ import io
 
 import numpy as np
 
-from lime_jax import fileio
+from lime_jax.runtime import fileio
 
 _FIGSIZE = (6.0, 4.0)
 _DPI = 90

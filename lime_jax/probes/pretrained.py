@@ -3,7 +3,7 @@
 PATH is a local folder (or a gs:// URL, copied to a local temporary folder first) in the HF layout:
 `config.json` + `*.safetensors` (read by `lime_jax.hf.load_pretrained`) and the model's own
 `tokenizer.json` (read with the `tokenizers` library, `lime_jax.data.subword`), or a GGUF file (weights,
-architecture and tokenizer from the one file, lime_jax/hf/gguf_model.py). The probes run on those
+architecture and tokenizer from the one file, lime_jax/gguf/reader.py). The probes run on those
 parameters (fp32) with activations in `--dtype` (float32 or bfloat16); copying / counting ask in natural
 language (`nl_tasks.py`; `--chat_template`: as a chat user message), entropy / separability read text
 (`common.eval_tokens`). Prompts carry the special tokens the model's own tokenizer adds (BOS only where
@@ -24,11 +24,11 @@ import ml_collections
 from etils import epath
 
 from lime_jax import config as config_lib
-from lime_jax import sharding as shard_lib
 from lime_jax.data import subword
 from lime_jax.model.model_config import DTYPES
 from lime_jax.probes import nl_tasks, runner
 from lime_jax.probes.registry import ProbeOptions, get_probe
+from lime_jax.runtime import sharding as shard_lib
 
 _REQUIRED = ("config.json", subword.TOKENIZER_JSON)
 
@@ -56,9 +56,9 @@ def local_folder(path: str) -> str:
 def check_folder(path: str) -> None:
   """Raises FileNotFoundError naming what an HF folder lacks (config.json, weights, tokenizer.json); a
   GGUF checkpoint (a .gguf file, or a folder holding one and no config.json) holds all three."""
-  from lime_jax.hf import gguf_model  # pylint: disable=import-outside-toplevel
+  from lime_jax.gguf import reader as gguf_reader  # pylint: disable=import-outside-toplevel
 
-  if gguf_model.gguf_file(path):
+  if gguf_reader.gguf_file(path):
     return
   if not os.path.isdir(path):
     raise FileNotFoundError(

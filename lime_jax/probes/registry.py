@@ -46,7 +46,9 @@ class ProbeOptions:
   entropy_alphas: tuple[float, ...] = (0.5, 0.99, 1.0)
   separability_tokens: tuple[str, ...] = ()  # () = is,are,was,were for text, else the first digits.
   text_file: str = ""  # pretrained models: .txt read by entropy / separability ('' = built-in sentences).
-  mc_tasks: tuple[str, ...] = ()  # lm: multiple-choice jsonl files, TASK=PATH or PATH (lm_eval.py).
+  mc_tasks: tuple[
+    str, ...
+  ] = ()  # lm: multiple-choice jsonl files, TASK=PATH or PATH (evals/multiple_choice.py).
   mc_shots: int = 0  # lm: few-shot examples before each question.
   mc_limit: int = 0  # lm: questions per file (0 = all).
   chat_template: bool = False  # copying / counting (--hf): ask each question as a chat user message.

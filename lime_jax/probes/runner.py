@@ -22,10 +22,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lime_jax import checkpoint as ckpt_lib
 from lime_jax import config as config_lib
-from lime_jax import fileio
-from lime_jax import sharding as shard_lib
+from lime_jax.checkpoint import checkpointer as ckpt_lib
 from lime_jax.data import pipeline, tasks
 from lime_jax.data import text as text_data
 from lime_jax.model import ModelConfig, init_params
@@ -38,6 +36,8 @@ from lime_jax.probes.registry import (
   incompatibility,
   known_probes,
 )
+from lime_jax.runtime import fileio
+from lime_jax.runtime import sharding as shard_lib
 
 
 class Progress:

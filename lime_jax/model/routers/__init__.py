@@ -3,7 +3,7 @@
 A router (`base.Router`) owns its parameters, its three stages per layer (`LayerFns`: pre / mix /
 post), its mixing FLOPs and its analysis (LIMe Fig. 5); the 'lime' topology (lime_jax/model/lime.py)
 only calls it. Adding a router: a module in this package with a `Router` instance, plus one line in
-`REGISTRY`. This module imports nothing heavy (config.py may read `NAMES`): a router's module is
+`REGISTRY`. This module imports nothing heavy (lime_jax.config may read `NAMES`): a router's module is
 imported when the router is first asked for.
 """
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from lime_jax.hf.gguf_model import GGUFCheckpoint
+from lime_jax.gguf.reader import GGUFCheckpoint
 
 _CONTROL, _USER_DEFINED = 3, 4
 _GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
@@ -180,23 +180,6 @@ def _set_post_processor(tok: Any, tokens: list[str], meta: dict[str, Any]) -> No
   pair = " ".join([single] + [tokens[i] for _, i in first] + ["$B:1"] + [tokens[i] for _, i in last])
   tok.post_processor = processors.TemplateProcessing(
     single=single, pair=pair, special_tokens=list(dict.fromkeys((tokens[i], i) for _, i in first + last))
-  )
-
-
-def load_tokenizer(path: str, *, pause_tokens: bool = False) -> Any:
-  """The GGUF file's tokenizer as lime_jax's `HFTokenizer` (special ids, BOS rule and chat template from
-  the metadata)."""
-  from lime_jax.data import subword  # pylint: disable=import-outside-toplevel
-
-  ckpt = GGUFCheckpoint.open(path)
-  meta = tokenizer_metadata(ckpt)
-  return subword.HFTokenizer.from_tokenizer(
-    build_tokenizer(ckpt),
-    specials={role: i for role, i in meta["ids"].items() if role in ("bos", "eos", "pad", "sep")},
-    add_bos=meta["add_bos"],
-    chat_template=meta["chat_template"],
-    source=ckpt.path,
-    pause_tokens=pause_tokens,
   )
 
 

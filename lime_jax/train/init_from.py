@@ -26,8 +26,8 @@ import ml_collections
 import numpy as np
 
 from lime_jax import config as config_lib
-from lime_jax import fileio
 from lime_jax.model.model_config import ModelConfig
+from lime_jax.runtime import fileio
 
 HF_PREFIX = "hf:"
 # A preset that only makes sense fine-tuned (experiments/seqvcr_mult.py:gpt2_table1) sets this; validation
@@ -68,7 +68,7 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def _workdir_meta(workdir: str, step: int | None) -> tuple[int, dict]:
   """(step, the saved config) of a lime_jax workdir's checkpoint (latest when step is None)."""
-  from lime_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  from lime_jax.checkpoint import checkpointer  # pylint: disable=import-outside-toplevel
 
   directory = fileio.join(fileio.absolute(workdir), "checkpoints")
   if not fileio.isdir(directory):
@@ -76,7 +76,7 @@ def _workdir_meta(workdir: str, step: int | None) -> tuple[int, dict]:
       f"config.model.init_from={workdir!r}: no checkpoints in {directory}; give a "
       "lime_jax workdir (DIR or DIR:STEP) or 'hf:/path/to/hf_folder'."
     )
-  ckpt = checkpoint.Checkpointer(workdir, async_save=False)
+  ckpt = checkpointer.Checkpointer(workdir, async_save=False)
   try:
     steps = ckpt.all_steps()
     step = max(steps) if step is None and steps else step
@@ -94,9 +94,9 @@ def source_fields(spec: str) -> dict[str, Any]:
   kind, path, step = parse(spec)
   if kind == "hf":
     from lime_jax import hf  # pylint: disable=import-outside-toplevel
-    from lime_jax.hf import gguf_model  # pylint: disable=import-outside-toplevel
+    from lime_jax.gguf import reader as gguf_reader  # pylint: disable=import-outside-toplevel
 
-    is_gguf = "://" not in path and gguf_model.gguf_file(path)
+    is_gguf = "://" not in path and gguf_reader.gguf_file(path)
     if not is_gguf and (not fileio.isdir(path) or not fileio.exists(fileio.join(path, "config.json"))):
       raise FileNotFoundError(
         f"config.model.init_from={spec!r}: {path!r} is not a Hugging Face folder "
@@ -195,9 +195,9 @@ def _source_params(spec: str, model_cfg: Any) -> Any:
 
     _, params = hf.load_pretrained(path, param_dtype=str(model_cfg.param_dtype))
     return params
-  from lime_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  from lime_jax.checkpoint import checkpointer  # pylint: disable=import-outside-toplevel
 
-  _, state = checkpoint.restore_raw_state(path, step)
+  _, state = checkpointer.restore_raw_state(path, step)
   return state["params"]
 
 

@@ -65,7 +65,7 @@ def misspelt_override(argv: list[str], flag: str = "config") -> str | None:
       hint = f" Did you mean {' or '.join(f'--{flag}.{c}' for c in close)}?" if close else ""
       return (
         f"--{flag}.{name}: the config has no field '{name}'.{hint} Every field and its default is "
-        "in lime_jax/config.py (those of config.model: lime_jax/model/model_config.py)."
+        "in lime_jax/config/__init__.py (those of config.model: lime_jax/model/model_config.py)."
       )
   return None
 

@@ -20,16 +20,19 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from lime_jax import answer_eval, caches, init_from, lm_eval, timing, workdir_lock, writers
-from lime_jax import checkpoint as ckpt_lib
 from lime_jax import config as config_lib
-from lime_jax import flops as flops_lib
-from lime_jax import optimizer as opt_lib
-from lime_jax import sharding as shard_lib
-from lime_jax import train_step as step_lib
+from lime_jax.checkpoint import checkpointer as ckpt_lib
 from lime_jax.data import pipeline
-from lime_jax.errors import UserError
+from lime_jax.evals import greedy_answers
+from lime_jax.losses import token_metrics
 from lime_jax.model import ModelConfig, Transformer, init_params
+from lime_jax.model import flops as flops_lib
+from lime_jax.runtime import caches, peak_flops, workdir_lock
+from lime_jax.runtime import sharding as shard_lib
+from lime_jax.runtime.errors import UserError
+from lime_jax.train import init_from, timing, writers
+from lime_jax.train import optimizer as opt_lib
+from lime_jax.train import step as step_lib
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -89,7 +92,7 @@ class Run:
 def build(config: ml_collections.ConfigDict, devices: list | None = None) -> Run:
   """Validates the config and builds model, optimizer, mesh (over `devices`, default all) and shardings
   (no arrays allocated). With `model.init_from`, the architecture fields and data.tokenizer come from
-  the source first (lime_jax/init_from.py); `data.seq_len = 0` is then fitted to the task (the saved
+  the source first (lime_jax/train/init_from.py); `data.seq_len = 0` is then fitted to the task (the saved
   config.json holds the fitted value)."""
   config_lib.validate(config)
   if config.model.init_from:
@@ -205,7 +208,7 @@ def compile_report(compiled: Any, run: Run, params: Any) -> dict[str, float]:
 
 
 def evaluate(run: Run, params: Any, eval_step, batches: list[dict[str, np.ndarray]]) -> dict[str, float]:
-  """Held-out CE, token accuracy and exact match of the answers (see metrics.answer_metrics)."""
+  """Held-out CE, token accuracy and exact match of the answers (see token_metrics.answer_metrics)."""
   totals: dict[str, float] = {}
   for batch in batches:
     sums = eval_step(params, shard_lib.to_global_batch(shard_lib.process_slice(batch), run.batch_sharding))
@@ -219,14 +222,14 @@ def evaluate(run: Run, params: Any, eval_step, batches: list[dict[str, np.ndarra
   }
   if batches and "num_bytes" in batches[0]:  # task 'text': perplexity, bits per byte.
     result.update(
-      lm_eval.lm_metrics(
+      token_metrics.lm_metrics(
         totals["ce_sum"], totals["ce_tokens"], sum(float(b["num_bytes"].sum()) for b in batches)
       )
     )
   if run.config.eval.greedy and jax.process_count() == 1:  # greedy decoding, per-position accuracy,
     # layer entropy; it decodes process-local batches, so multi-process runs skip it (teacher-forced EM
-    # above equals greedy EM; see metrics.answer_metrics).
-    result.update(answer_eval.evaluate_generation(run.model_cfg, params, batches))
+    # above equals greedy EM; see token_metrics.answer_metrics).
+    result.update(greedy_answers.evaluate_generation(run.model_cfg, params, batches))
   return result
 
 
@@ -295,8 +298,8 @@ def train(
 ) -> TrainResult:
   """Trains per `config`, checkpointing into `workdir`; resumes from its latest checkpoint. Returns the
   final state and metrics (`TrainResult`). `startup`: phases timed before the call (e.g. `imports_s`),
-  reported with the others in compile_report.json. The workdir is locked for the run (workdir_lock.py):
-  a second run on it fails at once with WorkdirLockedError."""
+  reported with the others in compile_report.json. The workdir is locked for the run
+  (runtime/workdir_lock.py): a second run on it fails at once with WorkdirLockedError."""
   phases = timing.Phases(startup)
   with phases("build"):
     run = build(config)
@@ -372,7 +375,7 @@ def _train(run: Run, workdir: str, phases: timing.Phases) -> TrainResult:
   report = compile_report(compiled, run, state.params)
   report["compile_s"] = phases.seconds["compile_s"]
   with phases("peak"):
-    peak, peak_source = flops_lib.peak_flops_per_device()
+    peak, peak_source = peak_flops.peak_flops_per_device()
   report["peak_flops_per_device"] = peak
   # Start-up phases in seconds (first_step_s, dispatch to metrics of the first step, is added after it).
   report["phases"] = phases.seconds

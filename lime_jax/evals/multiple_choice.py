@@ -1,14 +1,10 @@
-"""Language-model evaluation: held-out loss / perplexity / bits per byte, and multiple-choice scoring.
+"""Multiple-choice scoring of a language model, as lm-evaluation-harness's log-likelihood tasks.
 
-Bits per byte = (sum of the target tokens' CE in nats) / ln 2 / (UTF-8 bytes those targets decode to,
-specials excluded); it compares models with different tokenizers. Each eval window's bytes are counted
-after the end of the window before it (`target_bytes`), so characters cut between windows count once.
-
-Multiple choice follows lm-evaluation-harness's log-likelihood tasks: each document gives a context,
-choices and the gold index; the score of a choice is the summed log-probability of its continuation
-tokens given `[BOS] few-shot examples + context`. `acc` takes the argmax of the scores, `acc_norm` that
-of score / UTF-8 bytes of the continuation. Documents are read from local jsonl files holding the
-original datasets' records, turned into requests as the harness's task definitions do:
+Each document gives a context, choices and the gold index; the score of a choice is the summed
+log-probability of its continuation tokens given `[BOS] few-shot examples + context`. `acc` takes the
+argmax of the scores, `acc_norm` that of score / UTF-8 bytes of the continuation. Documents are read
+from local jsonl files holding the original datasets' records, turned into requests as the harness's
+task definitions do:
 
 - `hellaswag` {activity_label, ctx_a, ctx_b, endings, label}: context `activity_label: ctx_a Ctx_b`
   (cleaned as the harness does), choices ' ' + ending;
@@ -38,42 +34,6 @@ import numpy as np
 
 MC_TASKS = ("hellaswag", "arc_easy", "arc_challenge", "piqa", "winogrande", "generic")
 FEWSHOT_DELIMITER = "\n\n"
-
-
-def special_ids(tokenizer: Any) -> set[int]:
-  """The ids that decode to no text (bos / eos / pad / sep / pauses, and the byte tokenizer's 0..15)."""
-  ids = {
-    getattr(tokenizer, f"{n}_id", -1)
-    for n in ("pad", "bos", "eos", "sep", "pause_start", "pause", "pause_end")
-  }
-  ids.update(range(int(getattr(tokenizer, "num_special", 0))))
-  return {int(i) for i in ids if i is not None and int(i) >= 0}
-
-
-def target_bytes(tokenizer: Any, targets_NT: np.ndarray, mask_NT: np.ndarray, context: int = 8) -> np.ndarray:
-  """float32[N]: UTF-8 bytes of each row's masked, non-special targets, the rows being consecutive
-  pieces of one stream (eval windows). Row n is decoded after the last `context` tokens of the row
-  before, and counts the bytes it adds, so a character split between rows is counted once in the sum."""
-  specials = special_ids(tokenizer)
-  out = np.zeros((targets_NT.shape[0],), np.float32)
-  size = lambda ids: len(tokenizer.decode(ids).encode("utf-8")) if ids else 0
-  prev: list[int] = []
-  for n in range(targets_NT.shape[0]):
-    ids = [int(t) for t, m in zip(targets_NT[n], mask_NT[n]) if m > 0 and int(t) not in specials]
-    if ids:
-      out[n] = size(prev + ids) - size(prev)
-      prev = ids[-context:]
-  return out
-
-
-def lm_metrics(ce_sum: float, ce_tokens: float, num_bytes: float) -> dict[str, float]:
-  """Perplexity, bits per byte and bytes per token from summed CE (nats), tokens and bytes."""
-  ce = ce_sum / max(ce_tokens, 1.0)
-  return {
-    "perplexity": float(math.exp(min(ce, 700.0))),
-    "bits_per_byte": float(ce_sum / math.log(2) / max(num_bytes, 1.0)),
-    "bytes_per_token": float(num_bytes / max(ce_tokens, 1.0)),
-  }
 
 
 # ------------------------------------------------------------------ multiple choice documents

@@ -200,7 +200,7 @@ def param_logical_axes(params: Any) -> Any:
     if axes is None:
       raise ValueError(
         f"parameter {'/'.join(_path_names(path))} {tuple(x.shape)} has no logical axes: "
-        "add its path to lime_jax/sharding.py PARAM_AXES."
+        "add its path to lime_jax/runtime/sharding.py PARAM_AXES."
       )
     return axes
 
@@ -236,7 +236,7 @@ def state_shardings(mesh: jax.sharding.Mesh, abstract_state: Any) -> Any:
   missing = unruled_params(abstract_state.params)
   if missing and math.prod(mesh.shape.values()) > 1:
     logging.warning(
-      "No sharding rule for parameters %s: replicated. Add them to lime_jax/sharding.py PARAM_AXES.",
+      "No sharding rule for parameters %s: replicated. Add them to lime_jax/runtime/sharding.py PARAM_AXES.",
       ", ".join(missing),
     )
   return tree_shardings(mesh, abstract_state)

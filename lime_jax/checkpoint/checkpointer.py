@@ -37,9 +37,9 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from lime_jax.errors import UserError
 from lime_jax.model import model_config
 from lime_jax.model.topologies import get_topology
+from lime_jax.runtime.errors import UserError
 
 # Model fields whose change makes a checkpoint's parameters unusable (shapes or semantics).
 _ARCH_FIELDS = (

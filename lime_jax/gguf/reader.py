@@ -2,7 +2,7 @@
 
 A GGUF file holds the architecture as metadata (`general.architecture`, `<arch>.block_count`,
 `<arch>.attention.*`, `<arch>.rope.*`, ...), the tokenizer as metadata (`tokenizer.ggml.*`,
-lime_jax/hf/gguf_tokenizer.py) and the tensors under llama.cpp's names, many of them quantised. This
+lime_jax/gguf/tokenizer.py) and the tensors under llama.cpp's names, many of them quantised. This
 module turns the metadata into the `config.json` dict of the equivalent Hugging Face model
 (`hf_config`) and the tensors into that model's state dict (`state_dict`), so that the one HF path of
 lime_jax/hf/ (families.py, weights.py) builds the backbone from them.

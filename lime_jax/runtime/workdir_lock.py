@@ -30,7 +30,7 @@ from typing import Any
 
 from etils import epath
 
-from lime_jax.errors import UserError
+from lime_jax.runtime.errors import UserError
 
 LOCK_FILE = "lock.json"
 HEARTBEAT_S = 60.0

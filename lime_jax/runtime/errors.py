@@ -47,7 +47,7 @@ _MACHINE = (
     ("RESOURCE_EXHAUSTED: Out of memory", "Out of memory while trying to allocate"),
     "out of device memory",
     "lower train.batch_size or data.seq_len, or set model.remat_policy='full' "
-    "(python -m lime_jax.info shows the memory a config needs)",
+    "(python -m lime_jax.tools.info shows the memory a config needs)",
   ),
 )
 

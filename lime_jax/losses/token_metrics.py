@@ -1,6 +1,9 @@
-"""Pure loss and metric functions over logits, targets and masks."""
+"""Pure loss and metric functions over logits, targets and masks, and the language-model metrics of
+summed cross-entropy (perplexity, bits per byte)."""
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -37,4 +40,14 @@ def answer_metrics(
     "answer_tokens": jnp.sum(answer_mask_BT),
     "exact_matches": jnp.sum(exact_B),
     "examples": jnp.sum(example_mask_B),
+  }
+
+
+def lm_metrics(ce_sum: float, ce_tokens: float, num_bytes: float) -> dict[str, float]:
+  """Perplexity, bits per byte and bytes per token from summed CE (nats), tokens and bytes."""
+  ce = ce_sum / max(ce_tokens, 1.0)
+  return {
+    "perplexity": float(math.exp(min(ce, 700.0))),
+    "bits_per_byte": float(ce_sum / math.log(2) / max(num_bytes, 1.0)),
+    "bytes_per_token": float(num_bytes / max(ce_tokens, 1.0)),
   }

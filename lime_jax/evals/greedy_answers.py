@@ -2,7 +2,7 @@
 accuracy, and the matrix entropy of the Seq-VCR layer's representations.
 
 - `greedy_exact_match`: share of examples whose whole greedily decoded answer (with the final EOS)
-  equals the target (lime_jax/decode.py decodes from each row's own question + pauses).
+  equals the target (lime_jax/model/decode.py decodes from each row's own question + pauses).
 - `greedy_token_accuracy`: share of answer tokens right under free-running decoding.
 - `greedy_pos_acc/KK`: accuracy at answer position KK (0 = first answer token), over the examples whose
   answer has that position. The paper reports that the middle digits (most carries) fail.
@@ -22,9 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lime_jax import decode
 from lime_jax.data.tokenizer import PAD_ID
-from lime_jax.model import ModelConfig, Transformer
+from lime_jax.model import ModelConfig, Transformer, decode
 
 
 def matrix_entropy(z_BTD: jax.Array, mask_BT: jax.Array) -> jax.Array:

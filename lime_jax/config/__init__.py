@@ -17,21 +17,21 @@ from typing import Any
 import ml_collections
 
 from lime_jax.data import copying, counting, multiplication, tasks
-from lime_jax.errors import ConfigError
+from lime_jax.data.base import LOSS_SCOPES  # data.loss_scope's choices (defined in the data layer)
 from lime_jax.model import model_config
 from lime_jax.model.model_config import LimeConfig, ModelConfig
+from lime_jax.runtime.errors import ConfigError
 
 # Choices of the model fields: read from their dataclass field (model_config.py), never written here.
 TOPOLOGIES = model_config.field_choices(ModelConfig, "topology")
 LIME_ROUTERS = model_config.field_choices(LimeConfig, "router")
 REMAT_POLICIES = model_config.field_choices(ModelConfig, "remat_policy")
 TASKS = tasks.known_tasks()
-LOSS_SCOPES = ("answer", "all")  # data.loss_scope: CE on the answer (+eos) only, or on every non-pad token.
 
 # `config.model` fields that are run options, not model hyperparameters (ModelConfig.from_config ignores
 # them), with their defaults.
 MODEL_RUN_OPTIONS = {
-  # Fine-tune from a checkpoint (lime_jax/init_from.py): 'hf:PATH' (a Hugging Face folder: config.json +
+  # Fine-tune from a checkpoint (lime_jax/train/init_from.py): 'hf:PATH' (a Hugging Face folder: config.json +
   # safetensors) or a lime_jax workdir 'DIR' / 'DIR:STEP' (default: its latest step). The architecture
   # fields come from the source (a field set here must agree with it); its parameters are loaded at
   # step 0 with a fresh optimizer; embedding rows for ids the source lacks (pause tokens) are added as
@@ -133,8 +133,8 @@ def default_config() -> ml_collections.ConfigDict:
   t.keep_checkpoints = 3
   t.async_checkpoint = True
   t.stop_at_step = 0  # >0: checkpoint and exit after this step, schedule intact (split a run over job slots).
-  # jax's persistent compilation cache (lime_jax/caches.py): '' = $JAX_COMPILATION_CACHE_DIR if set, else
-  # <user cache dir>/jax_cache ($LIME_JAX_CACHE_DIR, $XDG_CACHE_HOME/lime_jax or ~/.cache/lime_jax);
+  # jax's persistent compilation cache (lime_jax/runtime/caches.py): '' = $JAX_COMPILATION_CACHE_DIR if
+  # set, else <user cache dir>/jax_cache ($LIME_JAX_CACHE_DIR, $XDG_CACHE_HOME/lime_jax or ~/.cache/lime_jax);
   # 'none' = off; anything else is the directory. A repeated start then skips the XLA compiles.
   t.compilation_cache_dir = ""
   # Weights & Biases sink beside TensorBoard and JSONL (optional extra: pip install -e '.[wandb]').
@@ -148,8 +148,8 @@ def default_config() -> ml_collections.ConfigDict:
   e = c.eval = ml_collections.ConfigDict()
   e.num_examples = 512
   e.batch_size = 128
-  # Greedy decoding of the answers (lime_jax/decode.py): exact match, per-answer-position accuracy and
-  # the matrix entropy of the Seq-VCR layer (lime_jax/answer_eval.py); question/answer tasks only;
+  # Greedy decoding of the answers (lime_jax/model/decode.py): exact match, per-answer-position accuracy and
+  # the matrix entropy of the Seq-VCR layer (lime_jax/evals/greedy_answers.py); question/answer tasks only;
   # single-process runs only (skipped when jax.process_count() > 1).
   e.greedy = False
 

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lime_jax import metrics
+from lime_jax.losses import token_metrics
 from lime_jax.model import Transformer
 
 Batch = dict[str, jax.Array]
@@ -39,10 +39,10 @@ def loss_fn(params: Any, model: Transformer, batch: Batch) -> tuple[jax.Array, d
     regularize=True,
     answer_mask_BT=batch.get("answer_mask"),
   )
-  ce = metrics.masked_cross_entropy(logits_BTV, batch["targets"], batch["loss_mask"])
+  ce = token_metrics.masked_cross_entropy(logits_BTV, batch["targets"], batch["loss_mask"])
   aux_total = sum(out.aux.values(), jnp.zeros((), jnp.float32))
   stats = {"ce": ce, **{f"aux/{k}": v for k, v in out.aux.items()}}
-  stats.update(metrics.answer_metrics(logits_BTV, batch["targets"], batch["answer_mask"]))
+  stats.update(token_metrics.answer_metrics(logits_BTV, batch["targets"], batch["answer_mask"]))
   return ce + aux_total, stats
 
 
@@ -80,7 +80,7 @@ def make_eval_step(model: Transformer) -> Callable[[Any, Batch], dict[str, jax.A
     logits_BTV, _ = model.apply({"params": params}, batch["inputs"], batch.get("positions"))
     mask_BT = batch["loss_mask"] * batch["example_mask"][:, None]
     ce_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
-    sums = metrics.answer_metrics(
+    sums = token_metrics.answer_metrics(
       logits_BTV, batch["targets"], batch["answer_mask"] * mask_BT, batch["example_mask"]
     )
     sums["ce_sum"] = jnp.sum(ce_BT * mask_BT)

@@ -1,4 +1,4 @@
-"""Analytic FLOP counts and the peak FLOP/s used for MFU.
+"""Analytic FLOP counts of a model (the numerator of MFU; the peak FLOP/s is lime_jax/runtime/peak_flops.py).
 
 Convention (stated in logs and docs): training FLOPs per token = 3 x forward (forward + 2x backward).
 Forward FLOPs per token = 2 x (parameters in matmuls, including the unembedding, excluding the
@@ -8,13 +8,6 @@ embedding lookup) + causal attention 2 x 2 x L x D_attn x T / 2 (QK^T and PV, ha
 
 from __future__ import annotations
 
-import os
-import time
-
-import jax
-import jax.numpy as jnp
-
-from lime_jax import caches
 from lime_jax.model.model_config import ModelConfig
 from lime_jax.model.topologies import get_topology
 
@@ -51,51 +44,3 @@ def topology_extra_forward_flops(cfg: ModelConfig) -> float:
 
 def train_flops_per_step(cfg: ModelConfig, batch_size: int, seq_len: int) -> float:
   return 3.0 * forward_flops_per_token(cfg, seq_len) * batch_size * seq_len
-
-
-# Dense bf16 peak FLOP/s per chip, from vendor data sheets.
-_PEAK_BY_KIND = {
-  "TPU v4": 275e12,
-  "TPU v5 lite": 197e12,
-  "TPU v5e": 197e12,
-  "TPU v5p": 459e12,
-  "TPU v5": 459e12,
-  "TPU v6 lite": 918e12,
-  "TPU v6e": 918e12,
-  "H100": 989e12,
-  "H200": 989e12,
-  "A100": 312e12,
-}
-
-
-def measure_matmul_peak(n: int = 2048, repeats: int = 3) -> float:
-  """FLOP/s of a jitted fp32 n x n matmul on the default device (the CPU 'peak' for MFU)."""
-  a = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  best = float("inf")
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    f(a).block_until_ready()
-    best = min(best, time.perf_counter() - t0)
-  return 2.0 * n**3 / best
-
-
-def _cpu_count() -> int:
-  """CPUs this process may run on (its affinity mask under SLURM or a container), else all of them."""
-  try:
-    return len(os.sched_getaffinity(0))
-  except (AttributeError, OSError):
-    return os.cpu_count() or 1
-
-
-def peak_flops_per_device() -> tuple[float, str]:
-  """(peak FLOP/s per device, how it was obtained): a data-sheet value, or a measured matmul on CPU,
-  measured once per (device kind, jax version, CPU count) and then read from the user cache dir."""
-  kind = jax.devices()[0].device_kind
-  for name, peak in _PEAK_BY_KIND.items():
-    if name.lower() in kind.lower():
-      return peak, f"data sheet ({kind})"
-  key = f"{kind} | jax {jax.__version__} | {_cpu_count()} cpus | fp32 2048^2 matmul"
-  peak, cached = caches.cached_value("cpu_peak_flops", key, measure_matmul_peak)
-  return peak, f"measured fp32 matmul ({kind}{', cached' if cached else ''})"

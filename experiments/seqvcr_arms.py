@@ -14,7 +14,7 @@ Pause tokens share ONE learned embedding: every pause is the same token id (toke
 its row of the embedding table is the shared pause embedding; </pause_start> and </pause_end> have
 their own rows. The pipeline puts no CE on question or pause positions (data.loss_scope='answer').
 
-Sweeps (`python -m lime_jax.sweep --config=experiments/seqvcr_mult.py --specs=default,seqvcr_pause
+Sweeps (`python -m lime_jax.tools.sweep --config=experiments/seqvcr_mult.py --specs=default,seqvcr_pause
 --sweep=lambdas`): SWEEPS maps a name to the per-member override lists.
 """
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from lime_jax.presets import Preset
+from lime_jax.config.presets import Preset
 
 ARMS = ("vanilla", "pause", "seqvcr", "seqvcr_pause", "cot")
 
@@ -132,7 +132,7 @@ def get_config(
 ) -> ml_collections.ConfigDict:
   """`PRESET[,ARM]` -> config (arm default: seqvcr_pause). `num_pause[preset]` is K for the pause arms."""
   from lime_jax.config import default_config
-  from lime_jax.presets import apply_preset
+  from lime_jax.config.presets import apply_preset
 
   preset, _, arm = (spec or "default").partition(",")
   preset = preset or "default"
