@@ -1,4 +1,4 @@
-"""Cost of the checkpoint digests (lime_jax/checkpoint/checkpointer.py): hashing a step's files after the
+"""Cost of the checkpoint digests (lime_jax/checkpoint/integrity.py): hashing a step's files after the
 save commits, and hashing them again before a restore.
 
   python benchmarks/checkpoint_digest.py [--specs experiments/baseline.py:tiny ...] [--synthetic_mib 256]
@@ -29,7 +29,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser  # noqa: E402
 
-from lime_jax.checkpoint import checkpointer as ckpt_lib  # noqa: E402
+from lime_jax import checkpoint as ckpt_lib  # noqa: E402
 from lime_jax.train import loop as train_lib  # noqa: E402
 
 SPECS = ("experiments/baseline.py:tiny", "experiments/lime_deep.py:default,lime")

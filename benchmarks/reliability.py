@@ -38,7 +38,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
-from lime_jax.checkpoint import checkpointer as ckpt_lib  # noqa: E402
+from lime_jax import checkpoint as ckpt_lib  # noqa: E402
 
 ROWS: list[tuple[str, str, bool]] = []  # (case, what happened, as required)
 

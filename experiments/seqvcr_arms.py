@@ -124,7 +124,7 @@ def apply_arm(c: ml_collections.ConfigDict, arm: str, num_pause: int, config_fil
   c.model.seq_vcr.enabled = arm in ("seqvcr", "seqvcr_pause")
   task_cot(c).cot = arm == "cot"
   c.eval.greedy = True
-  c.data.seq_len = 0  # fitted to the task when the run is built (pipeline.fit_seq_len)
+  c.data.seq_len = 0  # fitted to the task when the run's config is resolved (pipeline.resolve)
 
 
 def get_config(

@@ -22,7 +22,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lime_jax.checkpoint.checkpointer import DamagedCheckpointError
+from lime_jax.checkpoint import DamagedCheckpointError
 from lime_jax.model import model_config
 from lime_jax.probes import registry, runner
 from lime_jax.runtime import cli, fileio

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-from lime_jax.checkpoint import checkpointer as ckpt_lib  # noqa: E402
+from lime_jax import checkpoint as ckpt_lib  # noqa: E402
 from lime_jax.data import pipeline  # noqa: E402
 from lime_jax.experiments import baseline  # noqa: E402
 from lime_jax.losses import seq_vcr  # noqa: E402

@@ -20,8 +20,7 @@ import pytest
 from test_preemption import assert_same_state
 from test_train import REPO, tiny_config
 
-from lime_jax.checkpoint import checkpointer as ckpt_lib
-from lime_jax.probes import runner
+from lime_jax import checkpoint as ckpt_lib
 from lime_jax.runtime import cli
 from lime_jax.train import loop as train_lib
 
@@ -185,7 +184,7 @@ def test_flipped_bytes_in_array_data_are_damage_in_main_evaluate_and_raw_restore
   )
   assert_same_state(workdirs[0], trained, 40)  # the redone step 40 is the clean run's
 
-  step, _, _ = runner.restore_params(str(workdirs[1]))
+  step = ckpt_lib.restore_params(str(workdirs[1])).step
   assert step == 30 and f"{relpath} (sha256 differs" in capsys.readouterr().err
   assert checkpoint_dirs(workdirs[1]) == ["20", "30", "40.corrupt"]
 
@@ -245,7 +244,7 @@ def test_evaluate_uses_the_newest_intact_step(trained, tmp_path, capsys):
   random_bytes_in_every_data_file(workdir / "checkpoints" / "40")
   shutil.rmtree(workdir / "checkpoints" / "30" / "meta")
   shutil.rmtree(workdir / "checkpoints" / "20" / "data")  # evaluate does not need it
-  step, _, params = runner.restore_params(str(workdir))
+  step, _, _, params = ckpt_lib.restore_params(str(workdir))
   err = capsys.readouterr().err
   assert step == 20 and "step 20 is damaged" not in err
   assert f"Checkpoint step 40 is damaged ({workdir}/checkpoints/40/state/" in err  # the file, by digest
@@ -264,7 +263,7 @@ def test_evaluate_named_damaged_step_fails_naming_the_file_and_the_intact_steps(
     match=r"step 40 in .* is damaged \(.*/40/state/manifest\.ocdbt \(missing\)\)\. "
     r"Intact steps: \[20, 30\]",
   ):
-    runner.restore_params(str(workdir), step=40)
+    ckpt_lib.restore_params(str(workdir), step=40)
   proc = _run(["-m", "lime_jax.evaluate", f"--workdir={workdir}", "--probes=entropy", "--step=40"])
   assert proc.returncode == 1
   assert "FATAL: Checkpoint step 40" in proc.stderr and "Intact steps: [20, 30]" in proc.stderr

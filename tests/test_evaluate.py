@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from lime_jax import checkpoint as ckpt_lib
 from lime_jax.probes import registry, runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -113,12 +114,12 @@ def test_eight_fake_devices_give_the_same_results(run_dir, one_device, tmp_path)
 
 def test_errors_are_clear(run_dir, tmp_path):
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    runner.restore_params(str(tmp_path / "nope"))
+    ckpt_lib.restore_params(str(tmp_path / "nope"))
   (tmp_path / "empty").mkdir()
   with pytest.raises(FileNotFoundError, match="No checkpoints"):
-    runner.restore_params(str(tmp_path / "empty"))
+    ckpt_lib.restore_params(str(tmp_path / "empty"))
   with pytest.raises(FileNotFoundError, match=r"--step=3 not found.*\[2, 4\]"):
-    runner.restore_params(str(run_dir), step=3)
+    ckpt_lib.restore_params(str(run_dir), step=3)
   with pytest.raises(ValueError, match="unknown probe 'bogus'"):
     runner.evaluate(str(run_dir), ["collapse", "bogus"])
   proc = _run(["-m", "lime_jax.evaluate", f"--workdir={run_dir}", "--probes=bogus"], timeout=120)
@@ -132,25 +133,21 @@ def test_shape_mismatch_is_reported(run_dir, tmp_path):
   meta = json.loads(meta_path.read_text())
   meta["config"]["model"]["ffn_dim"] = 48
   meta_path.write_text(json.dumps(meta))
-  from lime_jax.checkpoint import checkpointer as ckpt_lib
-
   ckpt_lib.write_digests(str(copy / "checkpoints" / "4"))  # a consistent step, not a damaged one
   with pytest.raises(
-    ValueError,
-    match=r"do not match the shapes.*mlp.*checkpoint \(2, 32, 64\) vs config "
-    r"\(2, 32, 48\)",
+    ckpt_lib.CheckpointMismatchError,
+    match=r"checkpoints/4 was made with a different model config \(model\.ffn_dim: checkpoint 64 vs "
+    r"config 48\)",
   ):
-    runner.restore_params(str(copy))
+    ckpt_lib.restore_params(str(copy))
 
 
 def test_restored_params_equal_the_checkpoint(run_dir):
   import jax
 
-  from lime_jax.checkpoint import checkpointer as ckpt_lib
-
-  step, config, params = runner.restore_params(str(run_dir), step=2)
+  step, config, model_cfg, params = ckpt_lib.restore_params(str(run_dir), step=2)
   _, raw = ckpt_lib.restore_raw_state(str(run_dir), 2)
-  assert step == 2 and config.data.task == "copying" and config.model.num_layers == 2
+  assert step == 2 and config["data"]["task"] == "copying" and model_cfg.num_layers == 2
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(raw["params"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 

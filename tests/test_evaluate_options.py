@@ -73,6 +73,22 @@ def test_skip_found_while_running_also_fails(tmp_path, monkeypatch):
   assert results["probes"]["fake_b"]["metrics"]["skipped"] == "fake_b skipped: no such tokens"
 
 
+def test_finished_probes_are_saved_when_a_later_one_fails(tmp_path, monkeypatch):
+  """results.json is written as each probe finishes: a run that dies in its second probe keeps the first."""
+  calls: list[str] = []
+  _fake_probes(monkeypatch, calls)
+
+  def crash(ctx):
+    raise RuntimeError("killed mid-probe")
+
+  monkeypatch.setitem(registry._PROBES, "fake_crash", registry.Probe("fake_crash", crash, "test probe"))
+  with pytest.raises(RuntimeError, match="killed mid-probe"):
+    runner.evaluate(str(tmp_path / "r"), ["fake_a", "fake_crash"], random_init_config=_arith_config())
+  saved = json.loads((tmp_path / "r" / "eval" / "random_init" / "results.json").read_text())
+  assert list(saved["probes"]) == ["fake_a"] and saved["probes"]["fake_a"]["metrics"] == {"n": 32}
+  assert (tmp_path / "r" / "eval" / "random_init" / "fake_a_plot.png").exists()
+
+
 def test_cli_exits_non_zero_on_incompatible_probes(tmp_path):
   cmd = [
     sys.executable,

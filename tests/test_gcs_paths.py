@@ -14,6 +14,7 @@ import pytest
 from etils import epath
 from etils.epath import testing as epath_testing
 
+from lime_jax import checkpoint
 from lime_jax.probes import pretrained, runner
 from lime_jax.runtime import fileio
 from lime_jax.tools import sweep
@@ -79,10 +80,10 @@ def test_runner_writes_and_reads_results_in_a_bucket(bucket):
 
 def test_restore_checks_the_bucket_not_the_local_disk(bucket):
   with pytest.raises(FileNotFoundError, match="'gs://bucket/missing' does not exist"):
-    runner.restore_params("gs://bucket/missing")
+    checkpoint.restore_params("gs://bucket/missing")
   (bucket / "run").mkdir()
   with pytest.raises(FileNotFoundError, match="expected gs://bucket/run/checkpoints"):
-    runner.restore_params("gs://bucket/run")
+    checkpoint.restore_params("gs://bucket/run")
 
 
 def test_sweep_reads_a_bucket_workdir(bucket):
@@ -124,7 +125,7 @@ def test_hf_folder_in_a_bucket_is_copied_locally(bucket):
 
 def test_workdir_lock_and_checkpoint_digests_on_a_bucket(bucket):
   """gs:// has no flock: the lock is a heartbeat file; digests list and hash the step through epath."""
-  from lime_jax.checkpoint import checkpointer as ckpt_lib  # pylint: disable=import-outside-toplevel
+  from lime_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
   from lime_jax.runtime import workdir_lock  # pylint: disable=import-outside-toplevel
 
   (bucket / "run").mkdir()

@@ -517,6 +517,7 @@ def test_export_cli_writes_a_folder_transformers_loads(tmp_path):
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
 
+  from lime_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from lime_jax.probes import runner  # pylint: disable=g-import-not-at-top
 
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -536,8 +537,9 @@ def test_export_cli_writes_a_folder_transformers_loads(tmp_path):
   proc = run("lime_jax.tools.export", f"--workdir={workdir}", f"--out={out}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "llama" in proc.stdout
-  _, config, params = runner.restore_params(str(workdir))
-  cfg = runner.model_config_for(config)
+  restored = checkpoint.restore_params(str(workdir))
+  cfg, params = restored.model_cfg, restored.params
+  assert cfg == runner.model_config_for(runner.config_from_dict(restored.config))
   model = transformers.AutoModelForCausalLM.from_pretrained(str(out), attn_implementation="eager").eval()
   tokens_BT = np.random.default_rng(5).integers(0, cfg.vocab_size, (2, 24)).astype(np.int32)
   assert _max_diff(_hf_logits(model, tokens_BT), _forward(cfg, params, tokens_BT)) <= 1e-4
@@ -600,8 +602,8 @@ def test_backbone_options_are_validated(changes, field):
 def test_flops_and_checkpoint_signature_follow_the_options():
   """GPT-2's MLP has two matrices, a sliding window caps the attention FLOPs, and the checkpoint
   signature names a shape-changing option only when it is set (older checkpoints still match)."""
+  from lime_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from lime_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from lime_jax.checkpoint import checkpointer  # pylint: disable=g-import-not-at-top
   from lime_jax.model import flops  # pylint: disable=g-import-not-at-top
 
   cfg = ModelConfig(vocab_size=V, num_layers=2, d_model=64, num_heads=4, ffn_dim=128)
@@ -613,6 +615,6 @@ def test_flops_and_checkpoint_signature_follow_the_options():
   half = attn(dataclasses.replace(windowed, global_layers=(1,)))
   assert half == pytest.approx((attn(cfg) + attn(windowed)) / 2)
   model = config_lib.default_config().model
-  plain = checkpointer.arch_signature(model, V)
+  plain = checkpoint.arch_signature(model, V)
   model.qkv_bias = True
-  assert checkpointer.arch_signature(model, V) == {**plain, "qkv_bias": True}
+  assert checkpoint.arch_signature(model, V) == {**plain, "qkv_bias": True}

@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import pytest
 
+from lime_jax import checkpoint as ckpt_lib
 from lime_jax import config as config_lib
-from lime_jax.checkpoint import checkpointer as ckpt_lib
 from lime_jax.data import subword, tasks
 from lime_jax.model import Transformer
 from lime_jax.train import init_from

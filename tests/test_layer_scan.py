@@ -10,10 +10,12 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
+import jax.extend.core as jex_core
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lime_jax.model import layer_scan
 from lime_jax.model.layer_scan import INVARIANT, KNOWN, SAVED, scan_layers, trace_step
 from lime_jax.model.stack import remat
 
@@ -151,3 +153,76 @@ def test_scan_layers_opens_each_group(reverse):
   )()
   l0_seen = (np.asarray(ys) - np.arange(layers)) // 100
   np.testing.assert_array_equal(l0_seen, np.arange(layers) // G * G)
+
+
+# ------------------------------------------------------------ what the walk relies on (JAX upgrades)
+def test_jax_extend_core_has_what_the_walk_uses():
+  missing = [name for name in layer_scan.JAXPR_API if not hasattr(jex_core, name)]
+  assert not missing, (
+    f"jax {jax.__version__}: jax.extend.core has no {missing}; lime_jax/model/layer_scan.py walks jaxprs "
+    "through these names: update trace_step / _varying_vars."
+  )
+  layer_scan.check_jaxpr_api()
+
+
+@jax.custom_jvp
+def _custom(x, s):
+  return x * jnp.sin(s), jnp.cos(s)
+
+
+_custom.defjvp(lambda primals, tangents: (_custom(*primals), _custom(*primals)))
+
+
+def _walked(s, x):
+  """Outputs that depend on the shared input s only (invariant), or on the per-layer x (varying), inside
+  and outside the call-like equations the walk enters (jit, checkpoint, custom_jvp) and a scan it does
+  not enter (conservative: every output varying)."""
+  only_s = jnp.sin(s)
+  x2, cos_s = jax.jit(lambda x, s: (x * 2, jnp.cos(s)))(x, s)
+  x3, s3 = jax.checkpoint(lambda x, s: (x + 1, s * 3))(x, s)
+  xs, cs = _custom(x, s)
+  scanned = jax.lax.scan(lambda c, _: (c + s, None), x, None, length=2)[0]
+  both = x * only_s
+  return only_s, x2, cos_s, x3, s3, xs, cs, scanned, both, x, s
+
+
+WALKED_VARYING = [False, True, False, True, False, True, False, True, True, True, False]
+
+
+def test_the_walk_sorts_a_known_function():
+  """The dependency walk (`_varying_vars`) on a small known function: which outputs depend on the
+  per-layer input. A JAX whose jaxprs changed shape fails here, with the outputs it got wrong."""
+  closed = jax.make_jaxpr(_walked)(1.0, 2.0)
+  jaxpr = closed.jaxpr
+  assert all(isinstance(v, jex_core.Var) for v in jaxpr.invars), jaxpr.invars
+  varying = layer_scan._varying_vars(jaxpr, [False, True])
+  got = [isinstance(v, jex_core.Var) and v in varying for v in jaxpr.outvars]
+  wrong = [i for i, (g, w) in enumerate(zip(got, WALKED_VARYING)) if g != w]
+  assert not wrong, (
+    f"jax {jax.__version__}: layer_scan._varying_vars sorts outputs {wrong} of _walked wrongly "
+    f"(got {got}); its jaxpr:\n{closed}"
+  )
+  # Inputs passed through are the inputs' very variables (how `known` values are found).
+  assert jaxpr.outvars[-2] is jaxpr.invars[1] and jaxpr.outvars[-1] is jaxpr.invars[0]
+  np.testing.assert_allclose(jex_core.jaxpr_as_fun(closed)(1.0, 2.0), _walked(1.0, 2.0), rtol=1e-6)
+
+
+def test_a_changed_jaxpr_api_fails_loudly(monkeypatch):
+  """If jax.extend.core loses a name the walk uses, trace_step says so (instead of mis-sorting)."""
+  ws_LDD, h_BD, shared = _inputs()
+  monkeypatch.delattr(jex_core, "jaxprs_in_params")
+  with pytest.raises(layer_scan.JaxprWalkError, match=r"jax.extend.core has no jaxprs_in_params"):
+    trace_step(toy_step("none"), toy_known, shared, h_BD, ws_LDD[0])
+
+
+def test_a_jaxpr_variable_of_another_class_fails_loudly(monkeypatch):
+  """If jaxpr variables stop being jax.extend.core.Var, no leaf would be known or varying (all
+  invariant: layer 0's values for every layer); trace_step refuses instead."""
+  ws_LDD, h_BD, shared = _inputs()
+
+  class NotAVar:
+    pass
+
+  monkeypatch.setattr(jex_core, "Var", NotAVar)
+  with pytest.raises(layer_scan.JaxprWalkError, match="neither jax.extend.core.Var nor Literal"):
+    trace_step(toy_step("none"), toy_known, shared, h_BD, ws_LDD[0])

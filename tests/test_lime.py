@@ -1,12 +1,17 @@
 """LIMe (docs/methods.md §2): router semantics, exactness of the memory-linear stack, decoding, memory growth.
 
-The reference for every gradient test is `unrolled_stack`: a Python loop over layers that writes the
-routing formulas of docs/methods.md §2.1 / §2.2 literally (no padding, no masks, no custom VJP).
+Two references. `unrolled_stack` writes the routing formulas of docs/methods.md §2.1 / §2.2 literally
+(per router, no padding, no masks, no custom VJP): the forward pass of each router must give them.
+`unrolled_stages` runs a stack's stages (`lime_stack.LayerFns`) as a plain Python loop over layers,
+from the contract alone: every gradient test compares the memory-linear custom VJP against it, for
+every registered router and every registered topology run on that stack (`Topology.stages`), so a new
+router gets the check from its registry line.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import subprocess
 import sys
@@ -25,11 +30,16 @@ from lime_jax.model import (
   get_topology,
   init_cache,
   init_params,
+  lime_mix,
   lime_stack,
+  routers,
+  topologies,
 )
 from lime_jax.model import lime as lime_mod
 from lime_jax.model.block import Block
-from lime_jax.model.lime import flops_per_token, mixing_flops_per_token, router_param_count
+from lime_jax.model.lime import flops_per_token, mixing_flops_per_token, router_of
+from lime_jax.model.model_config import DenseFormerConfig
+from lime_jax.model.routers import kv as kv_router
 from lime_jax.model.routers.v1 import top_p_keep, unit_rms
 from lime_jax.model.tables import layer_tables
 
@@ -121,10 +131,6 @@ def unrolled_stack(cfg: ModelConfig, params: dict, h_BTD: jax.Array) -> jax.Arra
   return h_BTD
 
 
-def stack_loss(stack_fn, cfg, params, h_BTD, probe_BTD):
-  return jnp.sum(stack_fn(cfg, params, h_BTD) * probe_BTD)
-
-
 def max_rel_diff(a, b) -> float:
   """max |a - b| over all leaves, relative to max(1, max |b|)."""
   diffs = jax.tree.leaves(jax.tree.map(lambda x, y: float(jnp.max(jnp.abs(x - y))), a, b))
@@ -196,21 +202,174 @@ def test_causality_by_gradient(router):
 def test_kv_effective_parameter_count():
   cfg = lime_cfg("kv", num_layers=6, num_kv_heads=2)
   L, R = 6, 2
-  assert router_param_count(cfg) == R * R * (L * (L + 1) // 2 - 1)
+  param_count = lambda c: router_of(c).param_count(c)
+  assert param_count(cfg) == R * R * (L * (L + 1) // 2 - 1)
   assert (
-    router_param_count(dataclasses.replace(cfg, num_layers=16, d_model=2048, num_heads=32, num_kv_heads=32))
+    param_count(dataclasses.replace(cfg, num_layers=16, d_model=2048, num_heads=32, num_kv_heads=32))
     == 138_240
   )  # docs/methods.md §2.1, 1.2B
   params = lime_params(cfg)
   h_BTD = jax.random.normal(jax.random.PRNGKey(4), (2, 5, cfg.d_model))
   grads = jax.grad(lambda p: jnp.sum(jnp.sin(run_stack(cfg, p, h_BTD).h_BTD)))(params)
-  assert int(jnp.sum(grads["router"]["w_LRMR"] != 0)) == router_param_count(cfg)
+  assert int(jnp.sum(grads["router"]["w_LRMR"] != 0)) == param_count(cfg)
+
+
+@pytest.mark.parametrize("router", ROUTERS)
+def test_routers_compute_the_formulas_of_methods_md(router):
+  """Each router's forward pass (the memory-linear stack) gives the literal formulas of
+  docs/methods.md §2.1 / §2.2 (`unrolled_stack`); the gradients are checked against the stages
+  themselves, for every registered router, by `test_stages_are_exact`."""
+  cfg = lime_cfg(router)
+  params = lime_params(cfg)
+  h_BTD = jax.random.normal(jax.random.PRNGKey(5), (2, 6, cfg.d_model))
+  got_BTD = jax.jit(lambda p, h: run_stack(cfg, p, h).h_BTD)(params, h_BTD)
+  want_BTD = jax.jit(lambda p, h: unrolled_stack(cfg, p, h))(params, h_BTD)
+  assert max_rel_diff(got_BTD, want_BTD) <= 1e-5
+
+
+# --------------------------------------------------------------------- the stage contract (exactness)
+def stack_cases() -> list[tuple[str, str | None]]:
+  """(topology, router) for every registered topology run on lime_stack (`Topology.stages`): with a LIMe
+  router, once per registered router; else once (router None). Read from the registries alone."""
+  cases = []
+  for name in topologies.REGISTRY:
+    topology = get_topology(name)
+    if topology.stages is not None:
+      cases += [(name, r) for r in routers.REGISTRY] if topology.lime_router else [(name, None)]
+  return cases
+
+
+STACK_CASES = stack_cases()
+
+
+def stack_cfg(topology: str, router: str | None, **overrides) -> ModelConfig:
+  """`lime_cfg`'s model (5 layers, blocks of 2: three blocks, one partial) with `topology`."""
+  base = dict(topology=topology, denseformer=DenseFormerConfig(block_size=2))
+  if router is not None:
+    base["lime"] = LimeConfig(router=router, block_size=2, top_p=0.6, static_init_std=1.0)
+  return lime_cfg(**{**base, **overrides})
+
+
+def stack_params(cfg: ModelConfig, seed: int = 0) -> dict:
+  """`lime_params`, with every topology parameter perturbed (DenseFormer's init is the identity)."""
+  params = lime_params(cfg, seed)
+  g = np.random.default_rng(seed + 1)
+  params["router"] = jax.tree.map(
+    lambda x: x + jnp.asarray(0.3 * g.standard_normal(x.shape), x.dtype), params["router"]
+  )
+  return params
+
+
+def stages_of(cfg: ModelConfig) -> lime_stack.StackStages:
+  return get_topology(cfg.topology).stages(cfg)
+
+
+def unrolled_stages(fns: lime_stack.LayerFns, layers, router, h, tables) -> jax.Array:
+  """The stages as a Python loop over layers, from the contract alone (`lime_stack.LayerFns`): a zero
+  buffer [M, *slot] whose slot l layer l writes, prev from one `mix` over all M slots; differentiated
+  by JAX itself (no custom VJP, no blocks, no grouped schedule, no static_coef)."""
+  buf = jnp.zeros((fns.num_slots, *fns.entry_shape(batch=h.shape[0], seq=h.shape[1])), fns.dtype)
+  for l in range(jax.tree.leaves(layers)[0].shape[0]):
+    params_l, router_l = jax.tree.map(lambda x, l=l: x[l], (layers, router))
+    l_ = jnp.asarray(l, jnp.int32)
+    coef = fns.pre(router_l=router_l, h=h, l=l_)
+    prev = fns.mix(coef_block=coef, buf_block=buf, start=0, l=l_)
+    out = fns.post(
+      params_l=params_l, router_l=router_l, coef=coef, prev=prev, h=h, tables=tables, l=l_, cache_l=None
+    )
+    buf = buf.at[l].set(out.entry.astype(buf.dtype))
+    h = out.h
+  return h
+
+
+def assert_mix_is_static_coef(cfg: ModelConfig) -> None:
+  """(a) With static coefficients, at every layer l: pre's coef is static_coef(router)[l], and mix (over
+  the whole buffer, and block by block as the stack runs it) is einsum(static_coef[l], buffer) on a
+  random buffer. Input-dependent coefficients (no static_coef): nothing to check here."""
+  stages, params = stages_of(cfg), stack_params(cfg)
+  fns = stages.layer_fns(cfg)
+  if fns.static_coef is None:
+    return
+  router = stages.stacked(params["router"], cfg, fns.num_slots)
+  coef_LRME = fns.static_coef(router=router)
+  L, R, M, E = coef_LRME.shape
+  assert (L, M) == (cfg.num_layers, fns.num_slots), coef_LRME.shape
+  keys = jax.random.split(jax.random.PRNGKey(11), 2)
+  B, T = 2, 3
+  buf = jax.random.normal(keys[0], (M, *fns.entry_shape(batch=B, seq=T)), fns.dtype)
+  h = stages.initial_state(jax.random.normal(keys[1], (B, T, cfg.d_model)))
+  for l in range(L):
+    router_l, l_ = jax.tree.map(lambda x, l=l: x[l], router), jnp.asarray(l, jnp.int32)
+    coef = fns.pre(router_l=router_l, h=h, l=l_)
+    np.testing.assert_array_equal(coef.reshape(R, M, E), coef_LRME[l], err_msg=f"pre != static_coef[{l}]")
+    want_RX = jnp.einsum("rme,mex->rx", coef_LRME[l, :, :l], buf.reshape(M, E, -1)[:l])
+    prev = fns.mix(coef_block=coef, buf_block=buf, start=0, l=l_)
+    np.testing.assert_allclose(prev.reshape(R, -1), want_RX, rtol=1e-5, atol=1e-5, err_msg=f"mix, layer {l}")
+    prev_blocks, _ = lime_mix.mix_forward(fns.block_mix, coef, buf, l_)
+    np.testing.assert_allclose(
+      prev_blocks.reshape(R, -1), want_RX, rtol=1e-5, atol=1e-5, err_msg=f"block mix, layer {l}"
+    )
+
+
+def assert_grads_match_unrolled(cfg: ModelConfig) -> None:
+  """(b) Loss and gradients (layer and topology parameters, input) of the memory-linear stack
+  (`lime_stack.lime_stack`, the topology's remat policy and schedule) equal those of `unrolled_stages`
+  to 1e-5."""
+  stages, params = stages_of(cfg), stack_params(cfg)
+  fns = stages.layer_fns(cfg)
+  h_BTD = jax.random.normal(jax.random.PRNGKey(5), (2, 6, cfg.d_model))
+  tables = layer_tables(cfg, jnp.broadcast_to(jnp.arange(6), (2, 6)))
+  probe = jax.random.normal(jax.random.PRNGKey(6), stages.initial_state(h_BTD).shape)
+
+  def loss(stack_fn, params, h_BTD):
+    router = stages.stacked(params["router"], cfg, fns.num_slots)
+    return jnp.sum(stack_fn(fns, params["layers"], router, stages.initial_state(h_BTD), tables) * probe)
+
+  grad_fn = lambda fn: jax.jit(jax.value_and_grad(functools.partial(loss, fn), (0, 1)))
+  value, grads = grad_fn(lime_stack.lime_stack)(params, h_BTD)
+  ref_value, ref_grads = grad_fn(unrolled_stages)(params, h_BTD)
+  assert abs(float(value - ref_value)) <= 1e-5 * max(1.0, abs(float(ref_value))), (value, ref_value)
+  assert max_rel_diff(grads, ref_grads) <= 1e-5, max_rel_diff(grads, ref_grads)
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-@pytest.mark.parametrize("router", ROUTERS)
-def test_gradients_equal_unrolled_reference(router, policy):
-  assert_grads_match_unrolled(lime_cfg(router, remat_policy=policy))
+@pytest.mark.parametrize("topology,router", STACK_CASES)
+def test_stages_are_exact(topology, router, policy):
+  """Every registered router and every registered topology run on lime_stack, from its stages alone:
+  (a) mix is the linear map static_coef gives (the backward pass pulls with the latter), (b) the custom
+  VJP's gradients are the unrolled loop's."""
+  cfg = stack_cfg(topology, router, remat_policy=policy)
+  assert_mix_is_static_coef(cfg)
+  assert_grads_match_unrolled(cfg)
+
+
+def test_stack_cases_cover_every_router_and_the_denseformer():
+  assert {r for t, r in STACK_CASES if t == "lime"} == set(routers.REGISTRY)
+  assert ("denseformer", None) in STACK_CASES
+
+
+class PermutedKvRouter(kv_router.KvRouter):
+  """A toy inconsistent router: the kv router with its static_coef's source heads reversed, so it no
+  longer describes what mix computes (the loss stays right, the pulled gradients go wrong)."""
+
+  name = "permuted_kv"
+
+  def layer_fns(self, cfg):
+    fns = super().layer_fns(cfg)
+    return dataclasses.replace(fns, static_coef=lambda *, router: fns.static_coef(router=router)[..., ::-1])
+
+
+PERMUTED_KV = PermutedKvRouter()
+
+
+def test_an_inconsistent_router_fails_the_exactness_check(monkeypatch):
+  monkeypatch.setitem(routers.REGISTRY, "permuted_kv", f"{__name__}:PERMUTED_KV")
+  cfg = stack_cfg("lime", "permuted_kv")
+  assert router_of(cfg) is PERMUTED_KV
+  with pytest.raises(AssertionError, match="static_coef"):
+    assert_mix_is_static_coef(cfg)
+  with pytest.raises(AssertionError):
+    assert_grads_match_unrolled(cfg)
 
 
 @pytest.mark.parametrize("policy", ("none", "full"))
@@ -218,19 +377,6 @@ def test_one_kv_head_static_router_gradients_equal_unrolled_reference(policy):
   """With one kv head a v1 static router's dprev slot is a buffer slot, so its backward pass keeps the
   cotangent stack in the buffer, as the kv router's does (with R > 1 it keeps a separate stack)."""
   assert_grads_match_unrolled(lime_cfg("static", num_kv_heads=1, remat_policy=policy))
-
-
-def assert_grads_match_unrolled(cfg: ModelConfig) -> None:
-  """Loss and gradients (params and input) of the stack equal the unrolled reference's to 1e-5."""
-  params = lime_params(cfg)
-  h_BTD = jax.random.normal(jax.random.PRNGKey(5), (2, 6, cfg.d_model))
-  probe_BTD = jax.random.normal(jax.random.PRNGKey(6), h_BTD.shape)
-  fast = lambda c, p, h: run_stack(c, p, h).h_BTD
-  grad_fn = lambda fn: jax.jit(jax.value_and_grad(lambda p, h: stack_loss(fn, cfg, p, h, probe_BTD), (0, 1)))
-  loss, grads = grad_fn(fast)(params, h_BTD)
-  ref_loss, ref_grads = grad_fn(unrolled_stack)(params, h_BTD)
-  assert abs(float(loss - ref_loss)) <= 1e-5 * max(1.0, abs(float(ref_loss)))
-  assert max_rel_diff(grads, ref_grads) <= 1e-5
 
 
 @pytest.mark.parametrize(
@@ -247,21 +393,22 @@ def test_grouped_schedule_gradients_equal_unrolled_reference(layers, group, poli
     remat_policy=policy,
     lime=LimeConfig(router="kv", block_size=2, group_size=group, keep_far=keep_far),
   )
-  assert lime_mod.group_size(cfg) == group
+  assert router_of(cfg).group_size(cfg) == group
   assert_grads_match_unrolled(cfg)
 
 
 def test_group_size_choice():
-  auto = lambda L, S=4, policy="none": lime_mod.group_size(
+  group_size = lambda c: router_of(c).group_size(c)
+  auto = lambda L, S=4, policy="none": group_size(
     lime_cfg("kv", num_layers=L, remat_policy=policy, lime=LimeConfig(block_size=S))
   )
   assert [auto(L) for L in (8, 16, 32, 64, 128)] == [4, 4, 4, 8, 8]
   # With remat the backward pass parks 2G slots: a group of 4 at 8 layers would take the whole buffer.
   assert [auto(L, policy="full") for L in (8, 12, 16, 64)] == [1, 1, 4, 8]
   assert auto(5, S=2) == 1  # the block size does not divide the depth: per-layer schedule
-  assert lime_mod.group_size(lime_cfg("static", num_layers=8)) == 1  # v1 routers: per-layer schedule
+  assert group_size(lime_cfg("static", num_layers=8)) == 1  # v1 routers: per-layer schedule
   with pytest.raises(ValueError, match="group_size"):
-    lime_mod.group_size(lime_cfg("kv", num_layers=8, lime=LimeConfig(block_size=2, group_size=3)))
+    group_size(lime_cfg("kv", num_layers=8, lime=LimeConfig(block_size=2, group_size=3)))
 
 
 def test_nan_in_unused_router_slots_does_not_poison_gradients():
@@ -383,7 +530,7 @@ def test_cotangent_stack_is_the_buffer(group, policy):
   separate cotangent stack measured 2.25 and 2.14 (one buffer more)."""
   base = _sixteen_layers(policy, group_size=group, keep_far=False)
   lime = dataclasses.replace(base, topology="lime")
-  assert lime_mod.group_size(lime) == group
+  assert router_of(lime).group_size(lime) == group
   overhead = (_model_temp_bytes(lime) - _model_temp_bytes(base)) / lime_mod.buffer_bytes(lime, 4, 64)
   assert 1.0 <= overhead < 1.8, overhead
 
@@ -405,13 +552,13 @@ def test_remat_reads_the_entry_instead_of_recomputing_it():
   cfg = lime_cfg("kv", remat_policy="full")
   params, l, (B, T) = lime_params(cfg), 3, (2, 8)
   keys = jax.random.split(jax.random.PRNGKey(5), 4)
-  fns = lime_mod._layer_fns(cfg)
+  fns = router_of(cfg).layer_fns(cfg)
   h_BTD = jax.random.normal(keys[0], (B, T, cfg.d_model))
   buf = jax.random.normal(keys[1], fns.new_buffer(B, T).shape)
   dh_BTD = jax.random.normal(keys[2], h_BTD.shape)
-  dentry = jax.random.normal(keys[3], fns.entry_shape(B, T))
+  dentry = jax.random.normal(keys[3], fns.entry_shape(batch=B, seq=T))
   positions_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
-  router = lime_mod._stacked_router(params["router"], cfg, fns.num_slots)
+  router = router_of(cfg).stacked(params["router"], cfg, fns.num_slots)
   params_l, router_l = jax.tree.map(lambda x: x[l], (params["layers"], router))
 
   def backward(fns):
@@ -436,8 +583,9 @@ def test_save_dots_does_not_stack_the_entry_again(monkeypatch):
   buffer 2 MiB)."""
   cfg = dataclasses.replace(_sixteen_layers("save_dots"), topology="lime")
   read = _model_temp_bytes(cfg)
-  layer_fns = lime_mod._layer_fns
-  monkeypatch.setattr(lime_mod, "_layer_fns", lambda c: dataclasses.replace(layer_fns(c), entry=None))
+  router = router_of(cfg)
+  layer_fns = router.layer_fns
+  monkeypatch.setattr(router, "layer_fns", lambda c: dataclasses.replace(layer_fns(c), entry=None))
   recomputed = _model_temp_bytes(cfg)
   assert recomputed - read >= lime_mod.buffer_bytes(cfg, 4, 64), (recomputed, read)
 
@@ -516,9 +664,9 @@ def test_the_pullback_reads_the_shared_tables_as_given(router):
   that built its tables from the positions had four invariant ones here)."""
   cfg = lime_cfg(router, remat_policy="none")
   params, (B, T) = lime_params(cfg), (2, 8)
-  fns = lime_mod._layer_fns(cfg)
+  fns = router_of(cfg).layer_fns(cfg)
   h_BTD = jax.random.normal(jax.random.PRNGKey(0), (B, T, cfg.d_model))
-  router_stacked = lime_mod._stacked_router(params["router"], cfg, fns.num_slots)
+  router_stacked = router_of(cfg).stacked(params["router"], cfg, fns.num_slots)
   tables = layer_tables(cfg, jnp.broadcast_to(jnp.arange(T), (B, T)))
   traced = lime_stack._traced_layer(
     fns, params["layers"], router_stacked, h_BTD, fns.new_buffer(B, T), tables

@@ -20,8 +20,10 @@ def _normal(seed: int, shape: tuple[int, ...]) -> jax.Array:
   return jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float32)
 
 
-def _block_mix(coef_RSE: jax.Array, buf_SEX: jax.Array, start, l) -> jax.Array:
-  """prev part of one block: sum_{s, e} coef[r, s, e] buf[s, e] over the live slots start + s < l."""
+def _block_mix(*, coef_block: jax.Array, buf_block: jax.Array, start, l) -> jax.Array:
+  """prev part of one block (a `lime_mix.MixFn`): sum_{s, e} coef[r, s, e] buf[s, e] over the live slots
+  start + s < l."""
+  coef_RSE, buf_SEX = coef_block, buf_block
   live_1S1 = (start + jnp.arange(coef_RSE.shape[1]) < l)[None, :, None]
   coef_RSE = jnp.where(live_1S1, coef_RSE, jnp.zeros_like(coef_RSE))
   return jnp.einsum("rse,sex->rx", coef_RSE, buf_SEX)

@@ -74,7 +74,7 @@ def _hf_cfg(num_kv_heads: int, tie: bool, theta: float) -> ModelConfig:
 def _hf_model(cfg: ModelConfig):
   transformers = pytest.importorskip("transformers")
   torch = pytest.importorskip("torch")
-  hf_config = transformers.LlamaConfig(**hf.llama_config_kwargs(cfg), max_position_embeddings=256)
+  hf_config = transformers.LlamaConfig.from_dict({**hf.hf_config_for(cfg), "max_position_embeddings": 256})
   hf_config._attn_implementation = "eager"  # pylint: disable=protected-access
   torch.manual_seed(0)
   model = transformers.LlamaForCausalLM(hf_config).to(torch.float32).eval()
@@ -163,7 +163,7 @@ def test_hf_conversion_rejects_mismatches():
 def test_model_config_from_hf_round_trips():
   transformers = pytest.importorskip("transformers")
   cfg = _hf_cfg(2, False, 500_000.0)
-  assert hf.model_config_from_hf(transformers.LlamaConfig(**hf.llama_config_kwargs(cfg))) == cfg
+  assert hf.model_config_from_hf(transformers.LlamaConfig.from_dict(hf.hf_config_for(cfg))) == cfg
 
 
 # ------------------------------------------------------------------------------------ 2. causality

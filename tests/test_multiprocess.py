@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from lime_jax.checkpoint import checkpointer as ckpt_lib
+from lime_jax import checkpoint as ckpt_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS, STOP_AT = 6, 3

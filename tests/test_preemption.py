@@ -13,7 +13,7 @@ import time
 import jax
 import numpy as np
 
-from lime_jax.checkpoint import checkpointer as ckpt_lib
+from lime_jax import checkpoint as ckpt_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 400  # long enough that the signal lands mid-run (tiny steps take a few ms each)

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from conftest import tiny_model_config
 
+from lime_jax import checkpoint
 from lime_jax import config as config_lib
-from lime_jax.checkpoint import checkpointer
 from lime_jax.model import LimeConfig, ModelConfig, Transformer, flops, init_params, lime, routers, topologies
 from lime_jax.model.routers import base as routers_base
 from lime_jax.model.routers import kv as kv_router
@@ -61,10 +61,9 @@ def test_lime_stack_asks_the_router(router):
   """The 'lime' topology's functions are the router object's (no name dispatch of its own)."""
   cfg = small_cfg(router=router)
   obj = routers.get_router(router)
-  assert lime.router_of(cfg) is obj
-  assert lime.router_param_count(cfg) == obj.param_count(cfg)
-  assert lime.mixing_flops_per_token(cfg) == obj.mixing_flops_per_token(cfg) > 0
-  assert lime.group_size(cfg) == obj.group_size(cfg)
+  topology = topologies.get_topology("lime")
+  assert lime.router_of(cfg) is obj and topology.lime_router(cfg) is obj and topology.stages(cfg) is obj
+  assert topology.extra_flops(cfg) == lime.mixing_flops_per_token(cfg) == obj.mixing_flops_per_token(cfg) > 0
 
 
 class UniformRouter(v1_routers.StaticRouter):
@@ -89,18 +88,21 @@ def test_a_new_router_is_one_class_and_one_registry_line(monkeypatch):
   zeroed = {**params, "router": {**params["router"], "w_LRM": jnp.zeros_like(params["router"]["w_LRM"])}}
   want_BTV, _ = Transformer(static).apply({"params": zeroed}, tokens_BT)
   np.testing.assert_allclose(logits_BTV, want_BTV, rtol=1e-6, atol=1e-6)
-  assert checkpointer.arch_signature(_config_dict(cfg), 61)["lime.router"] == "uniform"
+  assert checkpoint.arch_signature(_config_dict(cfg), 61)["lime.router"] == "uniform"
 
 
 def test_auto_group_rule_says_where_it_was_measured_and_explicit_groups_override_it():
   assert "CPU" in kv_router.AUTO_GROUP_RULE.measured_on and "jax" in kv_router.AUTO_GROUP_RULE.measured_on
   cfg = small_cfg(num_layers=8, remat_policy="full", lime=LimeConfig(block_size=4))
-  assert lime.group_size(cfg) == 1  # auto: 2G parked slots of a group of 4 would fill the buffer
+  group_size = lambda G: kv_router.KV.group_size(
+    dataclasses.replace(cfg, lime=dataclasses.replace(cfg.lime, group_size=G))
+  )
+  assert group_size(0) == 1  # auto: 2G parked slots of a group of 4 would fill the buffer
   for G in (1, 4, 8):
-    assert lime.group_size(dataclasses.replace(cfg, lime=dataclasses.replace(cfg.lime, group_size=G))) == G
+    assert group_size(G) == G
   for G in (-1, 2, 3):
     with pytest.raises(ValueError, match="config.model.lime.group_size"):
-      lime.group_size(dataclasses.replace(cfg, lime=dataclasses.replace(cfg.lime, group_size=G)))
+      group_size(G)
 
 
 # --------------------------------------------------------------------------------------- topologies
@@ -136,9 +138,9 @@ def _config_dict(cfg: ModelConfig):
 
 
 def test_checkpoint_signature_comes_from_the_topology():
-  assert checkpointer.arch_signature(_config_dict(small_cfg(router="top_p")), 61)["lime.router"] == "top_p"
+  assert checkpoint.arch_signature(_config_dict(small_cfg(router="top_p")), 61)["lime.router"] == "top_p"
   for name in ("plain", "denseformer"):
-    assert "lime.router" not in checkpointer.arch_signature(_config_dict(small_cfg(name)), 61)
+    assert "lime.router" not in checkpoint.arch_signature(_config_dict(small_cfg(name)), 61)
 
 
 def test_router_topology_flag_drives_the_router_probe_and_analysis():

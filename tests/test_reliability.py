@@ -16,8 +16,8 @@ import time
 import pytest
 from test_train import REPO, tiny_config
 
+from lime_jax import checkpoint
 from lime_jax import config as config_lib
-from lime_jax.probes import runner
 from lime_jax.runtime import cli, errors, workdir_lock
 from lime_jax.train import loop as train_lib
 
@@ -115,7 +115,7 @@ def test_each_segment_keeps_its_config_and_evaluate_reads_a_locked_workdir(tmp_p
   assert read("config.before-4.json") == 2e-3 and read("config.4.json") == first.train.learning_rate
 
   with workdir_lock.held(workdir):
-    step, _, _ = runner.restore_params(workdir)
+    step = checkpoint.restore_params(workdir).step
   assert step == 4
 
 

@@ -128,7 +128,7 @@ def test_projection_is_trained_only_by_the_seq_vcr_term():
 
   def ce_only(p):
     logits, _ = model.apply({"params": p}, batch["inputs"])
-    return step_lib.metrics.masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
+    return step_lib.token_metrics.masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
 
   def seq_vcr_only(p):
     _, out = model.apply({"params": p}, batch["inputs"], regularize=True)

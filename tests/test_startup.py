@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from lime_jax.checkpoint import checkpointer as ckpt_lib
+from lime_jax import checkpoint as ckpt_lib
 from lime_jax.probes.runner import Progress
 from lime_jax.runtime import caches
 from lime_jax.train import loop as train_lib

@@ -3,7 +3,8 @@ LIMe).
 
 Every gradient test compares the scanned stack against `unrolled`: a Python loop over layers that writes
 each method's formulas literally (explicit sums over sources and streams, no padding, no custom VJP).
-LIMe's own unrolled-reference tests (every router and remat policy) are in tests/test_lime.py.
+LIMe's own unrolled-reference tests (every router and remat policy) are in tests/test_lime.py, and so is
+`test_stages_are_exact`, which also checks DenseFormer's stages (every topology with `Topology.stages`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lime_jax.checkpoint import checkpointer as ckpt_lib
+from lime_jax import checkpoint as ckpt_lib
 from lime_jax.train import loop as train_lib
 from lime_jax.train import optimizer as opt_lib
 

@@ -19,12 +19,15 @@ rest (the result, or the whole chain ending in the result).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
 
 from lime_jax.data import base
 from lime_jax.data.tokenizer import CharTokenizer
+from lime_jax.runtime import options
+from lime_jax.runtime.options import option
 
 OPERATORS = ("+", "-", "*", "/")
 ALPHABET = "0123456789+-*/()="
@@ -35,6 +38,25 @@ _UNIFORM_BLOCK = 64
 def is_prime(n: int) -> bool:
   """True for a prime n (trial division; moduli are small)."""
   return n >= 2 and all(n % k for k in range(2, int(n**0.5) + 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class ArithmeticConfig:
+  """`config.data.arithmetic`: the settings of `ArithmeticTask`."""
+
+  num_operators: int = option(4, "operators per expression (the paper: 4, 5, 6).", check=options.at_least(1))
+  cot: bool = option(False, "answer with the chain of reductions (CoT) instead of the result only.")
+  modulus: int = option(
+    11,
+    "numbers and results are mod this prime (the paper: 11).",
+    check=options.satisfies(
+      lambda p: is_prime(p) and p <= 100,
+      "must be a prime <= 100 (division needs every non-zero number to have an inverse); the paper uses 11.",
+    ),
+  )
+  test_fraction: float = option(
+    0.01, "share of the expression space reserved for the test split.", check=base.TEST_FRACTION
+  )
 
 
 def apply_op(a: int, op: str, b: int, modulus: int) -> int:
@@ -142,18 +164,20 @@ class ArithmeticTask:
   """
 
   name = "arithmetic"
+  Config = ArithmeticConfig
 
   def __init__(
-    self, num_operators: int, cot: bool = False, modulus: int = 11, test_fraction: float = 0.01, seed: int = 0
+    self,
+    num_operators: int = ArithmeticConfig.num_operators,
+    cot: bool = ArithmeticConfig.cot,
+    modulus: int = ArithmeticConfig.modulus,
+    test_fraction: float = ArithmeticConfig.test_fraction,
+    seed: int = 0,
   ):
-    if num_operators < 1:
-      raise ValueError(f"config.data.arithmetic.num_operators={num_operators} must be >= 1.")
-    if not is_prime(modulus) or modulus > 100:
-      raise ValueError(
-        f"config.data.arithmetic.modulus={modulus} must be a prime <= 100 (division "
-        "needs every non-zero number to have an inverse); the paper uses 11."
-      )
-    base.check_split_args("data.arithmetic", test_fraction, seed)
+    settings = ArithmeticConfig(
+      num_operators=num_operators, cot=cot, modulus=modulus, test_fraction=test_fraction
+    )
+    base.check_settings(settings, self.name, seed)
     self.num_operators = num_operators
     self.cot = cot
     self.modulus = modulus

@@ -1,23 +1,33 @@
 """Shared types of the task generators: `Example`, the `Task` protocol, split names, the test region.
 
 A task is a pure, index-addressable generator: `task.example(split, index)` depends only on the task's
-settings, its seed, the split and the index. Train and test are disjoint by construction: a question
-belongs to the test region when a stable hash of its text falls below the test fraction
-(`in_test_region`); the train split re-draws questions that fall in the region, the test split
-re-draws those that fall outside it.
+settings, its seed, the split and the index. Its settings are a frozen dataclass declared in its module
+(`Task.Config`, the `config.data.<task>` section: defaults, docs, choices, ranges and the section's own
+rules, lime_jax/runtime/options.py); the task checks them when built (`check_settings`) and the config's
+validation asks the same declarations, so each rule is written once, in the task's module.
+
+Train and test are disjoint by construction: a question belongs to the test region when a stable hash of
+its text falls below the test fraction (`in_test_region`); the train split re-draws questions that fall in
+the region, the test split re-draws those that fall outside it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Protocol
+from typing import Any, Protocol
+
+from lime_jax.runtime import options
 
 SPLITS = ("train", "test")
 # data.loss_scope (config.validate checks it; pipeline.py builds the loss mask): CE on the answer (+eos)
 # only, or on every non-pad token.
 LOSS_SCOPES = ("answer", "all")
 _HASH_BYTES = 8
+# The range of every hash-split task's `test_fraction` (its share of the question space).
+TEST_FRACTION = options.within(0.0, 0.5, open_low=True, open_high=True)
+# The range of `config.seed` (declared with the field; a task built directly checks its seed against it).
+SEED = options.at_least(0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,9 +89,8 @@ def in_test_region(question: str, test_fraction: float) -> bool:
   return hash_fraction(question) < test_fraction
 
 
-def check_split_args(field: str, test_fraction: float, seed: int) -> None:
-  """Validates the arguments every hash-split task shares; `field` is its config section."""
-  if not 0.0 < test_fraction < 0.5:
-    raise ValueError(f"config.{field}.test_fraction={test_fraction} must be in (0, 0.5).")
-  if seed < 0:
-    raise ValueError(f"config.seed={seed} must be >= 0.")
+def check_settings(settings: Any, name: str, seed: int) -> None:
+  """Checks a task's settings (an instance of its `Config`: declared types, choices, ranges and the
+  section's rules) as `config.data.<name>`, and its seed; raises a ConfigError naming the field."""
+  options.check_section(type(settings), settings, f"data.{name}")
+  options.check_value("seed", int, seed, checks=(SEED,))

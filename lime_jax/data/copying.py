@@ -23,12 +23,15 @@ model can be probed on both families.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import functools
 
 import numpy as np
 
 from lime_jax.data import base
 from lime_jax.data.tokenizer import CharTokenizer
+from lime_jax.runtime import options
+from lime_jax.runtime.options import option
 
 GLASSES_ALPHABET = " 0123456789abcdefghijklmnopqrstuvwxyzI',:=+?."
 VARIANTS = ("last", "first", "hint", "interleaved")
@@ -42,13 +45,35 @@ def glasses_tokenizer() -> CharTokenizer:
   return CharTokenizer(GLASSES_ALPHABET, drop_spaces=False)
 
 
-def check_lengths(field: str, min_length: int, max_length: int) -> None:
-  """Validates a [min_length, max_length] range of a length-indexed task."""
-  if not 1 <= min_length <= max_length:
-    raise ValueError(
-      f"config.{field}.min_length={min_length} and max_length={max_length} must satisfy "
-      "1 <= min_length <= max_length."
-    )
+class LengthRange:
+  """The rule of a length-indexed task's settings (`check_rules`): min_length <= max_length."""
+
+  min_length: int
+  max_length: int
+
+  def check_rules(self, prefix: str) -> None:
+    if self.min_length > self.max_length:
+      options.fail(
+        f"{prefix}.min_length/max_length",
+        (self.min_length, self.max_length),
+        "must satisfy 1 <= min_length <= max_length.",
+      )
+
+
+@dataclasses.dataclass(frozen=True)
+class CopyingConfig(LengthRange):
+  """`config.data.copying`: the settings of `CopyingTask` (Glasses copying, docs/methods.md §5)."""
+
+  variant: str = option(
+    "mixed", "one of the variants (module doc), or 'mixed': one per example.", (*VARIANTS, "mixed")
+  )
+  min_length: int = option(
+    1, "sequence length in digits, uniform in [min_length, max_length].", check=options.at_least(1)
+  )
+  max_length: int = option(32, "the longest sequence, in digits.", check=options.at_least(1))
+  test_fraction: float = option(
+    0.1, "share of the question space reserved for the test split.", check=base.TEST_FRACTION
+  )
 
 
 def format_copying(variant: str, digits: list[int], answer: int) -> base.Example:
@@ -89,6 +114,7 @@ class LengthTask(abc.ABC):
   """What the copying and counting tasks share: the glasses tokenizer, variant choice ('mixed' cycles
   through `variants` by index) and `example` = `example_at` with a length uniform in [min, max]."""
 
+  name: str
   variants: tuple[str, ...]
   variant: str
   min_length: int
@@ -98,19 +124,6 @@ class LengthTask(abc.ABC):
   @property
   def tokenizer(self) -> CharTokenizer:
     return glasses_tokenizer()
-
-  @classmethod
-  def variant_choices(cls) -> tuple[str, ...]:
-    """The values of `config.data.<task>.variant`: one variant, or 'mixed'."""
-    return (*cls.variants, "mixed")
-
-  @classmethod
-  def check_variant(cls, variant: str) -> None:
-    """Raises naming `config.data.<task>.variant` unless it is one of `variant_choices()`."""
-    if variant not in cls.variant_choices():
-      raise ValueError(
-        f"config.data.{cls.name}.variant={variant!r} is unknown; use one of {cls.variant_choices()}."
-      )
 
   @abc.abstractmethod
   def example_at(self, split: str, index: int, length: int, variant: str | None = None) -> base.Example:
@@ -140,18 +153,20 @@ class CopyingTask(LengthTask):
 
   name = "copying"
   variants = VARIANTS
+  Config = CopyingConfig
 
   def __init__(
     self,
-    variant: str = "mixed",
-    min_length: int = 1,
-    max_length: int = 32,
-    test_fraction: float = 0.1,
+    variant: str = CopyingConfig.variant,
+    min_length: int = CopyingConfig.min_length,
+    max_length: int = CopyingConfig.max_length,
+    test_fraction: float = CopyingConfig.test_fraction,
     seed: int = 0,
   ):
-    self.check_variant(variant)
-    check_lengths("data.copying", min_length, max_length)
-    base.check_split_args("data.copying", test_fraction, seed)
+    settings = CopyingConfig(
+      variant=variant, min_length=min_length, max_length=max_length, test_fraction=test_fraction
+    )
+    base.check_settings(settings, self.name, seed)
     self.variant, self.min_length, self.max_length = variant, min_length, max_length
     self.test_fraction, self.seed = test_fraction, seed
 

@@ -16,13 +16,34 @@ The tokenizer is `copying.glasses_tokenizer()`.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from lime_jax.data import base
-from lime_jax.data.copying import LengthTask, _draw_in_split, check_lengths
+from lime_jax.data.copying import LengthRange, LengthTask, _draw_in_split
+from lime_jax.runtime import options
+from lime_jax.runtime.options import option
 
 VARIANTS = ("sum", "ones", "bits", "word")
 WORDS = ("cat", "dog", "sun", "map", "red", "box", "pen", "cup")
+
+
+@dataclasses.dataclass(frozen=True)
+class CountingConfig(LengthRange):
+  """`config.data.counting`: the settings of `CountingTask` (Glasses counting, docs/methods.md §5)."""
+
+  variant: str = option(
+    "mixed", "one of the variants (module doc), or 'mixed': one per example.", (*VARIANTS, "mixed")
+  )
+  min_length: int = option(
+    1, "items to count, uniform in [min_length, max_length].", check=options.at_least(1)
+  )
+  max_length: int = option(32, "the most items to count.", check=options.at_least(1))
+  p_one: float = option(0.7, "'bits': probability of a 1 (the paper: 0.7).", check=options.within(0.0, 1.0))
+  test_fraction: float = option(
+    0.1, "share of the question space reserved for the test split.", check=base.TEST_FRACTION
+  )
 
 
 def format_counting(variant: str, items: list, target: str = "") -> base.Example:
@@ -39,8 +60,8 @@ def format_counting(variant: str, items: list, target: str = "") -> base.Example
   raise ValueError(f"counting variant {variant!r} is unknown; use one of {VARIANTS}.")
 
 
-def draw_counting(variant: str, length: int, rng: np.random.Generator, p_one: float = 0.7) -> base.Example:
-  """A random example of `variant` with `length` items."""
+def draw_counting(variant: str, length: int, rng: np.random.Generator, p_one: float) -> base.Example:
+  """A random example of `variant` with `length` items ('bits': each a 1 with probability `p_one`)."""
   if variant in ("sum", "ones"):
     return format_counting(variant, [1] * length)
   if variant == "bits":
@@ -54,21 +75,21 @@ class CountingTask(LengthTask):
 
   name = "counting"
   variants = VARIANTS
+  Config = CountingConfig
 
   def __init__(
     self,
-    variant: str = "mixed",
-    min_length: int = 1,
-    max_length: int = 32,
-    p_one: float = 0.7,
-    test_fraction: float = 0.1,
+    variant: str = CountingConfig.variant,
+    min_length: int = CountingConfig.min_length,
+    max_length: int = CountingConfig.max_length,
+    p_one: float = CountingConfig.p_one,
+    test_fraction: float = CountingConfig.test_fraction,
     seed: int = 0,
   ):
-    self.check_variant(variant)
-    check_lengths("data.counting", min_length, max_length)
-    if not 0.0 <= p_one <= 1.0:
-      raise ValueError(f"config.data.counting.p_one={p_one} must be in [0, 1].")
-    base.check_split_args("data.counting", test_fraction, seed)
+    settings = CountingConfig(
+      variant=variant, min_length=min_length, max_length=max_length, p_one=p_one, test_fraction=test_fraction
+    )
+    base.check_settings(settings, self.name, seed)
     self.variant, self.min_length, self.max_length = variant, min_length, max_length
     self.p_one, self.test_fraction, self.seed = p_one, test_fraction, seed
 
@@ -79,7 +100,7 @@ class CountingTask(LengthTask):
     """
     variant, rng = self._variant_rng(split, index, length, variant)
     if variant in ("sum", "ones"):
-      return draw_counting(variant, length, rng)
+      return draw_counting(variant, length, rng, self.p_one)
     return _draw_in_split(lambda: draw_counting(variant, length, rng, self.p_one), split, self.test_fraction)
 
   def longest_example(self) -> base.Example:

@@ -26,6 +26,7 @@ are disjoint as sets of questions.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 from collections.abc import Sequence
 
@@ -33,6 +34,8 @@ import numpy as np
 
 from lime_jax.data import base
 from lime_jax.data import tokenizer as tok
+from lime_jax.runtime import options
+from lime_jax.runtime.options import option
 
 SEPARATOR = "="
 PAPER_RANGE_MARGIN = 150  # number_range = length + 150 in the paper.
@@ -140,24 +143,51 @@ def format_example(values: Sequence[int], cot: bool) -> base.Example:
   return base.Example(question=question_text(values), answer=answer)
 
 
+@dataclasses.dataclass(frozen=True)
+class LisConfig:
+  """`config.data.lis`: the settings of `LisTask` (longest increasing subsequence, Feng et al.;
+  docs/methods.md §5)."""
+
+  length: int = option(
+    50,
+    "numbers per sequence (the paper: 50 / 80 / 100).",
+    check=options.at_least(3, "the paper: 50, 80, 100"),
+  )
+  cot: bool = option(False, "answer `dp_1 ... dp_L = k` instead of `k`.")
+  number_range: int = option(
+    0, f"numbers in [length+1, number_range); 0: length + {PAPER_RANGE_MARGIN} (the paper)."
+  )
+  test_fraction: float = option(
+    0.01, "share of the sequence space reserved for the test split.", check=base.TEST_FRACTION
+  )
+
+  def check_rules(self, prefix: str) -> None:
+    if self.number_range and self.number_range < 2 * self.length + 1:
+      options.fail(
+        f"{prefix}.number_range",
+        self.number_range,
+        f"must be 0 (length + {PAPER_RANGE_MARGIN}, the paper) or >= 2*length+1 = {2 * self.length + 1} "
+        "(numbers lie in [length+1, number_range); a planted run can need `length` distinct values).",
+      )
+
+
 class LisTask:
   """Deterministic, index-addressable LIS-length task with disjoint train/test splits."""
 
   name = "lis"
+  Config = LisConfig
 
   def __init__(
-    self, length: int, cot: bool = False, number_range: int = 0, test_fraction: float = 0.01, seed: int = 0
+    self,
+    length: int = LisConfig.length,
+    cot: bool = LisConfig.cot,
+    number_range: int = LisConfig.number_range,
+    test_fraction: float = LisConfig.test_fraction,
+    seed: int = 0,
   ):
+    settings = LisConfig(length=length, cot=cot, number_range=number_range, test_fraction=test_fraction)
+    base.check_settings(settings, self.name, seed)
     number_range = number_range or length + PAPER_RANGE_MARGIN
-    if length < 3:
-      raise ValueError(f"config.data.lis.length={length} must be >= 3 (the paper uses 50/80/100).")
-    if number_range < 2 * length + 1:
-      raise ValueError(
-        f"config.data.lis.number_range={number_range} must be >= 2*length+1 = "
-        f"{2 * length + 1}: numbers lie in [length+1, number_range) and a planted run "
-        "can need `length` distinct values; 0 picks length+150 (the paper)."
-      )
-    base.check_split_args("data.lis", test_fraction, seed)
     self.length = length
     self.cot = cot
     self.number_range = number_range

@@ -29,6 +29,7 @@ Each example is a pure function of (seed, split, index).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import pathlib
 
@@ -36,6 +37,8 @@ import numpy as np
 
 from lime_jax.data import base
 from lime_jax.data.tokenizer import CharTokenizer
+from lime_jax.runtime import options
+from lime_jax.runtime.options import option
 
 ALPHABET = "0123456789*+()#|"
 _MAX_ATTEMPTS = 100_000
@@ -108,6 +111,36 @@ def check_official_digits(n: int) -> None:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class MultiplicationConfig:
+  """`config.data.multiplication`: the settings of `MultiplicationTask` (Deng et al. format,
+  docs/methods.md §5)."""
+
+  num_digits: int = option(
+    4,
+    "n x n digits; operands have exactly n digits.",
+    check=options.within(1, _MAX_DIGITS, note="the paper: 4, 5"),
+  )
+  cot: bool = option(False, "answer `<partial products> #### C` instead of `#### C`.")
+  answer_marker: bool = option(
+    True,
+    "without CoT: keep the `####` before C, as the official no-CoT target (da03/implicit_chain_of_thought "
+    "src/data.py extract_answer); False: the bare product C.",
+  )
+  eval_file: str = option(
+    "",
+    "test file: 'official' (the packaged official 4x4 / 5x5 files) or a path ('{n}' -> num_digits); the "
+    "test split reads it and train excludes its pairs; '' holds test pairs out by hash only.",
+  )
+  test_fraction: float = option(
+    0.01, "hash-held-out share of the pair space (always off train).", check=base.TEST_FRACTION
+  )
+
+  def check_rules(self, prefix: str) -> None:
+    if self.eval_file == OFFICIAL:
+      check_official_digits(self.num_digits)
+
+
 def official_test_file(n: int) -> pathlib.Path:
   """Packaged copy of the official n x n test file (`lime_jax/data/official/multiplication/`)."""
   check_official_digits(n)
@@ -154,19 +187,25 @@ class MultiplicationTask:
   """Deterministic, index-addressable n x n multiplication with disjoint train/test splits."""
 
   name = "multiplication"
+  Config = MultiplicationConfig
 
   def __init__(
     self,
-    num_digits: int,
-    cot: bool = False,
+    num_digits: int = MultiplicationConfig.num_digits,
+    cot: bool = MultiplicationConfig.cot,
     seed: int = 0,
-    eval_file: str = "",
-    test_fraction: float = 0.01,
-    answer_marker: bool = True,
+    eval_file: str = MultiplicationConfig.eval_file,
+    test_fraction: float = MultiplicationConfig.test_fraction,
+    answer_marker: bool = MultiplicationConfig.answer_marker,
   ):
-    if not 1 <= num_digits <= _MAX_DIGITS:
-      raise ValueError(f"config.data.multiplication.num_digits={num_digits} must be in [1, {_MAX_DIGITS}].")
-    base.check_split_args("data.multiplication", test_fraction, seed)
+    settings = MultiplicationConfig(
+      num_digits=num_digits,
+      cot=cot,
+      answer_marker=answer_marker,
+      eval_file=eval_file,
+      test_fraction=test_fraction,
+    )
+    base.check_settings(settings, self.name, seed)
     self.num_digits = num_digits
     self.cot = cot
     self.answer_marker = answer_marker

@@ -19,6 +19,9 @@ is the same whatever the process count. Arithmetic examples are i.i.d. draws, so
 shuffle. The iterator is a grain `DatasetIterator` over a `MapDataset`: its state is the next batch
 index (`get_state`/`set_state`, `grain.checkpoint.CheckpointSave/CheckpointRestore` under orbax).
 
+A run builds its task (and loads its tokenizer) once, when its config is resolved (`resolve`: data.seq_len
+= 0 fitted, the longest example checked against data.seq_len), and hands the `TaskData` to the iterators.
+
 Task 'text' is a stream instead (data/text.py, data/corpus.py): process p reads its share of the
 shuffled documents (tfds) or shards (files), tokenised and packed on the fly; its state is a cursor,
 so a resumed run continues exactly, but the global batch depends on the process count and the state
@@ -27,6 +30,7 @@ restores only under the process count that saved it.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any
 
@@ -123,20 +127,60 @@ def _longest_example(task: base.Task) -> base.Example:
   return longest() if longest is not None else task.example("train", 0)
 
 
+@dataclasses.dataclass(frozen=True)
+class TaskData:
+  """The configured task and its tokenizer, built once for a run (`resolve`) and handed to the iterators
+  (`make_train_iterator`, `make_eval_batches`), which then build nothing again."""
+
+  task: base.Task | None  # None for task 'text' (a corpus, data/text.py)
+  tokenizer: base.Tokenizer
+
+  @property
+  def vocab_size(self) -> int:
+    return self.tokenizer.vocab_size
+
+
+def open_task(config: ml_collections.ConfigDict) -> TaskData:
+  """Builds the configured task (its section checked by the task) and loads its tokenizer; for task
+  'text', the tokenizer of data.tokenizer."""
+  d = config.data
+  if d.task == tasks.TEXT_TASK:
+    return TaskData(None, text.tokenizer_for(d))
+  task = tasks.get_task(d, int(config.seed))
+  return TaskData(task, task.tokenizer)
+
+
+def resolve(config: ml_collections.ConfigDict) -> TaskData:
+  """The data part of resolving a run's config, once: builds the task and its tokenizer, sets
+  `data.seq_len = 0` (synthetic tasks) to the length of the task's longest example (in place) and checks
+  that the longest example fits a set data.seq_len. Returns the built task for the iterators."""
+  data = open_task(config)
+  if data.task is not None:
+    d = config.data
+    need = required_seq_len(data.tokenizer, _longest_example(data.task), int(d.num_pause))
+    if int(d.seq_len) == 0:
+      d.seq_len = need
+    _check_need(data.task, d, need)
+  return data
+
+
 def fit_seq_len(config: ml_collections.ConfigDict) -> int:
   """Resolves `data.seq_len = 0` (fit to the task): sets it to the smallest length that fits the
   synthetic task's longest example with the configured pauses and tokenizer. Returns data.seq_len (a
   non-zero value is left as set)."""
-  d = config.data
-  if int(d.seq_len) == 0:
-    task = tasks.get_task(d, int(config.seed))
-    d.seq_len = required_seq_len(task.tokenizer, _longest_example(task), int(d.num_pause))
-  return int(d.seq_len)
+  if int(config.data.seq_len) == 0:
+    resolve(config)
+  return int(config.data.seq_len)
 
 
 def check_fits(task: base.Task, data_config: ml_collections.ConfigDict) -> None:
   """Raises the seq_len error before training when the task's longest example does not fit."""
-  need = required_seq_len(task.tokenizer, _longest_example(task), int(data_config.num_pause))
+  _check_need(
+    task, data_config, required_seq_len(task.tokenizer, _longest_example(task), int(data_config.num_pause))
+  )
+
+
+def _check_need(task: base.Task, data_config: ml_collections.ConfigDict, need: int) -> None:
   if need > data_config.seq_len:
     raise ValueError(
       f"config.data.seq_len={data_config.seq_len} is too short for task {task.name!r}: its longest "
@@ -196,13 +240,15 @@ def to_iterator(batches: grain.MapDataset, data_config: ml_collections.ConfigDic
 
 
 def _text_train_iterator(
-  config: ml_collections.ConfigDict, process_index: int, process_count: int
+  config: ml_collections.ConfigDict, process_index: int, process_count: int, data: TaskData | None = None
 ) -> grain.DatasetIterator:
   """Task 'text': this process's share of the documents, tokenised and packed on the fly (in the
   `data.num_workers` grain worker processes when > 0), batched; checkpointable (data/corpus.py)."""
   d = config.data
   b = local_batch_size(int(config.train.batch_size), process_count)
-  dataset = text.packed_stream(config, "train", process_index, process_count).batch(b, drop_remainder=True)
+  dataset = text.packed_stream(
+    config, "train", process_index, process_count, tokenizer=data.tokenizer if data is not None else None
+  ).batch(b, drop_remainder=True)
   if int(d.num_workers) > 0:
     _use_default_absl_flags_if_unparsed()
     dataset = dataset.mp_prefetch(
@@ -213,23 +259,35 @@ def _text_train_iterator(
   return iter(dataset)
 
 
-def _train_examples(config: ml_collections.ConfigDict) -> grain.MapDataset:
+def _task(config: ml_collections.ConfigDict, data: TaskData | None) -> base.Task:
+  """The task of `data` (built and checked by `resolve`), or built and checked now."""
+  if data is not None and data.task is not None:
+    return data.task
+  task = tasks.get_task(config.data, int(config.seed))
+  check_fits(task, config.data)
+  return task
+
+
+def _train_examples(config: ml_collections.ConfigDict, data: TaskData | None = None) -> grain.MapDataset:
   """Infinite MapDataset of train feature dicts in global index order."""
-  d = config.data
-  task = tasks.get_task(d, int(config.seed))
-  check_fits(task, d)
-  return grain.MapDataset.source(TaskExamples(task, "train", d))
+  return grain.MapDataset.source(TaskExamples(_task(config, data), "train", config.data))
 
 
 def make_train_iterator(
-  config: ml_collections.ConfigDict, process_index: int = 0, process_count: int = 1
+  config: ml_collections.ConfigDict,
+  process_index: int = 0,
+  process_count: int = 1,
+  data: TaskData | None = None,
 ) -> grain.DatasetIterator:
   """Endless iterator of this process's train batches (dicts of numpy arrays, leading dim
-  train.batch_size // process_count); deterministic from config.seed, checkpointable."""
+  train.batch_size // process_count); deterministic from config.seed, checkpointable. `data`: the task
+  `resolve` built (else it is built here)."""
   local_batch_size(int(config.train.batch_size), process_count)
   if config.data.task == tasks.TEXT_TASK:
-    return _text_train_iterator(config, process_index, process_count)
-  batches = shard_batches(_train_examples(config), int(config.train.batch_size), process_index, process_count)
+    return _text_train_iterator(config, process_index, process_count, data)
+  batches = shard_batches(
+    _train_examples(config, data), int(config.train.batch_size), process_index, process_count
+  )
   return to_iterator(batches, config.data)
 
 
@@ -247,8 +305,10 @@ def make_eval_batches(
   split: str = "test",
   num_examples: int | None = None,
   batch_size: int | None = None,
+  data: TaskData | None = None,
 ) -> list[dict[str, np.ndarray]]:
-  """Held-out batches (defaults: eval.num_examples rows, eval.batch_size per batch) in index order.
+  """Held-out batches (defaults: eval.num_examples rows, eval.batch_size per batch) in index order;
+  `data`: the task and tokenizer `resolve` built (else they are built here).
 
   The last batch is padded: padded rows have PAD tokens, zero masks and `example_mask` 0 (1 on real
   rows). For task 'text', split 'test' means `data.text.eval_split` / `eval_files`; the examples are
@@ -266,17 +326,16 @@ def make_eval_batches(
   if d.task == tasks.TEXT_TASK:
     if split not in ("test", d.text.eval_split):
       raise ValueError(f"task 'text' evaluates on data.text.eval_split / eval_files, not {split!r}.")
-    source: Any = text.eval_windows(config, num_examples)
+    source: Any = text.eval_windows(config, num_examples, data.tokenizer if data is not None else None)
     num_examples = len(source)
   else:
-    task = tasks.get_task(d, int(config.seed))
-    check_fits(task, d)
-    source = TaskExamples(task, split, d)
+    source = TaskExamples(_task(config, data), split, d)
   rows = [source[i] for i in range(num_examples)]
   batches = [_pad_rows(rows[i : i + batch_size], batch_size) for i in range(0, num_examples, batch_size)]
   if d.task == tasks.TEXT_TASK:  # bytes of each row's targets: bits per byte (token_metrics.lm_metrics).
+    tokenizer = data.tokenizer if data is not None else text.tokenizer_for(d)
     num_bytes = bytes_lib.target_bytes(
-      text.tokenizer_for(d), np.stack([r["targets"] for r in rows]), np.stack([r["loss_mask"] for r in rows])
+      tokenizer, np.stack([r["targets"] for r in rows]), np.stack([r["loss_mask"] for r in rows])
     )
     for i, b in enumerate(batches):
       chunk = num_bytes[i * batch_size : (i + 1) * batch_size]
@@ -285,7 +344,5 @@ def make_eval_batches(
 
 
 def vocab_size_for(config: ml_collections.ConfigDict) -> int:
-  """Vocabulary size of the configured task's tokenizer."""
-  if config.data.task == tasks.TEXT_TASK:
-    return text.tokenizer_for(config.data).vocab_size
-  return tasks.get_task(config.data, int(config.seed)).tokenizer.vocab_size
+  """Vocabulary size of the configured task's tokenizer (a run takes it from `resolve`'s TaskData)."""
+  return open_task(config).vocab_size

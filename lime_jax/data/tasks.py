@@ -1,85 +1,29 @@
 """Registry of the synthetic tasks, keyed by `config.data.task`.
 
-Adding a task is one entry in `_REGISTRY`: a name and a factory `(data_config, seed) -> Task` that reads
-the task's own sub-config (e.g. `config.data.multiplication`). The 'text' task is not here: it is a
-corpus, not a question/answer generator, and `pipeline.py` routes it to `text.py`.
+Adding a task is one entry in `REGISTRY` (its name -> its class) and one field of the data section
+(lime_jax/config/sections.py `DataConfig`, a sub-section of the task's `Config` type). A task class declares
+its settings as a frozen dataclass `Config` (the `config.data.<name>` section: defaults, docs, choices,
+ranges and rules, written once in the task's module) and takes them as keyword arguments, plus `seed`.
+The 'text' task is not here: it is a corpus, not a question/answer generator, and `pipeline.py` routes it
+to `text.py`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Callable
 
 import ml_collections
 
 from lime_jax.data import arithmetic, base, copying, counting, lis, multiplication
+from lime_jax.runtime import options
 
-TaskFactory = Callable[[ml_collections.ConfigDict, int], base.Task]
-
-
-def _arithmetic(data_config: ml_collections.ConfigDict, seed: int) -> base.Task:
-  a = data_config.arithmetic
-  return arithmetic.ArithmeticTask(
-    num_operators=int(a.num_operators),
-    cot=bool(a.cot),
-    modulus=int(a.modulus),
-    test_fraction=float(a.test_fraction),
-    seed=int(seed),
-  )
-
-
-def _multiplication(data_config: ml_collections.ConfigDict, seed: int) -> base.Task:
-  m = data_config.multiplication
-  return multiplication.MultiplicationTask(
-    num_digits=int(m.num_digits),
-    cot=bool(m.cot),
-    seed=int(seed),
-    eval_file=str(m.eval_file),
-    test_fraction=float(m.test_fraction),
-    answer_marker=bool(m.answer_marker),
-  )
-
-
-def _lis(data_config: ml_collections.ConfigDict, seed: int) -> base.Task:
-  s = data_config.lis
-  return lis.LisTask(
-    length=int(s.length),
-    cot=bool(s.cot),
-    number_range=int(s.number_range),
-    test_fraction=float(s.test_fraction),
-    seed=int(seed),
-  )
-
-
-def _copying(data_config: ml_collections.ConfigDict, seed: int) -> base.Task:
-  c = data_config.copying
-  return copying.CopyingTask(
-    variant=str(c.variant),
-    min_length=int(c.min_length),
-    max_length=int(c.max_length),
-    test_fraction=float(c.test_fraction),
-    seed=int(seed),
-  )
-
-
-def _counting(data_config: ml_collections.ConfigDict, seed: int) -> base.Task:
-  c = data_config.counting
-  return counting.CountingTask(
-    variant=str(c.variant),
-    min_length=int(c.min_length),
-    max_length=int(c.max_length),
-    p_one=float(c.p_one),
-    test_fraction=float(c.test_fraction),
-    seed=int(seed),
-  )
-
-
-_REGISTRY: dict[str, TaskFactory] = {
-  "arithmetic": _arithmetic,
-  "multiplication": _multiplication,
-  "lis": _lis,
-  "copying": _copying,
-  "counting": _counting,
+REGISTRY: dict[str, type] = {
+  "arithmetic": arithmetic.ArithmeticTask,
+  "multiplication": multiplication.MultiplicationTask,
+  "lis": lis.LisTask,
+  "copying": copying.CopyingTask,
+  "counting": counting.CountingTask,
 }
 
 TEXT_TASK = "text"
@@ -87,7 +31,21 @@ TEXT_TASK = "text"
 
 def known_tasks() -> tuple[str, ...]:
   """Names accepted by `config.data.task` (the generators plus 'text')."""
-  return (*_REGISTRY, TEXT_TASK)
+  return (*REGISTRY, TEXT_TASK)
+
+
+def task_class(name: str) -> type:
+  """The class of task `name`; raises naming config.data.task when it has no generator."""
+  if name not in REGISTRY:
+    hint = (
+      " 'text' is a corpus: use pipeline.make_train_iterator / make_eval_batches."
+      if name == TEXT_TASK
+      else ""
+    )
+    raise ValueError(
+      f"config.data.task={name!r} has no generator; known tasks: {', '.join(map(repr, known_tasks()))}.{hint}"
+    )
+  return REGISTRY[name]
 
 
 class WithTokenizer:
@@ -111,19 +69,14 @@ def _subword(path: str, pause_tokens: bool) -> base.Tokenizer:
 
 
 def get_task(data_config: ml_collections.ConfigDict, seed: int) -> base.Task:
-  """The task named by `data_config.task`, built from its sub-config and `seed`; with `data.tokenizer`
-  set, its examples are encoded with that tokenizer (pause ids appended when `data.num_pause > 0`)."""
+  """The task named by `data_config.task`, built from its section (`data_config.<task>`, checked by the
+  task) and `seed`; with `data.tokenizer` set, its examples are encoded with that tokenizer (pause ids
+  appended when `data.num_pause > 0`)."""
   name = data_config.task
-  if name not in _REGISTRY:
-    hint = (
-      " 'text' is a corpus: use pipeline.make_train_iterator / make_eval_batches."
-      if name == TEXT_TASK
-      else ""
-    )
-    raise ValueError(
-      f"config.data.task={name!r} has no generator; known tasks: {', '.join(map(repr, known_tasks()))}.{hint}"
-    )
-  task = _REGISTRY[name](data_config, seed)
+  cls = task_class(name)
+  node = data_config[name] if name in data_config else {}  # a saved config from before the task
+  settings = options.from_node(cls.Config, node)
+  task = cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}, seed=seed)
   if data_config.get("tokenizer"):
     return WithTokenizer(task, _subword(str(data_config.tokenizer), int(data_config.num_pause) > 0))
   return task

@@ -229,12 +229,13 @@ def tokenizer_for(data_config: ml_collections.ConfigDict) -> base.Tokenizer:
 
 
 class Tokenise:
-  """grain map {'text'} -> int32 ids + EOS; loads the tokenizer once per (worker) process."""
+  """grain map {'text'} -> int32 ids + EOS; loads the tokenizer once per (worker) process (`tokenizer`: the
+  one the run already loaded, used in this process)."""
 
-  def __init__(self, data_config: ml_collections.ConfigDict):
+  def __init__(self, data_config: ml_collections.ConfigDict, tokenizer: base.Tokenizer | None = None):
     self._tokenizer_path = str(data_config.tokenizer)
     self._pause = int(data_config.num_pause) > 0
-    self._tokenizer: base.Tokenizer | None = None
+    self._tokenizer: base.Tokenizer | None = tokenizer
 
   def __getstate__(self) -> dict[str, Any]:
     return {**self.__dict__, "_tokenizer": None}  # workers load their own.
@@ -300,22 +301,26 @@ def packed_stream(
   process_index: int = 0,
   process_count: int = 1,
   segment_ids: bool = False,
+  tokenizer: base.Tokenizer | None = None,
 ) -> grain.IterDataset:
   """Tokenised, packed windows (see `corpus.PackIterDataset`) of one split of `config.data.text`, with
-  per-document `positions` when `config.model.document_mask`."""
+  per-document `positions` when `config.model.document_mask`; `tokenizer`: data.tokenizer already loaded
+  (else loaded on first use)."""
   docs = document_dataset(config, split_kind, process_index, process_count)
   return corpus.PackIterDataset(
-    docs.map(Tokenise(config.data)),
+    docs.map(Tokenise(config.data, tokenizer)),
     int(config.data.seq_len),
     segment_ids=segment_ids,
     positions=bool(config.model.document_mask),
   )
 
 
-def eval_windows(config: ml_collections.ConfigDict, num_examples: int) -> list[dict[str, np.ndarray]]:
+def eval_windows(
+  config: ml_collections.ConfigDict, num_examples: int, tokenizer: base.Tokenizer | None = None
+) -> list[dict[str, np.ndarray]]:
   """The first `num_examples` windows of the eval split (fewer when it is shorter); raises when it has
-  none."""
-  it = iter(packed_stream(config, "eval"))
+  none. `tokenizer`: data.tokenizer already loaded (else loaded here)."""
+  it = iter(packed_stream(config, "eval", tokenizer=tokenizer))
   rows = []
   for _ in range(num_examples):
     try:

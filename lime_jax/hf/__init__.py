@@ -33,31 +33,8 @@ __all__ = [
   "save_pretrained",
   "hf_state_dict_to_params",
   "params_to_hf_state_dict",
-  "llama_config_kwargs",
   "model_config_from_hf",
 ]
-
-
-def llama_config_kwargs(cfg: ModelConfig) -> dict[str, Any]:
-  """Keyword arguments for `transformers.LlamaConfig` describing the same network as `cfg`."""
-  if cfg.topology != "plain":
-    raise ValueError(f"HF LLaMA conversion needs config.model.topology='plain', not {cfg.topology!r}.")
-  return dict(
-    vocab_size=cfg.vocab_size,
-    hidden_size=cfg.d_model,
-    intermediate_size=cfg.ffn_dim,
-    num_hidden_layers=cfg.num_layers,
-    num_attention_heads=cfg.num_heads,
-    num_key_value_heads=cfg.num_kv_heads,
-    head_dim=cfg.head_dim,
-    rms_norm_eps=cfg.rms_eps,
-    rope_theta=cfg.rope_theta,
-    tie_word_embeddings=cfg.tie_embeddings,
-    attention_bias=False,
-    mlp_bias=False,
-    hidden_act="silu",
-    initializer_range=cfg.init_std,
-  )
 
 
 def model_config_from_hf(hf_config: Any, **overrides) -> ModelConfig:

@@ -24,44 +24,12 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from lime_jax.model import model_config
 from lime_jax.model.model_config import ModelConfig
 
-# The config.model fields that describe a checkpoint's architecture (what `model_fields` returns).
-ARCH_FIELDS = (
-  "vocab_size",
-  "num_layers",
-  "d_model",
-  "num_heads",
-  "num_kv_heads",
-  "ffn_dim",
-  "rope_theta",
-  "rope_local_theta",
-  "rms_eps",
-  "tie_embeddings",
-  "attn_head_dim",
-  "norm_type",
-  "norm_offset",
-  "mlp_activation",
-  "mlp_gated",
-  "mlp_bias",
-  "qkv_bias",
-  "out_bias",
-  "qk_norm",
-  "position",
-  "max_positions",
-  "rope_scaling",
-  "rope_factor",
-  "rope_low_freq_factor",
-  "rope_high_freq_factor",
-  "rope_original_max_positions",
-  "sliding_window",
-  "global_layers",
-  "embed_scale",
-  "post_norms",
-  "attn_logit_softcap",
-  "final_logit_softcap",
-  "attn_scale_dim",
-)
+# The config.model fields that describe a checkpoint's architecture (what `model_fields` returns): those
+# a config.json sets, declared with `option(arch=...)` in lime_jax/model/model_config.py.
+ARCH_FIELDS = model_config.arch_fields("params", "params_if_set", "compute")
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gpt2")
 ARCHITECTURES = {
   "llama": "LlamaForCausalLM",

@@ -22,16 +22,19 @@ from lime_jax.model.tables import LayerTables
 from lime_jax.runtime import sharding
 
 # A kv mixer maps this layer's raw (pre-RoPE) keys/values [B, T, R, 2H] to the ones attention uses.
-# The plain backbone uses them unchanged; LIMe mixes in earlier layers' (lime_jax/model/lime.py).
+# The plain backbone uses them unchanged; LIMe's kv router mixes in earlier layers'
+# (lime_jax/model/routers/kv.py), value residual the first layer's values (value_residual.py).
 KvMixer = Callable[[jax.Array], jax.Array]
 # A kv input maps this layer's normed input x [B, T, D] to one input per kv head [B, T, R, D] that the
-# k/v projection reads (LIMe v1 routes hidden states of earlier layers this way). Default: x for all.
+# k/v projection reads (LIMe's v1 routers, lime_jax/model/routers/v1.py, route earlier layers' hidden
+# states this way). Default: x for all.
 KvInput = Callable[[jax.Array], jax.Array]
 
 
 def project_kv(cfg: ModelConfig, x_BTD: jax.Array, params_l: Any) -> jax.Array:
   """The raw (pre-RoPE) keys/values [B, T, R, 2H] of the normed input: the Block's kv projection
-  (lime_jax/model/lime.py recomputes it outside the Block from the same parameters).
+  (LIMe's kv router, lime_jax/model/routers/kv.py `_entry`, computes it outside the Block from the same
+  parameters).
 
   `x_BTD` is [B, T, D], or one input per kv head [B, T, R, D] (the `kv_input` hook). `params_l`: the
   layer's parameters; reads wkv, and bkv (`qkv_bias`) and k_norm (`qk_norm`, on the keys) when on.

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lime_jax.model.block import Block
-from lime_jax.model.lime_stack import LayerFns, buffer_scan, lime_stack
+from lime_jax.model.lime_stack import LayerFns, LayerOut, buffer_scan, lime_stack
 from lime_jax.model.model_config import ModelConfig
 from lime_jax.model.stack import StackOutput, Topology, pick_collected
 from lime_jax.model.tables import LayerTables
@@ -72,20 +72,18 @@ def num_slots(cfg: ModelConfig) -> tuple[int, int]:
   return S, -(-cfg.num_layers // S) * S
 
 
-def _stacked_router(topo_params: dict, cfg: ModelConfig) -> dict:
-  """Per-layer arrays the stack scans over: coef [L, 1, M] (weights on X_m, m <= l, in slot order) and
-  next [L] (the weight on the fresh block output X_{l+1})."""
-  L = cfg.num_layers
-  _, M = num_slots(cfg)
-  A_LM = dwa_matrix(topo_params, cfg)
-  coef_L1M = jnp.pad(A_LM[:, None, :L], [(0, 0), (0, 0), (0, M - L)])
-  return {"coef": coef_L1M, "next": A_LM[jnp.arange(L), jnp.arange(1, L + 1)]}
-
-
 # ------------------------------------------------------------------------------------------ stages
-def _mix(coef_1S: jax.Array, buf_SBTD: jax.Array, start, l) -> jax.Array:
-  """prev [1, B, T, D] = sum over this block's slots m = start + s < l of coef[m] X_m (one matmul; the
-  slots >= l are zeroed by select, so NaN in an unwritten slot is harmless)."""
+def _pre(*, router_l: dict, h: jax.Array, l) -> jax.Array:
+  """The `pre` stage (`PreFn`): layer l's DWA weights coef [1, M] on the earlier outputs X_m."""
+  del h, l
+  return router_l["coef"]
+
+
+def _mix(*, coef_block: jax.Array, buf_block: jax.Array, start, l) -> jax.Array:
+  """The `mix` stage (`MixFn`): prev [1, B, T, D] = sum over this block's slots m = start + s < l of
+  coef[m] X_m (one matmul; the slots >= l are zeroed by select, so NaN in an unwritten slot is
+  harmless)."""
+  coef_1S, buf_SBTD = coef_block, buf_block
   S = coef_1S.shape[1]
   live_1S = (start + jnp.arange(S) < l)[None, :]
   coef_1S = jnp.where(live_1S, coef_1S, jnp.zeros_like(coef_1S)).astype(buf_SBTD.dtype)
@@ -93,8 +91,12 @@ def _mix(coef_1S: jax.Array, buf_SBTD: jax.Array, start, l) -> jax.Array:
   return out_1X.reshape((1,) + buf_SBTD.shape[1:])
 
 
-def _post(cfg: ModelConfig, params_l, router_l, coef_1M, prev_1BTD, h_BT2D, tables, l, cache_l):
-  """Block l on Y_l, then the DWA: Y_{l+1} = prev + coef[l] X_l + next X_{l+1}. The entry is X_l."""
+def _post(cfg: ModelConfig, *, params_l, router_l, coef, prev, h, tables, l, cache_l, entry=None) -> LayerOut:
+  """The `post` stage (`PostFn`): block l on Y_l, then the DWA: Y_{l+1} = prev + coef[l] X_l + next
+  X_{l+1}. The entry is X_l. coef [1, M], prev [1, B, T, D], h [B, T, 2, D] (Y_l, X_l); no
+  `LayerFns.entry`, so `entry` is always None."""
+  del entry
+  coef_1M, prev_1BTD, h_BT2D = coef, prev, h
   y_BTD, x_BTD = h_BT2D[:, :, 0], h_BT2D[:, :, 1]
   x_next_BTD, extras = Block(cfg).apply({"params": params_l}, y_BTD, tables, cache=cache_l)
   own = jax.lax.dynamic_index_in_dim(coef_1M[0], l, keepdims=False).astype(jnp.float32)
@@ -104,23 +106,47 @@ def _post(cfg: ModelConfig, params_l, router_l, coef_1M, prev_1BTD, h_BT2D, tabl
     + router_l["next"].astype(jnp.float32) * x_next_BTD.astype(jnp.float32)
   )
   h_next_BT2D = jnp.stack([y_next_BTD.astype(cfg.dtype), x_next_BTD], axis=2)
-  return h_next_BT2D, x_BTD, extras
+  return LayerOut(h_next_BT2D, x_BTD, extras)
 
 
-def _layer_fns(cfg: ModelConfig) -> LayerFns:
-  S, M = num_slots(cfg)
-  return LayerFns(
-    pre=lambda router_l, h, l: router_l["coef"],
-    mix=_mix,
-    post=functools.partial(_post, cfg),
-    entry_shape=lambda B, T: (B, T, cfg.d_model),
-    coef_axis=1,
-    num_slots=M,
-    block_size=S,
-    dtype=cfg.dtype,
-    policy=cfg.remat_policy,
-    static_coef=lambda router: router["coef"][..., None],
-  )
+def _static_coef(*, router: dict) -> jax.Array:
+  """The `static_coef` stage (`StaticCoefFn`): every layer's DWA weights [L, 1, M, 1]."""
+  return router["coef"][..., None]
+
+
+class DwaStages:
+  """DenseFormer's `lime_stack.StackStages` (the Topology's `stages`)."""
+
+  def layer_fns(self, cfg: ModelConfig) -> LayerFns:
+    S, M = num_slots(cfg)
+    D = cfg.d_model
+    return LayerFns(
+      pre=_pre,
+      mix=_mix,
+      post=functools.partial(_post, cfg),
+      entry_shape=lambda *, batch, seq: (batch, seq, D),
+      coef_axis=1,
+      num_slots=M,
+      block_size=S,
+      dtype=cfg.dtype,
+      policy=cfg.remat_policy,
+      static_coef=_static_coef,
+    )
+
+  def stacked(self, router_params: dict, cfg: ModelConfig, M: int) -> dict:
+    """Per-layer arrays the stack scans over: coef [L, 1, M] (weights on X_m, m <= l, in slot order)
+    and next [L] (the weight on the fresh block output X_{l+1})."""
+    L = cfg.num_layers
+    A_LM = dwa_matrix(router_params, cfg)
+    coef_L1M = jnp.pad(A_LM[:, None, :L], [(0, 0), (0, 0), (0, M - L)])
+    return {"coef": coef_L1M, "next": A_LM[jnp.arange(L), jnp.arange(1, L + 1)]}
+
+  def initial_state(self, h_BTD: jax.Array) -> jax.Array:
+    """h_BT2D = (Y_0, X_0) = (the embeddings, the embeddings)."""
+    return jnp.stack([h_BTD, h_BTD], axis=2)
+
+
+DWA = DwaStages()
 
 
 # ------------------------------------------------------------------------------------------ stacks
@@ -153,9 +179,9 @@ def run_denseformer_stack(
 ) -> StackOutput:
   """The 'denseformer' topology. impl='vjp': memory-linear custom VJP (training); 'scan': plain scan
   (also used with a cache or collections)."""
-  fns = _layer_fns(cfg)
-  router = _stacked_router(topo_params, cfg)
-  h_BT2D = jnp.stack([h_BTD, h_BTD], axis=2)  # Y_0 = X_0 = the embeddings
+  fns = DWA.layer_fns(cfg)
+  router = DWA.stacked(topo_params, cfg, fns.num_slots)
+  h_BT2D = DWA.initial_state(h_BTD)  # Y_0 = X_0 = the embeddings
   if impl == "scan" or cache is not None or collect:
     return _scan_stack(fns, layers, router, h_BT2D, tables, cache, tuple(collect))
   if impl != "vjp":
@@ -168,11 +194,18 @@ def extra_forward_flops(cfg: ModelConfig) -> float:
   return float(2 * cfg.d_model * dwa_param_count(cfg))
 
 
-TOPOLOGY = Topology("denseformer", run_denseformer_stack, init_dwa_params, extra_flops=extra_forward_flops)
+TOPOLOGY = Topology(
+  "denseformer",
+  run_denseformer_stack,
+  init_dwa_params,
+  extra_flops=extra_forward_flops,
+  stages=lambda cfg: DWA,
+)
 # The plain-scan DenseFormer (history in the carry), for the benchmark and tests only; not a config choice.
 SCAN_TOPOLOGY = Topology(
   "denseformer_scan",
   functools.partial(run_denseformer_stack, impl="scan"),
   init_dwa_params,
   extra_flops=extra_forward_flops,
+  stages=lambda cfg: DWA,
 )

@@ -23,6 +23,11 @@ known(shared, args, out) -> a pytree of the values the backward pass has again, 
 inputs and outputs (it only selects, so it can run on the jaxpr's variables).
 
 `scan_layers` is the flat scan over layers with an optional group opener (the two-level schedule).
+
+The sort walks the jaxpr through `jax.extend.core` (`JAXPR_API`), whose internals JAX may change
+between versions. A change that breaks the walk raises `JaxprWalkError` naming what changed, rather
+than mis-sorting a leaf (an invariant leaf that does depend on the layer would silently give every
+layer layer 0's value); tests/test_layer_scan.py pins what the walk relies on.
 """
 
 from __future__ import annotations
@@ -36,6 +41,29 @@ import jax.extend.core as jex_core
 import jax.numpy as jnp
 
 KNOWN, INVARIANT, SAVED = "known", "invariant", "saved"
+# What the walk uses of jax.extend.core: its variables (Var; Literal for constants), ClosedJaxpr.jaxpr,
+# Jaxpr.invars / outvars / eqns, JaxprEqn.invars / outvars / params / primitive.name, the sub-jaxprs of
+# an equation's params, and evaluating a ClosedJaxpr.
+JAXPR_API = ("Var", "Literal", "ClosedJaxpr", "Jaxpr", "JaxprEqn", "jaxprs_in_params", "jaxpr_as_fun")
+
+
+class JaxprWalkError(RuntimeError):
+  """jax.extend.core no longer offers what `trace_step`'s walk relies on (`JAXPR_API`): a JAX upgrade."""
+
+
+def _walk_error(what: str) -> JaxprWalkError:
+  return JaxprWalkError(
+    f"lime_jax/model/layer_scan.py sorts a layer's pullback by walking its jaxpr through jax.extend.core "
+    f"({', '.join(JAXPR_API)}), and JAX {jax.__version__} changed it: {what}. Update trace_step and "
+    "_varying_vars (tests/test_layer_scan.py pins the behaviour they rely on)."
+  )
+
+
+def check_jaxpr_api() -> None:
+  """Raises `JaxprWalkError` if jax.extend.core lacks a name of `JAXPR_API`."""
+  missing = [name for name in JAXPR_API if not hasattr(jex_core, name)]
+  if missing:
+    raise _walk_error(f"jax.extend.core has no {', '.join(missing)}")
 
 
 class LeafSource(NamedTuple):
@@ -90,16 +118,26 @@ class TracedStep(NamedTuple):
 def trace_step(step: Callable, known: Callable, shared: Any, *args: Any) -> TracedStep:
   """Traces step(shared, *args) once (`args`: one layer's inputs, e.g. layer 0's) and sorts its
   pullback's leaves (module docstring). Every input in `args` counts as per-layer."""
+  check_jaxpr_api()
   closed, out_shape = jax.make_jaxpr(step, return_shape=True)(shared, *args)
-  jaxpr = closed.jaxpr
+  try:
+    jaxpr = closed.jaxpr
+    invars, outvars = list(jaxpr.invars), list(jaxpr.outvars)
+  except AttributeError as err:
+    raise _walk_error(f"a ClosedJaxpr / Jaxpr lacks {err.name!r}") from err
+  _check_vars(invars, "an input")
+  _check_vars(outvars, "an output")
   in_treedef, out_treedef = jax.tree.structure((shared, args)), jax.tree.structure(out_shape)
-  shared_vars, args_vars = jax.tree.unflatten(in_treedef, jaxpr.invars)
-  out_vars = jax.tree.unflatten(out_treedef, jaxpr.outvars)
+  shared_vars, args_vars = jax.tree.unflatten(in_treedef, invars)
+  out_vars = jax.tree.unflatten(out_treedef, outvars)
   known_vars, known_treedef = jax.tree.flatten(known(shared_vars, args_vars, out_vars))
   leaf_vars, treedef = jax.tree.flatten(out_vars.pullback)
 
   per_layer = [False] * len(jax.tree.leaves(shared_vars)) + [True] * len(jax.tree.leaves(args_vars))
-  varying = _varying_vars(jaxpr, per_layer)
+  try:
+    varying = _varying_vars(jaxpr, per_layer)
+  except (AttributeError, TypeError) as err:
+    raise _walk_error(f"walking the equations failed with {err!r}") from err
   sources, invariant_at, num_saved = [], [], 0
   for i, v in enumerate(leaf_vars):
     is_var = isinstance(v, jex_core.Var)
@@ -121,6 +159,16 @@ def trace_step(step: Callable, known: Callable, shared: Any, *args: Any) -> Trac
     leaves = jax.tree.leaves(run(shared, *args).pullback)
     invariant = [leaves[i] for i in invariant_at]
   return TracedStep(run, PullbackLayout(treedef, known_treedef, tuple(sources)), invariant)
+
+
+def _check_vars(atoms: list, what: str) -> None:
+  """Every jaxpr input / output must be a `Var` or a `Literal`: else the identity and dependency tests
+  of the walk would silently see no variable (and call every leaf invariant)."""
+  for atom in atoms:
+    if not isinstance(atom, (jex_core.Var, jex_core.Literal)):
+      raise _walk_error(
+        f"{what} of a jaxpr is a {type(atom).__name__}, neither jax.extend.core.Var nor Literal"
+      )
 
 
 def _varying_vars(jaxpr: jex_core.Jaxpr, varying_in: list[bool]) -> set:

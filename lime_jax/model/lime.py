@@ -2,7 +2,8 @@
 
 The router (`cfg.lime.router`: 'kv' (v2, default), or the v1 'static' / 'top_p' / 'dynamic') is an
 object of lime_jax/model/routers/ that owns its parameters, its three stages per layer (pre / mix /
-post, see lime_stack.py), its FLOPs and its analysis; this module only runs it. Training runs the stages
+post: lime_stack.LayerFns, the `StackStages` it provides), its FLOPs and its analysis; this module only
+runs it (ask `router_of(cfg)` for the rest). Training runs the stages
 through `lime_stack.lime_stack` (custom VJP, memory linear in depth). Decoding with a cache, collections
 and the 'lime_scan' topology (the quadratic plain-scan reference of the benchmark) use `_scan_stack`.
 Decoding only needs the new tokens' buffer: routing is at the same position and the cache holds the
@@ -25,7 +26,7 @@ from lime_jax.model.routers.base import Router
 from lime_jax.model.stack import StackOutput, Topology, pick_collected
 from lime_jax.model.tables import LayerTables
 
-# Extra per-layer value the lime stacks can collect: the routing coefficients (coef of `_layer_fns`).
+# Extra per-layer value the lime stacks can collect: the routing coefficients (the `pre` stage's coef).
 LIME_COLLECTABLE = ("router",)
 
 
@@ -37,31 +38,6 @@ def router_of(cfg: ModelConfig) -> Router:
 def init_router_params(rng: jax.Array, cfg: ModelConfig) -> dict:
   """The topology's parameters (stored by the Transformer under params['router'])."""
   return router_of(cfg).init_params(rng, cfg)
-
-
-def router_param_count(cfg: ModelConfig) -> int:
-  """Router parameters that reach the output (padding and layer 0 excluded)."""
-  return router_of(cfg).param_count(cfg)
-
-
-def routing_weights(router_params: dict, cfg: ModelConfig) -> jax.Array:
-  """The static routing coefficients every layer uses, unpadded over sources (see the router)."""
-  return router_of(cfg).routing_weights(router_params, cfg)
-
-
-def group_size(cfg: ModelConfig) -> int:
-  """Layers per group of the two-level schedule (routers/kv.py; 1 for the other routers)."""
-  return router_of(cfg).group_size(cfg)
-
-
-def _layer_fns(cfg: ModelConfig) -> LayerFns:
-  """The router's stages for `cfg` (see lime_stack.LayerFns)."""
-  return router_of(cfg).layer_fns(cfg)
-
-
-def _stacked_router(router_params: dict, cfg: ModelConfig, M: int) -> dict:
-  """Per-layer router arrays (leading [L]) that the stack scans over, sources padded to M slots."""
-  return router_of(cfg).stacked(router_params, cfg, M)
 
 
 # ------------------------------------------------------------------------------------------ stacks
@@ -94,8 +70,10 @@ def run_lime_stack(
 
   With a cache or collections the plain scan runs (forward use; it stays exact if differentiated).
   """
-  fns = _layer_fns(cfg)
-  router = _stacked_router(topo_params, cfg, fns.num_slots)
+  stages = router_of(cfg)
+  fns = stages.layer_fns(cfg)
+  router = stages.stacked(topo_params, cfg, fns.num_slots)
+  h_BTD = stages.initial_state(h_BTD)
   if impl == "scan" or cache is not None or collect:
     return _scan_stack(fns, layers, router, h_BTD, tables, cache, tuple(collect))
   if impl != "vjp":
@@ -119,8 +97,10 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
 def buffer_bytes(cfg: ModelConfig, batch: int, seq_len: int) -> int:
   """Bytes of the LIMe buffer of one forward pass (M slots, see routers.base.num_slots); its cotangent
   is the same."""
-  fns = _layer_fns(cfg)
-  return int(fns.num_slots * math.prod(fns.entry_shape(batch, seq_len)) * jnp.dtype(cfg.dtype).itemsize)
+  fns = router_of(cfg).layer_fns(cfg)
+  return int(
+    fns.num_slots * math.prod(fns.entry_shape(batch=batch, seq=seq_len)) * jnp.dtype(cfg.dtype).itemsize
+  )
 
 
 def signature(model_cfg) -> dict:
@@ -136,6 +116,7 @@ TOPOLOGY = Topology(
   extra_flops=mixing_flops_per_token,
   signature=signature,
   lime_router=router_of,
+  stages=router_of,
 )
 # The plain-scan LIMe (buffer in the carry), for the benchmark and tests only; not a config choice.
 SCAN_TOPOLOGY = Topology(
@@ -145,4 +126,5 @@ SCAN_TOPOLOGY = Topology(
   extra_flops=mixing_flops_per_token,
   signature=signature,
   lime_router=router_of,
+  stages=router_of,
 )

@@ -10,7 +10,8 @@ Shape letters (the same in lime_stack.py and layer_scan.py):
   J stacked source rows (G*E); P column chunks of a grouped product, Xp = X // P values each.
 
 Static coefficients are W [M, R, M, E]: W[l, r, m, e] weighs row e of source slot m in row r of
-layer l's prev. The per-layer mix is the router's own function (`BlockMix.mix`), of any coef shape.
+layer l's prev. The per-layer mix is the router's own function (`MixFn`, `BlockMix.mix`), of any coef
+shape.
 
 Every loop is a `fori_loop` whose operands that the body updates in place ride in its carry, ended by
 an optimization barrier: else XLA copies them every step, or reorders a read past an update.
@@ -18,18 +19,36 @@ an optimization barrier: else XLA copies them every step, or reorders a read pas
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 
 
-class BlockMix(NamedTuple):
-  """A router's per-block mix: mix(coef_block, buf_block, start, l) -> its part of prev_l (only the
-  slots start + i < l may count); coef's source-slot axis is `coef_axis`; blocks hold S slots."""
+class MixFn(Protocol):
+  """A router's mix over one block of source slots (the `mix` stage of lime_stack.LayerFns), called
+  with named arguments: mix(coef_block=..., buf_block=..., start=..., l=...) -> its part of prev_l.
 
-  mix: Callable
+  coef_block: layer l's coefficients (`PreFn`) sliced to the S slots from `start` along their
+  source-slot axis (`BlockMix.coef_axis`); buf_block [S, *slot]: buffer slots start..start+S-1
+  (`LayerFns.entry_shape`); start: the block's first slot; l: the layer (int32 scalar). Only the slots
+  start + i < l may count (the others are unwritten or hold other values): the mix zeroes their
+  coefficients by select, so NaN in coef's dead slots is harmless. Returns float32, in the router's
+  prev shape (kv [R, B, T, 2H]; static / top_p [R, B, T, D]; dynamic [B, T, R, D]; DenseFormer
+  [1, B, T, D]). With static coefficients (lime_stack.StaticCoefFn, W [L, R, M, E]) it must be the
+  linear map W gives: prev.reshape(R, X) = einsum('rme,mex->rx', W[l, :, block], buf_block.reshape(S,
+  E, X)) over the live slots (the forward pass mixes with this function, the backward pass pulls with W).
+  """
+
+  def __call__(
+    self, *, coef_block: jax.Array, buf_block: jax.Array, start: jax.Array, l: jax.Array
+  ) -> jax.Array: ...
+
+
+class BlockMix(NamedTuple):
+  """A router's per-block mix (`MixFn`); coef's source-slot axis is `coef_axis`; blocks hold S slots."""
+
+  mix: MixFn
   block_size: int
   coef_axis: int
 
@@ -55,12 +74,13 @@ def mix_forward(
 ) -> tuple[jax.Array, jax.Array]:
   """(prev_l, buf): prev_l = init + sum_{lo*S <= m < l} mix(coef[m], buf[m]), block by block (only the
   blocks holding slots < l run: work is triangular in depth). The buffer rides in the carry."""
-  shape = jax.eval_shape(lambda c, b: bm.mix(c, b, 0, l), *_block(bm, coef, buf, 0))
+  mix = lambda c, b, start: bm.mix(coef_block=c, buf_block=b, start=start, l=l)
+  shape = jax.eval_shape(lambda c, b: mix(c, b, 0), *_block(bm, coef, buf, 0))
 
   def body(j, carry):
     acc, buf = carry
     start = j * bm.block_size
-    return jax.lax.optimization_barrier((acc + bm.mix(*_block(bm, coef, buf, start), start, l), buf))
+    return jax.lax.optimization_barrier((acc + mix(*_block(bm, coef, buf, start), start), buf))
 
   acc = jnp.zeros(shape.shape, shape.dtype) if init is None else init.reshape(shape.shape).astype(shape.dtype)
   return jax.lax.fori_loop(lo, num_blocks_below(bm.block_size, l), body, (acc, buf))
@@ -77,7 +97,7 @@ def push_backward(
     dcoef, dbuf, buf = carry
     start = j * bm.block_size
     coef_blk, buf_blk = _block(bm, coef, buf, start)
-    _, pullback = jax.vjp(lambda c, b: bm.mix(c, b, start, l), coef_blk, buf_blk)
+    _, pullback = jax.vjp(lambda c, b: bm.mix(coef_block=c, buf_block=b, start=start, l=l), coef_blk, buf_blk)
     dcoef_blk, dbuf_blk = pullback(dprev)
     dcoef = jax.lax.dynamic_update_slice_in_dim(dcoef, dcoef_blk, start, bm.coef_axis)
     old_blk = jax.lax.dynamic_slice_in_dim(dbuf, start, bm.block_size, 0)

@@ -5,7 +5,8 @@ M buffer slots (M >= L); S source slots per block (`block_size`); G layers per g
 R rows of a layer's prev (destination kv heads); E rows of a source slot (source kv heads); X values
 per row of a slot; K stacked destination rows of a block product; P column chunks.
 
-A LIMe layer l is three stages (routers in lime_jax/model/lime.py fill them in):
+A LIMe layer l is three stages (`LayerFns`; the routers of lime_jax/model/routers/ and DenseFormer,
+lime_jax/model/denseformer.py, fill them in; every stage is a Protocol called with named arguments):
 
   coef = pre(router_l, h_l, l)                       routing coefficients over source slots
   prev = sum_{m<l} mix(coef[m], buf[m])              earlier layers, read from the write-once buffer
@@ -65,43 +66,123 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 
 from lime_jax.model import lime_mix
 from lime_jax.model.layer_scan import PullbackLayout, TracedStep, scan_layers, trace_step
+from lime_jax.model.lime_mix import MixFn
 from lime_jax.model.stack import remat
 from lime_jax.model.tables import LayerTables
+
+if TYPE_CHECKING:
+  from lime_jax.model.model_config import ModelConfig
+
+
+# ------------------------------------------------------------------------------ the stage contract
+# Shapes that depend on the router are written per router below: kv (v2), static / top_p, dynamic (v1,
+# lime_jax/model/routers/) and DenseFormer's DWA; a slot is E rows of X values (kv: E = R, X = B*T*2H;
+# the others E = 1, X = B*T*D).
+
+
+class PreFn(Protocol):
+  """pre(router_l=..., h=..., l=...) -> coef: layer l's routing coefficients over the M source slots.
+
+  router_l: layer l's router arrays (`StackStages.stacked`, sliced at l); h: the layer's input state
+  (h_BTD [B, T, D]; DenseFormer [B, T, 2, D], the pair (Y_l, X_l)); l: the layer (int32 scalar).
+  coef's source-slot axis is `LayerFns.coef_axis`: kv [R, M, R]; static / top_p [R, M]; dynamic
+  [B, T, R, M] (per token); DenseFormer [1, M]. With `static_coef`, coef = static_coef(router)[l] up to
+  a reshape and h is not read.
+  """
+
+  def __call__(self, *, router_l: Any, h: jax.Array, l: jax.Array) -> jax.Array: ...
+
+
+class LayerOut(NamedTuple):
+  """What `post` returns: the next state (h's shape), the layer's buffer entry [*entry_shape] and the
+  Block's extras (cache, raw_kv, value, attn_probs: lime_jax/model/block.py)."""
+
+  h: jax.Array
+  entry: jax.Array
+  extras: dict
+
+
+class PostFn(Protocol):
+  """post(params_l=..., router_l=..., coef=..., prev=..., h=..., tables=..., l=..., cache_l=...,
+  entry=...) -> LayerOut: the layer itself, adding its own (slot l) term to prev.
+
+  params_l: layer l's Block parameters; router_l, h, l: as for `PreFn`; coef: pre's value; prev: the
+  mix of slots < l (`MixFn`'s shape, float32); tables: the shared `LayerTables`; cache_l: the layer's
+  decoding cache or None. entry: None, or (only when `LayerFns.entry` is set) the layer's entry as
+  `EntryFn` computed it, read from its buffer slot: post then takes the entry's value from it and
+  its gradient through its own computation (routers/kv.py `_stored`).
+  """
+
+  def __call__(
+    self,
+    *,
+    params_l: Any,
+    router_l: Any,
+    coef: jax.Array,
+    prev: jax.Array,
+    h: jax.Array,
+    tables: LayerTables,
+    l: jax.Array,
+    cache_l: dict | None,
+    entry: jax.Array | None = None,
+  ) -> LayerOut: ...
+
+
+class StaticCoefFn(Protocol):
+  """static_coef(router=...) -> coef_LRME [L, R, M, E]: every layer's coefficients, for routers whose
+  coefficients do not depend on the input (router: the stacked arrays, leading axis L). Row r of layer
+  l's prev weighs row e of slot m by coef_LRME[l, r, m, e]; it must be the linear map that `mix`
+  computes (`MixFn`) and `pre`'s coef reshaped: the forward pass mixes with `mix`, the backward pass
+  pulls with these weights, so a disagreement leaves the loss right and the gradients wrong
+  (tests/test_lime.py checks every registered router)."""
+
+  def __call__(self, *, router: Any) -> jax.Array: ...
+
+
+class EntryFn(Protocol):
+  """entry(params_l=..., h=...) -> the layer's buffer entry [*entry_shape], computed on its own (the kv
+  router: the raw k/v projection), equal to the entry `post` returns."""
+
+  def __call__(self, *, params_l: Any, h: jax.Array) -> jax.Array: ...
+
+
+class EntryShapeFn(Protocol):
+  """entry_shape(batch=..., seq=...) -> one buffer slot's shape: kv (R, B, T, 2H); the others (B, T, D)."""
+
+  def __call__(self, *, batch: int, seq: int) -> tuple[int, ...]: ...
 
 
 @dataclasses.dataclass(frozen=True)
 class LayerFns:
-  """A router's three stages (module docstring) and the buffer it keeps.
+  """A router's three stages (module docstring; each a Protocol above) and the buffer it keeps.
 
-  pre(router_l, h_BTD, l) -> coef; mix(coef_block, buf_block, start, l) -> prev (only slots
-  start + i < l may count); post(layer_l, router_l, coef, prev, h_BTD, tables, l, cache_l) ->
-  (h_BTD, entry, extras); entry_shape(B, T) is one buffer slot; coef_axis is coef's source-slot axis.
-  static_coef(router) -> coef of every layer [L, R, M, E] when coef does not depend on the input
-  (coef_l = static_coef(router)[l] up to a reshape; a slot is E rows): then the backward pass pulls.
-  entry(layer_l, h_BTD) -> the layer's entry on its own, when post(..., entry=...) can take it as an
-  input: with remat, the recomputed layer then reads its buffer slot instead of recomputing it.
+  coef_axis: coef's source-slot axis; num_slots: M; block_size: S; dtype: the buffer's; policy: the
+  remat policy of `post`. static_coef (`StaticCoefFn`): set when coef does not depend on the input;
+  then the backward pass pulls. entry (`EntryFn`): set when post(..., entry=...) can take the entry as
+  an input: with remat, the recomputed layer then reads its buffer slot instead of recomputing it.
+  group_size / keep_far: the two-level schedule (module docstring; static square mixes only).
   """
 
-  pre: Callable
-  mix: Callable
-  post: Callable
-  entry_shape: Callable[[int, int], tuple[int, ...]]
+  pre: PreFn
+  mix: MixFn
+  post: PostFn
+  entry_shape: EntryShapeFn
   coef_axis: int
   num_slots: int
   block_size: int
   dtype: Any
   policy: str = "none"
-  static_coef: Callable | None = None
+  static_coef: StaticCoefFn | None = None
   group_size: int = 1
   keep_far: bool = False  # grouped, with remat: keep the far parts for the backward pass
-  entry: Callable | None = None
+  entry: EntryFn | None = None
 
   def __post_init__(self):
     G, S = self.group_size, self.block_size
@@ -116,7 +197,25 @@ class LayerFns:
     return lime_mix.BlockMix(self.mix, self.block_size, self.coef_axis)
 
   def new_buffer(self, batch: int, seq: int) -> jax.Array:
-    return jnp.zeros((self.num_slots, *self.entry_shape(batch, seq)), self.dtype)
+    return jnp.zeros((self.num_slots, *self.entry_shape(batch=batch, seq=seq)), self.dtype)
+
+
+class StackStages(Protocol):
+  """What a topology that runs on this stack provides (`stack.Topology.stages(cfg)`): the 'lime'
+  topology's router object (lime_jax/model/routers/base.py), DenseFormer's `DWA`."""
+
+  def layer_fns(self, cfg: ModelConfig) -> LayerFns:
+    """The stages and buffer for `cfg`."""
+    ...
+
+  def stacked(self, router_params: Any, cfg: ModelConfig, M: int) -> Any:
+    """Per-layer arrays (leading [L]) that the stack scans over (`router_l`), from the topology's
+    parameters (params['router']), sources padded to M slots."""
+    ...
+
+  def initial_state(self, h_BTD: jax.Array) -> jax.Array:
+    """The stack's input state (`PreFn`'s h) from the embeddings [B, T, D]."""
+    ...
 
 
 # ------------------------------------------------------------------------------- one traced layer
@@ -158,16 +257,25 @@ def _layer_step(fns: LayerFns) -> Callable:
   `LayerStep`. The pullback holds exactly what the remat policy saves."""
 
   def step(tables, h_BTD, buf, params_l, router_l, l) -> LayerStep:
-    coef = fns.pre(router_l, h_BTD, l)
+    coef = fns.pre(router_l=router_l, h=h_BTD, l=l)
     prev, buf = _forward_prev(fns, coef, buf, l)
     # With remat, an entry computed on its own is an input of the rematerialised layer, so its
     # recomputation in the backward pass reads the buffer slot (a known value) instead.
-    entry_in = None if fns.entry is None or fns.policy == "none" else fns.entry(params_l, h_BTD)
+    entry_in = None if fns.entry is None or fns.policy == "none" else fns.entry(params_l=params_l, h=h_BTD)
 
     def post(params_l, router_l, coef, prev, h_BTD, entry_in):
-      kw = {} if entry_in is None else {"entry": entry_in}
-      h_BTD, entry, _ = fns.post(params_l, router_l, coef, prev, h_BTD, tables, l, None, **kw)
-      return h_BTD, entry
+      out = fns.post(
+        params_l=params_l,
+        router_l=router_l,
+        coef=coef,
+        prev=prev,
+        h=h_BTD,
+        tables=tables,
+        l=l,
+        cache_l=None,
+        entry=entry_in,
+      )
+      return out.h, out.entry
 
     (h_next, entry), pullback = jax.vjp(
       lambda *args: remat(post, fns.policy)(*args, entry_in), params_l, router_l, coef, prev, h_BTD
@@ -212,7 +320,7 @@ def _write_far(fns: LayerFns, coef_MRME: jax.Array, buf: jax.Array, l0: jax.Arra
 
 def _static_coef_MRME(fns: LayerFns, router: Any) -> jax.Array:
   """Every layer's static coefficients [M, R, M, E] (layer axis zero-padded to M slots)."""
-  coef_LRME = fns.static_coef(router)
+  coef_LRME = fns.static_coef(router=router)
   return jnp.pad(coef_LRME, [(0, fns.num_slots - coef_LRME.shape[0]), (0, 0), (0, 0), (0, 0)])
 
 
@@ -266,11 +374,20 @@ def _scan_forward(
 
     def plain_body(carry: ForwardCarry, xs_l):
       params_l, router_l, l = xs_l
-      coef = fns.pre(router_l, carry.h, l)
+      coef = fns.pre(router_l=router_l, h=carry.h, l=l)
       prev, buf = _forward_prev(fns, coef, carry.buf, l)
-      h_BTD, entry, _ = fns.post(params_l, router_l, coef, prev, carry.h, tables, l, None)
-      buf = jax.lax.dynamic_update_index_in_dim(buf, entry.astype(buf.dtype), l, 0)
-      return ForwardCarry(h_BTD, buf, None), None
+      out = fns.post(
+        params_l=params_l,
+        router_l=router_l,
+        coef=coef,
+        prev=prev,
+        h=carry.h,
+        tables=tables,
+        l=l,
+        cache_l=None,
+      )
+      buf = jax.lax.dynamic_update_index_in_dim(buf, out.entry.astype(buf.dtype), l, 0)
+      return ForwardCarry(out.h, buf, None), None
 
     carry, _ = scan_layers(
       plain_body, ForwardCarry(h_BTD, buf, None), xs, group_size=G, group_body=group_body
@@ -320,12 +437,21 @@ def buffer_scan(
 
   def body(carry: ScanCarry, xs_l):
     params_l, router_l, l, cache_l = xs_l
-    coef = fns.pre(router_l, carry.h, l)
-    prev = fns.mix(coef, carry.buf, 0, l)
-    h_next, entry, extras = fns.post(params_l, router_l, coef, prev, carry.h, tables, l, cache_l)
-    buf = jax.lax.dynamic_update_index_in_dim(carry.buf, entry.astype(carry.buf.dtype), l, 0)
-    ys = {"collected": collected(extras, h_next, coef), "cache": extras["cache"]}
-    return ScanCarry(buf, h_next), ys
+    coef = fns.pre(router_l=router_l, h=carry.h, l=l)
+    prev = fns.mix(coef_block=coef, buf_block=carry.buf, start=0, l=l)
+    out = fns.post(
+      params_l=params_l,
+      router_l=router_l,
+      coef=coef,
+      prev=prev,
+      h=carry.h,
+      tables=tables,
+      l=l,
+      cache_l=cache_l,
+    )
+    buf = jax.lax.dynamic_update_index_in_dim(carry.buf, out.entry.astype(carry.buf.dtype), l, 0)
+    ys = {"collected": collected(out.extras, out.h, coef), "cache": out.extras["cache"]}
+    return ScanCarry(buf, out.h), ys
 
   carry = ScanCarry(fns.new_buffer(h.shape[0], h.shape[1]), h)
   xs = (layers, router, jnp.arange(jax.tree.leaves(layers)[0].shape[0]), cache)
@@ -381,7 +507,7 @@ def _push_bwd(fns: LayerFns, res: Residuals, dh_out_BTD: jax.Array):
 
   def body(carry: PushCarry, xs_l: BackwardXs):
     l, buf = xs_l.l, carry.buf
-    coef, pre_pullback = jax.vjp(lambda r, h: fns.pre(r, h, l), xs_l.router, xs_l.h)
+    coef, pre_pullback = jax.vjp(lambda r, h: fns.pre(router_l=r, h=h, l=l), xs_l.router, xs_l.h)
     prev = entry = None
     if used.prev:
       prev, buf = lime_mix.mix_forward(fns.block_mix, coef, buf, l)
@@ -432,7 +558,7 @@ def _pull_bwd(fns: LayerFns, res: Residuals, dh_out_BTD: jax.Array):
   wait in two G-slot arrays until the group's layers run."""
   layout, kept_far = res.layout, res.far
   L, M, S, G = res.hs_LBTD.shape[0], fns.num_slots, fns.block_size, fns.group_size
-  coef_LRME, coef_pullback = jax.vjp(fns.static_coef, res.router)
+  coef_LRME, coef_pullback = jax.vjp(lambda router: fns.static_coef(router=router), res.router)
   coef_MRME = jnp.pad(coef_LRME, [(0, M - L), (0, 0), (0, 0), (0, 0)])
   R, E = coef_LRME.shape[1], coef_LRME.shape[-1]
   X = res.buf[0].size // E
@@ -459,7 +585,7 @@ def _pull_bwd(fns: LayerFns, res: Residuals, dh_out_BTD: jax.Array):
 
   def body(carry: PullCarry, xs_l: BackwardXs):
     l, dprev_MRX, buf = xs_l.l, carry.dprev_MRX, carry.buf
-    coef = fns.pre(xs_l.router, xs_l.h, l)
+    coef = fns.pre(router_l=xs_l.router, h=xs_l.h, l=l)
     prev = dentry_init_EX = None
     lo, hi = 0, M // S
     if G > 1:

@@ -1,16 +1,18 @@
 """The model's frozen config: the single source of every `config.model` field, its default and choices.
 
-Each field is declared once here, with `option(default, doc, choices)`. `lime_jax/config/__init__.py` builds
-the ml_collections `config.model` from these dataclasses (`config_dict_from_dataclass`) and checks every
-field with `choices` (and every bool) generically from this metadata; `ModelConfig.from_config` turns a
-(validated) `config.model` back into the hashable dataclass the model functions take.
+Each field is declared once here, with `option(default, doc, choices, arch)` (lime_jax/runtime/options.py's
+`option`, the one every config section uses, plus the architecture kind). `lime_jax/config/__init__.py`
+builds the ml_collections `config.model` from these dataclasses (`runtime.options.defaults`) and checks
+every field with `choices` (and every bool) generically from this metadata; `ModelConfig.from_config` turns
+a (validated) `config.model` back into the hashable dataclass the model functions take. `arch` (ARCH_KINDS)
+says how a field belongs to the architecture: the checkpoint signature (lime_jax/checkpoint/structure.py)
+and the fields a Hugging Face config.json describes (lime_jax/hf/families.py) are read from it
+(`arch_fields`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -18,15 +20,36 @@ import jax.numpy as jnp
 import ml_collections
 
 from lime_jax.losses.seq_vcr import VARIANTS as SEQ_VCR_VARIANTS
+from lime_jax.runtime import options
+from lime_jax.runtime.options import defaults, field_choices, field_doc, field_types  # noqa: F401  (API)
 
 # A field's valid values: a tuple, or a function returning one (a registry read when checked, e.g. the
 # registered topologies; called lazily so that the registry's module may import this one).
 Choices = tuple | Callable[[], tuple]
+# How a field belongs to the architecture (`option(arch=...)`); '' (the default): it does not (dtypes of
+# the activations, kernels, remat, init).
+ARCH_KINDS = {
+  "params": "the parameters' tree or shapes follow it: every checkpoint records it (and must agree); a "
+  "pretrained config.json sets it",
+  "params_if_set": "the same, recorded only when not the default (checkpoints from before the field "
+  "existed still match)",
+  "compute": "what the network computes from the same parameters: a config.json sets it; checkpoints "
+  "do not record it",
+  "checkpoint": "the parameters follow it, but no config.json describes it: every checkpoint records it",
+}
 
 
-def option(default: Any, doc: str = "", choices: Choices = ()) -> Any:
-  """A dataclass field with its default, a one-line-or-more `doc` and, for a choice, its valid values."""
-  return dataclasses.field(default=default, metadata={"doc": doc, "choices": choices})
+def option(default: Any, doc: str = "", choices: Choices = (), arch: str = "") -> Any:
+  """A dataclass field with its default, a one-line-or-more `doc`, for a choice its valid values, and how
+  it belongs to the architecture (`arch`: a key of ARCH_KINDS, or '')."""
+  if arch and arch not in ARCH_KINDS:
+    raise ValueError(f"option(arch={arch!r}): use one of {sorted(ARCH_KINDS)} or ''.")
+  return options.option(default, doc, choices, arch=arch)
+
+
+def arch_fields(*kinds: str) -> tuple[str, ...]:
+  """The ModelConfig fields declared with `option(arch=k)` for a k of `kinds`, in declaration order."""
+  return tuple(f.name for f in dataclasses.fields(ModelConfig) if f.metadata.get("arch") in kinds)
 
 
 def _registry(name: str) -> tuple[str, ...]:
@@ -34,59 +57,6 @@ def _registry(name: str) -> tuple[str, ...]:
   import importlib  # pylint: disable=import-outside-toplevel
 
   return tuple(importlib.import_module(f"lime_jax.model.{name}").NAMES)
-
-
-def field_choices(cls: type, name: str) -> tuple:
-  """The valid values of the choice field `name` of dataclass `cls`; () when it is not a choice."""
-  choices = _fields(cls)[name].metadata.get("choices", ())
-  return tuple(choices() if callable(choices) else choices)
-
-
-def field_doc(cls: type, name: str) -> str:
-  """The documentation of field `name` of dataclass `cls` ('' when it has none)."""
-  return _fields(cls)[name].metadata.get("doc", "")
-
-
-def _fields(cls: type) -> dict[str, dataclasses.Field]:
-  return {f.name: f for f in dataclasses.fields(cls)}
-
-
-@functools.cache
-def field_types(cls: type) -> dict[str, Any]:
-  """The resolved type of each field of dataclass `cls` (the annotations are strings here)."""
-  return typing.get_type_hints(cls)
-
-
-def defaults(cls: type) -> dict[str, Any]:
-  """{field: default} of dataclass `cls`, nested dataclasses as nested dicts."""
-  out = {}
-  for f in dataclasses.fields(cls):
-    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    out[f.name] = defaults(type(value)) if dataclasses.is_dataclass(value) else value
-  return out
-
-
-def config_dict_from_dataclass(cls: type) -> ml_collections.ConfigDict:
-  """An ml_collections ConfigDict holding the defaults of dataclass `cls` (sub-dataclasses nested)."""
-  return ml_collections.ConfigDict(defaults(cls))
-
-
-def from_config_dict(cls: type, node: Any, **resolved) -> Any:
-  """An instance of dataclass `cls` from a ConfigDict / dict node; fields it lacks (a config saved by an
-  older version) keep their defaults, keys `cls` lacks are ignored. A tuple field's items are converted to
-  its item type (JSON gives lists); `resolved` sets fields outright."""
-  kwargs = {}
-  for f in dataclasses.fields(cls):
-    if f.name in resolved or f.name not in node:
-      continue
-    value, kind = node[f.name], field_types(cls)[f.name]
-    if dataclasses.is_dataclass(kind):
-      kwargs[f.name] = from_config_dict(kind, value)
-    elif typing.get_origin(kind) is tuple:
-      kwargs[f.name] = tuple(typing.get_args(kind)[0](v) for v in value)
-    else:
-      kwargs[f.name] = value
-  return cls(**kwargs, **resolved)
 
 
 DTYPES = ("float32", "bfloat16")
@@ -197,58 +167,79 @@ class ModelConfig:
   """
 
   vocab_size: int = option(
-    0, "V; 0 in config.model: the task tokenizer's (ModelConfig.from_config fills it in)."
+    0, "V; 0 in config.model: the task tokenizer's (ModelConfig.from_config fills it in).", arch="params"
   )
-  num_layers: int = option(4, "L")
-  d_model: int = option(256, "D")
-  num_heads: int = option(8, "N")
-  num_kv_heads: int = option(0, "R (grouped-query attention when < N); 0: num_heads (no grouping).")
-  ffn_dim: int = option(1024, "F")
-  rope_theta: float = option(10_000.0, "RoPE base.")
+  num_layers: int = option(4, "L", arch="params")
+  d_model: int = option(256, "D", arch="params")
+  num_heads: int = option(8, "N", arch="params")
+  num_kv_heads: int = option(
+    0, "R (grouped-query attention when < N); 0: num_heads (no grouping).", arch="params"
+  )
+  ffn_dim: int = option(1024, "F", arch="params")
+  rope_theta: float = option(10_000.0, "RoPE base.", arch="compute")
   rope_local_theta: float = option(
     0.0,
     "RoPE base of the sliding-window layers (Gemma 3's rope_local_base_freq); 0: rope_theta on every layer.",
+    arch="compute",
   )
-  rms_eps: float = option(1e-6, "eps of every norm (RMSNorm or LayerNorm).")
+  rms_eps: float = option(1e-6, "eps of every norm (RMSNorm or LayerNorm).", arch="compute")
   init_std: float = option(0.02, "std of the initial weights.")
-  tie_embeddings: bool = option(True, "the output projection is the embedding table's transpose.")
+  tie_embeddings: bool = option(
+    True, "the output projection is the embedding table's transpose.", arch="params"
+  )
   attn_head_dim: int = option(
-    0, "H decoupled from d_model / num_heads (Gemma, Qwen3); 0: d_model // num_heads."
+    0, "H decoupled from d_model / num_heads (Gemma, Qwen3); 0: d_model // num_heads.", arch="params_if_set"
   )
   norm_type: str = option(
-    "rms", "'rms' (RMSNorm) or 'layer' (LayerNorm with bias, GPT-2); rms_eps is its eps.", ("rms", "layer")
+    "rms",
+    "'rms' (RMSNorm) or 'layer' (LayerNorm with bias, GPT-2); rms_eps is its eps.",
+    ("rms", "layer"),
+    arch="params_if_set",
   )
   norm_offset: float = option(
-    0.0, "every norm scales by (norm_offset + w): Gemma stores w around 0 and uses 1."
+    0.0, "every norm scales by (norm_offset + w): Gemma stores w around 0 and uses 1.", arch="compute"
   )
   mlp_activation: str = option(
-    "silu", "'silu', 'gelu_tanh' (tanh approximation) or 'gelu' (exact erf).", ("silu", "gelu_tanh", "gelu")
+    "silu",
+    "'silu', 'gelu_tanh' (tanh approximation) or 'gelu' (exact erf).",
+    ("silu", "gelu_tanh", "gelu"),
+    arch="compute",
   )
   mlp_gated: bool = option(
-    True, "True: down(act(gate x) * up x) (SwiGLU / GeGLU); False: down(act(up x)) (GPT-2)."
+    True,
+    "True: down(act(gate x) * up x) (SwiGLU / GeGLU); False: down(act(up x)) (GPT-2).",
+    arch="params_if_set",
   )
-  mlp_bias: bool = option(False, "biases on the MLP projections.")
-  qkv_bias: bool = option(False, "biases on q, k, v (Qwen2; with out_bias: Llama attention_bias, GPT-2).")
-  out_bias: bool = option(False, "bias on the attention output projection.")
-  qk_norm: bool = option(False, "RMSNorm over head_dim of q and k, before RoPE (Qwen3, Gemma 3).")
+  mlp_bias: bool = option(False, "biases on the MLP projections.", arch="params_if_set")
+  qkv_bias: bool = option(
+    False, "biases on q, k, v (Qwen2; with out_bias: Llama attention_bias, GPT-2).", arch="params_if_set"
+  )
+  out_bias: bool = option(False, "bias on the attention output projection.", arch="params_if_set")
+  qk_norm: bool = option(
+    False, "RMSNorm over head_dim of q and k, before RoPE (Qwen3, Gemma 3).", arch="params_if_set"
+  )
   position: str = option(
     "rope",
     "'rope' or 'learned' (an absolute position table params['pos_embed'] [max_positions, D], GPT-2).",
     ("rope", "learned"),
+    arch="params_if_set",
   )
-  max_positions: int = option(0, "'learned': rows of the position table (positions must stay below it).")
+  max_positions: int = option(
+    0, "'learned': rows of the position table (positions must stay below it).", arch="params_if_set"
+  )
   rope_scaling: str = option(
     "none",
     "'none', 'llama3' (Llama 3.1 / 3.2 frequency rescaling, the four rope_* fields below) or 'linear' "
     "(positions / rope_factor). With rope_local_theta, the global layers' RoPE only (Gemma 3).",
     ("none", "llama3", "linear"),
+    arch="compute",
   )
-  rope_factor: float = option(8.0, "llama3 / linear RoPE scaling factor.")
-  rope_low_freq_factor: float = option(1.0, "llama3 RoPE low-frequency factor.")
-  rope_high_freq_factor: float = option(4.0, "llama3 RoPE high-frequency factor.")
-  rope_original_max_positions: int = option(8192, "llama3 RoPE original context length.")
+  rope_factor: float = option(8.0, "llama3 / linear RoPE scaling factor.", arch="compute")
+  rope_low_freq_factor: float = option(1.0, "llama3 RoPE low-frequency factor.", arch="compute")
+  rope_high_freq_factor: float = option(4.0, "llama3 RoPE high-frequency factor.", arch="compute")
+  rope_original_max_positions: int = option(8192, "llama3 RoPE original context length.", arch="compute")
   sliding_window: int = option(
-    0, "> 0: a query at q sees keys at q - k < sliding_window only (Mistral); 0: off."
+    0, "> 0: a query at q sees keys at q - k < sliding_window only (Mistral); 0: off.", arch="compute"
   )
   document_mask: bool = option(
     False,
@@ -259,17 +250,23 @@ class ModelConfig:
     "EOS.",
   )
   global_layers: tuple[int, ...] = option(
-    (), "layers exempt from the sliding window (Gemma 2: the odd ones); (): none."
+    (), "layers exempt from the sliding window (Gemma 2: the odd ones); (): none.", arch="compute"
   )
-  embed_scale: bool = option(False, "embeddings * sqrt(d_model), rounded to the compute dtype (Gemma).")
-  post_norms: bool = option(False, "a norm on the attention output and on the MLP output too (Gemma 2, 3).")
-  attn_logit_softcap: float = option(0.0, "attention logits -> cap * tanh(logits / cap) (Gemma 2); 0: off.")
-  final_logit_softcap: float = option(0.0, "the same on the output logits; 0: off.")
+  embed_scale: bool = option(
+    False, "embeddings * sqrt(d_model), rounded to the compute dtype (Gemma).", arch="compute"
+  )
+  post_norms: bool = option(
+    False, "a norm on the attention output and on the MLP output too (Gemma 2, 3).", arch="params_if_set"
+  )
+  attn_logit_softcap: float = option(
+    0.0, "attention logits -> cap * tanh(logits / cap) (Gemma 2); 0: off.", arch="compute"
+  )
+  final_logit_softcap: float = option(0.0, "the same on the output logits; 0: off.", arch="compute")
   attn_scale_dim: float = option(
-    0.0, "logits * attn_scale_dim**-0.5 (Gemma 2 query_pre_attn_scalar); 0: head_dim."
+    0.0, "logits * attn_scale_dim**-0.5 (Gemma 2 query_pre_attn_scalar); 0: head_dim.", arch="compute"
   )
   compute_dtype: str = option("float32", "activations; params, logits and softmax stay fp32.", DTYPES)
-  param_dtype: str = option("float32", "parameters.", DTYPES)
+  param_dtype: str = option("float32", "parameters.", DTYPES, arch="checkpoint")
   attention_impl: str = option(
     "xla",
     "'xla', 'cudnn' (GPU flash kernel) or 'explicit' (materialised probabilities).",
@@ -287,6 +284,7 @@ class ModelConfig:
     "registry of lime_jax/model/topologies.py); its sub-config below is used when "
     "selected.",
     lambda: _registry("topologies"),
+    arch="checkpoint",
   )
   lime: LimeConfig = option(LimeConfig(), "LIMe (topology 'lime').")
   seq_vcr: SeqVcrConfig = option(SeqVcrConfig(), "the Seq-VCR regulariser.")
@@ -328,4 +326,4 @@ class ModelConfig:
         f"0 (the tokenizer's), {vocab_size}, or larger (padded rows are never produced by the data, "
         f"e.g. {-(-int(vocab_size) // 128) * 128} so that the vocab axis shards)."
       )
-    return from_config_dict(cls, model_cfg, vocab_size=vocab)
+    return options.from_node(cls, model_cfg, vocab_size=vocab)

@@ -136,12 +136,11 @@ def run_stack(
   collect: tuple[str, ...],
 ) -> StackOutput:
   """`topology.run`, with `hook` (or None) called per layer, or on the stack output as block L-1."""
+  args = dict(cfg=cfg, layers=layers, topo_params=topo_params, h_BTD=h_BTD, tables=tables, cache=cache)
   if hook is None:
-    return topology.run(cfg, layers, topo_params, h_BTD, tables, cache=cache, collect=collect)
+    return topology.run(**args, collect=collect)
   if topology.layer_hook:
-    return topology.run(
-      cfg, layers, topo_params, h_BTD, tables, cache=cache, collect=collect, layer_hook=hook
-    )
-  out = topology.run(cfg, layers, topo_params, h_BTD, tables, cache=cache, collect=collect)
+    return topology.run(**args, collect=collect, layer_hook=hook)
+  out = topology.run(**args, collect=collect)
   aux = hook(cfg.num_layers - 1, out.h_BTD, {**out.aux, **hook.init_aux()})
   return dataclasses.replace(out, aux=aux)

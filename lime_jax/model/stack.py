@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -40,23 +40,83 @@ class StackOutput:
   cache: dict | None = None
 
 
+class RunFn(Protocol):
+  """run(cfg=..., layers=..., topo_params=..., h_BTD=..., tables=..., cache=..., collect=...) ->
+  StackOutput: the whole stack.
+
+  cfg: the ModelConfig; layers: the stacked Block parameters (leaves [L, ...]); topo_params: the
+  topology's own parameters (params['router'], `InitParamsFn`; None without); h_BTD [B, T, D]: the
+  embeddings; tables: the shared `LayerTables`; cache: the stacked decoding cache (`init_cache`) or
+  None; collect: names of per-layer values to stack over layers (`COLLECTABLE`, LIMe adds 'router').
+  A topology registered with `layer_hook=True` also takes `layer_hook=` (`hook(l, h_BTD, aux) -> aux`
+  after each block, lime_jax/model/regularizers.py).
+  """
+
+  def __call__(
+    self,
+    *,
+    cfg: ModelConfig,
+    layers: Any,
+    topo_params: Any,
+    h_BTD: jax.Array,
+    tables: LayerTables,
+    cache: dict | None = None,
+    collect: tuple[str, ...] = (),
+  ) -> StackOutput: ...
+
+
+class InitParamsFn(Protocol):
+  """init_params(rng, cfg) -> the topology's parameters (Flax calls it positionally: `self.param`)."""
+
+  def __call__(self, rng: jax.Array, cfg: ModelConfig) -> Any: ...
+
+
+class ExtraFlopsFn(Protocol):
+  """extra_flops(cfg) -> per-token forward FLOPs the topology adds to the backbone (model/flops.py)."""
+
+  def __call__(self, cfg: ModelConfig) -> float: ...
+
+
+class SignatureFn(Protocol):
+  """signature(model_cfg) -> entries the checkpoint's architecture signature adds
+  (lime_jax/checkpoint/checkpointer.py; model_cfg: config.model, a ConfigDict)."""
+
+  def __call__(self, model_cfg: Any) -> dict[str, Any]: ...
+
+
+class RouterOfFn(Protocol):
+  """lime_router(cfg) -> the LIMe router object (lime_jax/model/routers/base.py `Router`)."""
+
+  def __call__(self, cfg: ModelConfig) -> Any: ...
+
+
+class StagesOfFn(Protocol):
+  """stages(cfg) -> the `lime_stack.StackStages` the topology runs on the memory-linear stack (the
+  'lime' topology: its router; DenseFormer: its DWA). (Typed Any here: lime_stack imports this module.)"""
+
+  def __call__(self, cfg: ModelConfig) -> Any: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class Topology:
-  """How layers connect. `init_params(rng, cfg)` gives the topology's own parameters (or None);
-  `run(cfg, layers, topo_params, h_BTD, tables, cache, collect)` runs the stack. `layer_hook`:
-  whether `run` also takes `layer_hook=` (called per layer in the scan; lime_jax/model/regularizers.py)."""
+  """How layers connect: `run` (`RunFn`) runs the stack; `init_params` (`InitParamsFn`) gives the
+  topology's own parameters (None: it has none). `layer_hook`: whether `run` also takes `layer_hook=`
+  (called per layer in the scan; lime_jax/model/regularizers.py)."""
 
   name: str
-  run: Callable[..., StackOutput]
-  init_params: Callable[[jax.Array, ModelConfig], Any] | None = None
+  run: RunFn
+  init_params: InitParamsFn | None = None
   layer_hook: bool = False
   # Per-token forward FLOPs the topology adds to the backbone (lime_jax/model/flops.py); None: 0.
-  extra_flops: Callable[[ModelConfig], float] | None = None
-  # signature(model_cfg) -> entries the checkpoint's architecture signature adds
-  # (lime_jax/checkpoint/checkpointer.py).
-  signature: Callable[[Any], dict[str, Any]] | None = None
-  # lime_router(cfg) -> the LIMe router object (lime_jax/model/routers/); None: the topology has none.
-  lime_router: Callable[[ModelConfig], Any] | None = None
+  extra_flops: ExtraFlopsFn | None = None
+  # Entries the checkpoint's architecture signature adds; None: none.
+  signature: SignatureFn | None = None
+  # The LIMe router object (lime_jax/model/routers/); None: the topology has none.
+  lime_router: RouterOfFn | None = None
+  # The stages of a topology run by lime_stack.lime_stack (custom VJP over a write-once buffer); None:
+  # it runs otherwise. tests/test_lime.py checks every such topology (and every LIMe router) for
+  # exactness from these alone.
+  stages: StagesOfFn | None = None
 
 
 def remat(fn: Callable, policy: str) -> Callable:

@@ -141,7 +141,12 @@ def evaluate_hf(
     nl_tasks.require_chat_template(subword.load_tokenizer(folder))
   mesh = runner._eval_mesh()  # pylint: disable=protected-access
   config, model_cfg, params, tokenizer = load(folder, compute_dtype, mesh)
-  results = runner.run_probes(
+  epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
+  header = runner._header(out_dir, "hf", config, options)  # pylint: disable=protected-access
+  header.update(
+    hf=str(path), task=None, compute_dtype=compute_dtype, tokenizer_vocab=int(tokenizer.vocab_size)
+  )
+  runner.run_probes(
     params,
     config,
     probe_names,
@@ -152,10 +157,6 @@ def evaluate_hf(
     model_cfg=model_cfg,
     tokenizer=tokenizer,
     pretrained=str(path),
+    on_result=runner.writer(out_dir, header),
   )
-  epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
-  header = runner._header(out_dir, "hf", config, options)  # pylint: disable=protected-access
-  header.update(
-    hf=str(path), task=None, compute_dtype=compute_dtype, tokenizer_vocab=int(tokenizer.vocab_size)
-  )
-  return out_dir, runner.write_outputs(out_dir, header, results)
+  return out_dir, runner.write_outputs(out_dir, header, {})

@@ -14,16 +14,15 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
-import grain
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
+from lime_jax import checkpoint as ckpt_lib
 from lime_jax import config as config_lib
-from lime_jax.checkpoint import checkpointer as ckpt_lib
 from lime_jax.data import pipeline, tasks
 from lime_jax.data import text as text_data
 from lime_jax.model import ModelConfig, init_params
@@ -88,38 +87,7 @@ class Progress:
       self.stream.flush()
 
 
-# ------------------------------------------------------------------------------------------- restoring
-def _manager(workdir: str) -> ocp.CheckpointManager:
-  if not fileio.isdir(workdir):
-    raise FileNotFoundError(f"--workdir {workdir!r} does not exist.")
-  directory = fileio.join(fileio.absolute(workdir), "checkpoints")
-  if not fileio.isdir(directory):
-    raise FileNotFoundError(
-      f"No checkpoints in {workdir!r}: expected {directory}. Train with "
-      "`python -m lime_jax.main --workdir=...` first, or use --random_init "
-      "--config=..."
-    )
-  return ocp.CheckpointManager(
-    directory,
-    item_handlers={
-      "state": ocp.PyTreeCheckpointHandler(),
-      "meta": ocp.JsonCheckpointHandler(),
-      "data": grain.checkpoint.CheckpointHandler(),
-    },
-  )
-
-
-def _resolve_step(manager: ocp.CheckpointManager, step: int | None) -> int:
-  steps = sorted(manager.all_steps())
-  if not steps:
-    raise FileNotFoundError(f"No complete checkpoint in {manager.directory}.")
-  if step is None:
-    return steps[-1]
-  if step not in steps:
-    raise FileNotFoundError(f"--step={step} not found in {manager.directory}; available steps: {steps}.")
-  return step
-
-
+# ---------------------------------------------------------------------------------- configs, meshes
 def config_from_dict(saved: dict) -> ml_collections.ConfigDict:
   """A full config: the defaults, overridden by a saved config's values (fields unknown today are
   ignored; lists become tuples where the default is a tuple)."""
@@ -142,80 +110,6 @@ def config_from_dict(saved: dict) -> ml_collections.ConfigDict:
 
 def model_config_for(config: ml_collections.ConfigDict) -> ModelConfig:
   return ModelConfig.from_config(config.model, pipeline.vocab_size_for(config))
-
-
-def _check_shapes(saved_params: Any, abstract_params: Any, where: str) -> None:
-  """Raises CheckpointMismatchError (a ValueError) listing the parameters whose checkpoint shape differs
-  from the config's."""
-  shapes = lambda tree: {
-    jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(tree)
-  }
-  saved, want = shapes(saved_params), shapes(abstract_params)
-  problems = [f"{k}: checkpoint {saved.get(k)} vs config {v}" for k, v in want.items() if saved.get(k) != v]
-  problems += [f"{k}: in the checkpoint, not in the config" for k in saved if k not in want]
-  if problems:
-    raise ckpt_lib.CheckpointMismatchError(
-      f"The parameters in {where} do not match the shapes of the run's saved config "
-      f"({len(problems)} differ): "
-      + "; ".join(problems[:6])
-      + ". The checkpoint and its saved config disagree: was the workdir reused with another "
-      "model?"
-    )
-
-
-def restore_params(
-  workdir: str, step: int | None = None, mesh: jax.sharding.Mesh | None = None
-) -> tuple[int, ml_collections.ConfigDict, Any]:
-  """(step, the run's saved config, parameters only) restored replicated onto `mesh` (all devices).
-
-  Without `step`, the newest intact step: damaged newer ones are moved aside with one line on stderr
-  (`checkpoint.restore_newest_intact`). A damaged `step` raises DamagedCheckpointError naming the file
-  and the intact steps."""
-  manager = _manager(workdir)
-  _resolve_step(manager, step)  # no checkpoint, or no such step: FileNotFoundError
-  mesh = mesh or _eval_mesh()
-  replicated = shard_lib.replicated(mesh)
-
-  def attempt(s: int) -> tuple[ml_collections.ConfigDict, Any]:
-    meta = manager.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    config = config_from_dict(meta.get("config", {}))
-    model_cfg = model_config_for(config)
-    abstract = jax.eval_shape(functools.partial(init_params, model_cfg), jax.random.key(0))
-    state_meta = manager.item_metadata(s)["state"]
-    if state_meta is None:
-      raise FileNotFoundError(f"{manager.directory}/{s}/state has no readable metadata.")
-    saved_tree = getattr(state_meta, "tree", state_meta)
-    _check_shapes(saved_tree["params"], abstract, f"{manager.directory}/{s}")
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
-    restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=replicated), target)
-    restored = manager.restore(
-      s,
-      args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(
-          item={"params": target}, restore_args={"params": restore_args}, partial_restore=True
-        )
-      ),
-    )
-    return config, restored["state"]["params"]
-
-  try:
-    found = ckpt_lib.restore_newest_intact(
-      str(manager.directory),
-      sorted(manager.all_steps()),
-      attempt,
-      ("state", "meta"),
-      lambda line: print(line, file=sys.stderr),
-      step,
-    )
-  finally:
-    manager.close()
-  if found.step is None:
-    raise ckpt_lib.DamagedCheckpointError(
-      f"No intact checkpoint in {manager.directory}: every step was damaged (moved to "
-      f"{', '.join(found.moved)}). Train again with `python -m lime_jax.main --workdir=...`."
-    )
-  config, params = found.value
-  return found.step, config, params
 
 
 def _eval_mesh() -> jax.sharding.Mesh:
@@ -278,9 +172,12 @@ def run_probes(
   model_cfg: ModelConfig | None = None,
   tokenizer: Any = None,
   pretrained: str = "",
+  on_result: Callable[[str, dict], Any] | None = None,
 ) -> dict[str, dict]:
   """Runs the named probes; returns {probe: result dict} (see registry.py). `model_cfg` / `tokenizer`
   (default: from `config`) and `pretrained` (the HF folder) come from `probes/pretrained.py`.
+  `on_result(name, result)` is called as each probe finishes (the callers write results.json then, so a
+  long run that stops keeps the probes it finished).
 
   A probe that cannot run on the checkpoint (`Probe.compatible`, checked before any probe runs, or a
   `metrics['skipped']` reason it returns) raises IncompatibleProbeError, unless `skip_incompatible`: then
@@ -306,6 +203,8 @@ def run_probes(
       progress.next_probe(probe.name)
       if probe.name in reasons:
         results[probe.name] = _skipped(f"{probe.name} probe skipped: {reasons[probe.name]}.")
+        if on_result:
+          on_result(probe.name, results[probe.name])
         continue
       t0 = time.perf_counter()
       results[probe.name] = probe.run(ctx)
@@ -314,6 +213,8 @@ def run_probes(
       skipped = metrics.get("skipped") if isinstance(metrics, dict) else None
       if skipped and not skip_incompatible:
         raise IncompatibleProbeError(_incompatible_message({probe.name: skipped}, ctx))
+      if on_result:
+        on_result(probe.name, results[probe.name])
   finally:
     progress.finish()
   return results
@@ -392,6 +293,11 @@ def write_outputs(out_dir: str, header: dict, results: dict[str, dict]) -> dict:
   return content
 
 
+def writer(out_dir: str, header: dict) -> Callable[[str, dict], dict]:
+  """`run_probes`' `on_result`: adds one probe's result to out_dir's results.json, plots and summary."""
+  return lambda name, result: write_outputs(out_dir, header, {name: result})
+
+
 def _header(workdir: str, step: Any, config: ml_collections.ConfigDict, options: ProbeOptions) -> dict:
   return {
     "workdir": fileio.absolute(workdir),
@@ -430,8 +336,8 @@ def evaluate(
     config, params, label = random_init_config, random_init_params(random_init_config, mesh), "random_init"
     fileio.makedirs(workdir)
   else:
-    step, config, params = restore_params(workdir, step, mesh)
-    label = str(step)
+    restored = ckpt_lib.restore_params(workdir, step, mesh)
+    config, params, label = config_from_dict(restored.config), restored.params, str(restored.step)
   out_dir = fileio.join(workdir, "eval", label)
   header = _header(workdir, label, config, options)
   saved = (
@@ -450,8 +356,11 @@ def evaluate(
       "config and options)",
       file=stream or sys.stderr,
     )
-  results = run_probes(params, config, todo, options, mesh, stream, skip_incompatible) if todo else {}
-  return out_dir, write_outputs(out_dir, header, results)
+  if todo:
+    run_probes(
+      params, config, todo, options, mesh, stream, skip_incompatible, on_result=writer(out_dir, header)
+    )
+  return out_dir, write_outputs(out_dir, header, {})
 
 
 def compare(runs: dict[str, dict], out_dir: str, probe_names: list[str] | None = None) -> list[str]:

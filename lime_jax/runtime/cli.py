@@ -64,8 +64,9 @@ def misspelt_override(argv: list[str], flag: str = "config") -> str | None:
         close = difflib.get_close_matches(name, valid, n=3, cutoff=0.7)
       hint = f" Did you mean {' or '.join(f'--{flag}.{c}' for c in close)}?" if close else ""
       return (
-        f"--{flag}.{name}: the config has no field '{name}'.{hint} Every field and its default is "
-        "in lime_jax/config/__init__.py (those of config.model: lime_jax/model/model_config.py)."
+        f"--{flag}.{name}: the config has no field '{name}'.{hint} Every field, its default and doc are "
+        "declared in lime_jax/config/sections.py (config.model: lime_jax/model/model_config.py; "
+        "config.data.<task>: lime_jax/data/<task>.py)."
       )
   return None
 

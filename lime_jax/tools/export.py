@@ -7,7 +7,7 @@ A GGUF file becomes config.json + model.safetensors (dequantised, fp32 or bf16) 
 tokenizer_config.json (special tokens, add_bos_token, chat template): a folder that transformers and
 `evaluate --hf` read without the `gguf` library.
 
-Reads the run's parameters and saved config (lime_jax.probes.runner.restore_params) and writes the
+Reads the run's parameters and saved config (lime_jax.checkpoint.restore_params) and writes the
 family that expresses the model (lime_jax/hf/families.py: a default backbone becomes a LlamaForCausalLM),
 which `transformers.AutoModelForCausalLM.from_pretrained(DIR)` loads to the same logits. Plain topology
 only (cross-layer parameters have no HF counterpart). The tokenizer is not written.
@@ -37,13 +37,11 @@ def define_flags() -> None:
 
 def export(workdir: str, out_dir: str, step: int | None = None) -> str:
   """Writes the HF folder of `workdir`'s checkpoint `step` (newest when None); returns the family."""
-  from lime_jax import hf  # pylint: disable=g-import-not-at-top
-  from lime_jax.probes import runner  # pylint: disable=g-import-not-at-top
+  from lime_jax import checkpoint, hf  # pylint: disable=g-import-not-at-top
 
-  _, config, params = runner.restore_params(workdir, step)
-  cfg = runner.model_config_for(config)
-  hf.save_pretrained(params, cfg, out_dir)
-  return hf.family_for(cfg)
+  restored = checkpoint.restore_params(workdir, step)
+  hf.save_pretrained(restored.params, restored.model_cfg, out_dir)
+  return hf.family_for(restored.model_cfg)
 
 
 def convert_gguf(gguf_path: str, out_dir: str, dtype: str = "float32") -> str:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
+from lime_jax import checkpoint
 from lime_jax.model import decode
 from lime_jax.probes import common, runner
 
@@ -60,7 +61,8 @@ def generate(
 ) -> list[str]:
   """The decoded continuations (up to the first EOS) of `prompt` by the run's checkpoint."""
   check_options(temperature, top_k, top_p, max_new, num_samples)
-  _, config, params = runner.restore_params(workdir, step)
+  restored = checkpoint.restore_params(workdir, step)
+  config = runner.config_from_dict(restored.config)
   tokenizer = runner.tokenizer_for(config)
   if not common.encodable(tokenizer, prompt):
     raise ValueError(
@@ -68,10 +70,10 @@ def generate(
       "it; use only the characters of its task."
     )
   ids = common.prompt_ids(tokenizer, prompt, int(config.data.num_pause))
-  cfg = common.probe_model_cfg(runner.model_config_for(config))  # no remat; cudnn only on GPU
+  cfg = common.probe_model_cfg(restored.model_cfg)  # no remat; cudnn only on GPU
   prompt_BP = jnp.asarray(np.tile(np.asarray(ids, np.int32), (num_samples, 1)))
   tokens = np.asarray(
-    decode.sample(cfg, params, prompt_BP, jax.random.key(seed), max_new, temperature, top_k, top_p)
+    decode.sample(cfg, restored.params, prompt_BP, jax.random.key(seed), max_new, temperature, top_k, top_p)
   )
   return [tokenizer.decode(_until_eos(row, tokenizer.eos_id)) for row in tokens]
 

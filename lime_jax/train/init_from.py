@@ -1,11 +1,13 @@
 """Fine-tuning from a checkpoint: `config.model.init_from` = 'hf:PATH' (an HF folder or a .gguf file) or a
 lime_jax workdir 'DIR[:STEP]'.
 
-`apply_source_fields(config)` (in `train.build`, before validation) sets the architecture fields of
-`config.model` from the source: `hf.model_fields(PATH)` for a Hugging Face folder, the saved config's
-model section for a workdir. A field the config sets to a non-default value must agree with the source,
-else a ValueError names it. The vocabulary becomes max(source rows, the task tokenizer's ids): with
-`data.tokenizer` = the model's tokenizer and pause tokens, the three pause ids are new rows.
+`train.build` resolves the config from the source before validating it, reading the source once
+(`read_source`: `hf.model_fields(PATH)` for a Hugging Face folder, the saved config for a workdir):
+`set_tokenizer` makes data.tokenizer the source's, then, with the task's tokenizer loaded,
+`apply_fields` sets the architecture fields of `config.model`. A field the config sets to a non-default
+value must agree with the source, else a ValueError names it. The vocabulary becomes max(source rows, the
+task tokenizer's ids): with `data.tokenizer` = the model's tokenizer and pause tokens, the three pause ids
+are new rows. `apply_source_fields(config)` does the three steps at once.
 
 `initial_params(config, model_cfg, fresh_params)` (in `train.train`, only when the run starts at step
 0; a resumed run restores its own checkpoint) returns the source parameters in the layout of
@@ -27,7 +29,7 @@ import numpy as np
 
 from lime_jax import config as config_lib
 from lime_jax.model.model_config import ModelConfig
-from lime_jax.runtime import fileio
+from lime_jax.runtime import fileio, options
 
 HF_PREFIX = "hf:"
 # A preset that only makes sense fine-tuned (experiments/seqvcr_mult.py:gpt2_table1) sets this; validation
@@ -68,7 +70,7 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def _workdir_meta(workdir: str, step: int | None) -> tuple[int, dict]:
   """(step, the saved config) of a lime_jax workdir's checkpoint (latest when step is None)."""
-  from lime_jax.checkpoint import checkpointer  # pylint: disable=import-outside-toplevel
+  from lime_jax import checkpoint  # pylint: disable=import-outside-toplevel
 
   directory = fileio.join(fileio.absolute(workdir), "checkpoints")
   if not fileio.isdir(directory):
@@ -76,7 +78,7 @@ def _workdir_meta(workdir: str, step: int | None) -> tuple[int, dict]:
       f"config.model.init_from={workdir!r}: no checkpoints in {directory}; give a "
       "lime_jax workdir (DIR or DIR:STEP) or 'hf:/path/to/hf_folder'."
     )
-  ckpt = checkpointer.Checkpointer(workdir, async_save=False)
+  ckpt = checkpoint.Checkpointer(workdir, async_save=False)
   try:
     steps = ckpt.all_steps()
     step = max(steps) if step is None and steps else step
@@ -89,8 +91,22 @@ def _workdir_meta(workdir: str, step: int | None) -> tuple[int, dict]:
     ckpt.close()
 
 
-def source_fields(spec: str) -> dict[str, Any]:
-  """The architecture fields of config.model (dotted names) the source defines, vocab_size included."""
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """What a run takes from its `model.init_from` source, read once (`read_source`)."""
+
+  spec: str
+  kind: str  # 'hf' or 'workdir' (`parse`)
+  fields: dict[str, Any]  # the architecture fields of config.model (dotted names), vocab_size included
+  tokenizer: str  # the source's tokenizer: the HF folder, or a workdir's data.tokenizer ('' = the task's)
+
+
+def read_source(spec: str) -> Source:
+  """Reads the source `spec` (an init_from value) once; its value is checked first, against the field's
+  declaration (config.model.init_from in lime_jax/config/sections.py)."""
+  options.check_value(
+    "model.init_from", str, spec, checks=options.field_checks(config_lib.ModelRunOptions, "init_from")
+  )
   kind, path, step = parse(spec)
   if kind == "hf":
     from lime_jax import hf  # pylint: disable=import-outside-toplevel
@@ -102,10 +118,16 @@ def source_fields(spec: str) -> dict[str, Any]:
         f"config.model.init_from={spec!r}: {path!r} is not a Hugging Face folder "
         "with config.json (and *.safetensors), nor a .gguf file."
       )
-    return dict(hf.model_fields(path))
+    return Source(spec, kind, dict(hf.model_fields(path)), path)
   _, saved = _workdir_meta(path, step)
   model = _flatten(saved.get("model", {}))
-  return {k: v for k, v in model.items() if k.split(".")[0] not in _RUNTIME_FIELDS or k == "vocab_size"}
+  fields = {k: v for k, v in model.items() if k.split(".")[0] not in _RUNTIME_FIELDS or k == "vocab_size"}
+  return Source(spec, kind, fields, str(saved.get("data", {}).get("tokenizer", "")))
+
+
+def source_fields(spec: str) -> dict[str, Any]:
+  """The architecture fields of config.model (dotted names) the source defines, vocab_size included."""
+  return read_source(spec).fields
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -113,38 +135,39 @@ def _same(a: Any, b: Any) -> bool:
   return norm(a) == norm(b)
 
 
-def _set_tokenizer(config: ml_collections.ConfigDict, spec: str) -> None:
+def set_tokenizer(config: ml_collections.ConfigDict, source: Source) -> None:
   """`data.tokenizer` '' becomes the source's tokenizer (the HF folder; a workdir's own data.tokenizer);
   another tokenizer than a workdir source's is refused (the embedding rows would mean other tokens)."""
-  kind, path, step = parse(spec)
-  if kind == "hf":
-    source_tok = path
-  else:
-    source_tok = str(_workdir_meta(path, step)[1].get("data", {}).get("tokenizer", ""))
   if not config.data.tokenizer:
-    config.data.tokenizer = source_tok
-  elif kind == "workdir" and config.data.tokenizer != source_tok:
+    config.data.tokenizer = source.tokenizer
+  elif source.kind == "workdir" and config.data.tokenizer != source.tokenizer:
     raise ValueError(
       f"config.data.tokenizer={config.data.tokenizer!r} differs from the tokenizer of "
-      f"init_from={spec!r} ({source_tok!r}); drop the override."
+      f"init_from={source.spec!r} ({source.tokenizer!r}); drop the override."
     )
 
 
 def apply_source_fields(config: ml_collections.ConfigDict) -> None:
-  """Sets config.model's architecture fields and data.tokenizer from `config.model.init_from`
-  (no-op when '').
-
-  Raises ValueError naming each field the config sets (to a non-default value) differently from the
-  source. The model's vocabulary is the larger of the source's rows and the task tokenizer's ids.
-  """
+  """Sets data.tokenizer and config.model's architecture fields from `config.model.init_from` (no-op when
+  ''): `read_source`, `set_tokenizer`, then `apply_fields` with the task tokenizer's vocabulary."""
   spec = str(config.model.init_from)
   if not spec:
     return
   from lime_jax.data import pipeline  # pylint: disable=import-outside-toplevel
 
-  fields = source_fields(spec)
-  _set_tokenizer(config, spec)
-  tokenizer_vocab = pipeline.vocab_size_for(config)
+  source = read_source(spec)
+  set_tokenizer(config, source)
+  apply_fields(config, source, pipeline.vocab_size_for(config))
+
+
+def apply_fields(config: ml_collections.ConfigDict, source: Source, tokenizer_vocab: int) -> None:
+  """Sets config.model's architecture fields from `source`.
+
+  Raises ValueError naming each field the config sets (to a non-default value) differently from the
+  source. The model's vocabulary is the larger of the source's rows and the task tokenizer's ids
+  (`tokenizer_vocab`).
+  """
+  spec, fields = source.spec, source.fields
   defaults = _flatten(config_lib.default_config().model)
   current = _flatten(config.model)
   clashes = []
@@ -167,7 +190,7 @@ def apply_source_fields(config: ml_collections.ConfigDict) -> None:
     for n in fields
     if n not in current and n != "vocab_size" and not _same(fields[n], model_defaults.get(n, object()))
   )
-  if unknown and parse(spec)[0] == "hf":
+  if unknown and source.kind == "hf":
     raise ValueError(
       f"config.model.init_from={spec!r}: the source sets fields this version has no config for: {unknown}."
     )
@@ -195,9 +218,9 @@ def _source_params(spec: str, model_cfg: Any) -> Any:
 
     _, params = hf.load_pretrained(path, param_dtype=str(model_cfg.param_dtype))
     return params
-  from lime_jax.checkpoint import checkpointer  # pylint: disable=import-outside-toplevel
+  from lime_jax import checkpoint  # pylint: disable=import-outside-toplevel
 
-  _, state = checkpointer.restore_raw_state(path, step)
+  _, state = checkpoint.restore_raw_state(path, step)
   return state["params"]
 
 

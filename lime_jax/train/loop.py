@@ -20,8 +20,8 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
+from lime_jax import checkpoint as ckpt_lib
 from lime_jax import config as config_lib
-from lime_jax.checkpoint import checkpointer as ckpt_lib
 from lime_jax.data import pipeline
 from lime_jax.evals import greedy_answers
 from lime_jax.losses import token_metrics
@@ -87,21 +87,30 @@ class Run:
   optimizer: Any
   state_sharding: Any
   batch_sharding: Any
+  data: pipeline.TaskData | None = None  # the task and tokenizer built when the config was resolved
+
+
+def resolve(config: ml_collections.ConfigDict) -> pipeline.TaskData:
+  """Resolves `config` in place, once, before it is validated: with `model.init_from`, data.tokenizer and
+  the architecture fields come from the source, read once (lime_jax/train/init_from.py); the task and its
+  tokenizer are built once (a bad task setting fails here, named by the task); `data.seq_len = 0` is
+  fitted to the task's longest example (the saved config.json holds the fitted value). Returns the built
+  task: its tokenizer sizes the model's vocabulary and the iterators reuse it."""
+  source = init_from.read_source(str(config.model.init_from)) if config.model.init_from else None
+  if source is not None:
+    init_from.set_tokenizer(config, source)  # the task is then built with the source's tokenizer
+  data = pipeline.resolve(config)
+  if source is not None:
+    init_from.apply_fields(config, source, data.vocab_size)
+  return data
 
 
 def build(config: ml_collections.ConfigDict, devices: list | None = None) -> Run:
-  """Validates the config and builds model, optimizer, mesh (over `devices`, default all) and shardings
-  (no arrays allocated). With `model.init_from`, the architecture fields and data.tokenizer come from
-  the source first (lime_jax/train/init_from.py); `data.seq_len = 0` is then fitted to the task (the saved
-  config.json holds the fitted value)."""
+  """Resolves the config (`resolve`), validates the resolved config once, then builds model, optimizer,
+  mesh (over `devices`, default all) and shardings (no arrays allocated)."""
+  data = resolve(config)
   config_lib.validate(config)
-  if config.model.init_from:
-    init_from.apply_source_fields(config)
-    config_lib.validate(config)
-  if config.data.seq_len == 0:  # fit to the task, with the tokenizer init_from may have set
-    pipeline.fit_seq_len(config)
-    config_lib.validate(config)
-  model_cfg = ModelConfig.from_config(config.model, pipeline.vocab_size_for(config))
+  model_cfg = ModelConfig.from_config(config.model, data.vocab_size)
   mesh = shard_lib.make_mesh(config.mesh, devices)
   shard_lib.check_batch_divisible(config.train.batch_size, mesh)
   shard_lib.check_batch_divisible(config.eval.batch_size, mesh, "eval.batch_size")
@@ -120,6 +129,7 @@ def build(config: ml_collections.ConfigDict, devices: list | None = None) -> Run
     optimizer,
     shard_lib.state_shardings(mesh, abstract_state),
     shard_lib.batch_sharding(mesh),
+    data,
   )
 
 
@@ -320,7 +330,7 @@ def _train(run: Run, workdir: str, phases: timing.Phases) -> TrainResult:
   checkpointer = ckpt_lib.Checkpointer(workdir, t.keep_checkpoints, t.async_checkpoint)
   signature = ckpt_lib.arch_signature(config.model, run.model_cfg.vocab_size)
 
-  data_iter = pipeline.make_train_iterator(config, jax.process_index(), jax.process_count())
+  data_iter = pipeline.make_train_iterator(config, jax.process_index(), jax.process_count(), run.data)
   with phases("init"), caches.count_cache_events() as init_cache:
     state = jax.block_until_ready(create_state(run))
   # The newest intact checkpoint: a config mismatch raises; damaged newer steps are moved aside.
@@ -343,7 +353,7 @@ def _train(run: Run, workdir: str, phases: timing.Phases) -> TrainResult:
         + f"); config.{latest}.json records the new one, earlier config.<step>.json files the old."
       )
   elif found.moved:
-    data_iter = pipeline.make_train_iterator(config, jax.process_index(), jax.process_count())
+    data_iter = pipeline.make_train_iterator(config, jax.process_index(), jax.process_count(), run.data)
     writer.text(
       f"No intact checkpoint left in {checkpointer.directory} (damaged ones moved aside); "
       "starting from step 0."
@@ -365,7 +375,7 @@ def _train(run: Run, workdir: str, phases: timing.Phases) -> TrainResult:
 
   train_step = jit_train_step(run)
   eval_step = jit_eval_step(run)
-  eval_batches = pipeline.make_eval_batches(config)
+  eval_batches = pipeline.make_eval_batches(config, data=run.data)
 
   # Ahead-of-time compile: report size, FLOPs and memory before step 1.
   first_local = next(data_iter)

@@ -1,4 +1,10 @@
-"""The `Router` interface and the helpers its kinds share (source grids, padding, block mixes)."""
+"""The `Router` interface and the helpers its kinds share (source grids, padding, block mixes).
+
+A router is the 'lime' topology's `lime_stack.StackStages`: `layer_fns(cfg)` gives its stages
+(`lime_stack.LayerFns`, each a Protocol called with named arguments), `stacked` the per-layer arrays
+they read. tests/test_lime.py checks every registered router against that contract (the forward pass
+and the memory-linear backward pass against an unrolled loop of its own stages).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from lime_jax.model.model_config import ModelConfig
 
 
 class Router(abc.ABC):
-  """One LIMe router kind. Stateless: every method takes the ModelConfig.
+  """One LIMe router kind (a `lime_stack.StackStages`). Stateless: every method takes the ModelConfig.
 
   `input_dependent`: the routing weights depend on the tokens (no `routing_weights`; the analysis then
   averages them over the tokens it is given).
@@ -43,6 +49,10 @@ class Router(abc.ABC):
   @abc.abstractmethod
   def layer_fns(self, cfg: ModelConfig) -> LayerFns:
     """The router's stages and buffer for `cfg` (see LayerFns)."""
+
+  def initial_state(self, h_BTD: jax.Array) -> jax.Array:
+    """The stack's input state: the embeddings themselves."""
+    return h_BTD
 
   @abc.abstractmethod
   def mixing_flops_per_token(self, cfg: ModelConfig) -> float:
@@ -98,10 +108,12 @@ def live(start, S: int, l) -> jax.Array:
   return start + jnp.arange(S) < l
 
 
-def matrix_mix(coef_blk, buf_blk, start, l):
-  """prev[r] = sum_k coef[r, k] buf[k] over one block: one [R, K] x [K, X] matmul (K = the block's
-  source slots (x source heads), X = the slot's B*T*C values). kv: coef [R, S, R], buf [S, R, B, T, C];
-  static: coef [R, S], buf [S, B, T, D]. Returns [R, *slot dims]."""
+def matrix_mix(*, coef_block, buf_block, start, l):
+  """The `mix` stage (`MixFn`) of the static routers: prev[r] = sum_k coef[r, k] buf[k] over one block,
+  one [R, K] x [K, X] matmul (K = the block's source slots (x source heads), X = the slot's B*T*C
+  values). kv: coef [R, S, R], buf [S, R, B, T, C]; static: coef [R, S], buf [S, B, T, D]. Returns
+  [R, *slot dims]."""
+  coef_blk, buf_blk = coef_block, buf_block
   R, K, S = coef_blk.shape[0], math.prod(coef_blk.shape[1:]), coef_blk.shape[1]
   live_1S = live(start, S, l).reshape((1, S) + (1,) * (coef_blk.ndim - 2))
   coef_blk = jnp.where(live_1S, coef_blk, jnp.zeros_like(coef_blk))  # select: NaN in dead slots is harmless
@@ -110,10 +122,21 @@ def matrix_mix(coef_blk, buf_blk, start, l):
   return out_RX.reshape((R,) + buf_blk.shape[coef_blk.ndim - 1 :])
 
 
-def static_coef_pre(router_l: dict, h_BTD: jax.Array, l) -> jax.Array:
-  """The `pre` stage of the static routers: layer l's stacked coefficients."""
-  del h_BTD, l
+def static_coef_pre(*, router_l: dict, h: jax.Array, l) -> jax.Array:
+  """The `pre` stage (`PreFn`) of the static routers: layer l's stacked coefficients."""
+  del h, l
   return router_l["coef"]
+
+
+def stacked_coef(*, router: dict) -> jax.Array:
+  """The `static_coef` stage (`StaticCoefFn`) of routers whose stacked coef is [L, R, M, E]."""
+  return router["coef"]
+
+
+def stacked_coef_one_row(*, router: dict) -> jax.Array:
+  """The `static_coef` stage (`StaticCoefFn`) of routers whose stacked coef is [L, R, M] (a slot is one
+  row, E = 1)."""
+  return router["coef"][..., None]
 
 
 def softmax_summaries(a_LRM: np.ndarray) -> dict[str, Any]:

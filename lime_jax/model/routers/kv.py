@@ -21,7 +21,7 @@ import numpy as np
 
 from lime_jax.model.block import Block, project_kv
 from lime_jax.model.layers import make_norm
-from lime_jax.model.lime_stack import LayerFns
+from lime_jax.model.lime_stack import LayerFns, LayerOut
 from lime_jax.model.model_config import ModelConfig
 from lime_jax.model.routers import base
 
@@ -70,20 +70,23 @@ def _stored_bwd(_, g):
 _stored.defvjp(_stored_fwd, _stored_bwd)
 
 
-def _entry(cfg: ModelConfig, params_l, h_BTD: jax.Array) -> jax.Array:
-  """Layer l's raw k/v [R, B, T, 2H] on its own: the Block's attn_norm and kv projection."""
-  x_BTD = make_norm(cfg).apply({"params": params_l["attn_norm"]}, h_BTD).astype(cfg.dtype)
+def _entry(cfg: ModelConfig, *, params_l, h: jax.Array) -> jax.Array:
+  """The `entry` stage (`EntryFn`): layer l's raw k/v [R, B, T, 2H] on its own, the Block's attn_norm
+  and kv projection of h [B, T, D]."""
+  x_BTD = make_norm(cfg).apply({"params": params_l["attn_norm"]}, h).astype(cfg.dtype)
   return project_kv(cfg, x_BTD, params_l).transpose(2, 0, 1, 3)
 
 
-def _post(cfg, params_l, router_l, coef_RMR, prev_RBTC, h_BTD, tables, l, cache_l, entry=None):
-  """The Block with k/v = prev (earlier layers) + W_l[:, l] own raw k/v; the entry is the raw k/v.
+def _post(cfg, *, params_l, router_l, coef, prev, h, tables, l, cache_l, entry=None) -> LayerOut:
+  """The `post` stage (`PostFn`): the Block with k/v = prev (earlier layers) + W_l[:, l] own raw k/v;
+  the entry is the raw k/v. coef [R, M, R], prev [R, B, T, 2H], h [B, T, D].
 
   The own term reads the entry itself, so the residual it needs is the buffer slot (not saved twice).
   `entry` given (the buffer slot, `_entry`'s value): the raw k/v take its value and the projection
   only its gradient, so a remat recomputation reads the slot instead of redoing the projection.
   """
   del router_l
+  coef_RMR, prev_RBTC, h_BTD = coef, prev, h
   own_RR = jax.lax.dynamic_index_in_dim(coef_RMR, l, axis=1, keepdims=False)
   raw = {}
 
@@ -94,7 +97,7 @@ def _post(cfg, params_l, router_l, coef_RMR, prev_RBTC, h_BTD, tables, l, cache_
     return (prev_RBTC.transpose(1, 2, 0, 3) + _own_term(own_RR, raw["RBTC"])).astype(cfg.dtype)
 
   h_BTD, extras = Block(cfg).apply({"params": params_l}, h_BTD, tables, kv_mixer=kv_mixer, cache=cache_l)
-  return h_BTD, raw["RBTC"], extras
+  return LayerOut(h_BTD, raw["RBTC"], extras)
 
 
 def check_group_size(group_size: int, block_size: int, num_layers: int) -> None:
@@ -172,9 +175,9 @@ class KvRouter(base.Router):
       pre=base.static_coef_pre,
       mix=base.matrix_mix,
       post=functools.partial(_post, cfg),
-      entry_shape=lambda B, T: (R, B, T, 2 * H),
+      entry_shape=lambda *, batch, seq: (R, batch, seq, 2 * H),
       coef_axis=1,
-      static_coef=lambda router: router["coef"],
+      static_coef=base.stacked_coef,
       group_size=self.group_size(cfg),
       keep_far=cfg.lime.keep_far,
       entry=functools.partial(_entry, cfg),

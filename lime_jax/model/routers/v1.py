@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lime_jax.model.block import Block
-from lime_jax.model.lime_stack import LayerFns
+from lime_jax.model.lime_stack import LayerFns, LayerOut
 from lime_jax.model.model_config import ModelConfig
 from lime_jax.model.routers import base
 from lime_jax.model.transformer import Transformer
@@ -77,8 +77,11 @@ class V1Router(base.Router):
     a_own_R = jax.lax.dynamic_index_in_dim(coef, l, axis=coef.ndim - 1, keepdims=False)
     return prev.transpose(1, 2, 0, 3), a_own_R[None, None, :, None]
 
-  def _post(self, cfg, params_l, router_l, coef, prev, h_BTD, tables, l, cache_l):
-    """The Block with per-head k/v inputs scale_l * (prev + a_l[:, l] n(h_l)); the entry is n(h_l)."""
+  def _post(self, cfg, *, params_l, router_l, coef, prev, h, tables, l, cache_l, entry=None) -> LayerOut:
+    """The `post` stage (`PostFn`): the Block with per-head k/v inputs scale_l * (prev + a_l[:, l]
+    n(h_l)); the entry is n(h_l) (no `LayerFns.entry`, so `entry` is always None). h [B, T, D]."""
+    del entry
+    h_BTD = h
     n_BTD = unit_rms(h_BTD, cfg.rms_eps)
     prev_BTRD, a_own_BTR1 = self._prev_and_own(coef, prev, l)
     scale_D = jnp.where(l == 0, params_l["attn_norm"]["scale"], router_l["scale_D"]).astype(jnp.float32)
@@ -91,7 +94,7 @@ class V1Router(base.Router):
     h_out_BTD, extras = Block(cfg).apply(
       {"params": params_l}, h_BTD, tables, kv_input=kv_input, cache=cache_l
     )
-    return h_out_BTD, n_BTD.astype(cfg.dtype), extras
+    return LayerOut(h_out_BTD, n_BTD.astype(cfg.dtype), extras)
 
   def mixing_flops_per_token(self, cfg: ModelConfig) -> float:
     """2 * R * D * (l+1) per layer l >= 1 for the per-head mixtures."""
@@ -131,9 +134,9 @@ class StaticRouter(V1Router):
       pre=base.static_coef_pre,
       mix=base.matrix_mix,
       post=functools.partial(self._post, cfg),
-      entry_shape=lambda B, T: (B, T, D),
+      entry_shape=lambda *, batch, seq: (batch, seq, D),
       coef_axis=1,
-      static_coef=lambda router: router["coef"][..., None],
+      static_coef=base.stacked_coef_one_row,
       **base.common_fns(cfg),
     )
 
@@ -171,9 +174,10 @@ class TopPRouter(StaticRouter):
     return result
 
 
-def _dynamic_pre(cfg: ModelConfig, router_l: dict, h_BTD: jax.Array, l) -> jax.Array:
-  """Per-token routing weights softmax_m(Linear(scale_l * n(h_l))) over live sources m <= l."""
-  x_BTD = router_l["scale_D"].astype(jnp.float32)[None, None, :] * unit_rms(h_BTD, cfg.rms_eps)
+def _dynamic_pre(cfg: ModelConfig, *, router_l: dict, h: jax.Array, l) -> jax.Array:
+  """The `pre` stage (`PreFn`): per-token routing weights coef [B, T, R, M] = softmax_m(Linear(scale_l *
+  n(h_l))) over live sources m <= l."""
+  x_BTD = router_l["scale_D"].astype(jnp.float32)[None, None, :] * unit_rms(h, cfg.rms_eps)
   logits_BTRM = jnp.einsum(
     "btd,drm->btrm",
     x_BTD.astype(cfg.dtype),
@@ -184,7 +188,10 @@ def _dynamic_pre(cfg: ModelConfig, router_l: dict, h_BTD: jax.Array, l) -> jax.A
   return base.softmax_over_sources(logits_BTRM, live_111M)
 
 
-def _dynamic_mix(coef_BTRS, buf_SBTD, start, l):
+def _dynamic_mix(*, coef_block, buf_block, start, l):
+  """The `mix` stage (`MixFn`): prev [B, T, R, D] = sum_s coef[b, t, r, s] buf[s, b, t] over the live
+  slots start + s < l."""
+  coef_BTRS, buf_SBTD = coef_block, buf_block
   live_111S = base.live(start, coef_BTRS.shape[-1], l)[None, None, None, :]
   coef_BTRS = jnp.where(live_111S, coef_BTRS, 0.0).astype(buf_SBTD.dtype)
   return jnp.einsum("btrs,sbtd->btrd", coef_BTRS, buf_SBTD, preferred_element_type=jnp.float32)
@@ -224,7 +231,7 @@ class DynamicRouter(V1Router):
       pre=functools.partial(_dynamic_pre, cfg),
       mix=_dynamic_mix,
       post=functools.partial(self._post, cfg),
-      entry_shape=lambda B, T: (B, T, D),
+      entry_shape=lambda *, batch, seq: (batch, seq, D),
       coef_axis=3,
       **base.common_fns(cfg),
     )
