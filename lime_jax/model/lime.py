@@ -104,7 +104,7 @@ def buffer_bytes(cfg: ModelConfig, batch: int, seq_len: int) -> int:
 
 
 def signature(model_cfg) -> dict:
-  """What a LIMe checkpoint's architecture signature adds (lime_jax/checkpoint/checkpointer.py): the
+  """What a LIMe checkpoint's architecture signature adds (lime_jax/checkpoint/structure.py): the
   router kind."""
   return {"lime.router": model_cfg.lime.router}
 

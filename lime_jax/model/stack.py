@@ -79,7 +79,7 @@ class ExtraFlopsFn(Protocol):
 
 class SignatureFn(Protocol):
   """signature(model_cfg) -> entries the checkpoint's architecture signature adds
-  (lime_jax/checkpoint/checkpointer.py; model_cfg: config.model, a ConfigDict)."""
+  (lime_jax/checkpoint/structure.py; model_cfg: config.model, a ConfigDict)."""
 
   def __call__(self, model_cfg: Any) -> dict[str, Any]: ...
 
