@@ -24,12 +24,12 @@ def _sweep(*args):
 
 
 def test_named_sweeps_print_one_command_per_ablation_point(tmp_path):
-  out = _sweep("--specs=4x4,seqvcr_pause", "--sweep=lambdas", f"--root={tmp_path}", "--dry_run")
+  out = _sweep("--specs=4x4,seqvcr_pause", "--sweep=lambdas", f"--workdir={tmp_path}", "--dry_run")
   lines = out.strip().splitlines()
   assert len(lines) == 6
   assert "--config.model.seq_vcr.lambda1=0.05 --config.model.seq_vcr.lambda2=0.25" in lines[3]
   assert f"--workdir={tmp_path}/4x4-seqvcr_pause_lambda1=0.05_lambda2=0.25_s0" in lines[3]
-  out = _sweep("--specs=5x5,seqvcr_pause", "--sweep=proj_dim", f"--root={tmp_path}", "--dry_run")
+  out = _sweep("--specs=5x5,seqvcr_pause", "--sweep=proj_dim", f"--workdir={tmp_path}", "--dry_run")
   assert [l.split()[-1] for l in out.strip().splitlines()] == [
     f"--config.model.seq_vcr.proj_dim={p}" for p in (512, 1024, 2048, 4096)
   ]
@@ -41,7 +41,7 @@ def test_two_member_sweep_runs_and_collects_exact_match_and_entropy(tmp_path):
     "--vary=model.seq_vcr.proj_dim=16",
     "--vary=model.seq_vcr.proj_dim=32 model.seq_vcr.lambda2=0.5",
     "--set=train.num_steps=2",
-    f"--root={tmp_path}",
+    f"--workdir={tmp_path}",
   )
   names = [
     "tiny-seqvcr_pause_num_steps=2_proj_dim=16_s0",

@@ -284,15 +284,6 @@ def test_sweep_and_compare_share_one_convention_and_print_portable_commands(tmp_
   lines = compare_out.stdout.strip().splitlines()
   assert len(lines) == 4 and all(l.startswith("python -m lime_jax.main --config=experiments/") for l in lines)
   assert sys.executable not in compare_out.stdout
-  old = _cli(
-    "lime_jax.tools.sweep",
-    "--config=experiments/lime_deep.py",
-    "--specs=tiny,lime",
-    f"--root={tmp_path}/s",
-    "--dry_run",
-  )
-  assert old.returncode == 0 and "--root is deprecated; use --workdir" in old.stderr
-  assert old.stdout == sweep_out.stdout
   missing = _cli("lime_jax.tools.compare", "--config=experiments/compare_topologies.py", "--dry_run")
   assert missing.returncode != 0 and "--workdir=DIR are required" in missing.stderr
 

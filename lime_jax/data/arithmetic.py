@@ -59,21 +59,6 @@ class ArithmeticConfig:
   )
 
 
-def apply_op(a: int, op: str, b: int, modulus: int) -> int:
-  """`a op b` mod `modulus`; `/` multiplies by the inverse of b (b must be non-zero)."""
-  if op == "+":
-    return (a + b) % modulus
-  if op == "-":
-    return (a - b) % modulus
-  if op == "*":
-    return (a * b) % modulus
-  if op == "/":
-    if b % modulus == 0:
-      raise ZeroDivisionError(f"{a} / {b} mod {modulus}: division by zero.")
-    return (a * pow(b, -1, modulus)) % modulus
-  raise ValueError(f"unknown operator {op!r}; expected one of {OPERATORS}.")
-
-
 class _Uniforms:
   """Integer draws from one numpy Generator, fetched in blocks (one numpy call per 64 draws)."""
 

@@ -192,10 +192,6 @@ class _SubwordBase(abc.ABC):
     parts.append(self._decode_run(run))
     return "".join(parts)
 
-  def token_bytes(self, ids: Sequence[int]) -> int:
-    """UTF-8 bytes of the decoded text of `ids` (bits-per-byte denominators)."""
-    return len(self.decode(list(ids)).encode("utf-8"))
-
   @abc.abstractmethod
   def _encode(self, text: str) -> list[int]:
     """The library's ids of `text`, no specials added."""

@@ -31,11 +31,6 @@ def init_value_residual_params(rng: jax.Array, cfg: ModelConfig) -> dict:
   return {"lambda_L": jnp.full((cfg.num_layers,), vr.init_lambda, cfg.pdtype)}
 
 
-def value_residual_param_count(cfg: ModelConfig) -> int:
-  """Parameters that reach the output: L - 1 learnable lambdas, or 0."""
-  return cfg.num_layers - 1 if cfg.value_residual.learnable else 0
-
-
 def run_value_residual_stack(
   cfg: ModelConfig,
   layers,

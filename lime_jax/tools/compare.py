@@ -55,7 +55,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   FLAGS = flags.FLAGS
-  root = sweep.workdir_flag("compare")
+  root = sweep.workdir_flag()
   module = sweep.load_config_module(FLAGS.config)
   arms = list(FLAGS.arms) or list(module.ARMS)
   members = [

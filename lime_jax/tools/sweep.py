@@ -594,7 +594,6 @@ def define_flags() -> None:
   flags.DEFINE_multi_string("specs", ["default"], "A preset spec per member group; repeat the flag.")
   flags.DEFINE_multi_string("vary", [], "Space-separated overrides of one member group; repeat.")
   flags.DEFINE_string("sweep", None, "Name of an override list in the config file's SWEEPS.")
-  flags.DEFINE_string("root", None, "Deprecated: use --workdir.")
   flags.DEFINE_list(
     "reuse",
     [],
@@ -628,25 +627,19 @@ def dry_run_command(config_file: str, member: Member, workdir: str) -> str:
   return shlex.join(member_command(portable_path(config_file), member, workdir, python="python"))
 
 
-def workdir_flag(tag: str) -> str:
-  """--workdir (or the deprecated --root, with a warning); a UsageError when neither is given."""
+def workdir_flag() -> str:
+  """--workdir; a UsageError when it or --config is missing."""
   FLAGS = flags.FLAGS
-  root = FLAGS["root"].value if "root" in FLAGS else None
-  if root:
-    print(f"[{tag}] --root is deprecated; use --workdir={root}.", file=sys.stderr, flush=True)
-    if FLAGS.workdir and FLAGS.workdir != root:
-      raise app.UsageError(f"--root={root} and --workdir={FLAGS.workdir} disagree; pass only --workdir.")
-  workdir = FLAGS.workdir or root
-  if not FLAGS.config or not workdir:
+  if not FLAGS.config or not FLAGS.workdir:
     raise app.UsageError("--config=FILE and --workdir=DIR are required.")
-  return workdir
+  return FLAGS.workdir
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   FLAGS = flags.FLAGS
-  root = workdir_flag("sweep")
+  root = workdir_flag()
   variations = [tuple(v.split()) for v in FLAGS.vary]
   if FLAGS.sweep:
     variations += list(load_sweep(FLAGS.config, FLAGS.sweep))
