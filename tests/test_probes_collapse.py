@@ -167,3 +167,14 @@ def test_per_layer_distances_are_linf_over_the_norm():
         linf / max(abs(x) for x in a["layers"][i, layer]), rel=1e-12
       )
   assert d["layers_rel"][1, 2] == 0.0
+
+
+def test_padding_buckets():
+  """Powers of two up to 512, then multiples of a sixteenth of the next power of two: never under n, at
+  most 12.5% padding above 512 tokens."""
+  bucket = collapse.common.bucket
+  assert [bucket(n) for n in (1, 16, 17, 100, 512)] == [16, 16, 32, 128, 512]
+  assert [bucket(n) for n in (513, 2002, 2048, 2049, 2668)] == [576, 2048, 2048, 2304, 2816]
+  assert bucket(5, minimum=8) == 8
+  for n in range(513, 20000, 37):
+    assert n <= bucket(n) <= 1.125 * n + 1

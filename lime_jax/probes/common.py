@@ -85,9 +85,19 @@ def encodable(tokenizer: Any, text: str) -> bool:
     return False
 
 
+FINE_BUCKETS_FROM = 512  # above this, `bucket` rounds to 1/16 of the next power of two instead of to it
+
+
 def bucket(n: int, minimum: int = 16) -> int:
-  """The padded length of an n-token batch: the next power of two >= max(n, minimum) (few compiles)."""
-  return max(minimum, 1 << max(int(n) - 1, 0).bit_length())
+  """The padded length of an n-token batch (few compiles, little padding): the next power of two >=
+  max(n, minimum) up to FINE_BUCKETS_FROM; above it, n rounded up to a multiple of 1/16 of that power of
+  two (at most 12.5% padding, 8 shapes per octave: 2668 tokens -> 2816, not 4096)."""
+  n = max(int(n), minimum)
+  power = 1 << max(n - 1, 0).bit_length()
+  if power <= FINE_BUCKETS_FROM:
+    return power
+  step = power // 16
+  return -(-n // step) * step
 
 
 def pad_rows(
