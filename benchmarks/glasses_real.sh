@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # "Transformers need glasses" probes on the two real pretrained LMs (issue 27; docs/results.md,
-# "Real pretrained models"). Each member writes docs/real/<member>/ (results.json, summary.md, plots);
-# a member whose results.json exists is skipped, so a later session resumes where this one stopped.
+# "Real pretrained models"). Each member writes docs/real/<member>/ (results.json, summary.md, plots,
+# written as each probe finishes); a finished member (time.txt) is skipped and an unfinished one resumes
+# (`--resume`: the probes it saved are not run again), so a later session goes on where this one stopped.
 #
 #   bash benchmarks/glasses_real.sh [MEMBER ...]    # default: every member, in the order below
 #
@@ -44,15 +45,16 @@ members=("$@")
   gemma3_text_fp32 smollm2_bf16 gemma3_bf16 smollm2_text_bf16 gemma3_text_bf16)
 for m in "${members[@]}"; do
   out="docs/real/$m"
-  if [ -f "$out/results.json" ]; then
-    echo "skip $m: $out/results.json exists"
+  if [ -f "$out/time.txt" ]; then
+    echo "skip $m: finished ($out/time.txt)"
     continue
   fi
   args=$(member_args "$m")
   mkdir -p "$out"
-  echo "== $m: python -m lime_jax.evaluate $args --out=$out"
+  echo "== $m: python -m lime_jax.evaluate $args --out=$out --resume"
   TIMEFORMAT="%R s wall, %U s user, %S s sys, $(nproc) cores"
-  # The time report goes to time.txt, the program's own stderr to the terminal (fd 4).
+  # The time report goes to time.txt once the member has finished, the program's stderr to the terminal.
   # shellcheck disable=SC2086  # args is a flag list
-  { time "$PY" -m lime_jax.evaluate $args --out="$out" 2>&4; } 4>&2 2>"$out/time.txt"
+  { time "$PY" -m lime_jax.evaluate $args --out="$out" --resume 2>&4; } 4>&2 2>"$out/time.partial"
+  mv "$out/time.partial" "$out/time.txt"
 done

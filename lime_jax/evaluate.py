@@ -94,6 +94,12 @@ _CHAT_TEMPLATE = flags.DEFINE_bool(
   "--hf: ask the copying / counting questions as one user message of the tokenizer's chat template "
   "(instruction-tuned models); fails when the tokenizer has none.",
 )
+_RESUME = flags.DEFINE_bool(
+  "resume",
+  False,
+  "--workdir / --hf: skip the probes already saved in the output's results.json with the same "
+  "checkpoint, config and options (results.json is written as each probe finishes).",
+)
 _RECOMPUTE = flags.DEFINE_bool(
   "recompute",
   False,
@@ -166,7 +172,7 @@ def main(argv: list[str]) -> None:
       from lime_jax.probes import pretrained  # pylint: disable=import-outside-toplevel
 
       out_dir, _ = pretrained.evaluate_hf(
-        _HF.value, _OUT.value, names, options, _DTYPE.value, _SKIP_INCOMPATIBLE.value
+        _HF.value, _OUT.value, names, options, _DTYPE.value, _SKIP_INCOMPATIBLE.value, reuse=_RESUME.value
       )
       print(f"Wrote {out_dir}/results.json, summary.md and the plots.")
       return
@@ -181,6 +187,7 @@ def main(argv: list[str]) -> None:
       _STEP.value,
       _CONFIG.value if _RANDOM_INIT.value else None,
       skip_incompatible=_SKIP_INCOMPATIBLE.value,
+      reuse=_RESUME.value,
     )
     print(f"Wrote {out_dir}/results.json, summary.md and the plots.")
   except DamagedCheckpointError as e:  # not a usage error: no usage text

@@ -87,6 +87,12 @@ def test_finished_probes_are_saved_when_a_later_one_fails(tmp_path, monkeypatch)
   saved = json.loads((tmp_path / "r" / "eval" / "random_init" / "results.json").read_text())
   assert list(saved["probes"]) == ["fake_a"] and saved["probes"]["fake_a"]["metrics"] == {"n": 32}
   assert (tmp_path / "r" / "eval" / "random_init" / "fake_a_plot.png").exists()
+  # --resume: the saved probe is not run again, the one that failed is
+  calls.clear()
+  _, results = runner.evaluate(
+    str(tmp_path / "r"), ["fake_a", "fake_b"], random_init_config=_arith_config(), reuse=True
+  )
+  assert calls == ["fake_b:32"] and set(results["probes"]) == {"fake_a", "fake_b"}
 
 
 def test_cli_exits_non_zero_on_incompatible_probes(tmp_path):

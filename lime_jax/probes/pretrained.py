@@ -128,8 +128,10 @@ def evaluate_hf(
   compute_dtype: str = "float32",
   skip_incompatible: bool = False,
   stream=None,
+  reuse: bool = False,
 ) -> tuple[str, dict]:
-  """Runs the probes on the HF checkpoint at `path`, writing into `out_dir`; returns (out_dir, results)."""
+  """Runs the probes on the HF checkpoint at `path`, writing into `out_dir`; returns (out_dir, results).
+  `reuse`: probes already saved there with the same options are not run again (`runner.pending`)."""
   options = options or ProbeOptions()
   for name in probe_names:
     get_probe(name)  # unknown names fail before anything is loaded
@@ -146,10 +148,11 @@ def evaluate_hf(
   header.update(
     hf=str(path), task=None, compute_dtype=compute_dtype, tokenizer_vocab=int(tokenizer.vocab_size)
   )
+  todo = runner.pending(out_dir, header, probe_names, stream) if reuse else probe_names
   runner.run_probes(
     params,
     config,
-    probe_names,
+    todo,
     options,
     mesh,
     stream,

@@ -293,6 +293,23 @@ def write_outputs(out_dir: str, header: dict, results: dict[str, dict]) -> dict:
   return content
 
 
+def pending(out_dir: str, header: dict, probe_names: list[str], stream=None) -> list[str]:
+  """The probes of `probe_names` not yet saved in out_dir's results.json with `header`'s step, config
+  and options (`reusable`; a saved 'skipped' result does not count), saying which are reused."""
+  saved = {
+    k
+    for k, v in reusable(_previous(out_dir), header).items()
+    if not (isinstance(v.get("metrics"), dict) and v["metrics"].get("skipped"))
+  }
+  if saved & set(probe_names):
+    print(
+      f"{out_dir}: reusing the saved {', '.join(n for n in probe_names if n in saved)} (same step, "
+      "config and options)",
+      file=stream or sys.stderr,
+    )
+  return [n for n in probe_names if n not in saved]
+
+
 def writer(out_dir: str, header: dict) -> Callable[[str, dict], dict]:
   """`run_probes`' `on_result`: adds one probe's result to out_dir's results.json, plots and summary."""
   return lambda name, result: write_outputs(out_dir, header, {name: result})
@@ -340,22 +357,7 @@ def evaluate(
     config, params, label = config_from_dict(restored.config), restored.params, str(restored.step)
   out_dir = fileio.join(workdir, "eval", label)
   header = _header(workdir, label, config, options)
-  saved = (
-    {
-      k: v
-      for k, v in reusable(_previous(out_dir), header).items()
-      if not (isinstance(v.get("metrics"), dict) and v["metrics"].get("skipped"))
-    }
-    if reuse
-    else {}
-  )
-  todo = [n for n in probe_names if n not in saved]
-  if saved.keys() & set(probe_names):
-    print(
-      f"{workdir}: reusing the saved {', '.join(n for n in probe_names if n in saved)} (same step, "
-      "config and options)",
-      file=stream or sys.stderr,
-    )
+  todo = pending(out_dir, header, probe_names, stream) if reuse else probe_names
   if todo:
     run_probes(
       params, config, todo, options, mesh, stream, skip_incompatible, on_result=writer(out_dir, header)
