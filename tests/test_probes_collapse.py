@@ -178,3 +178,15 @@ def test_padding_buckets():
   assert bucket(5, minimum=8) == 8
   for n in range(513, 20000, 37):
     assert n <= bucket(n) <= 1.125 * n + 1
+
+
+def test_forward_without_logits_collects_the_same():
+  """`common.forward(logits=False)`: no logits (never formed), the same per-layer collections."""
+  cfg = tiny_model_config()
+  params = random_params(cfg)
+  ids = np.asarray([[1, 20, 21, 22]])
+  logits, col = collapse.common.forward(params, cfg, ids, ("hidden", "value"))
+  none, col_only = collapse.common.forward(params, cfg, ids, ("hidden", "value"), logits=False)
+  assert logits.shape == (1, 4, cfg.vocab_size) and none is None
+  for name in ("hidden", "value"):
+    np.testing.assert_array_equal(np.asarray(col[name]), np.asarray(col_only[name]))

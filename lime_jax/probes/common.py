@@ -29,12 +29,12 @@ def probe_model_cfg(
 
 
 @functools.lru_cache(maxsize=64)
-def _jitted_forward(cfg: ModelConfig, collect: tuple[str, ...]):
+def _jitted_forward(cfg: ModelConfig, collect: tuple[str, ...], logits: bool = True):
   model = Transformer(cfg)
 
   def forward(params, tokens_BT, positions_BT=None):
     logits_BTV, out = model.apply({"params": params}, tokens_BT, positions_BT, collect=collect)
-    return logits_BTV, out.collected
+    return (logits_BTV if logits else None), out.collected
 
   return jax.jit(forward)
 
@@ -54,11 +54,14 @@ def forward(
   collect: tuple[str, ...] = (),
   sharding: Any = None,
   positions_BT: np.ndarray | None = None,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
+  logits: bool = True,
+) -> tuple[jax.Array | None, dict[str, jax.Array]]:
   """(fp32 logits [B, T, V], {name: per-layer collection [L, B, T, ...]}) of a token batch; `positions_BT`
-  (default 0..T-1 per row): e.g. the per-document positions of packed text (`model.document_mask`)."""
+  (default 0..T-1 per row): e.g. the per-document positions of packed text (`model.document_mask`).
+  `logits=False`: None instead of the logits, which are then never formed (Gemma 3's 262144-token
+  vocabulary makes them 34 GB for 256 x 129 tokens)."""
   place = lambda x: place_batch(np.asarray(x, np.int32), sharding)
-  return _jitted_forward(cfg, tuple(collect))(
+  return _jitted_forward(cfg, tuple(collect), logits)(
     params, place(tokens_BT), None if positions_BT is None else place(positions_BT)
   )
 

@@ -89,7 +89,7 @@ def layer_representations(ctx: ProbeContext, num: int) -> tuple[dict[str, np.nda
 
   inputs_BT, mask = common.eval_tokens(ctx, num)
   cfg = common.probe_model_cfg(ctx.model_cfg)
-  _, col = common.forward(ctx.params, cfg, inputs_BT, ("hidden", "value"), ctx.batch_sharding)
+  _, col = common.forward(ctx.params, cfg, inputs_BT, ("hidden", "value"), ctx.batch_sharding, logits=False)
   hidden = np.asarray(col["hidden"], np.float32)
   value = np.asarray(col["value"], np.float32)
   value = value.reshape(*value.shape[:3], -1)

@@ -137,7 +137,7 @@ def run(ctx: ProbeContext) -> dict:
   rows, pos = np.array([o[0] for o in occ]), np.array([o[1] for o in occ])
   y = np.array([present.index(o[2]) for o in occ])
   cfg = common.probe_model_cfg(ctx.model_cfg)
-  _, col = common.forward(ctx.params, cfg, inputs_BT, ("hidden", "value"), ctx.batch_sharding)
+  _, col = common.forward(ctx.params, cfg, inputs_BT, ("hidden", "value"), ctx.batch_sharding, logits=False)
   L = ctx.model_cfg.num_layers
   ctx.progress.start("separability", 2 * L)
   metrics: dict[str, Any] = {
