@@ -9,10 +9,12 @@
 The Tempest) are held out as the validation shard, the other 36 are the train shards (one jsonl per
 play). A byte-level BPE of 2048 ids (with `<|endoftext|>`) is trained on the train plays only.
 `report` reads each run's metrics.jsonl and compile_report.json (FLOPs per step), runs the `entropy` and
-`lm` probes (32 eval windows; `lm` also scores `mc-next-line.jsonl`, a 4-way "which line comes next"
-file that `prepare` draws from Hamlet) and `separability` (256 windows) on every final checkpoint
-(`lime_jax.evaluate`; `--skip_probes` reuses the saved results), and writes
-docs/img/text_demo_loss_per_flop.png, docs/img/text_demo_probes.png and workdirs/text_demo/report.json.
+`lm` probes (32 eval windows) and `separability` (256 windows) on every final checkpoint
+(`lime_jax.evaluate`), and lm-evaluation-harness (`python -m lime_jax.harness`) on the local task
+`text_demo_next_line`: `mc-next-line.jsonl`, a 4-way "which line comes next" file that `prepare` draws
+from Hamlet, read by the task YAML `harness/next_line.yaml` beside it (`--skip_probes` reuses the saved
+results); it writes docs/img/text_demo_loss_per_flop.png, docs/img/text_demo_probes.png and
+workdirs/text_demo/report.json.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ DATA = WORK / "data"
 VALIDATION_PLAYS = ("hamlet", "the-tempest")
 VOCAB_SIZE = 2048
 ARMS = ("baseline", "lime")
+MC_TASK = "text_demo_next_line"  # the harness task over mc-next-line.jsonl (`write_harness_task`)
 
 
 def play_files() -> list[pathlib.Path]:
@@ -71,6 +74,7 @@ def prepare(_args) -> None:
     if split == "train":
       train_docs.extend(docs)
   _write_next_line_mc(DATA / "val-hamlet.jsonl", DATA / "mc-next-line.jsonl")
+  write_harness_task(DATA / "mc-next-line.jsonl", DATA / "harness")
   tok = tokenizers.Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
@@ -95,8 +99,9 @@ def prepare(_args) -> None:
 
 
 def _write_next_line_mc(val_shard: pathlib.Path, out: pathlib.Path, num: int = 200, seed: int = 0) -> None:
-  """A 4-way multiple-choice file (lm_eval 'generic' format) from a held-out play: the context is up to
-  300 characters of a scene, the choices the line that follows and three other lines of the play."""
+  """A 4-way multiple-choice jsonl ({context, choices, gold}) from a held-out play: the context is up to
+  300 characters of a scene (ending in a newline), the choices the line that follows and three other
+  lines of the play."""
   import random  # pylint: disable=import-outside-toplevel
 
   rng = random.Random(seed)
@@ -116,6 +121,22 @@ def _write_next_line_mc(val_shard: pathlib.Path, out: pathlib.Path, num: int = 2
     rng.shuffle(order)
     records.append({"context": context, "choices": [choices[i] for i in order], "gold": order.index(0)})
   out.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
+def write_harness_task(data: pathlib.Path, folder: pathlib.Path) -> pathlib.Path:
+  """The lm-evaluation-harness task MC_TASK over the jsonl `data` (0-shot; each choice scored right after
+  the context's newline; acc and acc_norm), as folder/next_line.yaml: run it with
+  `python -m lime_jax.harness --include_path=FOLDER --tasks=text_demo_next_line`."""
+  folder.mkdir(parents=True, exist_ok=True)
+  mean = "    aggregation: mean\n    higher_is_better: true\n"
+  (folder / "next_line.yaml").write_text(
+    f"task: {MC_TASK}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data.resolve()}\n"
+    "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{context}}'\n"
+    "doc_to_choice: '{{choices}}'\ndoc_to_target: gold\ntarget_delimiter: ''\nmetric_list:\n"
+    f"  - metric: acc\n{mean}  - metric: acc_norm\n{mean}",
+    encoding="utf-8",
+  )
+  return folder / "next_line.yaml"
 
 
 def run(args) -> None:
@@ -156,7 +177,7 @@ def _curves(workdir: pathlib.Path) -> dict:
 def _run_probes(wd: pathlib.Path, args) -> None:
   """entropy + lm on `--num_examples` eval windows, then separability on `--sep_examples` (more windows:
   more is/are/was/were occurrences); each result set is copied out of eval/<step>/ (the runner keeps
-  only results of one option set there)."""
+  only results of one option set there). Then the harness on MC_TASK, into harness.json."""
   step = json.loads((wd / "final_metrics.json").read_text())["step"]
   for probes, n, name in (
     ("entropy,lm", args.num_examples, "probes_main.json"),
@@ -170,12 +191,26 @@ def _run_probes(wd: pathlib.Path, args) -> None:
         f"--workdir={wd}",
         f"--probes={probes}",
         f"--num_examples={n}",
-        f"--mc_tasks=generic={DATA / 'mc-next-line.jsonl'}",
       ],
       check=True,
       cwd=ROOT,
     )
     (wd / name).write_text((wd / "eval" / str(step) / "results.json").read_text())
+  tasks = write_harness_task(DATA / "mc-next-line.jsonl", DATA / "harness").parent
+  subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "lime_jax.harness",
+      f"--model={wd}",
+      f"--tasks={MC_TASK}",
+      f"--include_path={tasks}",
+      "--nodefault_tasks",
+      f"--output_path={wd / 'harness.json'}",
+    ],
+    check=True,
+    cwd=ROOT,
+  )
 
 
 def report(args) -> None:
@@ -197,7 +232,13 @@ def report(args) -> None:
     for name in ("probes_main.json", "probes_sep.json"):
       if (wd / name).exists():
         probes.update(json.loads((wd / name).read_text())["probes"])
-    out["runs"][wd.name] = {"final_eval": final, "curves": curves, "probes": probes}
+    harness = json.loads((wd / "harness.json").read_text()) if (wd / "harness.json").exists() else {}
+    out["runs"][wd.name] = {
+      "final_eval": final,
+      "curves": curves,
+      "probes": probes,
+      "harness": harness.get("results", {}),
+    }
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   colors = {"baseline": "tab:blue", "lime": "tab:red"}
   for name, r in out["runs"].items():
@@ -277,8 +318,8 @@ def _print_table(out: dict) -> None:
     ent_s = " ".join(f"{v:.2f}" for v in ent)
     sep_s = " ".join(f"{v:.2f}" for v in sep)
     hid_s = " ".join(f"{v:.2f}" for v in _probe_series(r["probes"], "separability", "hidden") or [])
-    mc = r["probes"].get("lm", {}).get("metrics", {}).get("generic", {})
-    mc_s = f"{mc['acc']:.3f} / {mc['acc_norm']:.3f}" if mc else "-"
+    mc = r.get("harness", {}).get(MC_TASK, {})
+    mc_s = f"{mc['acc,none']:.3f} / {mc['acc_norm,none']:.3f}" if mc else "-"
     bpb = f.get("bits_per_byte", float("nan"))
     print(
       f"| {name} | {r['curves']['params']} | {f['ce']:.4f} | {bpb:.4f} | "

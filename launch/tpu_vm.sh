@@ -10,7 +10,7 @@ source "$SCRIPT_DIR/_common.sh"
 
 usage() {
   cat <<'EOF'
-Usage: launch/tpu_vm.sh COMMAND --name NAME --zone ZONE [options] [-- TRAIN_FLAGS...]
+Usage: launch/tpu_vm.sh COMMAND --name NAME --zone ZONE [options] [-- FLAGS...]
 
 Commands:
   create   Create the slice: a spot TPU VM (--spot), or a queued resource (--queued) that waits for
@@ -21,6 +21,10 @@ Commands:
   run      Start `python -m lime_jax.main` on every worker, detached in a tmux session named lime,
            logging to ~/lime_logs/<hostname>.log on each worker; needs --config and --workdir gs://...
            Flags after `--` go to lime_jax.main (e.g. -- --config.train.num_steps=100).
+  evaluate Start `python -m lime_jax.evaluate` on every worker the same way (one jax process per
+           worker, joined by jax.distributed); flags after `--` go to lime_jax.evaluate, e.g.
+           -- --hf=gs://b/models/gemma-2-27b --out=gs://b/eval/gemma27b --mesh_fsdp=16 --probes=entropy
+           (a model larger than one chip: its parameters are read straight into their shards).
   tail     Follow a worker's log (--worker N, default 0; `all` prints the last lines of every worker).
   stop     Send SIGTERM to the training process on every worker: jax's preemption service makes all
            workers checkpoint one agreed step and exit 0. `run` again with the same flags resumes.
@@ -48,6 +52,8 @@ Example:
   launch/tpu_vm.sh run    --name lime --zone us-central2-b --config experiments/baseline.py:paper \
       --workdir gs://my-bucket/runs/baseline -- --config.data.text.data_dir=gs://my-bucket/tfds
   launch/tpu_vm.sh tail   --name lime --zone us-central2-b --worker 0
+  launch/tpu_vm.sh evaluate --name lime --zone us-central2-b -- --hf=gs://my-bucket/models/llama-70b \
+      --out=gs://my-bucket/eval/llama70b --mesh_fsdp=16 --param_dtype=bfloat16 --probes=entropy
 EOF
 }
 
@@ -84,14 +90,14 @@ while [[ $# -gt 0 ]]; do
     --worker) need_value "$@"; WORKER="$2"; shift 2 ;;
     --remote-dir) need_value "$@"; REMOTE_DIR="$2"; shift 2 ;;
     --) shift; TRAIN_FLAGS=("$@"); break ;;
-    create|setup|sync|run|tail|stop|delete)
+    create|setup|sync|run|evaluate|tail|stop|delete)
       [[ -z "$COMMAND" ]] || die "one command at a time (got '$COMMAND' and '$1')."
       COMMAND="$1"; shift ;;
     *) die "unknown argument '$1'." ;;
   esac
 done
 
-[[ -n "$COMMAND" ]] || die "missing COMMAND (create, setup, sync, run, tail, stop or delete)."
+[[ -n "$COMMAND" ]] || die "missing COMMAND (create, setup, sync, run, evaluate, tail, stop or delete)."
 [[ -n "$NAME" ]] || die "--name is required."
 [[ -n "$ZONE" ]] || die "--zone is required."
 [[ "$REMOTE_DIR" != /* && "$REMOTE_DIR" != *..* ]] || die "--remote-dir must be relative to home."
@@ -149,10 +155,20 @@ cmd_run() {
   [[ -n "$CONFIG" ]] || die "run needs --config FILE[:PRESET]."
   [[ -n "$WORKDIR" ]] || die "run needs --workdir gs://BUCKET/PATH."
   [[ "$WORKDIR" == gs://* ]] || die "--workdir must be a gs:// URL (every worker writes checkpoints there)."
-  local main=(python -m lime_jax.main --config="$CONFIG" --workdir="$WORKDIR" "${TRAIN_FLAGS[@]}")
+  start_on_workers python -m lime_jax.main --config="$CONFIG" --workdir="$WORKDIR" "${TRAIN_FLAGS[@]}"
+}
+
+cmd_evaluate() {
+  [[ ${#TRAIN_FLAGS[@]} -gt 0 ]] \
+    || die "evaluate needs lime_jax.evaluate's flags after -- (e.g. -- --hf=gs://... --out=gs://...)."
+  start_on_workers python -m lime_jax.evaluate "${TRAIN_FLAGS[@]}"
+}
+
+# Starts the command "$@" on every worker, detached in tmux, with the distributed runtime on.
+start_on_workers() {
   local main_q="" arg
-  for arg in "${main[@]}"; do main_q+=" $(q "$arg")"; done
-  # The training process runs in the background of a tmux session; its pid is kept for `stop`.
+  for arg in "$@"; do main_q+=" $(q "$arg")"; done
+  # The process runs in the background of a tmux session; its pid is kept for `stop`.
   local job
   job="cd $(q "$REMOTE_DIR") && LIME_DISTRIBUTED=auto${main_q} > ~/$LOG_DIR/\$(hostname).log 2>&1 & \
 echo \$! > ~/$LOG_DIR/train.pid; wait"

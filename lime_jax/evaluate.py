@@ -4,6 +4,14 @@
   python -m lime_jax.evaluate --workdir=OUT_DIR --random_init --config=experiments/baseline.py[:preset]
   python -m lime_jax.evaluate --probes=entropy --compare RUN_A RUN_B [--out=DIR] [--recompute]
   python -m lime_jax.evaluate --hf=HF_FOLDER --out=DIR [--dtype=bfloat16] --probes=copying,counting,...
+  python -m lime_jax.evaluate --hf=BIG_FOLDER --out=DIR --mesh_fsdp=8 [--param_dtype=bfloat16]
+
+`--mesh_fsdp` / `--mesh_tensor` shard the parameters over that many devices by the training rules (the
+rest of the devices split the probe batches); a model larger than one device loads straight into its
+shards (lime_jax/hf/sharded.py), and the results equal the replicated run's. The parameters' memory per
+device and the mesh are printed before anything is read; a model the mesh cannot hold is refused with
+the figure and the axes to enlarge. Several processes (a TPU slice, a SLURM job: launch/) are joined by
+`jax.distributed` as in training (lime_jax/runtime/distributed.py); process 0 writes the results.
 
 `--hf` probes a Hugging Face checkpoint (config.json, *.safetensors, tokenizer.json; lime_jax/probes/
 pretrained.py) with its own tokenizer; copying / counting are then asked in natural language, with
@@ -19,13 +27,14 @@ the overlaid plots to --out (default RUN_A/eval/compare). All logic lives in lim
 
 from __future__ import annotations
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lime_jax.checkpoint import DamagedCheckpointError
 from lime_jax.model import model_config
 from lime_jax.probes import registry, runner
-from lime_jax.runtime import cli, fileio
+from lime_jax.runtime import cli, distributed, errors, fileio
 
 _DEFAULTS = registry.ProbeOptions()
 _WORKDIR = flags.DEFINE_string(
@@ -68,14 +77,12 @@ _SEP_TOKENS = flags.DEFINE_list(
   "separability: class strings (default: is,are,was,were for text, the first four digits otherwise).",
 )
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the probes' random prompts.")
-_MC_TASKS = flags.DEFINE_list(
-  "mc_tasks",
-  [],
-  "lm: multiple-choice jsonl files (TASK=PATH or PATH named "
-  "after the task: hellaswag, arc_easy, arc_challenge, piqa, winogrande, generic).",
-)
-_MC_SHOTS = flags.DEFINE_integer("mc_shots", 0, "lm: few-shot examples before each question.")
-_MC_LIMIT = flags.DEFINE_integer("mc_limit", 0, "lm: questions per file (0 = all).")
+# Retired: multiple choice moved to lm-evaluation-harness (`python -m lime_jax.harness`); kept as flags so
+# that passing one fails naming the replacement instead of as an unknown flag.
+_RETIRED = {
+  name: flags.DEFINE_string(name, None, "Retired: use python -m lime_jax.harness.")
+  for name in ("mc_tasks", "mc_shots", "mc_limit")
+}
 _SKIP_INCOMPATIBLE = flags.DEFINE_bool(
   "skip_incompatible",
   False,
@@ -83,6 +90,20 @@ _SKIP_INCOMPATIBLE = flags.DEFINE_bool(
 )
 _HF = flags.DEFINE_string("hf", None, "A Hugging Face model folder (local or gs://) to probe; needs --out.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", list(model_config.DTYPES), "--hf: activation (compute) dtype.")
+_PARAM_DTYPE = flags.DEFINE_enum(
+  "param_dtype", "float32", list(model_config.DTYPES), "--hf: parameter dtype (bfloat16 halves their memory)."
+)
+_MESH_FSDP = flags.DEFINE_integer(
+  "mesh_fsdp", 1, "Devices the parameters are split over on the fsdp axis (d_model); 1: not split."
+)
+_MESH_TENSOR = flags.DEFINE_integer(
+  "mesh_tensor", 1, "Devices the parameters are split over on the tensor axis (heads, mlp, vocab)."
+)
+_DEVICE_MEMORY_GB = flags.DEFINE_float(
+  "device_memory_gb",
+  0.0,
+  "--hf: memory of one device in GiB for the fit check (0: the device's own figure; CPUs state none).",
+)
 _TEXT_FILE = flags.DEFINE_string(
   "text_file",
   "",
@@ -118,9 +139,6 @@ def _options() -> registry.ProbeOptions:
     separability_tokens=tuple(_SEP_TOKENS.value),
     text_file=_TEXT_FILE.value,
     seed=_SEED.value,
-    mc_tasks=tuple(_MC_TASKS.value),
-    mc_shots=_MC_SHOTS.value,
-    mc_limit=_MC_LIMIT.value,
     chat_template=_CHAT_TEMPLATE.value,
   )
 
@@ -135,12 +153,22 @@ def _probe_names() -> list[str]:
 
 
 def main(argv: list[str]) -> None:
+  distributed.maybe_initialize()
   logging.set_verbosity(logging.ERROR)
+  say = print if jax.process_index() == 0 else (lambda *_: None)  # process 0 reports (and writes)
   compare_runs = list(_COMPARE.value) + (argv[1:] if _COMPARE.value else [])
   if len(argv) > 1 and not _COMPARE.value:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  retired = [f"--{name}" for name, flag in _RETIRED.items() if flag.present]
+  if retired:
+    raise app.UsageError(
+      f"{', '.join(retired)}: the lm probe's multiple-choice tasks were retired; run benchmarks on "
+      "lm-evaluation-harness: python -m lime_jax.harness --model=RUN_OR_HF_FOLDER --tasks=hellaswag,... "
+      "(a local jsonl: a task YAML with dataset_path: json and --include_path; README 'Standard benchmarks')."
+    )
   try:
     names, options = _probe_names(), _options()
+    mesh = runner.eval_mesh(_MESH_FSDP.value, _MESH_TENSOR.value)
     if compare_runs:
       if len(compare_runs) < 2:
         raise app.UsageError("--compare needs at least two run directories.")
@@ -154,12 +182,13 @@ def main(argv: list[str]) -> None:
           _STEP.value,
           skip_incompatible=_SKIP_INCOMPATIBLE.value,
           reuse=not _RECOMPUTE.value,
+          mesh=mesh,
         )
-        print(f"{run_dir}: wrote {out_dir}")
+        say(f"{run_dir}: wrote {out_dir}")
         runs[label if labels.count(label) == 1 else run_dir.rstrip("/")] = results
       out = _OUT.value or fileio.join(compare_runs[0], "eval", "compare")
       runner.compare(runs, out, names)
-      print(f"Comparison: {fileio.join(out, 'compare.md')}")
+      say(f"Comparison: {fileio.join(out, 'compare.md')}")
       return
     if _HF.value:
       if _WORKDIR.value or _RANDOM_INIT.value:
@@ -171,10 +200,20 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--hf needs --out=DIR (where results.json and the plots go).")
       from lime_jax.probes import pretrained  # pylint: disable=import-outside-toplevel
 
+      device_gb = _DEVICE_MEMORY_GB.value
       out_dir, _ = pretrained.evaluate_hf(
-        _HF.value, _OUT.value, names, options, _DTYPE.value, _SKIP_INCOMPATIBLE.value, reuse=_RESUME.value
+        _HF.value,
+        _OUT.value,
+        names,
+        options,
+        _DTYPE.value,
+        _SKIP_INCOMPATIBLE.value,
+        reuse=_RESUME.value,
+        mesh=mesh,
+        param_dtype=_PARAM_DTYPE.value,
+        device_bytes=int(device_gb * 2**30) if device_gb > 0 else None,
       )
-      print(f"Wrote {out_dir}/results.json, summary.md and the plots.")
+      say(f"Wrote {out_dir}/results.json, summary.md and the plots.")
       return
     if not _WORKDIR.value:
       raise app.UsageError("--workdir is required (or --compare RUN_A RUN_B ..., or --hf=FOLDER --out=DIR).")
@@ -188,9 +227,10 @@ def main(argv: list[str]) -> None:
       _CONFIG.value if _RANDOM_INIT.value else None,
       skip_incompatible=_SKIP_INCOMPATIBLE.value,
       reuse=_RESUME.value,
+      mesh=mesh,
     )
-    print(f"Wrote {out_dir}/results.json, summary.md and the plots.")
-  except DamagedCheckpointError as e:  # not a usage error: no usage text
+    say(f"Wrote {out_dir}/results.json, summary.md and the plots.")
+  except (DamagedCheckpointError, errors.DoesNotFitError) as e:  # not a usage error: no usage text
     raise SystemExit(f"FATAL: {e}") from None
   except (FileNotFoundError, ValueError) as e:
     raise app.UsageError(str(e)) from None

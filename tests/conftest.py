@@ -1,4 +1,6 @@
-"""Shared test fixtures: strict numerics and a tiny model config factory."""
+"""Shared test fixtures: strict numerics, a tiny model config factory, and the tiers' markers (tests under
+tests/integration/ are marked `integration`, those under tests/e2e/ `e2e` and `integration`, so that
+`pytest -m "not integration"` runs tests/unit/, the fast tier)."""
 
 from __future__ import annotations
 
@@ -10,12 +12,12 @@ import sys
 # Importable without `pip install -e .`: put the repository root first on the path.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
 
-from lime_jax.model import ModelConfig  # noqa: E402
+from lime_jax.model import ModelConfig
 
 # Implicit rank promotion hides shape bugs (a [D] times a [B, T, D] that should have been [B, T, 1]).
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -64,6 +66,19 @@ def random_params(cfg: ModelConfig, seed: int = 0, std: float = 0.1, norm_std: f
   if not cfg.tie_embeddings:
     params["unembed"] = w(D, V)
   return params
+
+
+TIERS = {"integration": ("integration",), "e2e": ("e2e", "integration")}
+
+
+def pytest_collection_modifyitems(items):
+  """Marks each test under tests/<tier>/ with TIERS[tier]."""
+  tests = pathlib.Path(__file__).resolve().parent
+  for item in items:
+    path = item.path.resolve()
+    if path.is_relative_to(tests):
+      for marker in TIERS.get(path.relative_to(tests).parts[0], ()):
+        item.add_marker(marker)
 
 
 @pytest.fixture(scope="session", autouse=True)

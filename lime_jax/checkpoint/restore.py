@@ -21,6 +21,7 @@ from lime_jax.checkpoint import integrity, structure
 from lime_jax.checkpoint import manager as manager_lib
 from lime_jax.checkpoint.errors import DamagedCheckpointError
 from lime_jax.model import ModelConfig, init_params
+from lime_jax.runtime import sharding as shard_lib
 
 
 class Restored(NamedTuple):
@@ -85,8 +86,10 @@ def restore_params(
   mesh: jax.sharding.Mesh | None = None,
   log: Callable[[str], None] = _stderr,
 ) -> Restored:
-  """The parameters of WORKDIR's checkpoint `step` (the newest intact one when None), replicated onto
-  `mesh` (default: every device), with the step, the saved config and its ModelConfig.
+  """The parameters of WORKDIR's checkpoint `step` (the newest intact one when None), on `mesh` in the
+  training rules' shardings (lime_jax/runtime/sharding.py; replicated on a mesh without fsdp / tensor
+  axes; default: replicated on every device), with the step, the saved config and its ModelConfig. Each
+  process reads only its devices' blocks.
 
   Refused with CheckpointMismatchError naming the fields or leaves when the saved config's architecture
   differs from the one the checkpoint recorded, or the parameters' shapes from its initialiser's. A
@@ -107,7 +110,12 @@ def restore_params(
       where,
       "The checkpoint and its saved config disagree: was the workdir reused with another model?",
     )
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
+    shardings = (
+      shard_lib.tree_shardings(mesh, abstract) if mesh else jax.tree.map(lambda _: sharding, abstract)
+    )
+    target = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
+    )
     params = manager_lib.restore_state(manager, s, target, partial=True)["params"]
     return meta.get("config", {}), model_cfg, params
 

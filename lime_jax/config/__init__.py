@@ -54,6 +54,26 @@ def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({"seed": run.pop("seed"), "model": model, **run})
 
 
+def from_saved(saved: dict) -> ml_collections.ConfigDict:
+  """A full config: the defaults, overridden by a saved config's values (a run's config.json or a
+  checkpoint's meta; fields unknown today are ignored, lists become tuples where the default is one)."""
+  config = default_config()
+
+  def update(node: ml_collections.ConfigDict, values: dict) -> None:
+    for key, value in values.items():
+      if key not in node:
+        continue
+      if isinstance(node[key], ml_collections.ConfigDict) and isinstance(value, dict):
+        update(node[key], value)
+      elif isinstance(node[key], tuple) and isinstance(value, list):
+        node[key] = tuple(value)
+      else:
+        node[key] = value
+
+  update(config, saved)
+  return config
+
+
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
   """{'train.learning_rate': 0.001, ...}: the leaves of a config (ConfigDict or its JSON dict)."""
   out: dict[str, Any] = {}

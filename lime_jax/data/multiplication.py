@@ -222,7 +222,9 @@ class MultiplicationTask:
   def _format(self, a: int, b: int) -> base.Example:
     return format_example(a, b, self.num_digits, self.cot, self.answer_marker)
 
-  def _draw(self, rng: np.random.Generator) -> tuple[int, int]:
+  def draw_operands(self, rng: np.random.Generator) -> tuple[int, int]:
+    """One candidate pair (a, b) of n-digit numbers for `example`, which redraws a pair on the other
+    split's side of the hash or among the official test pairs."""
     low, high = 10 ** (self.num_digits - 1), 10**self.num_digits
     a, b = rng.integers(low, high, size=2, dtype=np.int64)
     return int(a), int(b)
@@ -242,7 +244,7 @@ class MultiplicationTask:
     want_test = split == "test"
     rng = np.random.default_rng([self.seed, sid, index])
     for _ in range(_MAX_ATTEMPTS):
-      a, b = self._draw(rng)
+      a, b = self.draw_operands(rng)
       example = self._format(a, b)
       if (
         base.in_test_region(example.question, self.test_fraction) == want_test

@@ -1,8 +1,9 @@
-"""Evaluations of a model beyond the held-out loss (run by the training loop and the probes).
+"""Evaluations beyond the held-out loss: the training loop's, the probes', lm-evaluation-harness's.
 
 Modules:
   greedy_answers    held-out evaluation by greedy decoding (`config.eval.greedy`): exact match,
                     per-answer-position accuracy, matrix entropy of the Seq-VCR layer.
-  multiple_choice   multiple-choice jsonl tasks (hellaswag, arc, piqa, winogrande, generic) scored by
-                    log-likelihood as lm-evaluation-harness does.
+  scoring           batched continuation log-likelihoods of token rows (log p, greedy), length buckets.
+  lm_harness        the lm-evaluation-harness backend `lime_jax` (`LimeJaxLM`): loglikelihood, rolling
+                    log-likelihood and KV-cached greedy generate_until on any model the library loads.
 """

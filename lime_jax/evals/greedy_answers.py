@@ -33,8 +33,8 @@ def matrix_entropy(z_BTD: jax.Array, mask_BT: jax.Array) -> jax.Array:
   normalised to trace 1), the entropy is -sum_i p_i log p_i (Rényi order 1; Skean et al.'s prompt
   entropy, used by the Seq-VCR paper). 0 for rank-one Z (collapse); log(rank) for a flat spectrum.
   Masked-out rows are zeroed, which leaves the non-zero singular values of the real rows unchanged.
-  Batched and jittable; equals lime_jax/probes/entropy.py `matrix_entropy(z, alpha=1, convention='none')`
-  (numpy, one example; tested), which the offline probes use.
+  Batched and jittable; equals lime_jax/analysis/representation.py `matrix_entropy(z, alpha=1,
+  convention='none')` (numpy, one example; tested), which the offline probes use.
   """
   z_BTD = jnp.where(mask_BT[..., None] != 0, z_BTD.astype(jnp.float32), 0.0)
   s_BK = jnp.linalg.svd(z_BTD, compute_uv=False)

@@ -303,14 +303,23 @@ def hf_name(name: str, arch: str) -> str | None:
 class LazyTensor:
   """A GGUF tensor that is dequantised (and un-permuted, Gemma norms shifted) when numpy asks for it,
   so a conversion holds one fp32 tensor at a time beyond what it has built. Rows are dequantised in
-  chunks into the output, bounding the dequantiser's temporaries."""
+  chunks into the output, bounding the dequantiser's temporaries; `numpy(rows)` dequantises only a range
+  of rows (axis 0) of a 2-D tensor whose fix, if any, acts on each row alone (`row_local`: not the q / k
+  un-permutation)."""
 
   ROWS_PER_CHUNK = 4096
 
-  def __init__(self, tensor: TensorInfo, fix: Any = None):
+  def __init__(self, tensor: TensorInfo, fix: Any = None, row_local: bool = True):
     self._tensor, self.shape, self._fix = tensor, tensor.shape, fix
+    self.row_local = row_local and len(tensor.shape) == 2
 
-  def numpy(self) -> np.ndarray:
+  @property
+  def stored_bytes(self) -> int:
+    """The tensor's bytes in the file (quantised)."""
+    return int(self._tensor.data.nbytes)
+
+  def numpy(self, rows: slice | None = None) -> np.ndarray:
+    """The fp32 tensor, or (`rows`, a row-local 2-D tensor only) its rows `rows`."""
     import gguf  # pylint: disable=import-outside-toplevel
 
     t = self._tensor
@@ -321,11 +330,17 @@ class LazyTensor:
       )
     kind = gguf.GGMLQuantizationType[t.kind]
     raw = t.data.reshape(-1, t.data.shape[-1])
+    shape = self.shape
+    if rows is not None:
+      if not self.row_local:
+        raise ValueError(f"GGUF tensor {t.name!r} is read whole (its fix mixes rows), not by rows.")
+      raw = raw[rows]
+      shape = (raw.shape[0], *self.shape[1:])
     out = np.empty((raw.shape[0], t.shape[-1]), np.float32)
     for start in range(0, raw.shape[0], self.ROWS_PER_CHUNK):
-      rows = raw[start : start + self.ROWS_PER_CHUNK]
-      out[start : start + len(rows)] = gguf.quants.dequantize(rows, kind).reshape(len(rows), -1)
-    out = out.reshape(self.shape)
+      chunk = raw[start : start + self.ROWS_PER_CHUNK]
+      out[start : start + len(chunk)] = gguf.quants.dequantize(chunk, kind).reshape(len(chunk), -1)
+    out = out.reshape(shape)
     return self._fix(out) if self._fix is not None else out
 
   def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
@@ -365,14 +380,14 @@ def state_dict(ckpt: GGUFCheckpoint, hf: dict[str, Any] | None = None) -> LazySt
         f"{ckpt.path}: tensor {name!r} has type {tensor.kind}, which lime_jax does not read "
         f"({', '.join(READABLE_TYPES)}); re-quantise the file with one of those."
       )
-    fix = None
+    fix, row_local = None, True
     if arch in PERMUTED_ARCHS and name.endswith(("attn_q.weight", "attn_q.bias")):
-      fix = lambda x, n=N: unpermute_rows(x, n)
+      fix, row_local = (lambda x, n=N: unpermute_rows(x, n)), False
     elif arch in PERMUTED_ARCHS and name.endswith(("attn_k.weight", "attn_k.bias")):
-      fix = lambda x, n=R: unpermute_rows(x, n)
+      fix, row_local = (lambda x, n=R: unpermute_rows(x, n)), False
     elif arch in GEMMA_ARCHS and name.endswith("norm.weight"):
       fix = lambda x: x - np.float32(1.0)
-    items[key] = LazyTensor(tensor, fix)
+    items[key] = LazyTensor(tensor, fix, row_local)
   return LazyStateDict(items)
 
 

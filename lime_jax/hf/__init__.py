@@ -3,6 +3,8 @@
 - `model_fields(path)`: the `config.model` fields describing a local HF folder's architecture;
 - `load_pretrained(path, model_cfg=None, *, param_dtype)`: (ModelConfig, params), upcycling into any
   topology when `model_cfg` names one;
+- `plan_load(path, mesh, ...)` / `load_sharded(path, mesh, ...)`: the same, sharded over a mesh by the
+  training rules and read block by block (models larger than one device or the host; sharded.py);
 - `save_pretrained(params, cfg, out_dir)`: config.json + model.safetensors for transformers;
 - `params_to_hf_state_dict` / `hf_state_dict_to_params`: the array conversion itself.
 
@@ -16,7 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 from lime_jax.hf.families import ARCH_FIELDS, FAMILIES, family_for, fields_from_hf, hf_config_for
-from lime_jax.hf.folder import load_pretrained, model_fields, read_config, read_state_dict, save_pretrained
+from lime_jax.hf.folder import model_fields, open_source, read_config, read_state_dict, save_pretrained
+from lime_jax.hf.sharded import LoadPlan, load_pretrained, load_sharded, plan_load
 from lime_jax.hf.weights import hf_state_dict_to_params, params_to_hf_state_dict
 from lime_jax.model.model_config import ModelConfig
 
@@ -27,6 +30,10 @@ __all__ = [
   "fields_from_hf",
   "hf_config_for",
   "load_pretrained",
+  "load_sharded",
+  "LoadPlan",
+  "open_source",
+  "plan_load",
   "model_fields",
   "read_config",
   "read_state_dict",

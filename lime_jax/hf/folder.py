@@ -3,20 +3,19 @@
 A folder holds `config.json` and `model.safetensors`, or shards `model-0000i-of-0000n.safetensors` listed
 in `model.safetensors.index.json`. Tensors are read with the `safetensors` library (numpy; no torch).
 A `.gguf` file (or a folder holding one and no config.json) is read through lime_jax/gguf/reader.py,
-which gives the same config.json dict and state dict (dequantised tensor by tensor).
+which gives the same config.json dict and state dict (dequantised tensor by tensor). `open_source`
+reads either block by block (lime_jax/hf/sharded.py loads through it).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import collections
 import json
 import os
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import numpy as np
-from absl import logging
 
 from lime_jax.gguf import reader as gguf_reader
 from lime_jax.hf import families, weights
@@ -76,6 +75,91 @@ def read_state_dict(path: str) -> Mapping[str, Any]:
   return sd
 
 
+class SafetensorsSource:
+  """The tensors of a folder's safetensors file(s), each block read from the memory-mapped file on its
+  own (`safe_open(...).get_slice(key)[...]`), never a whole file. `bytes_read` counts the stored bytes
+  read; `log`, when a list, receives (key, block) of every read."""
+
+  def __init__(self, files: list[str], log: list | None = None):
+    from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+
+    self._handles = {}
+    self._where: dict[str, str] = {}
+    for file in files:
+      self._handles[file] = handle = safe_open(file, framework="np")
+      for key in handle.keys():
+        if key in self._where:
+          raise ValueError(f"tensor {key!r} appears in two safetensors files ({self._where[key]}, {file}).")
+        self._where[key] = file
+    self.bytes_read, self.log = 0, log
+
+  def keys(self) -> list[str]:
+    return list(self._where)
+
+  def shape(self, key: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in self._handles[self._where[key]].get_slice(key).get_shape())
+
+  def read(self, key: str, index: tuple[slice, ...]) -> np.ndarray:
+    x = self._handles[self._where[key]].get_slice(key)[index]
+    self.bytes_read += x.nbytes
+    if self.log is not None:
+      self.log.append((key, tuple((s.start, s.stop) for s in index)))
+    return np.asarray(x, np.float32)
+
+
+class GGUFSource:
+  """The HF state dict of a GGUF file. A block of rows of a 2-D tensor (an embedding's chunk, a
+  vocabulary shard) is dequantised alone, the last one kept for the other devices' blocks of the same
+  rows; any other read dequantises the tensor whole (in row chunks), kept among the last `cache` ones
+  until `release`, so the blocks of several devices cost one dequantisation."""
+
+  def __init__(self, ckpt: gguf_reader.GGUFCheckpoint, cache: int = 4, log: list | None = None):
+    self._lazy = gguf_reader.state_dict(ckpt)
+    self._cache: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
+    self._rows: tuple[str, tuple[int, int], np.ndarray] | None = None
+    self._size, self.bytes_read, self.log = cache, 0, log
+
+  def keys(self) -> list[str]:
+    return list(self._lazy)
+
+  def shape(self, key: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in self._lazy[key].shape)
+
+  def release(self) -> None:
+    """Drops the cached tensors (the loader calls it after each parameter leaf)."""
+    self._cache.clear()
+    self._rows = None
+
+  def read(self, key: str, index: tuple[slice, ...]) -> np.ndarray:
+    tensor = self._lazy[key]
+    rows = (index[0].start, index[0].stop)
+    if key not in self._cache and tensor.row_local and rows != (0, tensor.shape[0]):
+      if self._rows is None or self._rows[:2] != (key, rows):
+        self._rows = None  # freed before the next block is made
+        self._rows = (key, rows, tensor.numpy(index[0]))
+        self.bytes_read += int(tensor.stored_bytes * (rows[1] - rows[0]) // tensor.shape[0])
+      if self.log is not None:
+        self.log.append((key, tuple((s.start, s.stop) for s in index)))
+      return self._rows[2][(slice(None), *index[1:])]
+    if key not in self._cache:
+      self._cache[key] = tensor.numpy()
+      self.bytes_read += int(tensor.stored_bytes)
+      while len(self._cache) > self._size:
+        self._cache.popitem(last=False)
+    self._cache.move_to_end(key)
+    if self.log is not None:
+      self.log.append((key, tuple((s.start, s.stop) for s in index)))
+    return self._cache[key][index]
+
+
+def open_source(path: str, log: list | None = None) -> SafetensorsSource | GGUFSource:
+  """The tensors of an HF folder (safetensors, one file or shards) or a GGUF file, read block by block
+  (lime_jax/hf/weights.py `TensorSource`); `log`: see SafetensorsSource."""
+  if gguf_reader.gguf_file(path):
+    return GGUFSource(gguf_reader.GGUFCheckpoint.open(path), log=log)
+  return SafetensorsSource(safetensors_files(path), log=log)
+
+
 def model_fields(path: str) -> dict[str, Any]:
   """The `config.model` field values (families.ARCH_FIELDS) that describe the folder's architecture.
 
@@ -84,70 +168,6 @@ def model_fields(path: str) -> dict[str, Any]:
   fields = families.fields_from_hf(read_config(path))
   fields["global_layers"] = tuple(fields["global_layers"])
   return fields
-
-
-def load_pretrained(
-  path: str,
-  model_cfg: ModelConfig | None = None,
-  *,
-  param_dtype: str | None = None,
-  rng: jax.Array | None = None,
-) -> tuple[ModelConfig, dict]:
-  """(ModelConfig, params in lime_jax layout) of a local HF folder.
-
-  `model_cfg`, when given, keeps its non-architecture fields (topology, dtypes, attention_impl, remat,
-  LIMe / Seq-VCR settings...); its architecture fields are replaced by the checkpoint's. The topology's
-  own parameters (params['router']) and a Seq-VCR projection are freshly initialised from `rng`: with an
-  identity-preserving setting (lime.init='identity', value_residual.init_lambda=0; DenseFormer and
-  Hyper-Connections are the identity at init) the logits equal the pretrained plain model's (upcycling).
-  `param_dtype` is the dtype of the returned parameters (cfg.param_dtype); None: model_cfg's, else
-  'float32'. Tensors are read in their stored dtype and converted through fp32.
-  """
-  from lime_jax.model import regularizers, topologies, transformer  # pylint: disable=g-import-not-at-top
-
-  fields = model_fields(path)
-  if gguf_reader.gguf_file(path):
-    info = gguf_reader.describe(gguf_reader.GGUFCheckpoint.open(path))
-    logging.info(
-      "GGUF %s: architecture %s, %d parameters, tensor types %s",
-      info["file"],
-      info["architecture"],
-      info["parameters"],
-      info["tensor_types"],
-    )
-  base = model_cfg if model_cfg is not None else ModelConfig(vocab_size=fields["vocab_size"])
-  cfg = dataclasses.replace(base, **fields, param_dtype=param_dtype or base.param_dtype)
-  _warn_if_not_identity(cfg)
-  params = weights.hf_state_dict_to_params(read_state_dict(path), cfg)
-  rng = jax.random.key(0) if rng is None else rng
-  topology = topologies.get_topology(cfg.topology)
-  if topology.init_params is not None:
-    params["router"] = topology.init_params(jax.random.fold_in(rng, 0), cfg)
-  if cfg.seq_vcr.enabled and cfg.seq_vcr.proj_dim:
-    params["seq_vcr_proj"] = regularizers.init_projection(jax.random.fold_in(rng, 1), cfg)
-  want = jax.eval_shape(lambda key: transformer.init_params(cfg, key), jax.random.key(0))
-  shapes = lambda tree: jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), tree)
-  if shapes(want) != shapes(params):
-    raise ValueError(
-      f"{path!r}: the converted parameters do not match the model of this config; "
-      f"expected {shapes(want)}, got {shapes(params)}."
-    )
-  return cfg, params
-
-
-def _warn_if_not_identity(cfg: ModelConfig) -> None:
-  if cfg.topology == "lime" and cfg.lime.init != "identity":
-    logging.warning(
-      "Upcycling into LIMe with lime.init=%r: the step-0 logits differ from the pretrained "
-      "model's; use lime.init='identity' to start from them.",
-      cfg.lime.init,
-    )
-  if cfg.topology == "value_residual" and cfg.value_residual.init_lambda != 0.0:
-    logging.warning(
-      "Upcycling into value_residual with init_lambda=%s: the step-0 logits differ from "
-      "the pretrained model's; init_lambda=0 starts from them.",
-      cfg.value_residual.init_lambda,
-    )
 
 
 def save_pretrained(params: Any, cfg: ModelConfig, out_dir: str) -> None:

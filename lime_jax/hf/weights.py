@@ -21,9 +21,10 @@ Both use RoPE in the 'rotate half' layout, so q/k channels need no permutation.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -153,33 +154,13 @@ def _hf_shape(kind: str, n_in: int, shape: tuple[int, ...]) -> tuple[int, ...]:
   return (d_out, d_in) if kind == "linear" else (d_in, d_out)
 
 
-def _to_ours(x: np.ndarray, kind: str, shape: tuple[int, ...]) -> np.ndarray:
-  return (x.T if kind == "linear" else x).reshape(shape)
-
-
 def _to_theirs(x: np.ndarray, kind: str, n_in: int, shape: tuple[int, ...]) -> np.ndarray:
   hf_shape = _hf_shape(kind, n_in, shape)
   return x.reshape(hf_shape[::-1]).T if kind == "linear" else x.reshape(hf_shape)
 
 
-def _split_c_attn(sd: dict[str, Any], cfg: ModelConfig) -> dict[str, Any]:
-  """GPT-2: `attn.c_attn.{weight,bias}` (q | k | v along the output axis) -> attn.{q,k,v}.*."""
-  out = {}
-  for key, x in sd.items():
-    if ".attn.c_attn." not in key:
-      out[key] = x
-      continue
-    x = _to_numpy(x)
-    width = cfg.num_heads * cfg.head_dim
-    if x.shape[-1] != 3 * width:
-      raise ValueError(f"HF state dict {key} has shape {tuple(x.shape)}, expected last dim 3 * {width}.")
-    for i, name in enumerate("qkv"):
-      out[key.replace(".c_attn.", f".{name}.")] = x[..., i * width : (i + 1) * width]
-  return out
-
-
 def _join_c_attn(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Inverse of `_split_c_attn`."""
+  """GPT-2: attn.{q,k,v}.* -> `attn.c_attn.{weight,bias}` (q | k | v along the output axis)."""
   out = {}
   for key, x in sd.items():
     if ".attn.q." in key:
@@ -237,86 +218,277 @@ def hf_state_dict_to_params(state_dict: Mapping[str, Any], cfg: ModelConfig) -> 
 
   Raises ValueError on missing keys, unexpected keys (e.g. biases `cfg` has not) and shape mismatches,
   and when `cfg.tie_embeddings` but the state dict's `lm_head.weight` differs from the embedding.
-  Topology parameters (params['router']) are not made here (lime_jax/hf/folder.py adds them).
+  Topology parameters (params['router']) are not made here (lime_jax/hf/folder.py adds them). The same
+  per-tensor conversion (`read_leaf`) builds the sharded parameters of lime_jax/hf/sharded.py.
   """
-  sd = {k: v for k, v in state_dict.items() if not k.endswith(_IGNORED_SUFFIXES)}
-  if _is_gpt2(cfg):
-    if not any(k.startswith("transformer.") for k in sd):
-      sd = {(k if k.startswith("lm_head.") else "transformer." + k): v for k, v in sd.items()}
-    sd = _split_c_attn(sd, cfg)
-  used: set[str] = set()
+  source = aliased(MappingSource(state_dict), cfg)
+  plan = recipes(cfg)
+  check_source(source, plan, cfg)
+  params: dict[str, Any] = {}
+  for recipe in plan:
+    full = tuple(slice(0, n) for n in recipe.shape)
+    _assign(params, ".".join(recipe.path), jnp.asarray(read_leaf(source, recipe, full), dtype=cfg.pdtype))
+  return params
 
-  def take(key: str, shape: tuple[int, ...]) -> np.ndarray:
-    if key not in sd:
-      raise ValueError(f"HF state dict lacks {key!r} (expected shape {shape}).")
-    used.add(key)
-    x = _to_numpy(sd[key])
-    _expect_shape(key, x, shape)
-    return x
 
-  names = _gpt2_names(cfg) if _is_gpt2(cfg) else _llama_names(cfg)
-  pieces: dict[str, np.ndarray] = {}
-  for piece, shape in _piece_shapes(cfg).items():
-    suffix, kind, n_in = names[piece]
-    hf_shape = _hf_shape(kind, n_in, shape)
-    pieces[piece] = np.stack(
-      [
-        _to_ours(take(_layer_prefix(cfg).format(i) + suffix, hf_shape), kind, shape)
-        for i in range(cfg.num_layers)
-      ]
-    )
-  params: dict[str, Any] = {"layers": _layers_from_pieces(pieces, cfg)}
-  for path, key in _globals(cfg).items():
-    shape = (
-      (cfg.max_positions, cfg.d_model)
-      if path == "pos_embed"
-      else ((cfg.vocab_size, cfg.d_model) if path == "embed" else (cfg.d_model,))
-    )
-    _assign(params, path, take(key, shape))
-  V, D = cfg.vocab_size, cfg.d_model
-  if cfg.tie_embeddings:
-    if "lm_head.weight" in sd and not np.array_equal(take("lm_head.weight", (V, D)), params["embed"]):
+# ------------------------------------------------------------------------------ per-tensor conversion
+class TensorSource(Protocol):
+  """HF tensors by key, read a block at a time (`index`: one slice per stored axis) as fp32 numpy. A
+  source that caches may also have `release()`, which the loader calls after each parameter leaf."""
+
+  def keys(self) -> Iterable[str]: ...
+
+  def shape(self, key: str) -> tuple[int, ...]: ...
+
+  def read(self, key: str, index: tuple[slice, ...]) -> np.ndarray: ...
+
+
+class MappingSource:
+  """An in-memory state dict (torch tensors, numpy arrays or GGUF `LazyTensor`s) as a TensorSource."""
+
+  def __init__(self, state_dict: Mapping[str, Any]):
+    self._sd = state_dict
+
+  def keys(self) -> Iterable[str]:
+    return self._sd.keys()
+
+  def shape(self, key: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in self._sd[key].shape)
+
+  def read(self, key: str, index: tuple[slice, ...]) -> np.ndarray:
+    return _to_numpy(self._sd[key])[index]
+
+
+class AliasedSource:
+  """A source under the key names of our layout: `aliases` maps a name to (stored key, offset along the
+  stored tensor's last axis, width) -- GPT-2's `attn.c_attn` read as `attn.{q,k,v}`, keys without the
+  `transformer.` prefix. Every other key passes through."""
+
+  def __init__(self, source: TensorSource, aliases: dict[str, tuple[str, int, int | None]]):
+    self.source, self._aliases = source, aliases
+    hidden = {stored for stored, _, _ in aliases.values()}
+    self._keys = [k for k in source.keys() if k not in hidden] + list(aliases)
+
+  def keys(self) -> Iterable[str]:
+    return self._keys
+
+  def shape(self, key: str) -> tuple[int, ...]:
+    if key not in self._aliases:
+      return self.source.shape(key)
+    stored, _, width = self._aliases[key]
+    shape = self.source.shape(stored)
+    return shape if width is None else (*shape[:-1], width)
+
+  def release(self) -> None:
+    release = getattr(self.source, "release", None)
+    if release is not None:
+      release()
+
+  def read(self, key: str, index: tuple[slice, ...]) -> np.ndarray:
+    if key not in self._aliases:
+      return self.source.read(key, index)
+    stored, offset, _ = self._aliases[key]
+    last = index[-1]
+    return self.source.read(stored, (*index[:-1], slice(last.start + offset, last.stop + offset)))
+
+
+def aliased(source: TensorSource, cfg: ModelConfig) -> TensorSource:
+  """`source` under our layout's key names (GPT-2: `transformer.` prefixes, q / k / v of c_attn)."""
+  if not _is_gpt2(cfg):
+    return source
+  keys = list(source.keys())
+  aliases: dict[str, tuple[str, int, int | None]] = {}
+  if not any(k.startswith("transformer.") for k in keys):
+    aliases = {"transformer." + k: (k, 0, None) for k in keys if not k.startswith("lm_head.")}
+  width = cfg.num_heads * cfg.head_dim
+  for name in [n for n in (list(aliases) or keys) if ".attn.c_attn." in n]:
+    stored = aliases.pop(name, (name, 0, None))[0]
+    last = source.shape(stored)[-1]
+    if last != 3 * width:
       raise ValueError(
-        "cfg.tie_embeddings=True but the HF lm_head.weight differs from the embedding; "
-        "convert with tie_embeddings=False (config.json tie_word_embeddings=false)."
+        f"HF state dict {stored} has shape {source.shape(stored)}, expected last dim 3 * {width}."
       )
-  else:
-    params["unembed"] = take("lm_head.weight", (V, D)).T
-  unexpected = sorted(set(sd) - used)
+    for i, qkv in enumerate("qkv"):
+      aliases[name.replace(".c_attn.", f".{qkv}.")] = (stored, i * width, width)
+  return AliasedSource(source, aliases)
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+  """One HF tensor of a parameter leaf: its key (`{}`: the layer index), how it is stored (`kind`
+  'linear' [out, in] / 'conv1d' [in, out] / 'vector', the first `n_in` of our dims being `in`), its
+  shape in our orientation (per layer) and its offset along the leaf's last axis (wkv = [wk | wv])."""
+
+  key: str
+  kind: str
+  n_in: int
+  shape: tuple[int, ...]
+  offset: int = 0
+
+  @property
+  def hf_shape(self) -> tuple[int, ...]:
+    return _hf_shape(self.kind, self.n_in, self.shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """How one parameter leaf (at `path`, of `shape`; [L, ...] when `stacked`) is made from HF tensors;
+  `tied`: the HF key that must equal this leaf when the embeddings are tied (read slice by slice)."""
+
+  path: tuple[str, ...]
+  shape: tuple[int, ...]
+  parts: tuple[Part, ...]
+  stacked: bool
+  tied: Part | None = None
+
+
+def recipes(cfg: ModelConfig) -> list[Recipe]:
+  """The recipe of every backbone leaf of `cfg` (the layout `init_params` makes for 'plain')."""
+  L, H = cfg.num_layers, cfg.head_dim
+  names = _gpt2_names(cfg) if _is_gpt2(cfg) else _llama_names(cfg)
+  pieces = _piece_shapes(cfg)
+  prefix = _layer_prefix(cfg)
+
+  def part(piece: str, offset: int = 0) -> Part:
+    suffix, kind, n_in = names[piece]
+    return Part(prefix + suffix, kind, n_in, pieces[piece], offset)
+
+  out = []
+  joined = {"wkv": ("wk", "wv"), "bkv": ("bk", "bv")}
+  for piece, shape in pieces.items():
+    if piece in ("wk", "wv", "bk", "bv"):
+      continue
+    out.append(Recipe(("layers", *piece.split(".")), (L, *shape), (part(piece),), True))
+  for leaf, (k, v) in joined.items():
+    if k in pieces:
+      shape = (*pieces[k][:-1], 2 * H)
+      out.append(Recipe(("layers", leaf), (L, *shape), (part(k), part(v, H)), True))
+  V, D = cfg.vocab_size, cfg.d_model
+  shapes = {"embed": (V, D), "pos_embed": (cfg.max_positions, D)}
+  for path, key in _globals(cfg).items():
+    shape = shapes.get(path, (D,))
+    kind = "vector" if len(shape) == 1 else "conv1d"
+    tied = Part("lm_head.weight", "conv1d", 1, shape) if path == "embed" and cfg.tie_embeddings else None
+    out.append(
+      Recipe(
+        tuple(path.split(".")), shape, (Part(key, kind, 1 if kind == "conv1d" else 0, shape),), False, tied
+      )
+    )
+  if not cfg.tie_embeddings:
+    out.append(Recipe(("unembed",), (D, V), (Part("lm_head.weight", "linear", 1, (D, V)),), False))
+  return out
+
+
+def expected_keys(plan: list[Recipe], cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+  """HF key -> the shape it must have, for every tensor the recipes read (the tied lm_head excluded)."""
+  keys = {}
+  for recipe in plan:
+    for p in recipe.parts:
+      layers = range(cfg.num_layers) if recipe.stacked else (None,)
+      for layer in layers:
+        keys[p.key.format(layer)] = p.hf_shape
+  return keys
+
+
+def check_source(source: TensorSource, plan: list[Recipe], cfg: ModelConfig) -> None:
+  """Raises ValueError, before any tensor is read, for a key the recipes need and `source` lacks, a
+  shape that differs, or a tensor of `source` lime_jax does not model with this config."""
+  have = {k for k in source.keys() if not k.endswith(_IGNORED_SUFFIXES)}
+  want = expected_keys(plan, cfg)
+  for key, shape in want.items():
+    if key not in have:
+      raise ValueError(f"HF state dict lacks {key!r} (expected shape {shape}).")
+    if tuple(source.shape(key)) != tuple(shape):
+      raise ValueError(
+        f"{key} has shape {tuple(source.shape(key))}, expected {tuple(shape)} for this ModelConfig."
+      )
+  optional = {"lm_head.weight"} if cfg.tie_embeddings else set()
+  for key in optional & have:
+    V, D = cfg.vocab_size, cfg.d_model
+    if tuple(source.shape(key)) != (V, D):
+      raise ValueError(f"{key} has shape {tuple(source.shape(key))}, expected {(V, D)} for this ModelConfig.")
+  unexpected = sorted(have - set(want) - optional)
   if unexpected:
     raise ValueError(
       f"HF state dict has weights lime_jax does not model with this config: {unexpected[:8]}"
       f"{' ...' if len(unexpected) > 8 else ''}"
     )
-  return _to_device_leafwise(params, cfg.pdtype)
 
 
-def _to_device_leafwise(tree: dict, dtype: Any) -> dict:
-  """The numpy tree as jax arrays of `dtype`, converted one leaf at a time, each numpy leaf dropped
-  once converted: the host holds the numpy tree plus one leaf, not two whole copies of the model."""
-  for key in list(tree):
-    if isinstance(tree[key], dict):
-      tree[key] = _to_device_leafwise(tree[key], dtype)
-    else:
-      leaf = tree.pop(key)
-      tree[key] = jnp.asarray(leaf, dtype=dtype)
-      del leaf
-  return tree
+def read_leaf(source: TensorSource, recipe: Recipe, index: tuple[slice, ...]) -> np.ndarray:
+  """The block `index` (one slice per dim of `recipe.shape`) of the leaf, fp32, reading from each HF
+  tensor only the rows / columns that block needs (every layer of a stacked leaf's slice)."""
+  index = _normalise(index, recipe.shape)
+  if not recipe.stacked:
+    return read_layer(source, recipe, None, index)
+  return np.stack([read_layer(source, recipe, l, index[1:]) for l in range(index[0].start, index[0].stop)])
 
 
-def _layers_from_pieces(pieces: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, Any]:
-  """Stacked pieces -> the Block's stacked parameters (k and v joined per kv head)."""
-  layers: dict[str, Any] = {
-    "wq": pieces["wq"],
-    "wo": pieces["wo"],
-    "wkv": np.concatenate([pieces["wk"], pieces["wv"]], axis=-1),
-  }
-  if cfg.qkv_bias:
-    layers.update(bq=pieces["bq"], bkv=np.concatenate([pieces["bk"], pieces["bv"]], axis=-1))
-  for piece, x in pieces.items():
-    if piece not in ("wq", "wk", "wv", "wo", "bq", "bk", "bv"):
-      _assign(layers, piece, x)
-  return layers
+def read_layer(
+  source: TensorSource, recipe: Recipe, layer: int | None, index: tuple[slice, ...]
+) -> np.ndarray:
+  """Layer `layer`'s block `index` (per-layer dims) of a stacked leaf (None: an unstacked leaf)."""
+  index = _normalise(index, recipe.shape[1:] if recipe.stacked else recipe.shape)
+  blocks = []
+  last = index[-1]
+  for p in recipe.parts:
+    lo, hi = max(last.start, p.offset), min(last.stop, p.offset + p.shape[-1])
+    if lo < hi:
+      local = (*index[:-1], slice(lo - p.offset, hi - p.offset))
+      blocks.append(_read_part(source, p, p.key.format(layer), local))
+  x = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=-1)
+  if recipe.tied is not None:
+    t = recipe.tied
+    if t.key in source.keys() and not np.array_equal(_read_part(source, t, t.key, index), x):
+      raise ValueError(
+        "cfg.tie_embeddings=True but the HF lm_head.weight differs from the embedding; "
+        "convert with tie_embeddings=False (config.json tie_word_embeddings=false)."
+      )
+  return x
+
+
+def _normalise(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
+  if len(index) != len(shape):
+    index = (*index, *(slice(None),) * (len(shape) - len(index)))
+  out = []
+  for s, n in zip(index, shape):
+    start, stop, step = s.indices(n)
+    if step != 1:
+      raise ValueError(f"strided index {s} is not read.")
+    out.append(slice(start, max(start, stop)))
+  return tuple(out)
+
+
+def _flat_indices(index: tuple[slice, ...], dims: tuple[int, ...]) -> np.ndarray:
+  """The C-order flat indices of the block `index` of an array of shape `dims` (sorted)."""
+  flat = np.zeros((), np.int64)
+  stride = 1
+  for s, n in zip(reversed(index), reversed(dims)):
+    flat = np.add.outer(np.arange(s.start, s.stop) * stride, flat)
+    stride *= n
+  return flat.reshape(-1)
+
+
+def _read_part(source: TensorSource, p: Part, key: str, index: tuple[slice, ...]) -> np.ndarray:
+  """Our block `index` of one HF tensor: the stored block spanning it, then the rows / columns it needs,
+  transposed (linear) and reshaped into our dims."""
+  out_shape = tuple(s.stop - s.start for s in index)
+  if not all(out_shape):
+    return np.zeros(out_shape, np.float32)
+  n_in = len(p.shape) if p.kind == "vector" else p.n_in
+  a = _flat_indices(index[:n_in], p.shape[:n_in])
+  b = _flat_indices(index[n_in:], p.shape[n_in:])
+  ra, rb = slice(int(a[0]), int(a[-1]) + 1), slice(int(b[0]), int(b[-1]) + 1)
+  stored = (ra,) if p.kind == "vector" else ((rb, ra) if p.kind == "linear" else (ra, rb))
+  x = np.asarray(source.read(key, stored), np.float32)
+  if p.kind == "linear":
+    x = x.T  # [in, out]
+  # Rows / columns inside the stored block that the index skips (a sliced inner dim): pick them.
+  picks = [a - ra.start] if p.kind == "vector" else [a - ra.start, b - rb.start]
+  for axis, pick in enumerate(picks):
+    if pick.size != x.shape[axis]:
+      x = np.take(x, pick, axis=axis)
+  return x.reshape(out_shape)
 
 
 def _pieces_from_layers(layers: Mapping[str, Any], cfg: ModelConfig) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lime_jax.model import attention
+from lime_jax.model import attention, taps
 from lime_jax.model.layers import Mlp, apply_rope, make_norm, normal_init, rms_norm
 from lime_jax.model.model_config import ModelConfig
 from lime_jax.model.tables import LayerTables
@@ -143,7 +143,13 @@ class Block(nn.Module):
         "lime_jax.model.tables.layer_tables(cfg, positions_BT)."
       )
     positions_BT = tables.positions_BT
-    state, (h_BTD, ctx) = h_BTD, residual.read("attn", h_BTD)
+    plain = residual is PLAIN_RESIDUAL
+    if not plain and taps.edited("hidden"):
+      raise ValueError("Edits of 'hidden' need the plain residual stream; edit 'resid_pre' instead.")
+    state = taps.point("resid_pre", h_BTD, layer) if plain else h_BTD
+    h_BTD, ctx = residual.read("attn", state)
+    resid_pre_BTD = h_BTD if plain else taps.point("resid_pre", h_BTD, layer)
+    h_BTD = resid_pre_BTD
     D, N, R, H = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     init, zeros, ones = normal_init(cfg.init_std), nn.initializers.zeros, nn.initializers.ones
     wq_DNH = self.param("wq", init, (D, N, H), cfg.pdtype)
@@ -161,8 +167,9 @@ class Block(nn.Module):
       q_BTNH = rms_norm(q_BTNH, q_norm_H, cfg.rms_eps, cfg.norm_offset)
       kv_params["k_norm"] = self.param("k_norm", norm_init, (H,), cfg.pdtype)
     kv_x = x_BTD if kv_input is None else kv_input(x_BTD).astype(cfg.dtype)
-    raw_kv_BTRC = project_kv(cfg, kv_x, kv_params)
+    raw_kv_BTRC = taps.point("raw_kv", project_kv(cfg, kv_x, kv_params), layer)
     kv_BTRC = raw_kv_BTRC if kv_mixer is None else kv_mixer(raw_kv_BTRC).astype(cfg.dtype)
+    kv_BTRC = taps.point("mixed_kv", kv_BTRC, layer)
     q_BTNH = sharding.constrain(q_BTNH, ("batch", "length", "heads", "kv"))  # no-ops outside a mesh
     kv_BTRC = sharding.constrain(kv_BTRC, ("batch", "length", "kv_heads", "kv"))
     k_BTRH, v_BTRH = kv_BTRC[..., :H], kv_BTRC[..., H:]
@@ -171,10 +178,14 @@ class Block(nn.Module):
       cos_BT1H, sin_BT1H = layer_rope(cfg, tables, layer)
       q_BTNH = apply_rope(q_BTNH, cos_BT1H, sin_BT1H)
       k_BTRH = apply_rope(k_BTRH, cos_BT1H, sin_BT1H)
+    q_BTNH = taps.point("q", q_BTNH, layer)
+    k_BTRH = taps.point("k", k_BTRH, layer)
+    v_BTRH = taps.point("value", v_BTRH, layer)
 
     window = layer_window(cfg, layer)
     new_cache, mask_B1TS = None, None
     if cache is not None:
+      # k / value collected from here on are what attention reads: with a cache, every slot [B, S, ...].
       k_BTRH, v_BTRH, new_cache, mask_B1TS = _update_cache(cache, k_BTRH, v_BTRH, positions_BT, window)
     elif tables.mask_B1TT is not None:  # packed documents, or per-layer windows (added here)
       mask_B1TS = tables.mask_B1TT
@@ -201,15 +212,36 @@ class Block(nn.Module):
       attn_out_BTD = attn_out_BTD + self.param("bo", zeros, (D,), cfg.pdtype).astype(cfg.dtype)[None, None]
     if cfg.post_norms:
       attn_out_BTD = make_norm(cfg, "attn_post_norm")(attn_out_BTD)
+    attn_out_BTD = taps.point("attn_out", attn_out_BTD, layer)
     state = residual.write("attn", state, ctx, attn_out_BTD)
 
+    if plain:
+      state = taps.point("resid_mid", state, layer)
     h_BTD, ctx = residual.read("mlp", state)
-    y_BTD = make_norm(cfg, "mlp_norm")(h_BTD)
+    resid_mid_BTD = h_BTD if plain else taps.point("resid_mid", h_BTD, layer)
+    y_BTD = make_norm(cfg, "mlp_norm")(resid_mid_BTD)
     mlp_out_BTD = Mlp(cfg, name="mlp")(y_BTD)
     if cfg.post_norms:
       mlp_out_BTD = make_norm(cfg, "mlp_post_norm")(mlp_out_BTD)
+    mlp_out_BTD = taps.point("mlp_out", mlp_out_BTD, layer)
     state = residual.write("mlp", state, ctx, mlp_out_BTD)
-    extras = {"raw_kv": raw_kv_BTRC, "value": v_BTRH, "cache": new_cache, "attn_probs": probs_BNTS}
+    if plain:
+      state = taps.point("hidden", state, layer)
+    # Everything a caller may collect (lime_jax/model/taps.py POINTS; the stacks pick what is asked,
+    # the rest is dead code to XLA), and the decoding cache.
+    extras = {
+      "resid_pre": resid_pre_BTD,
+      "q": q_BTNH,
+      "raw_kv": raw_kv_BTRC,
+      "mixed_kv": kv_BTRC,
+      "k": k_BTRH,
+      "value": v_BTRH,
+      "attn_probs": probs_BNTS,
+      "attn_out": attn_out_BTD,
+      "resid_mid": resid_mid_BTD,
+      "mlp_out": mlp_out_BTD,
+      "cache": new_cache,
+    }
     return state, extras
 
 

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lime_jax.model import taps
 from lime_jax.model.block import Block
 from lime_jax.model.lime_stack import LayerFns, LayerOut, buffer_scan, lime_stack
 from lime_jax.model.model_config import ModelConfig
@@ -98,7 +99,7 @@ def _post(cfg: ModelConfig, *, params_l, router_l, coef, prev, h, tables, l, cac
   del entry
   coef_1M, prev_1BTD, h_BT2D = coef, prev, h
   y_BTD, x_BTD = h_BT2D[:, :, 0], h_BT2D[:, :, 1]
-  x_next_BTD, extras = Block(cfg).apply({"params": params_l}, y_BTD, tables, cache=cache_l)
+  x_next_BTD, extras = Block(cfg).apply({"params": params_l}, y_BTD, tables, cache=cache_l, layer=l)
   own = jax.lax.dynamic_index_in_dim(coef_1M[0], l, keepdims=False).astype(jnp.float32)
   y_next_BTD = (
     prev_1BTD[0]
@@ -182,7 +183,7 @@ def run_denseformer_stack(
   fns = DWA.layer_fns(cfg)
   router = DWA.stacked(topo_params, cfg, fns.num_slots)
   h_BT2D = DWA.initial_state(h_BTD)  # Y_0 = X_0 = the embeddings
-  if impl == "scan" or cache is not None or collect:
+  if impl == "scan" or cache is not None or collect or taps.active():
     return _scan_stack(fns, layers, router, h_BT2D, tables, cache, tuple(collect))
   if impl != "vjp":
     raise ValueError(f"impl={impl!r} is unknown; use 'vjp' or 'scan'.")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from lime_jax.model import taps
 from lime_jax.model.block import Block, Residual
 from lime_jax.model.model_config import ModelConfig
 from lime_jax.model.stack import StackOutput, Topology, pick_collected, remat
@@ -127,15 +128,16 @@ def run_hc_stack(
   block = Block(cfg)
 
   def body(carry, xs):
-    params_l, hc_l, cache_l = xs
+    params_l, hc_l, cache_l, l = xs
     H_BTED, extras = block.apply(
-      {"params": params_l}, carry["h"], tables, cache=cache_l, residual=hc_residual(cfg, hc_l)
+      {"params": params_l}, carry["h"], tables, cache=cache_l, residual=hc_residual(cfg, hc_l), layer=l
     )
     collected = pick_collected(extras, merge_streams(H_BTED), collect) if collect else {}
     return {"h": H_BTED, "aux": carry["aux"]}, {"collected": collected, "cache": extras["cache"]}
 
   H_BTED = jnp.broadcast_to(h_BTD[:, :, None, :], (*h_BTD.shape[:2], E, h_BTD.shape[2]))
-  xs = (layers, topo_params, cache)
+  # The layer index only where edits need it (lime_jax/model/taps.py): the training program stays as it was.
+  xs = (layers, topo_params, cache, jnp.arange(cfg.num_layers) if taps.active() else None)
   carry, ys = jax.lax.scan(remat(body, cfg.remat_policy), {"h": H_BTED, "aux": {}}, xs)
   return StackOutput(merge_streams(carry["h"]), carry["aux"], ys["collected"], ys["cache"])
 

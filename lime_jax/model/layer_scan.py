@@ -27,7 +27,7 @@ inputs and outputs (it only selects, so it can run on the jaxpr's variables).
 The sort walks the jaxpr through `jax.extend.core` (`JAXPR_API`), whose internals JAX may change
 between versions. A change that breaks the walk raises `JaxprWalkError` naming what changed, rather
 than mis-sorting a leaf (an invariant leaf that does depend on the layer would silently give every
-layer layer 0's value); tests/test_layer_scan.py pins what the walk relies on.
+layer layer 0's value); tests/unit/test_layer_scan.py pins what the walk relies on.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def _walk_error(what: str) -> JaxprWalkError:
   return JaxprWalkError(
     f"lime_jax/model/layer_scan.py sorts a layer's pullback by walking its jaxpr through jax.extend.core "
     f"({', '.join(JAXPR_API)}), and JAX {jax.__version__} changed it: {what}. Update trace_step and "
-    "_varying_vars (tests/test_layer_scan.py pins the behaviour they rely on)."
+    "varying_vars (tests/unit/test_layer_scan.py pins the behaviour they rely on)."
   )
 
 
@@ -135,7 +135,7 @@ def trace_step(step: Callable, known: Callable, shared: Any, *args: Any) -> Trac
 
   per_layer = [False] * len(jax.tree.leaves(shared_vars)) + [True] * len(jax.tree.leaves(args_vars))
   try:
-    varying = _varying_vars(jaxpr, per_layer)
+    varying = varying_vars(jaxpr, per_layer)
   except (AttributeError, TypeError) as err:
     raise _walk_error(f"walking the equations failed with {err!r}") from err
   sources, invariant_at, num_saved = [], [], 0
@@ -171,7 +171,7 @@ def _check_vars(atoms: list, what: str) -> None:
       )
 
 
-def _varying_vars(jaxpr: jex_core.Jaxpr, varying_in: list[bool]) -> set:
+def varying_vars(jaxpr: jex_core.Jaxpr, varying_in: list[bool]) -> set:
   """The variables of `jaxpr` that depend on an input marked in `varying_in` (constants do not).
 
   The one walk of jaxpr internals. The layer-invariant tables come in as shared inputs, so the pullback
@@ -191,7 +191,7 @@ def _varying_vars(jaxpr: jex_core.Jaxpr, varying_in: list[bool]) -> set:
     subs = list(jex_core.jaxprs_in_params(eqn.params))
     sub = subs[0] if len(subs) == 1 and eqn.primitive.name != "scan" else None
     if sub is not None and len(sub.invars) == len(eqn.invars) and len(sub.outvars) == len(eqn.outvars):
-      sub_varying = _varying_vars(sub, eqn_in)
+      sub_varying = varying_vars(sub, eqn_in)
       eqn_out = [isinstance(v, jex_core.Var) and v in sub_varying for v in sub.outvars]
     else:
       eqn_out = [True] * len(eqn.outvars)

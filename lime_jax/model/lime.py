@@ -18,7 +18,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from lime_jax.model import flops
+from lime_jax.model import flops, taps
 from lime_jax.model.lime_stack import LayerFns, buffer_scan, lime_stack
 from lime_jax.model.model_config import ModelConfig
 from lime_jax.model.routers import get_router
@@ -74,7 +74,7 @@ def run_lime_stack(
   fns = stages.layer_fns(cfg)
   router = stages.stacked(topo_params, cfg, fns.num_slots)
   h_BTD = stages.initial_state(h_BTD)
-  if impl == "scan" or cache is not None or collect:
+  if impl == "scan" or cache is not None or collect or taps.active():
     return _scan_stack(fns, layers, router, h_BTD, tables, cache, tuple(collect))
   if impl != "vjp":
     raise ValueError(f"impl={impl!r} is unknown; use 'vjp' or 'scan'.")

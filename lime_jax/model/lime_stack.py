@@ -71,7 +71,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
-from lime_jax.model import lime_mix
+from lime_jax.model import lime_mix, taps
 from lime_jax.model.layer_scan import PullbackLayout, TracedStep, scan_layers, trace_step
 from lime_jax.model.lime_mix import MixFn
 from lime_jax.model.stack import remat
@@ -141,7 +141,7 @@ class StaticCoefFn(Protocol):
   l's prev weighs row e of slot m by coef_LRME[l, r, m, e]; it must be the linear map that `mix`
   computes (`MixFn`) and `pre`'s coef reshaped: the forward pass mixes with `mix`, the backward pass
   pulls with these weights, so a disagreement leaves the loss right and the gradients wrong
-  (tests/test_lime.py checks every registered router)."""
+  (tests/integration/test_lime_exactness.py checks every registered router)."""
 
   def __call__(self, *, router: Any) -> jax.Array: ...
 
@@ -220,7 +220,7 @@ class StackStages(Protocol):
 
 # ------------------------------------------------------------------------------- one traced layer
 class LayerStep(NamedTuple):
-  """One forward layer's outputs (`_layer_step`): the next residual stream, the buffer with slot l
+  """One forward layer's outputs (`layer_step`): the next residual stream, the buffer with slot l
   written, the layer's coef, prev and entry, and the pullback of its `post`."""
 
   h_next: jax.Array
@@ -247,12 +247,12 @@ class Known(NamedTuple):
 
 
 def _known_of(shared: Any, args: tuple, out: LayerStep) -> Known:
-  """The known values of one `_layer_step` call (args: h_BTD, buf, params_l, router_l, l)."""
+  """The known values of one `layer_step` call (args: h_BTD, buf, params_l, router_l, l)."""
   h_BTD, _, params_l, router_l, l = args
   return Known(params_l, router_l, out.coef, out.prev, h_BTD, out.entry, l, shared)
 
 
-def _layer_step(fns: LayerFns) -> Callable:
+def layer_step(fns: LayerFns) -> Callable:
   """One forward layer with its pullback: step(tables, h_BTD, buf, params_l, router_l, l) ->
   `LayerStep`. The pullback holds exactly what the remat policy saves."""
 
@@ -287,12 +287,12 @@ def _layer_step(fns: LayerFns) -> Callable:
   return step
 
 
-def _traced_layer(
+def traced_layer(
   fns: LayerFns, layers: Any, router: Any, h_BTD: jax.Array, buf: jax.Array, tables: LayerTables
 ) -> TracedStep:
-  """`_layer_step` traced once on layer 0's inputs, its pullback's leaves sorted (layer_scan)."""
+  """`layer_step` traced once on layer 0's inputs, its pullback's leaves sorted (layer_scan)."""
   example = (h_BTD, buf, *jax.tree.map(lambda x: x[0], (layers, router)), jnp.zeros((), jnp.int32))
-  return trace_step(_layer_step(fns), _known_of, tables, *example)
+  return trace_step(layer_step(fns), _known_of, tables, *example)
 
 
 # ------------------------------------------------------------------------- grouped schedule glue
@@ -394,7 +394,7 @@ def _scan_forward(
     )
     return carry.h, None
 
-  traced = _traced_layer(fns, layers, router, h_BTD, buf, tables)
+  traced = traced_layer(fns, layers, router, h_BTD, buf, tables)
   layout = traced.layout
   used = layout.known_used()
   keeps_far = G > 1 and used.prev and fns.keep_far  # the first group's far parts are zero
@@ -437,7 +437,7 @@ def buffer_scan(
 
   def body(carry: ScanCarry, xs_l):
     params_l, router_l, l, cache_l = xs_l
-    coef = fns.pre(router_l=router_l, h=carry.h, l=l)
+    coef = taps.point("router", fns.pre(router_l=router_l, h=carry.h, l=l), l)
     prev = fns.mix(coef_block=coef, buf_block=carry.buf, start=0, l=l)
     out = fns.post(
       params_l=params_l,

@@ -18,12 +18,14 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 
+from lime_jax.model import taps
 from lime_jax.model.block import Block
 from lime_jax.model.model_config import ModelConfig
 from lime_jax.model.tables import LayerTables
 
-# Per-layer outputs a caller can ask the stack to return, stacked over layers.
-COLLECTABLE = ("hidden", "value", "attn_probs")
+# Per-layer outputs a caller can ask the stack to return, stacked over layers (lime_jax/model/taps.py;
+# LIMe adds 'router').
+COLLECTABLE = tuple(name for name in taps.POINTS if name != "router")
 
 
 @jax.tree_util.register_dataclass
@@ -114,8 +116,8 @@ class Topology:
   # The LIMe router object (lime_jax/model/routers/); None: the topology has none.
   lime_router: RouterOfFn | None = None
   # The stages of a topology run by lime_stack.lime_stack (custom VJP over a write-once buffer); None:
-  # it runs otherwise. tests/test_lime.py checks every such topology (and every LIMe router) for
-  # exactness from these alone.
+  # it runs otherwise. tests/integration/test_lime_exactness.py checks every such topology (and every LIMe
+  # router) for exactness from these alone.
   stages: StagesOfFn | None = None
 
 

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lime_jax.model import regularizers
+from lime_jax.model import regularizers, taps
 from lime_jax.model.block import Block
 from lime_jax.model.layers import make_norm, normal_init
 from lime_jax.model.model_config import ModelConfig
@@ -22,7 +22,8 @@ def init_layer_params(rng: jax.Array, cfg: ModelConfig) -> dict:
   dummy_tables = layer_tables(cfg, jnp.zeros((1, 1), jnp.int32))
   layer = jnp.zeros((), jnp.int32)  # the shapes do not depend on it
   init_one = lambda key: Block(cfg).init(key, dummy_h_BTD, dummy_tables, layer=layer)["params"]
-  return jax.vmap(init_one)(jax.random.split(rng, cfg.num_layers))
+  with taps.editing(()):  # Flax also traces this under apply (to check the shapes): edits are not for it
+    return jax.vmap(init_one)(jax.random.split(rng, cfg.num_layers))
 
 
 class Transformer(nn.Module):
@@ -57,7 +58,11 @@ class Transformer(nn.Module):
 
     `layer_params` (topology 'plain'): params['layers'] split per layer (`stack.split_layers`), used in
     their place, with `cache` split likewise (`stack.split_cache`) or None; the stack then runs
-    unrolled (`stack.run_plain_stack`: a decoding step without copies of the weights)."""
+    unrolled (`stack.run_plain_stack`: a decoding step without copies of the weights).
+
+    `collect`: activations to return in `out.collected` (lime_jax/model/taps.py): per-layer ones
+    (`taps.POINTS`) stacked [L, ...], 'embed' and 'final_norm' (`taps.FINAL_POINTS`) as they are
+    (final_norm: of the `logits_at_BK` positions when given)."""
     cfg = self.cfg
     embed_VD = self.param("embed", normal_init(cfg.init_std), (cfg.vocab_size, cfg.d_model), cfg.pdtype)
     layers = self.param("layers", init_layer_params, cfg)
@@ -82,7 +87,9 @@ class Transformer(nn.Module):
         "pos_embed", normal_init(cfg.init_std), (cfg.max_positions, cfg.d_model), cfg.pdtype
       )
       h_BTD = h_BTD + jnp.take(pos_PD, positions_BT, axis=0).astype(cfg.dtype)
-    h_BTD = sharding.constrain(h_BTD, ("batch", "length", "embed"))  # no-op outside a mesh
+    h_BTD = taps.point(
+      "embed", sharding.constrain(h_BTD, ("batch", "length", "embed"))
+    )  # no-op outside a mesh
     hook = None
     if cfg.seq_vcr.enabled:
       proj_KDP = None
@@ -91,11 +98,17 @@ class Transformer(nn.Module):
       if regularize and cache is None:
         hook = regularizers.make_hook(cfg, proj_KDP, tokens_BT, answer_mask_BT)
     tables = layer_tables(cfg, positions_BT, decoding=cache is not None)  # once, for every layer
-    out = regularizers.run_stack(topology, hook, cfg, layers, topo_params, h_BTD, tables, cache, collect)
+    final = {"embed": h_BTD}
+    in_stack = tuple(name for name in collect if name not in taps.FINAL_POINTS)
+    out = regularizers.run_stack(topology, hook, cfg, layers, topo_params, h_BTD, tables, cache, in_stack)
     h_BTD = out.h_BTD
     if logits_at_BK is not None:
       h_BTD = jnp.take_along_axis(h_BTD, logits_at_BK[:, :, None], axis=1)  # [B, K, D]
-    h_BTD = make_norm(cfg, "final_norm")(h_BTD).astype(jnp.float32)
+    h_BTD = taps.point("final_norm", make_norm(cfg, "final_norm")(h_BTD)).astype(jnp.float32)
+    final["final_norm"] = h_BTD
+    for name in collect:
+      if name in taps.FINAL_POINTS:
+        out.collected[name] = final[name]
     if cfg.tie_embeddings:
       logits_BTV = jnp.einsum("btd,vd->btv", h_BTD, embed_VD.astype(jnp.float32))
     else:
@@ -110,3 +123,16 @@ def init_params(cfg: ModelConfig, rng: jax.Array) -> dict:
   """Model parameters (fp32 by default) for `cfg`, without running a forward pass on real data."""
   tokens_BT = jnp.zeros((1, 1), jnp.int32)
   return Transformer(cfg).init(rng, tokens_BT)["params"]
+
+
+def unembed(params: dict, cfg: ModelConfig, h_BTD: jax.Array) -> jax.Array:
+  """fp32 logits [B, T, V] of a residual stream h [B, T, D]: the final norm, the unembedding (tied or
+  not) and any soft-cap, as the Transformer ends (the logit lens applies it to every layer)."""
+  x_BTD = make_norm(cfg, "final_norm").apply({"params": params["final_norm"]}, h_BTD).astype(jnp.float32)
+  if cfg.tie_embeddings:
+    logits_BTV = jnp.einsum("btd,vd->btv", x_BTD, params["embed"].astype(jnp.float32))
+  else:
+    logits_BTV = jnp.einsum("btd,dv->btv", x_BTD, params["unembed"].astype(jnp.float32))
+  if cfg.final_logit_softcap:
+    logits_BTV = cfg.final_logit_softcap * jnp.tanh(logits_BTV / cfg.final_logit_softcap)
+  return logits_BTV

@@ -61,7 +61,9 @@ def run_value_residual_stack(
       mixed_BTRH = jnp.where(l == 0, v_BTRH, mixed_BTRH.astype(v_BTRH.dtype))
       return jnp.concatenate([raw_BTRC[..., :H], mixed_BTRH], axis=-1)
 
-    h_BTD, extras = block.apply({"params": params_l}, carry["h"], tables, kv_mixer=kv_mixer, cache=cache_l)
+    h_BTD, extras = block.apply(
+      {"params": params_l}, carry["h"], tables, kv_mixer=kv_mixer, cache=cache_l, layer=l
+    )
     ys = {"collected": pick_collected(extras, h_BTD, collect), "cache": extras["cache"]}
     return {"h": h_BTD, "aux": carry["aux"], "v1": first["v1"].astype(carry["v1"].dtype)}, ys
 

@@ -57,7 +57,7 @@ def family_texts(family: str, n: int, rng: np.random.Generator, separator: str =
 
 
 @functools.lru_cache(maxsize=32)
-def _last_token_fn(cfg: ModelConfig):
+def last_token_fn(cfg: ModelConfig):
   """jit of (params, ids [B, T], last [B]) -> (hidden [B, D], heads [B, N, H], layers [B, L, D]) at
   position last[b].
 
@@ -104,7 +104,7 @@ def last_token_representations(
   `cfg` must use explicit attention. Returns `hidden` [B, D] (last layer output), `heads` [B, N, H]
   (each head's attention output at the last token, in the compute dtype, as the model forms it) and
   `layers` [B, L, D] (every layer's output at the last token, from the one-token step). Only
-  the last token's attention row is formed (`_last_token_fn`): memory per prompt is one layer's explicit
+  the last token's attention row is formed (`last_token_fn`): memory per prompt is one layer's explicit
   attention and the KV cache, not every layer's T x T probabilities.
   """
   ids_BT, lengths_B = common.pad_rows(rows, 0, num_rows)
@@ -113,15 +113,15 @@ def last_token_representations(
     cfg.num_heads * T * (T + 1) * 4 + 2 * cfg.num_layers * (T + 1) * cfg.num_kv_heads * cfg.head_dim * 4
   )
   step = max(1, min(B, _PROBS_BUDGET_BYTES // max(per_row, 1)))
-  fn = _last_token_fn(cfg)
+  fn = last_token_fn(cfg)
   hidden, heads, layers = [], [], []
   for start in range(0, B, step):
     ids = common.place_batch(np.asarray(ids_BT[start : start + step], np.int32), sharding)
     last = common.place_batch(np.asarray(lengths_B[start : start + step] - 1, np.int32), sharding)
     hidden_BD, heads_BNH, layers_BLD = fn(params, ids, last)
-    hidden.append(np.asarray(hidden_BD, np.float32))
-    heads.append(np.asarray(heads_BNH, np.float32))
-    layers.append(np.asarray(layers_BLD, np.float32))
+    hidden.append(common.host(hidden_BD, np.float32))
+    heads.append(common.host(heads_BNH, np.float32))
+    layers.append(common.host(layers_BLD, np.float32))
   return {
     "hidden": np.concatenate(hidden)[: len(rows)],
     "heads": np.concatenate(heads)[: len(rows)],

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lime_jax.evals.scoring import FINE_BUCKETS_FROM, bucket  # noqa: F401  (re-exported)
 from lime_jax.model import ModelConfig, Transformer
 
 
@@ -45,6 +46,17 @@ def place_batch(x: np.ndarray, sharding: Any) -> Any:
     return x
   shards = int(np.prod([sharding.mesh.shape[a] for a in ("data", "fsdp")]))
   return jax.device_put(x, sharding) if x.shape[0] % shards == 0 else x
+
+
+def host(x: Any, dtype: Any = None) -> np.ndarray:
+  """`x` as numpy on this process. An array that spans other processes' devices (parameters sharded over
+  several hosts give such outputs) is gathered from all of them first: every process runs the same probe
+  code, so each gathers the same array in the same order."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+    x = multihost_utils.process_allgather(x, tiled=True)
+  return np.asarray(x, dtype)
 
 
 def forward(
@@ -88,21 +100,6 @@ def encodable(tokenizer: Any, text: str) -> bool:
     return False
 
 
-FINE_BUCKETS_FROM = 512  # above this, `bucket` rounds to 1/16 of the next power of two instead of to it
-
-
-def bucket(n: int, minimum: int = 16) -> int:
-  """The padded length of an n-token batch (few compiles, little padding): the next power of two >=
-  max(n, minimum) up to FINE_BUCKETS_FROM; above it, n rounded up to a multiple of 1/16 of that power of
-  two (at most 12.5% padding, 8 shapes per octave: 2668 tokens -> 2816, not 4096)."""
-  n = max(int(n), minimum)
-  power = 1 << max(n - 1, 0).bit_length()
-  if power <= FINE_BUCKETS_FROM:
-    return power
-  step = power // 16
-  return -(-n // step) * step
-
-
 def pad_rows(
   rows: Sequence[Sequence[int]], pad_id: int, num_rows: int | None = None, extra: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -138,7 +135,7 @@ def greedy_decode(
   rows = np.arange(len(buf))
   for _ in range(max_new):
     logits_BTV, _ = forward(params, cfg, buf, sharding=sharding)
-    next_B = np.asarray(jnp.argmax(logits_BTV[rows, lengths - 1], axis=-1))
+    next_B = host(jnp.argmax(logits_BTV[rows, lengths - 1], axis=-1))
     for i in np.flatnonzero(~done):
       if next_B[i] == eos_id:
         done[i] = True

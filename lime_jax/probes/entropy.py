@@ -1,16 +1,14 @@
-"""Matrix-based Renyi entropy (Seq-VCR Eq. 2; LIMe `src/analysis/entropy.py`; docs/methods.md §6), effective
-rank
-and adjacent-layer cosine similarity, per layer, for hidden states and value vectors.
+"""Entropy probe: matrix-based Renyi entropy (Seq-VCR Eq. 2; LIMe `src/analysis/entropy.py`; docs/methods.md
+§6), effective rank and adjacent-layer cosine similarity, per layer, for hidden states and value vectors.
 
-For a representation Z [T, d]: K = Z Z^T (float64, on host), p_i = lambda_i(K) / tr(K),
-S_alpha = log(sum p_i^alpha) / (1 - alpha), alpha = 1 -> Shannon -sum p log p. Conventions:
-  lime   z-score each feature with dataset statistics (mean / std over all tokens of the eval set, per
-         layer), then the per-sequence token Gram; alpha 0.5 or 0.99; not normalised;
-  skean  centre (subtract the sequence's mean row) and L2-normalise rows; alpha 1; normalised by
-         log(min(T, d)) to [0, 1];
-  none   Z as is.
-`matrix_entropy(x_TD, alpha, convention)` is the pure entry point other code imports. Effective rank
-(Roy & Vetterli 2007): exp of the Shannon entropy of the normalised singular values of Z.
+The metrics are defined once, in lime_jax/analysis/representation.py (formulas and sources there), and
+re-exported here. Per layer, each sequence's tokens Z [T, d] give `matrix_entropy` under two settings:
+  lime   each feature z-scored with dataset statistics (mean / std over all tokens of the eval set, per
+         layer), then the per-sequence token Gram; each alpha of `ProbeOptions.entropy_alphas` but 1;
+         not normalised;
+  skean  centred, unit rows; alpha 1; divided by log(min(T, d)) to [0, 1];
+averaged over sequences, as is `effective_rank`; the adjacent cosine is the mean over tokens of
+`paired_cosine(layer l, layer l + 1)`.
 """
 
 from __future__ import annotations
@@ -19,68 +17,29 @@ from typing import Any
 
 import numpy as np
 
+from lime_jax.analysis.representation import (
+  CONVENTIONS,
+  effective_rank,
+  gram_spectrum,
+  matrix_entropy,
+  paired_cosine,
+  preprocess,
+  renyi_entropy,
+)
 from lime_jax.probes.registry import Probe, ProbeContext
 
-CONVENTIONS = ("lime", "skean", "none")
-_EPS = 1e-12
-
-
-def preprocess(
-  x_TD: np.ndarray,
-  convention: str = "none",
-  mean_D: np.ndarray | None = None,
-  std_D: np.ndarray | None = None,
-) -> np.ndarray:
-  """Z for the Gram matrix (float64). 'lime' without statistics uses the sequence's own."""
-  z = np.asarray(x_TD, np.float64)
-  if convention == "lime":
-    mean_D = z.mean(axis=0) if mean_D is None else np.asarray(mean_D, np.float64)
-    std_D = z.std(axis=0) if std_D is None else np.asarray(std_D, np.float64)
-    return (z - mean_D) / (std_D + 1e-6)
-  if convention == "skean":
-    z = z - z.mean(axis=0, keepdims=True)
-    return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), _EPS)
-  if convention == "none":
-    return z
-  raise ValueError(f"entropy convention {convention!r} is unknown; use one of {CONVENTIONS}.")
-
-
-def renyi_entropy(p: np.ndarray, alpha: float) -> float:
-  """Renyi entropy of a probability vector (natural log); alpha = 1 is Shannon."""
-  p = p[p > _EPS]
-  if abs(alpha - 1.0) < 1e-9:
-    return float(-(p * np.log(p)).sum())
-  return float(np.log((p**alpha).sum()) / (1.0 - alpha))
-
-
-def gram_spectrum(z_TD: np.ndarray) -> np.ndarray:
-  """Eigenvalue distribution p_i = lambda_i / tr of K = Z Z^T (float64, negatives clipped)."""
-  z = np.asarray(z_TD, np.float64)
-  lam = np.clip(np.linalg.eigvalsh(z @ z.T), 0.0, None)
-  return lam / max(lam.sum(), _EPS)
-
-
-def matrix_entropy(
-  x_TD: np.ndarray,
-  alpha: float = 1.0,
-  convention: str = "none",
-  normalize: bool | None = None,
-  mean_D: np.ndarray | None = None,
-  std_D: np.ndarray | None = None,
-) -> float:
-  """Matrix-based Renyi entropy of x [T, d] (see the module doc). `normalize` (default: True for
-  'skean' only) divides by log(min(T, d))."""
-  x_TD = np.asarray(x_TD)
-  S = renyi_entropy(gram_spectrum(preprocess(x_TD, convention, mean_D, std_D)), alpha)
-  if normalize if normalize is not None else convention == "skean":
-    S /= max(np.log(min(x_TD.shape)), _EPS)
-  return S
-
-
-def effective_rank(x_TD: np.ndarray) -> float:
-  """exp(Shannon entropy of sigma_i / sum sigma) of x [T, d] (float64)."""
-  s = np.linalg.svd(np.asarray(x_TD, np.float64), compute_uv=False)
-  return float(np.exp(renyi_entropy(s / max(s.sum(), _EPS), 1.0)))
+# The metrics are defined in lime_jax/analysis/representation.py; they stay importable from here.
+__all__ = [
+  "CONVENTIONS",
+  "PROBE",
+  "effective_rank",
+  "gram_spectrum",
+  "layer_representations",
+  "matrix_entropy",
+  "preprocess",
+  "renyi_entropy",
+  "run",
+]
 
 
 def layer_representations(ctx: ProbeContext, num: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -90,8 +49,8 @@ def layer_representations(ctx: ProbeContext, num: int) -> tuple[dict[str, np.nda
   inputs_BT, mask = common.eval_tokens(ctx, num)
   cfg = common.probe_model_cfg(ctx.model_cfg)
   _, col = common.forward(ctx.params, cfg, inputs_BT, ("hidden", "value"), ctx.batch_sharding, logits=False)
-  hidden = np.asarray(col["hidden"], np.float32)
-  value = np.asarray(col["value"], np.float32)
+  hidden = common.host(col["hidden"], np.float32)
+  value = common.host(col["value"], np.float32)
   value = value.reshape(*value.shape[:3], -1)
   return {"hidden": hidden, "value": value}, mask
 
@@ -118,10 +77,7 @@ def run(ctx: ProbeContext) -> dict:
         )
       erank.append(float(np.mean([effective_rank(s) for s in seqs])))
       if l + 1 < L:
-        a_ND, b_ND = x_LBTD[l][mask_BT].astype(np.float64), x_LBTD[l + 1][mask_BT].astype(np.float64)
-        norms_N = np.linalg.norm(a_ND, axis=-1) * np.linalg.norm(b_ND, axis=-1)
-        cos = (a_ND * b_ND).sum(-1) / np.maximum(norms_N, _EPS)
-        cosine.append(float(cos.mean()))
+        cosine.append(float(paired_cosine(x_LBTD[l][mask_BT], x_LBTD[l + 1][mask_BT]).mean()))
     metrics[kind] = {"entropy": per, "effective_rank": erank, "adjacent_cosine": cosine}
     layers = list(range(L))
     plots.append(

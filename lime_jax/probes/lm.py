@@ -1,20 +1,16 @@
-"""Probe `lm`: held-out loss, perplexity and bits per byte (task 'text') and multiple-choice accuracy.
+"""Probe `lm`: held-out loss, perplexity and bits per byte of a text run (task 'text').
 
-Held-out figures use the run's eval split (`data.text.eval_split` / `eval_files`, `--num_examples`
-windows). Multiple choice reads `--mc_tasks` (jsonl files of HellaSwag / ARC / PIQA / WinoGrande /
-generic records, `TASK=PATH` or a path whose name says the task; see evals/multiple_choice.py) with
-`--mc_shots` examples in front of each question and at most `--mc_limit` questions per file (0: all).
+The figures use the run's eval split (`data.text.eval_split` / `eval_files`, `--num_examples` windows).
+Benchmarks (multiple choice, generation, perplexity of other corpora) run on lm-evaluation-harness:
+`python -m lime_jax.harness --model=RUN --tasks=...` (lime_jax/evals/lm_harness.py).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import jax
 import numpy as np
 
 from lime_jax.data import tasks
-from lime_jax.evals import multiple_choice
 from lime_jax.losses import token_metrics
 from lime_jax.probes import common
 from lime_jax.probes.registry import Probe, ProbeContext
@@ -25,7 +21,7 @@ def _log_probs_fn(ctx: ProbeContext):
 
   def fn(tokens_BT: np.ndarray, positions_BT: np.ndarray | None = None) -> np.ndarray:
     logits_BTV, _ = common.forward(ctx.params, cfg, tokens_BT, (), ctx.batch_sharding, positions_BT)
-    return np.asarray(jax.nn.log_softmax(logits_BTV.astype(np.float32), axis=-1))
+    return common.host(jax.nn.log_softmax(logits_BTV.astype(np.float32), axis=-1))
 
   return fn
 
@@ -53,36 +49,22 @@ def heldout(ctx: ProbeContext, log_probs_fn) -> dict[str, float]:
   }
 
 
+HARNESS_HINT = "benchmarks run on lm-evaluation-harness: python -m lime_jax.harness --model=RUN --tasks=..."
+
+
 def run(ctx: ProbeContext) -> dict:
-  fn = _log_probs_fn(ctx)
-  metrics: dict[str, Any] = {}
-  summary = []
-  if not ctx.pretrained and ctx.config.data.task == tasks.TEXT_TASK:
-    metrics["heldout"] = heldout(ctx, fn)
-    h = metrics["heldout"]
-    summary += [
-      ["held-out CE (nats/token)", f"{h['ce']:.4f}"],
-      ["perplexity", f"{h['perplexity']:.2f}"],
-      ["bits per byte", f"{h['bits_per_byte']:.4f}"],
-    ]
-  max_len = 2048 if ctx.pretrained else int(ctx.config.data.seq_len)  # RoPE: no fixed limit when pretrained.
-  files = multiple_choice.parse_task_files(ctx.options.mc_tasks)
-  ctx.progress.start("lm", max(1, len(files)))
-  for task, path in files:
-    docs = multiple_choice.read_docs(task, path, ctx.options.mc_limit)
-    res = multiple_choice.score_mc(fn, ctx.tokenizer, docs, ctx.options.mc_shots, ctx.options.seed, max_len)
-    metrics[task] = {k: v for k, v in res.items() if k != "loglikelihoods"}
-    summary.append(
-      [
-        f"{task} ({res['num_docs']} docs, {res['num_shots']}-shot) acc / acc_norm",
-        f"{res['acc']:.4f} / {res['acc_norm']:.4f}",
-      ]
-    )
-    ctx.progress.advance(task)
-  if not metrics:
-    reason = "lm: nothing to score: not a text run and no --mc_tasks given."
+  if ctx.pretrained or ctx.config.data.task != tasks.TEXT_TASK:
+    reason = f"lm: held-out loss needs a text run (task 'text'); {HARNESS_HINT}."
     return {"metrics": {"skipped": reason}, "notes": [reason]}
-  return {"metrics": metrics, "summary": summary}
+  ctx.progress.start("lm", 1)
+  h = heldout(ctx, _log_probs_fn(ctx))
+  ctx.progress.advance("heldout")
+  summary = [
+    ["held-out CE (nats/token)", f"{h['ce']:.4f}"],
+    ["perplexity", f"{h['perplexity']:.2f}"],
+    ["bits per byte", f"{h['bits_per_byte']:.4f}"],
+  ]
+  return {"metrics": {"heldout": h}, "summary": summary}
 
 
-PROBE = Probe("lm", run, "held-out loss / perplexity / bits per byte; multiple-choice acc (--mc_tasks)")
+PROBE = Probe("lm", run, "held-out loss / perplexity / bits per byte of a text run")

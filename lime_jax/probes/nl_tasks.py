@@ -80,7 +80,7 @@ def continuations(
   buf, lengths = common.pad_rows(rows, 0, num_rows=common.bucket(len(rows), minimum=8))
   # One prefill of every prompt, then exactly max_new steps (docs/benchmarks.md, "Greedy decoding vs
   # transformers").
-  new_RN = np.asarray(decode.greedy_continuations(cfg, params, buf, lengths, max_new))
+  new_RN = common.host(decode.greedy_continuations(cfg, params, buf, lengths, max_new))
   stops = stop_ids(tokenizer)
   out = []
   for i in range(len(rows)):

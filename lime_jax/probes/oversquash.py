@@ -54,12 +54,14 @@ def _exact(cfg: ModelConfig, target: str, position: int):
 def _hutchinson(cfg: ModelConfig, target: str, position: int, num_samples: int):
   y = _target_fn(cfg, target, position)
 
-  def sq_norms(params, tokens_1T, key):
+  def sq_norms(params, tokens_1T, seed):
+    key = jax.random.key(seed)
     emb_TD = params["embed"][tokens_1T[0]].astype(jnp.float32)
     out, vjp = jax.vjp(lambda e: y(params, tokens_1T, e), emb_TD)
     u_KO = jax.random.rademacher(key, (num_samples, out.shape[0]), jnp.float32)
     # lax.map in chunks of 64, not one vmap: on CPU (jax 0.10.2) a vmap of this vjp over 512 cotangents
-    # returned wrong rows from 128 on (tests/test_probes_oversquash.py pins the estimate to the exact one).
+    # returned wrong rows from 128 on (tests/integration/test_probes_forward.py pins the estimate to the
+    # exact one).
     g_KTD = jax.lax.map(lambda u: vjp(u)[0], u_KO, batch_size=min(num_samples, 64))
     per_sample_KT = jnp.sum(jnp.square(g_KTD), axis=-1)
     return per_sample_KT.mean(axis=0), per_sample_KT.std(axis=0, ddof=1) / jnp.sqrt(num_samples)
@@ -82,12 +84,12 @@ def sensitivity(
   if target not in TARGETS:
     raise ValueError(f"oversquash target {target!r} is unknown; use one of {TARGETS}.")
   pcfg = common.probe_model_cfg(cfg)
-  tokens_1T = jnp.asarray(np.asarray(tokens_T, np.int32)[None])
+  tokens_1T = np.asarray(tokens_T, np.int32)[None]
   if method == "exact":
-    return np.asarray(_exact(pcfg, target, position)(params, tokens_1T), np.float64), None
+    return common.host(_exact(pcfg, target, position)(params, tokens_1T), np.float64), None
   if method == "hutchinson":
-    est, err = _hutchinson(pcfg, target, position, num_samples)(params, tokens_1T, jax.random.key(seed))
-    return np.asarray(est, np.float64), np.asarray(err, np.float64)
+    est, err = _hutchinson(pcfg, target, position, num_samples)(params, tokens_1T, np.int32(seed))
+    return common.host(est, np.float64), common.host(err, np.float64)
   raise ValueError(f"--oversquash_method={method!r} is unknown; use 'auto', 'exact' or 'hutchinson'.")
 
 

@@ -1,14 +1,16 @@
 """Probing a pretrained Hugging Face checkpoint: `python -m lime_jax.evaluate --hf=PATH --out=DIR`.
 
 PATH is a local folder (or a gs:// URL, copied to a local temporary folder first) in the HF layout:
-`config.json` + `*.safetensors` (read by `lime_jax.hf.load_pretrained`) and the model's own
+`config.json` + `*.safetensors` (read by `lime_jax.hf.load_sharded`) and the model's own
 `tokenizer.json` (read with the `tokenizers` library, `lime_jax.data.subword`), or a GGUF file (weights,
 architecture and tokenizer from the one file, lime_jax/gguf/reader.py). The probes run on those
-parameters (fp32) with activations in `--dtype` (float32 or bfloat16); copying / counting ask in natural
-language (`nl_tasks.py`; `--chat_template`: as a chat user message), entropy / separability read text
-(`common.eval_tokens`). Prompts carry the special tokens the model's own tokenizer adds (BOS only where
-it adds one). Results go to DIR: `results.json` (with `hf` = PATH, the dtype and the options, among them
-`chat_template`), the PNGs and `summary.md`, as for a run.
+parameters (fp32, or `--param_dtype`) with activations in `--dtype` (float32 or bfloat16). The
+parameters are read straight into their shards when `--mesh_fsdp` / `--mesh_tensor` spread them over
+the devices (lime_jax/hf/sharded.py: a model larger than one device, on one process or several).
+Copying / counting ask in natural language (`nl_tasks.py`; `--chat_template`: as a chat user message),
+entropy / separability read text (`common.eval_tokens`). Prompts carry the special tokens the model's
+own tokenizer adds (BOS only where it adds one). Results go to DIR: `results.json` (with `hf` = PATH,
+the dtypes and the options, among them `chat_template`), the PNGs and `summary.md`, as for a run.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sys
 import tempfile
 from typing import Any
 
@@ -78,9 +81,12 @@ def check_folder(path: str) -> None:
     raise FileNotFoundError(f"--hf={path!r} lacks {', '.join(missing)}.{hint}")
 
 
-def hf_config(path: str, compute_dtype: str = "float32") -> ml_collections.ConfigDict:
+def hf_config(
+  path: str, compute_dtype: str = "float32", param_dtype: str = "float32"
+) -> ml_collections.ConfigDict:
   """The full config describing the checkpoint: defaults, the model fields of its config.json
-  (`hf.model_fields`, dotted names for sub-configs), `compute_dtype`, `model.init_from='hf:PATH'`."""
+  (`hf.model_fields`, dotted names for sub-configs), `compute_dtype`, `param_dtype`,
+  `model.init_from='hf:PATH'`."""
   from lime_jax import hf  # pylint: disable=import-outside-toplevel
 
   if compute_dtype not in DTYPES:
@@ -93,30 +99,48 @@ def hf_config(path: str, compute_dtype: str = "float32") -> ml_collections.Confi
       node = node[p]
     if leaf in node or not node.is_locked:
       node[leaf] = tuple(value) if isinstance(value, list) else value
+  if param_dtype not in DTYPES:
+    raise ValueError(f"--param_dtype={param_dtype!r} is unknown; use one of {DTYPES}.")
   config.model.compute_dtype = compute_dtype
+  config.model.param_dtype = param_dtype
   if "init_from" in config.model:
     config.model.init_from = f"hf:{path}"
   return config
 
 
 def load(
-  path: str, compute_dtype: str = "float32", mesh: jax.sharding.Mesh | None = None
+  path: str,
+  compute_dtype: str = "float32",
+  mesh: jax.sharding.Mesh | None = None,
+  *,
+  param_dtype: str = "float32",
+  device_bytes: int | None = None,
+  stream=None,
 ) -> tuple[ml_collections.ConfigDict, Any, Any, Any]:
-  """(config, ModelConfig, parameters replicated on `mesh`, tokenizer) of the HF folder `path`."""
+  """(config, ModelConfig, parameters sharded on `mesh` by the training rules, tokenizer) of the HF folder
+  or GGUF file `path` (`mesh` default `runner.eval_mesh()`: replicated).
+
+  Before any tensor is read, the parameters' bytes per device and the mesh are printed (process 0, on
+  `stream`, default stderr) and a model a device cannot hold is refused (DoesNotFitError naming the
+  figure and the mesh axes to enlarge; `device_bytes` None: the device's own figure, none on CPU). Each
+  process then reads only the blocks of its own devices (`hf.load_sharded`)."""
   from lime_jax import hf  # pylint: disable=import-outside-toplevel
 
   check_folder(path)
-  config = hf_config(path, compute_dtype)
-  model_cfg, params = hf.load_pretrained(path, param_dtype="float32")
-  model_cfg = dataclasses.replace(model_cfg, compute_dtype=compute_dtype, remat_policy="none")
+  config = hf_config(path, compute_dtype, param_dtype)
   tokenizer = subword.load_tokenizer(path)
-  if model_cfg.vocab_size < tokenizer.vocab_size:
+  mesh = mesh or runner.eval_mesh()
+  plan = hf.plan_load(path, mesh, param_dtype=param_dtype)
+  if tokenizer.vocab_size > plan.cfg.vocab_size:
     raise ValueError(
       f"{path}/tokenizer.json has {tokenizer.vocab_size} ids but the model's embedding has "
-      f"{model_cfg.vocab_size} rows: the tokenizer does not belong to this checkpoint."
+      f"{plan.cfg.vocab_size} rows: the tokenizer does not belong to this checkpoint."
     )
-  mesh = mesh or runner._eval_mesh()  # pylint: disable=protected-access
-  params = jax.device_put(params, shard_lib.replicated(mesh))
+  if jax.process_index() == 0:
+    print(f"{path}: {plan.describe()}", file=stream or sys.stderr, flush=True)
+  plan.check_fits(device_bytes if device_bytes is not None else shard_lib.device_memory_bytes())
+  model_cfg, params = hf.load_sharded(path, mesh, plan=plan)
+  model_cfg = dataclasses.replace(model_cfg, compute_dtype=compute_dtype, remat_policy="none")
   return config, model_cfg, params, tokenizer
 
 
@@ -129,9 +153,13 @@ def evaluate_hf(
   skip_incompatible: bool = False,
   stream=None,
   reuse: bool = False,
+  mesh: jax.sharding.Mesh | None = None,
+  param_dtype: str = "float32",
+  device_bytes: int | None = None,
 ) -> tuple[str, dict]:
   """Runs the probes on the HF checkpoint at `path`, writing into `out_dir`; returns (out_dir, results).
-  `reuse`: probes already saved there with the same options are not run again (`runner.pending`)."""
+  `reuse`: probes already saved there with the same options are not run again (`runner.pending`);
+  `mesh`, `param_dtype`, `device_bytes`: see `load` (results equal the replicated ones on any mesh)."""
   options = options or ProbeOptions()
   for name in probe_names:
     get_probe(name)  # unknown names fail before anything is loaded
@@ -141,12 +169,18 @@ def evaluate_hf(
   if options.chat_template:  # before the weights are read
     check_folder(folder)
     nl_tasks.require_chat_template(subword.load_tokenizer(folder))
-  mesh = runner._eval_mesh()  # pylint: disable=protected-access
-  config, model_cfg, params, tokenizer = load(folder, compute_dtype, mesh)
+  mesh = mesh or runner.eval_mesh()
+  config, model_cfg, params, tokenizer = load(
+    folder, compute_dtype, mesh, param_dtype=param_dtype, device_bytes=device_bytes, stream=stream
+  )
   epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
   header = runner._header(out_dir, "hf", config, options)  # pylint: disable=protected-access
   header.update(
-    hf=str(path), task=None, compute_dtype=compute_dtype, tokenizer_vocab=int(tokenizer.vocab_size)
+    hf=str(path),
+    task=None,
+    compute_dtype=compute_dtype,
+    param_dtype=param_dtype,
+    tokenizer_vocab=int(tokenizer.vocab_size),
   )
   todo = runner.pending(out_dir, header, probe_names, stream) if reuse else probe_names
   runner.run_probes(

@@ -46,11 +46,6 @@ class ProbeOptions:
   entropy_alphas: tuple[float, ...] = (0.5, 0.99, 1.0)
   separability_tokens: tuple[str, ...] = ()  # () = is,are,was,were for text, else the first digits.
   text_file: str = ""  # pretrained models: .txt read by entropy / separability ('' = built-in sentences).
-  mc_tasks: tuple[
-    str, ...
-  ] = ()  # lm: multiple-choice jsonl files, TASK=PATH or PATH (evals/multiple_choice.py).
-  mc_shots: int = 0  # lm: few-shot examples before each question.
-  mc_limit: int = 0  # lm: questions per file (0 = all).
   chat_template: bool = False  # copying / counting (--hf): ask each question as a chat user message.
   seed: int = 0
 
@@ -97,22 +92,22 @@ def incompatibility(probe: Probe, ctx: ProbeContext) -> str | None:
   return probe.compatible(ctx) if probe.compatible is not None else None
 
 
-_PROBES: dict[str, Probe] = {}  # name -> probe, filled from BUILTIN_MODULES on first use
+REGISTRY: dict[str, Probe] = {}  # name -> probe, filled from BUILTIN_MODULES on first use
 
 
 def _load_builtin() -> None:
   for module in BUILTIN_MODULES:
     probe = importlib.import_module(f"lime_jax.probes.{module}").PROBE
-    _PROBES.setdefault(probe.name, probe)
+    REGISTRY.setdefault(probe.name, probe)
 
 
 def known_probes() -> tuple[str, ...]:
   _load_builtin()
-  return tuple(_PROBES)
+  return tuple(REGISTRY)
 
 
 def get_probe(name: str) -> Probe:
   _load_builtin()
-  if name not in _PROBES:
-    raise ValueError(f"--probes: unknown probe {name!r}; known probes: {', '.join(_PROBES)}.")
-  return _PROBES[name]
+  if name not in REGISTRY:
+    raise ValueError(f"--probes: unknown probe {name!r}; known probes: {', '.join(REGISTRY)}.")
+  return REGISTRY[name]

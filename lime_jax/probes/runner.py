@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import functools
 import hashlib
+import io
 import json
 import sys
 import time
@@ -89,43 +90,37 @@ class Progress:
 
 # ---------------------------------------------------------------------------------- configs, meshes
 def config_from_dict(saved: dict) -> ml_collections.ConfigDict:
-  """A full config: the defaults, overridden by a saved config's values (fields unknown today are
-  ignored; lists become tuples where the default is a tuple)."""
-  config = config_lib.default_config()
-
-  def update(node: ml_collections.ConfigDict, values: dict) -> None:
-    for key, value in values.items():
-      if key not in node:
-        continue
-      if isinstance(node[key], ml_collections.ConfigDict) and isinstance(value, dict):
-        update(node[key], value)
-      elif isinstance(node[key], tuple) and isinstance(value, list):
-        node[key] = tuple(value)
-      else:
-        node[key] = value
-
-  update(config, saved)
-  return config
+  """A full config: the defaults, overridden by a saved config's values (`config.from_saved`)."""
+  return config_lib.from_saved(saved)
 
 
 def model_config_for(config: ml_collections.ConfigDict) -> ModelConfig:
   return ModelConfig.from_config(config.model, pipeline.vocab_size_for(config))
 
 
-def _eval_mesh() -> jax.sharding.Mesh:
-  """All devices on the data axis (parameters replicated, probe batches split when they divide)."""
-  cfg = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+def eval_mesh(fsdp: int = 1, tensor: int = 1) -> jax.sharding.Mesh:
+  """The probes' mesh: parameters sharded over `fsdp` x `tensor` devices by the training rules
+  (lime_jax/runtime/sharding.py; 1 x 1: replicated), the remaining devices on the data axis (probe
+  batches split over data x fsdp when they divide). On several processes it spans all of them."""
+  cfg = ml_collections.ConfigDict({"data": -1, "fsdp": int(fsdp), "tensor": int(tensor)})
+  if fsdp < 1 or tensor < 1 or jax.device_count() % (fsdp * tensor):
+    raise ValueError(
+      f"--mesh_fsdp={fsdp} x --mesh_tensor={tensor} must divide the {jax.device_count()} devices "
+      f"({jax.process_count()} processes)."
+    )
   return shard_lib.make_mesh(cfg)
 
 
 def random_init_params(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Any:
-  """Freshly initialised parameters (seed `config.seed`), replicated onto `mesh`; `data.seq_len = 0` is
-  fitted to the task first, as a training run would."""
+  """Freshly initialised parameters (seed `config.seed`) in `mesh`'s rule shardings (replicated on a
+  data-only mesh); `data.seq_len = 0` is fitted to the task first, as a training run would."""
   config_lib.validate(config)
   pipeline.fit_seq_len(config)
-  mesh = mesh or _eval_mesh()
+  mesh = mesh or eval_mesh()
   init = functools.partial(init_params, model_config_for(config))
-  return jax.jit(init, out_shardings=shard_lib.replicated(mesh))(jax.random.key(int(config.seed)))
+  key = jax.random.key(int(config.seed))
+  shardings = shard_lib.tree_shardings(mesh, jax.eval_shape(init, key))
+  return jax.jit(init, out_shardings=shardings)(key)
 
 
 def tokenizer_for(config: ml_collections.ConfigDict) -> Any:
@@ -184,8 +179,8 @@ def run_probes(
   its result is the reason, as a note.
   """
   probes = [get_probe(n) for n in probe_names]
-  mesh = mesh or _eval_mesh()
-  progress = Progress(probe_names, stream)
+  mesh = mesh or eval_mesh()
+  progress = Progress(probe_names, stream if jax.process_index() == 0 else io.StringIO())
   ctx = ProbeContext(
     params=params,
     model_cfg=model_cfg or model_config_for(config),
@@ -267,15 +262,20 @@ def write_outputs(out_dir: str, header: dict, results: dict[str, dict]) -> dict:
   the same options, so separate invocations (`--probes=collapse`, later `--probes=entropy`) accumulate
   in one results.json, and results of other options never mix in.
   """
-  fileio.makedirs(out_dir)
+  lead = jax.process_index() == 0
+  if lead:
+    fileio.makedirs(out_dir)
   previous = _previous(out_dir)
   images: dict[str, list[str]] = {}
   for name, result in results.items():
-    images[name] = [fileio.basename(plotting.render(spec, out_dir)) for spec in result.get("plots", [])]
+    specs = result.get("plots", []) if lead else []
+    images[name] = [fileio.basename(plotting.render(spec, out_dir)) for spec in specs]
   kept = {k: v for k, v in reusable(previous, header).items() if k not in results}
   results = {**kept, **{k: {**v, "options": header["options"]} for k, v in results.items()}}
   images = {**{k: previous.get("images", {}).get(k, []) for k in kept}, **images}
   content = _sanitize({**header, "probes": results, "images": images})
+  if jax.process_index() > 0:  # process 0 writes (every process holds the same results)
+    return content
   fileio.write_text(fileio.join(out_dir, "results.json"), json.dumps(content, indent=1, allow_nan=False))
   lines = [
     f"# Evaluation of `{header['workdir']}` at step {header['step']}",
@@ -301,7 +301,11 @@ def pending(out_dir: str, header: dict, probe_names: list[str], stream=None) -> 
     for k, v in reusable(_previous(out_dir), header).items()
     if not (isinstance(v.get("metrics"), dict) and v["metrics"].get("skipped"))
   }
-  if saved & set(probe_names):
+  if jax.process_count() > 1:  # every process decides from the same file before process 0 rewrites it
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+    multihost_utils.sync_global_devices("lime_jax.probes.runner.pending")
+  if saved & set(probe_names) and jax.process_index() == 0:
     print(
       f"{out_dir}: reusing the saved {', '.join(n for n in probe_names if n in saved)} (same step, "
       "config and options)",
@@ -339,16 +343,18 @@ def evaluate(
   stream=None,
   skip_incompatible: bool = False,
   reuse: bool = False,
+  mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[str, dict]:
   """Evaluates one run (or a random-init model of `random_init_config`); returns (out_dir, results).
 
   `reuse`: probes whose result is already saved in out_dir with the same step, config and options
-  (`reusable`) are not run again (`--compare` does this); `skip_incompatible`: see `run_probes`.
+  (`reusable`) are not run again (`--compare` does this); `skip_incompatible`: see `run_probes`;
+  `mesh`: where the parameters go, sharded by the rules (default `eval_mesh()`: replicated).
   """
   options = options or ProbeOptions()
   for name in probe_names:
     get_probe(name)  # unknown names fail before anything is restored
-  mesh = _eval_mesh()
+  mesh = mesh or eval_mesh()
   if random_init_config is not None:
     config, params, label = random_init_config, random_init_params(random_init_config, mesh), "random_init"
     fileio.makedirs(workdir)

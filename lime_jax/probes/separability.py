@@ -150,7 +150,7 @@ def run(ctx: ProbeContext) -> dict:
   }
   series = []
   for kind in ("value", "hidden"):
-    x = np.asarray(col[kind], np.float32)
+    x = common.host(col[kind], np.float32)
     x = x.reshape(*x.shape[:3], -1)[:, rows, pos]  # [L, N, F]
     mean, std = [], []
     for l in range(L):

@@ -113,7 +113,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   sys.exit(1)
 
 
-class _NoTraceback(std_logging.Filter):
+class NoTraceback(std_logging.Filter):
   """Keeps a log record's message, drops its traceback (orbax logs one per failed thread); drops
   asyncio's 'exception was never retrieved' notes, echoes of a failed save's error found at exit."""
 
@@ -138,7 +138,7 @@ def quiet_logged_tracebacks() -> None:
   """Log records keep one line each: their tracebacks are dropped, and the 'Event loop is closed' echoes
   of a failed orbax save are not printed (see main's --traceback)."""
   for handler in std_logging.getLogger().handlers:
-    handler.addFilter(_NoTraceback())
+    handler.addFilter(NoTraceback())
   excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
 
   def quiet_excepthook(kind, value, tb):

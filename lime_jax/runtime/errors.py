@@ -21,6 +21,11 @@ class ConfigError(UserError, ValueError):
   """A config value out of range (`config.validate`)."""
 
 
+class DoesNotFitError(UserError, ValueError):
+  """Parameters (or a train state) larger than a device's memory on the mesh asked for; raised before
+  anything is read or allocated (`sharding.check_fits`)."""
+
+
 # (errno, text tensorstore / orbax put in their messages instead of the OSError) -> what to do.
 _MACHINE = (
   (

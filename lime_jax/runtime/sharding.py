@@ -48,6 +48,8 @@ from absl import logging
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from lime_jax.runtime import errors
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -171,7 +173,7 @@ def logical_to_spec(
   return P(*spec)
 
 
-def _path_names(path: tuple) -> tuple[str, ...]:
+def path_names(path: tuple) -> tuple[str, ...]:
   """The dict keys and attribute names along a pytree path."""
   names = []
   for k in path:
@@ -196,10 +198,10 @@ def param_logical_axes(params: Any) -> Any:
   """A tree like `params` holding each leaf's logical axes; raises for a parameter without a rule."""
 
   def leaf(path, x):
-    axes = axes_for_path(_path_names(path), len(x.shape))
+    axes = axes_for_path(path_names(path), len(x.shape))
     if axes is None:
       raise ValueError(
-        f"parameter {'/'.join(_path_names(path))} {tuple(x.shape)} has no logical axes: "
+        f"parameter {'/'.join(path_names(path))} {tuple(x.shape)} has no logical axes: "
         "add its path to lime_jax/runtime/sharding.py PARAM_AXES."
       )
     return axes
@@ -213,7 +215,7 @@ def tree_shardings(mesh: jax.sharding.Mesh, abstract_tree: Any) -> Any:
 
   def leaf(path, x):
     shape = tuple(getattr(x, "shape", ()))
-    axes = axes_for_path(_path_names(path), len(shape)) if shape else None
+    axes = axes_for_path(path_names(path), len(shape)) if shape else None
     spec = logical_to_spec(axes, shape, sizes) if axes is not None else P()
     return NamedSharding(mesh, spec)
 
@@ -224,8 +226,8 @@ def unruled_params(params: Any) -> list[str]:
   """Paths of parameters that no PARAM_AXES rule covers (they are replicated)."""
   paths = []
   for path, x in jax.tree_util.tree_leaves_with_path(params):
-    if axes_for_path(_path_names(path), len(x.shape)) is None:
-      paths.append("/".join(_path_names(path)))
+    if axes_for_path(path_names(path), len(x.shape)) is None:
+      paths.append("/".join(path_names(path)))
   return paths
 
 
@@ -240,6 +242,74 @@ def state_shardings(mesh: jax.sharding.Mesh, abstract_state: Any) -> Any:
       ", ".join(missing),
     )
   return tree_shardings(mesh, abstract_state)
+
+
+# ------------------------------------------------------------------------------------------ memory
+def describe_mesh(mesh: jax.sharding.Mesh) -> str:
+  """'data=1 fsdp=8 tensor=1 (8 devices, 2 processes)'."""
+  axes = " ".join(f"{a}={n}" for a, n in mesh.shape.items())
+  processes = len({d.process_index for d in mesh.devices.flat})
+  return f"{axes} ({mesh.devices.size} devices" + (f", {processes} processes)" if processes > 1 else ")")
+
+
+def bytes_per_device(abstract_tree: Any, sizes: dict[str, int]) -> tuple[int, int]:
+  """(bytes each device holds of the tree's arrays placed by the rules on a mesh of these axis `sizes`,
+  the part of them in leaves no rule shards: norms, routers, unruled leaves, whole on every device).
+  Every dim a rule shards divides evenly (`logical_to_spec`), so all devices hold the same."""
+  total = replicated = 0
+  for path, x in jax.tree_util.tree_leaves_with_path(abstract_tree):
+    shape = tuple(getattr(x, "shape", ()))
+    axes = axes_for_path(path_names(path), len(shape)) if shape else None
+    spec = tuple(logical_to_spec(axes, shape, sizes)) if axes is not None else ()
+    shard = list(shape)
+    for i, target in enumerate(spec):
+      for axis in (target,) if isinstance(target, str) else tuple(target or ()):
+        shard[i] //= sizes[axis]
+    nbytes = math.prod(shard) * np.dtype(x.dtype).itemsize
+    total += nbytes
+    if axes is None or not any(RULES.get(a) for a in axes if a is not None):
+      replicated += nbytes
+  return total, replicated
+
+
+def device_memory_bytes() -> int | None:
+  """The memory of one local device as its runtime states it (`memory_stats()['bytes_limit']`: GPUs
+  and TPUs); None where it states none (CPU)."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  limit = stats.get("bytes_limit")
+  return int(limit) if limit else None
+
+
+def gib(n: float) -> str:
+  """Bytes as 'x.xx GiB' (or MiB below one GiB)."""
+  return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.2f} MiB"
+
+
+def check_fits(abstract_tree: Any, mesh: jax.sharding.Mesh, limit: int | None, what: str) -> None:
+  """Raises DoesNotFitError when the tree's arrays, placed by the rules on `mesh`, need more than a
+  device's `limit` bytes (None: no check), naming the figures and the fsdp size that would hold them."""
+  sizes = dict(mesh.shape)
+  per_device, replicated = bytes_per_device(abstract_tree, sizes)
+  if limit is None or per_device <= limit:
+    return
+  hint = (
+    f"{gib(replicated)} of it in leaves no rule shards, which every device holds whole; no mesh holds them"
+  )
+  for factor in (2**k for k in range(1, 17)):
+    bigger = dict(sizes, fsdp=sizes["fsdp"] * factor)
+    need, _ = bytes_per_device(abstract_tree, bigger)
+    if need <= limit:
+      devices = math.prod(bigger.values())
+      hint = (
+        f"fsdp={bigger['fsdp']} (x tensor={sizes['tensor']} x data={sizes['data']}: {devices} devices) "
+        f"holds them at {gib(need)} per device; set --mesh_fsdp={bigger['fsdp']} (evaluate, harness) or "
+        f"config.mesh.fsdp={bigger['fsdp']} (main), on a larger slice or node if this one has fewer devices"
+      )
+      break
+  raise errors.DoesNotFitError(
+    f"{what} need {gib(per_device)} per device on mesh {describe_mesh(mesh)}, more than a device's "
+    f"{gib(limit)} (and activations need more): {hint}."
+  )
 
 
 # ------------------------------------------------------------------------------------- activations

@@ -492,7 +492,7 @@ ABLATION_METRICS = (
 )
 
 
-def _ablation_x(groups: list[list[dict[str, Any]]]) -> tuple[list[float], list[str], str | None]:
+def ablation_x(groups: list[list[dict[str, Any]]]) -> tuple[list[float], list[str], str | None]:
   """x positions, tick labels and axis name of the ablation points: the value itself (log2 axis) when
   every point varies the same one numeric field (e.g. proj_dim), else the points in order."""
   varies = [g[0]["vary"].split() for g in groups]
@@ -515,7 +515,7 @@ def reference_rows(folders: list[str]) -> list[dict[str, Any]]:
   ]
 
 
-def _draw_references(ax: Any, references: list[dict[str, Any]], key: str) -> None:
+def draw_references(ax: Any, references: list[dict[str, Any]], key: str) -> None:
   """Each reference group's mean ± std of `key` as a dashed line over a shaded band, in the legend."""
   by_group: dict[str, list[float]] = {}
   for row in references:
@@ -549,7 +549,7 @@ def plot_points(rows: list[dict[str, Any]], root: str, references: list[dict[str
   for row in rows:
     by_group.setdefault(row["group"], []).append(row)
   groups = list(by_group.values())
-  xs, labels, field = _ablation_x(groups)
+  xs, labels, field = ablation_x(groups)
   width = max(5.0, 1.3 * len(groups))  # room for one two-line tick label per point
   fig, axes = plt.subplots(1, len(ABLATION_METRICS), figsize=(width * len(ABLATION_METRICS), 3.8))
   for ax, (key, label) in zip(axes, ABLATION_METRICS):
@@ -567,7 +567,7 @@ def plot_points(rows: list[dict[str, Any]], root: str, references: list[dict[str
       ax.minorticks_off()
     ax.set(xlabel=field or "ablation point", ylabel=label)
     if key == "eval_greedy_exact_match":
-      _draw_references(ax, list(references), key)
+      draw_references(ax, list(references), key)
   axes[0].set_title("mean ± std over seeds (bars), seeds (dots)", fontsize=8)
   fig.tight_layout()
   return save_figure(fig, fileio.join(root, "points.png"))

@@ -24,6 +24,7 @@ import re
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -211,39 +212,51 @@ def apply_fields(config: ml_collections.ConfigDict, source: Source, tokenizer_vo
   config.model.vocab_size = max(vocab, int(config.model.vocab_size), int(tokenizer_vocab or 0))
 
 
-def _source_params(spec: str, model_cfg: Any) -> Any:
+def _source_params(spec: str, model_cfg: Any, mesh: jax.sharding.Mesh | None) -> Any:
+  """The source's parameters: an HF folder / GGUF file read straight into `mesh`'s rule shardings
+  (`hf.load_sharded`; each process reads only its devices' blocks), a workdir's as saved."""
   kind, path, step = parse(spec)
   if kind == "hf":
     from lime_jax import hf  # pylint: disable=import-outside-toplevel
 
-    _, params = hf.load_pretrained(path, param_dtype=str(model_cfg.param_dtype))
-    return params
+    if mesh is None:
+      return hf.load_pretrained(path, param_dtype=str(model_cfg.param_dtype))[1]
+    return hf.load_sharded(path, mesh, param_dtype=str(model_cfg.param_dtype))[1]
   from lime_jax import checkpoint  # pylint: disable=import-outside-toplevel
 
   _, state = checkpoint.restore_raw_state(path, step)
-  return state["params"]
+  return jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), state["params"])
 
 
-def resize_vocab(name: str, x: np.ndarray, rows: int) -> np.ndarray:
-  """`x` with its vocabulary axis grown to `rows`; new entries are the mean over the source's ids."""
+def resize_vocab(name: str, x: Any, rows: int) -> Any:
+  """`x` (numpy, or a jax array: computed where it lies) with its vocabulary axis grown to `rows`; new
+  entries are the mean over the source's ids (in fp32)."""
   axis = _VOCAB_PARAMS[name]
   have = x.shape[axis]
   if have == rows:
     return x
   if have > rows:
     raise ValueError(f"params[{name!r}] has {have} vocabulary entries, more than the model's {rows}.")
-  mean = x.mean(axis=axis, keepdims=True)
-  extra = np.repeat(mean, rows - have, axis=axis)
-  return np.concatenate([x, extra], axis=axis)
+  xp = jnp if isinstance(x, jax.Array) else np
+  mean = x.astype(np.float32).mean(axis=axis, keepdims=True).astype(x.dtype)
+  extra = xp.repeat(mean, rows - have, axis=axis)
+  return xp.concatenate([x, extra], axis=axis)
+
+
+def _mesh_of(tree: Any) -> jax.sharding.Mesh | None:
+  """The mesh of the tree's first leaf (None: not a jax array with a NamedSharding)."""
+  sharding = getattr(jax.tree.leaves(tree)[0], "sharding", None) if jax.tree.leaves(tree) else None
+  return sharding.mesh if isinstance(sharding, jax.sharding.NamedSharding) else None
 
 
 def initial_params(
   config: ml_collections.ConfigDict, model_cfg: Any, fresh_params: Any
 ) -> tuple[Any, list[str]]:
   """(the source's parameters in the structure, shapes, dtypes and shardings of `fresh_params`, the
-  parameters kept at their fresh initialisation)."""
+  parameters kept at their fresh initialisation). An HF source is read sharded onto the mesh of
+  `fresh_params` and never gathered on the host."""
   spec = str(config.model.init_from)
-  source = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), _source_params(spec, model_cfg))
+  source = _source_params(spec, model_cfg, _mesh_of(fresh_params))
   src = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(source)}
   for name in _VOCAB_PARAMS:
     key = jax.tree_util.keystr((jax.tree_util.DictKey(name),))
@@ -261,7 +274,9 @@ def initial_params(
       problems.append(f"{key}: source {tuple(src[key].shape)} vs model {tuple(fresh.shape)}")
       return fresh
     sharding = getattr(fresh, "sharding", None)
-    value = np.asarray(src[key], dtype=fresh.dtype)
+    value = (
+      src[key].astype(fresh.dtype) if isinstance(src[key], jax.Array) else np.asarray(src[key], fresh.dtype)
+    )
     return jax.device_put(value, sharding) if sharding is not None else value
 
   params = jax.tree_util.tree_map_with_path(take, fresh_params)

@@ -181,6 +181,43 @@ def jit_eval_step(run: Run):
   )
 
 
+def _abstract_state(run: Run) -> Any:
+  abstract_params = jax.eval_shape(functools.partial(init_params, run.model_cfg), jax.random.key(0))
+  return jax.eval_shape(
+    functools.partial(step_lib.init_train_state, optimizer=run.optimizer), abstract_params
+  )
+
+
+def state_bytes(run: Run) -> dict[str, int]:
+  """Bytes per device of the parameters and of the whole train state (parameters and optimizer moments),
+  from abstract shapes and the rule shardings on `run.mesh`."""
+  abstract = _abstract_state(run)
+  sizes = dict(run.mesh.shape)
+  return {
+    "params": shard_lib.bytes_per_device(abstract.params, sizes)[0],
+    "state": shard_lib.bytes_per_device(abstract, sizes)[0],
+  }
+
+
+def memory_line(run: Run) -> str:
+  """'Memory per device: parameters X, train state Y ... | mesh data=.. fsdp=.. tensor=..'."""
+  b = state_bytes(run)
+  return (
+    f"Memory per device: parameters {shard_lib.gib(b['params'])}, train state (with optimizer moments) "
+    f"{shard_lib.gib(b['state'])}, before activations | mesh {shard_lib.describe_mesh(run.mesh)}"
+  )
+
+
+def check_memory(run: Run, device_bytes: int | None = None) -> None:
+  """Refuses (DoesNotFitError naming the figure and the fsdp size that would hold it) a train state a
+  device cannot hold, before anything is allocated or read; `device_bytes` None: the device's own figure
+  (`sharding.device_memory_bytes`; none on CPU: no check)."""
+  limit = device_bytes if device_bytes is not None else shard_lib.device_memory_bytes()
+  shard_lib.check_fits(
+    _abstract_state(run), run.mesh, limit, "The train state (parameters and optimizer moments)"
+  )
+
+
 def param_count(params: Any) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
@@ -330,6 +367,8 @@ def _train(run: Run, workdir: str, phases: timing.Phases) -> TrainResult:
   checkpointer = ckpt_lib.Checkpointer(workdir, t.keep_checkpoints, t.async_checkpoint)
   signature = ckpt_lib.arch_signature(config.model, run.model_cfg.vocab_size)
 
+  writer.text(memory_line(run))
+  check_memory(run)
   data_iter = pipeline.make_train_iterator(config, jax.process_index(), jax.process_count(), run.data)
   with phases("init"), caches.count_cache_events() as init_cache:
     state = jax.block_until_ready(create_state(run))

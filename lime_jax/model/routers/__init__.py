@@ -3,9 +3,9 @@
 A router (`base.Router`) owns its parameters, its three stages per layer (`LayerFns`: pre / mix /
 post), its mixing FLOPs and its analysis (LIMe Fig. 5); the 'lime' topology (lime_jax/model/lime.py)
 only calls it. Adding a router: a module in this package with a `Router` instance, plus one line in
-`REGISTRY` (which also puts it under tests/test_lime.py's exactness check of its stages). This module
-imports nothing heavy (lime_jax.config may read `NAMES`): a router's module is imported when the router
-is first asked for.
+`REGISTRY` (which also puts it under tests/integration/test_lime_exactness.py's exactness check of its
+stages). This module imports nothing heavy (lime_jax.config may read `NAMES`): a router's module is
+imported when the router is first asked for.
 """
 
 from __future__ import annotations

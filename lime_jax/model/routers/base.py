@@ -2,8 +2,8 @@
 
 A router is the 'lime' topology's `lime_stack.StackStages`: `layer_fns(cfg)` gives its stages
 (`lime_stack.LayerFns`, each a Protocol called with named arguments), `stacked` the per-layer arrays
-they read. tests/test_lime.py checks every registered router against that contract (the forward pass
-and the memory-linear backward pass against an unrolled loop of its own stages).
+they read. tests/integration/test_lime_exactness.py checks every registered router against that contract (the
+forward pass and the memory-linear backward pass against an unrolled loop of its own stages).
 """
 
 from __future__ import annotations

@@ -96,7 +96,9 @@ def _post(cfg, *, params_l, router_l, coef, prev, h, tables, l, cache_l, entry=N
       raw["RBTC"] = _stored(raw["RBTC"], entry.astype(raw["RBTC"].dtype))
     return (prev_RBTC.transpose(1, 2, 0, 3) + _own_term(own_RR, raw["RBTC"])).astype(cfg.dtype)
 
-  h_BTD, extras = Block(cfg).apply({"params": params_l}, h_BTD, tables, kv_mixer=kv_mixer, cache=cache_l)
+  h_BTD, extras = Block(cfg).apply(
+    {"params": params_l}, h_BTD, tables, kv_mixer=kv_mixer, cache=cache_l, layer=l
+  )
   return LayerOut(h_BTD, raw["RBTC"], extras)
 
 

@@ -92,7 +92,7 @@ class V1Router(base.Router):
       return (scale_D[None, None, None, :] * mixed_BTRD).astype(cfg.dtype)
 
     h_out_BTD, extras = Block(cfg).apply(
-      {"params": params_l}, h_BTD, tables, kv_input=kv_input, cache=cache_l
+      {"params": params_l}, h_BTD, tables, kv_input=kv_input, cache=cache_l, layer=l
     )
     return LayerOut(h_out_BTD, n_BTD.astype(cfg.dtype), extras)
 
