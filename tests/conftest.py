@@ -92,6 +92,16 @@ def _session_user_cache(tmp_path_factory):
   jax.config.update("jax_compilation_cache_dir", jax_dir)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+  """Drops jax's in-memory caches after each test module. Every compiled program keeps its JIT code
+  mapped; one pytest process of the whole suite accumulated enough of them to crash XLA's compiler
+  (a segfault in `backend_compile_and_load` at ~75% of the suite; Linux allows 65530 mappings per
+  process). Programs an earlier module compiled come back from the persistent cache above."""
+  yield
+  jax.clear_caches()
+
+
 @pytest.fixture
 def make_cfg():
   """Factory fixture: `make_cfg(num_kv_heads=2, ...)` -> ModelConfig."""
