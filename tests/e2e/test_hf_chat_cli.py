@@ -3,34 +3,16 @@ loading the model."""
 
 from __future__ import annotations
 
-import json
-import shutil
 import subprocess
 import sys
 
-import pytest
-
 from tests.helpers import hf_tiny
 
-# A template over the tiny BPE's one special token (it closes a turn, so EOS already ends an answer).
-TEMPLATE = (
-  "{% for m in messages %}<|endoftext|>{{ m['role'] }}\n{{ m['content'] }}<|endoftext|>\n{% endfor %}"
-  "{% if add_generation_prompt %}<|endoftext|>assistant\n{% endif %}"
-)
+# The folders of the in-process chat tests (a plain one, and one with a chat template).
+from tests.integration.test_hf_chat import hf_dirs  # noqa: F401  (a fixture)
 
 
-@pytest.fixture(scope="module")
-def hf_dirs(tmp_path_factory):
-  """(plain folder, the same with a chat template in tokenizer_config.json)."""
-  plain = hf_tiny.make_llama_folder(str(tmp_path_factory.mktemp("hf") / "llama"))
-  chat = str(tmp_path_factory.mktemp("hf") / "chat")
-  shutil.copytree(plain, chat)
-  with open(f"{chat}/tokenizer_config.json", "w") as f:
-    json.dump({"eos_token": "<|endoftext|>", "chat_template": TEMPLATE}, f)
-  return plain, chat
-
-
-def test_chat_template_flag_without_a_template_fails_before_loading(hf_dirs, tmp_path):
+def test_chat_template_flag_without_a_template_fails_before_loading(hf_dirs, tmp_path):  # noqa: F811
   proc = subprocess.run(
     [
       sys.executable,
