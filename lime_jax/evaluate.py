@@ -27,6 +27,11 @@ the overlaid plots to --out (default RUN_A/eval/compare). All logic lives in lim
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # first, before jax loads (lime_jax/runtime/host_memory.py)
+  from lime_jax.runtime import host_memory
+
+  host_memory.restart_with_huge_pages()
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags

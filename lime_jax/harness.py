@@ -14,6 +14,11 @@ data from the Hugging Face Hub on first use (cached by `datasets`).
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # first, before jax loads (lime_jax/runtime/host_memory.py)
+  from lime_jax.runtime import host_memory
+
+  host_memory.restart_with_huge_pages()
+
 import json
 import os
 from collections.abc import Sequence

@@ -10,6 +10,11 @@ and exits 1; `--traceback` adds the Python traceback. Any other exception is a b
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # first, before jax loads (lime_jax/runtime/host_memory.py)
+  from lime_jax.runtime import host_memory
+
+  host_memory.restart_with_huge_pages()
+
 import time
 
 _IMPORT_START = time.perf_counter()

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from lime_jax.model import attention, taps
+from lime_jax.model.dense import dense
 from lime_jax.model.layers import Mlp, apply_rope, make_norm, normal_init, rms_norm
 from lime_jax.model.model_config import ModelConfig
 from lime_jax.model.tables import LayerTables
@@ -41,6 +42,9 @@ def project_kv(cfg: ModelConfig, x_BTD: jax.Array, params_l: Any) -> jax.Array:
   """
   wkv_DRC = params_l["wkv"].astype(cfg.dtype)
   if x_BTD.ndim == 3:
+    # An einsum, not `dense`: LIMe's kv router differentiates this projection through its stored buffer
+    # slot (routers/kv.py `_stored`), and under remat 'full' the dense form made its 64-layer step
+    # 1.11-1.12x the FLOP ratio against 1.04 (docs/benchmarks.md, "Where a train step's time goes").
     kv_BTRC = jnp.einsum("btd,drc->btrc", x_BTD, wkv_DRC)
   else:
     kv_BTRC = jnp.einsum("btrd,drc->btrc", x_BTD, wkv_DRC)
@@ -157,7 +161,7 @@ class Block(nn.Module):
     wo_NHD = self.param("wo", init, (N, H, D), cfg.pdtype)
 
     x_BTD = make_norm(cfg, "attn_norm")(h_BTD).astype(cfg.dtype)
-    q_BTNH = jnp.einsum("btd,dnh->btnh", x_BTD, wq_DNH.astype(cfg.dtype))
+    q_BTNH = dense(x_BTD, wq_DNH.astype(cfg.dtype))
     if cfg.qkv_bias:
       q_BTNH = q_BTNH + self.param("bq", zeros, (N, H), cfg.pdtype).astype(cfg.dtype)[None, None]
       kv_params["bkv"] = self.param("bkv", zeros, (R, 2 * H), cfg.pdtype)
@@ -206,8 +210,9 @@ class Block(nn.Module):
       scale=scale,
       softcap=cfg.attn_logit_softcap,
       window=window if isinstance(window, int) and mask_B1TS is None else 0,
+      recompute_probs=cfg.remat_policy == "none",
     )
-    attn_out_BTD = jnp.einsum("btnh,nhd->btd", out_BTNH, wo_NHD.astype(cfg.dtype))
+    attn_out_BTD = dense(out_BTNH, wo_NHD.astype(cfg.dtype), in_dims=2)
     if cfg.out_bias:
       attn_out_BTD = attn_out_BTD + self.param("bo", zeros, (D,), cfg.pdtype).astype(cfg.dtype)[None, None]
     if cfg.post_norms:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from lime_jax.model import dense as dense_lib
 
 
 def normal_init(std: float) -> nn.initializers.Initializer:
@@ -30,13 +34,47 @@ class RMSNorm(nn.Module):
 
 
 def rms_norm(x_BTD: jax.Array, scale_D: jax.Array, eps: float, offset: float = 0.0) -> jax.Array:
-  """(offset + scale) * x / rms(x) over the last axis, in fp32, cast back to x's dtype."""
+  """(offset + scale) * x / rms(x) over the last axis, in fp32, cast back to x's dtype.
+
+  Its backward keeps only x and 1 / rms (autodiff of the expression keeps x^2, x / rms and the scaled
+  product too: 3 more copies of the stream per norm in a layer scan)."""
+  return _rms_norm(float(eps), float(offset), x_BTD, scale_D)
+
+
+def _rms_parts(eps: float, offset: float, x_BTD: jax.Array, scale_D: jax.Array):
   x32_BTD = x_BTD.astype(jnp.float32)
   inv_rms_BT1 = jax.lax.rsqrt(jnp.mean(jnp.square(x32_BTD), axis=-1, keepdims=True) + eps)
   scale_11D = scale_D.astype(jnp.float32).reshape((1,) * (x_BTD.ndim - 1) + (-1,))
   if offset:
     scale_11D = scale_11D + offset
+  return x32_BTD, inv_rms_BT1, scale_11D
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _rms_norm(eps: float, offset: float, x_BTD: jax.Array, scale_D: jax.Array) -> jax.Array:
+  x32_BTD, inv_rms_BT1, scale_11D = _rms_parts(eps, offset, x_BTD, scale_D)
   return (scale_11D * (x32_BTD * inv_rms_BT1)).astype(x_BTD.dtype)
+
+
+def _rms_norm_fwd(eps, offset, x_BTD, scale_D):
+  x32_BTD, inv_rms_BT1, scale_11D = _rms_parts(eps, offset, x_BTD, scale_D)
+  return (scale_11D * (x32_BTD * inv_rms_BT1)).astype(x_BTD.dtype), (x_BTD, inv_rms_BT1, scale_D)
+
+
+def _rms_norm_bwd(eps, offset, saved, dy_BTD):
+  """y = s x r with r = (mean(x^2) + eps)^-1/2: dx = r g - r^3 x mean(g x) with g = s dy; ds = sum dy x r."""
+  x_BTD, inv_rms_BT1, scale_D = saved
+  x32_BTD = x_BTD.astype(jnp.float32)
+  dy32_BTD = dy_BTD.astype(jnp.float32)
+  scale_11D = scale_D.astype(jnp.float32).reshape((1,) * (x_BTD.ndim - 1) + (-1,)) + offset
+  g_BTD = scale_11D * dy32_BTD
+  mean_gx_BT1 = jnp.mean(g_BTD * x32_BTD, axis=-1, keepdims=True)
+  dx_BTD = inv_rms_BT1 * g_BTD - inv_rms_BT1**3 * x32_BTD * mean_gx_BT1
+  d_scale_D = jnp.sum(dy32_BTD * x32_BTD * inv_rms_BT1, axis=tuple(range(x_BTD.ndim - 1)))
+  return dx_BTD.astype(x_BTD.dtype), d_scale_D.astype(scale_D.dtype)
+
+
+_rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
 
 
 class LayerNorm(nn.Module):
@@ -126,32 +164,32 @@ def apply_rope(x_BTNC: jax.Array, cos_BT1C: jax.Array, sin_BT1C: jax.Array) -> j
   return out_BTNC.astype(x_BTNC.dtype)
 
 
-class SwiGLU(nn.Module):
-  """down(silu(gate(x)) * up(x)), no biases."""
-
-  d_model: int
-  ffn_dim: int
-  init_std: float
-  dtype: jnp.dtype
-  param_dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x_BTD: jax.Array) -> jax.Array:
-    init = normal_init(self.init_std)
-    w_gate_DF = self.param("w_gate", init, (self.d_model, self.ffn_dim), self.param_dtype)
-    w_up_DF = self.param("w_up", init, (self.d_model, self.ffn_dim), self.param_dtype)
-    w_down_FD = self.param("w_down", init, (self.ffn_dim, self.d_model), self.param_dtype)
-    x_BTD = x_BTD.astype(self.dtype)
-    gate_BTF = jnp.einsum("btd,df->btf", x_BTD, w_gate_DF.astype(self.dtype))
-    up_BTF = jnp.einsum("btd,df->btf", x_BTD, w_up_DF.astype(self.dtype))
-    return jnp.einsum("btf,fd->btd", nn.silu(gate_BTF) * up_BTF, w_down_FD.astype(self.dtype))
-
-
 ACTIVATIONS = {
   "silu": nn.silu,
   "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
   "gelu": lambda x: nn.gelu(x, approximate=False),
 }
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def gated(act: Callable[[jax.Array], jax.Array], gate_BTF: jax.Array, up_BTF: jax.Array) -> jax.Array:
+  """act(gate) * up, whose backward keeps only gate and up and recomputes act: autodiff of the product
+  keeps act's intermediates too (silu: the sigmoid and the product, 2 more [B, T, F] per layer)."""
+  return act(gate_BTF) * up_BTF
+
+
+def _gated_fwd(act, gate_BTF, up_BTF):
+  return act(gate_BTF) * up_BTF, (gate_BTF, up_BTF)
+
+
+def _gated_bwd(act, saved, d_BTF):
+  gate_BTF, up_BTF = saved
+  act_BTF, act_vjp = jax.vjp(act, gate_BTF)
+  (d_gate_BTF,) = act_vjp(d_BTF * up_BTF)
+  return d_gate_BTF, d_BTF * act_BTF
+
+
+gated.defvjp(_gated_fwd, _gated_bwd)
 
 
 class Mlp(nn.Module):
@@ -176,13 +214,13 @@ class Mlp(nn.Module):
 
     def dense(name: str, x, d_in: int, d_out: int):
       w = self.param(f"w_{name}", init, (d_in, d_out), pdtype)
-      y = jnp.einsum("btd,df->btf", x, w.astype(dtype))
+      y = dense_lib.dense(x, w.astype(dtype))
       if cfg.mlp_bias:
         y = y + self.param(f"b_{name}", nn.initializers.zeros, (d_out,), pdtype).astype(dtype)[None, None]
       return y
 
     if cfg.mlp_gated:
-      hidden_BTF = act(dense("gate", x_BTD, D, F)) * dense("up", x_BTD, D, F)
+      hidden_BTF = gated(act, dense("gate", x_BTD, D, F), dense("up", x_BTD, D, F))
     else:
       hidden_BTF = act(dense("up", x_BTD, D, F))
     return dense("down", hidden_BTF, F, D)

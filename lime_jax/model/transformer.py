@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from lime_jax.model import regularizers, taps
 from lime_jax.model.block import Block
+from lime_jax.model.dense import dense
 from lime_jax.model.layers import make_norm, normal_init
 from lime_jax.model.model_config import ModelConfig
 from lime_jax.model.stack import StackOutput
@@ -110,10 +111,10 @@ class Transformer(nn.Module):
       if name in taps.FINAL_POINTS:
         out.collected[name] = final[name]
     if cfg.tie_embeddings:
-      logits_BTV = jnp.einsum("btd,vd->btv", h_BTD, embed_VD.astype(jnp.float32))
+      logits_BTV = dense(h_BTD, embed_VD.astype(jnp.float32), w_transposed=True)
     else:
       unembed_DV = self.param("unembed", normal_init(cfg.init_std), (cfg.d_model, cfg.vocab_size), cfg.pdtype)
-      logits_BTV = jnp.einsum("btd,dv->btv", h_BTD, unembed_DV.astype(jnp.float32))
+      logits_BTV = dense(h_BTD, unembed_DV.astype(jnp.float32))
     if cfg.final_logit_softcap:
       logits_BTV = cfg.final_logit_softcap * jnp.tanh(logits_BTV / cfg.final_logit_softcap)
     return sharding.constrain(logits_BTV, ("batch", "length", "vocab")), out
@@ -130,9 +131,9 @@ def unembed(params: dict, cfg: ModelConfig, h_BTD: jax.Array) -> jax.Array:
   not) and any soft-cap, as the Transformer ends (the logit lens applies it to every layer)."""
   x_BTD = make_norm(cfg, "final_norm").apply({"params": params["final_norm"]}, h_BTD).astype(jnp.float32)
   if cfg.tie_embeddings:
-    logits_BTV = jnp.einsum("btd,vd->btv", x_BTD, params["embed"].astype(jnp.float32))
+    logits_BTV = dense(x_BTD, params["embed"].astype(jnp.float32), w_transposed=True)
   else:
-    logits_BTV = jnp.einsum("btd,dv->btv", x_BTD, params["unembed"].astype(jnp.float32))
+    logits_BTV = dense(x_BTD, params["unembed"].astype(jnp.float32))
   if cfg.final_logit_softcap:
     logits_BTV = cfg.final_logit_softcap * jnp.tanh(logits_BTV / cfg.final_logit_softcap)
   return logits_BTV

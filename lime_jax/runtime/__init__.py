@@ -9,4 +9,5 @@ Modules:
   workdir_lock   one training run per workdir (`WORKDIR/lock.json`).
   errors         `UserError` / `ConfigError` vs bugs: what the entry points print as one line.
   cli            flag parsing shared by the absl entry points that take `--config`.
+  host_memory    huge pages for XLA:CPU's per-step host buffers (an entry point restarts itself once).
 """

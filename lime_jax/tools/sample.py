@@ -9,6 +9,11 @@ each sample is printed up to its first EOS. --temperature=0 decodes greedily.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # first, before jax loads (lime_jax/runtime/host_memory.py)
+  from lime_jax.runtime import host_memory
+
+  host_memory.restart_with_huge_pages()
+
 from typing import Any
 
 import jax

@@ -30,6 +30,11 @@ wall time (all its launches) lands in <member>/wall_time.json and the `wall_min`
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # first, before jax loads (lime_jax/runtime/host_memory.py)
+  from lime_jax.runtime import host_memory
+
+  host_memory.restart_with_huge_pages()
+
 import ast
 import csv
 import dataclasses

@@ -1,0 +1,271 @@
+"""Where one train step's time and saved activations go, by category: lime_jax (XLA's per-op trace) and
+HF transformers' Llama in eager PyTorch (torch.profiler), at the setting of benchmarks/vs_pytorch.py.
+
+  python benchmarks/profile_step.py [--depth 8] [--framework jax|torch|both] [--top 15]
+
+lime_jax: the jitted train step (forward, backward, AdamW) is traced with `jax.profiler.trace` for 3
+steps; every XLA op of the trace is put into a category from its HLO (opcode, fused computation and
+the op_name of its source), and its time summed. On CPU the ops of one step can overlap (XLA runs
+independent ops concurrently), so the categories sum to more than the step's wall time. torch: the same
+step under `torch.profiler`, self CPU time per aten op, categorised by op name.
+
+Saved activations per layer: jax, the residuals autodiff keeps for the backward pass of one Block
+(`saved_residuals`; parameters excluded); torch, the bytes of the tensors autograd saves during one
+decoder layer's forward (`saved_tensors_hooks`, storage-deduplicated; parameters excluded).
+docs/benchmarks.md ("Where a train step's time goes") records a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import vs_pytorch  # noqa: E402  (the shared setting)
+
+B, T = 16, 128
+
+
+def _hlo_ops(hlo: str) -> tuple[dict, dict]:
+  """{instruction: (opcode, called computation, op_name)} and {computation: body text} of an HLO module."""
+  comps, cur = {}, None
+  for line in hlo.splitlines():
+    m = re.match(r"^(?:ENTRY )?%(\S+) .*\{$", line)
+    if m:
+      cur = m.group(1)
+      comps[cur] = []
+    elif cur:
+      comps[cur].append(line)
+  ops = {}
+  for line in hlo.splitlines():
+    m = re.match(r"\s+(?:ROOT )?%(\S+) = \S+ (\S+?)\(", line)
+    if m:
+      calls = re.search(r"calls=%([\w.\-]+)", line)
+      op_name = re.search(r'op_name="([^"]*)"', line)
+      ops[m.group(1)] = (m.group(2), calls.group(1) if calls else None, op_name.group(1) if op_name else "")
+  return ops, {k: "\n".join(v) for k, v in comps.items()}
+
+
+def jax_category(opcode: str, body: str, op_name: str) -> str | None:
+  """The category of one XLA op (None: a control-flow op whose time includes its body's ops)."""
+  if opcode in ("while", "conditional", "call"):
+    return None
+  if "__ynn_fusion" in body or "__xnn_fusion" in body or opcode in ("dot", "custom-call") or " dot(" in body:
+    return "matmuls (dots)"
+  if "Transformer" not in op_name:
+    return "optimizer, loss, embedding (outside the model's layers)"
+  if " transpose(" in body or opcode in ("transpose", "copy") or " copy(" in body:
+    return "transposes / copies / layout"
+  if "dynamic-update-slice" in body or "dynamic-slice" in body or opcode.startswith("dynamic"):
+    return "scan bookkeeping (dynamic slices / updates)"
+  if opcode == "broadcast" or (opcode == "fusion" and body.count("\n") <= 2 and "broadcast(" in body):
+    return "buffer initialisation (broadcasts)"
+  if re.search(r"attention|softmax|logsumexp|_where|exp\b", op_name):
+    return "attention softmax / mask"
+  if re.search(r"rms|norm|rope|rotate|cos|sin", op_name, re.I):
+    return "norms and RoPE"
+  if re.search(r"mlp|silu|gelu|gated", op_name):
+    return "SwiGLU / MLP elementwise"
+  return "other elementwise"
+
+
+def profile_jax(depth: int, steps: int = 3, top: int = 0) -> dict:
+  import jax
+
+  from lime_jax.config import default_config
+  from lime_jax.model import Transformer, init_params
+  from lime_jax.tools import bench
+  from lime_jax.train import optimizer as opt_lib
+  from lime_jax.train import step as step_lib
+
+  cfg = bench.model_config(depth, vs_pytorch.D_MODEL, vs_pytorch.HEADS, vs_pytorch.VOCAB, tie_embeddings=True)
+  train_cfg = default_config().train
+  params = init_params(cfg, jax.random.key(0))
+  optimizer = opt_lib.make_optimizer(train_cfg, params)
+  state = step_lib.init_train_state(params, optimizer)
+  data = bench.random_batch(cfg, B, T)
+  fn = jax.jit(step_lib.make_train_step(Transformer(cfg), optimizer, opt_lib.lr_schedule(train_cfg)))
+  compiled = fn.lower(state, data).compile()
+  for _ in range(2):
+    state, m = compiled(state, data)
+    jax.block_until_ready(m)
+  times = []
+  for _ in range(5):
+    t0 = time.perf_counter()
+    state, m = compiled(state, data)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t0)
+  with tempfile.TemporaryDirectory() as trace_dir:
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+      for _ in range(steps):
+        state, m = compiled(state, data)
+        jax.block_until_ready(m)
+    (path,) = glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True)
+    with gzip.open(path) as f:
+      trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  per_op = collections.Counter()
+  for e in events:
+    if e.get("ph") == "X":
+      per_op[e["name"]] += e.get("dur", 0) / steps / 1e3  # ms per step
+  ops, comps = _hlo_ops(compiled.as_text())
+  categories = collections.Counter()
+  for name, ms in per_op.items():
+    if name in ops:
+      opcode, calls, op_name = ops[name]
+      cat = jax_category(opcode, comps.get(calls, "") if calls else "", op_name)
+      if cat:
+        categories[cat] += ms
+  if top:
+    for name, ms in per_op.most_common(top):
+      if name in ops:
+        print(f"  {ms:8.1f} ms  {name:32s} {ops[name][2][-100:]}")
+  return {"step_ms": statistics.median(times) * 1e3, "categories": dict(categories), **jax_saved_per_layer()}
+
+
+def jax_saved_per_layer() -> dict:
+  """Bytes autodiff keeps for one Block's backward pass (parameters excluded), by source line."""
+  import jax
+  import jax.numpy as jnp
+  from jax._src.ad_checkpoint import saved_residuals
+
+  from lime_jax.model.block import Block
+  from lime_jax.model.tables import layer_tables
+  from lime_jax.tools import bench
+
+  cfg = bench.model_config(1, vs_pytorch.D_MODEL, vs_pytorch.HEADS, vs_pytorch.VOCAB, tie_embeddings=True)
+  block = Block(cfg)
+  h_BTD = jnp.zeros((B, T, cfg.d_model))
+  tables = layer_tables(cfg, jnp.broadcast_to(jnp.arange(T), (B, T)))
+  variables = block.init(jax.random.key(0), h_BTD, tables)
+  saved = saved_residuals(lambda v, h: block.apply(v, h, tables)[0], variables, h_BTD)
+  kept = [(a, src) for a, src in saved if not src.startswith("from the argument v")]
+  total = sum(a.size * a.dtype.itemsize for a, _ in kept)
+  return {"saved_mib_per_layer": total / 2**20, "saved": [(a.str_short(), src[:120]) for a, src in kept]}
+
+
+TORCH_CATEGORIES = (
+  ("matmuls (dots)", r"^aten::(mm|bmm|addmm|matmul|linear|baddbmm)$"),
+  ("attention (sdpa kernels)", r"scaled_dot_product|flash_attention"),
+  ("optimizer", r"_foreach_|lerp_|addcdiv_|addcmul_|^aten::sqrt$|Optimizer"),
+  ("transposes / copies / layout", r"copy_|contiguous|clone|^aten::cat$|transpose|permute|as_strided|view"),
+  ("norms and RoPE", r"pow|rsqrt|mean|neg"),
+  ("SwiGLU / MLP elementwise", r"silu"),
+  ("loss, embedding", r"nll|log_softmax|embedding|cross_entropy"),
+  ("other elementwise", r"."),
+)
+
+
+def profile_torch(depth: int, steps: int = 3) -> dict:
+  import torch
+  from torch.profiler import ProfilerActivity, profile
+  from transformers import LlamaConfig, LlamaForCausalLM
+
+  torch.manual_seed(0)
+  cfg = LlamaConfig(
+    vocab_size=vs_pytorch.VOCAB,
+    hidden_size=vs_pytorch.D_MODEL,
+    intermediate_size=vs_pytorch.FFN,
+    num_hidden_layers=depth,
+    num_attention_heads=vs_pytorch.HEADS,
+    num_key_value_heads=vs_pytorch.HEADS,
+    tie_word_embeddings=True,
+    max_position_embeddings=256,
+  )
+  cfg._attn_implementation = "sdpa"
+  model = LlamaForCausalLM(cfg).train()
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+  tokens = torch.randint(0, vs_pytorch.VOCAB, (B, T + 1))
+
+  def step():
+    model(input_ids=tokens[:, :-1], labels=tokens[:, 1:].contiguous()).loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+  times, _ = vs_pytorch._time_steps(step, 5)
+  with profile(activities=[ProfilerActivity.CPU]) as prof:
+    for _ in range(steps):
+      step()
+  categories = collections.Counter()
+  for evt in prof.key_averages():
+    if not evt.key.startswith("aten::") and "Optimizer" not in evt.key:
+      continue
+    for cat, pattern in TORCH_CATEGORIES:
+      if re.search(pattern, evt.key):
+        categories[cat] += evt.self_cpu_time_total / steps / 1e3
+        break
+  # Saved activations of one decoder layer: storages autograd keeps, parameters excluded.
+  param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
+  storages: dict[int, int] = {}
+
+  def pack(t):
+    s = t.untyped_storage()
+    if s.data_ptr() not in param_ptrs:
+      storages[s.data_ptr()] = s.nbytes()
+    return t
+
+  layer = model.model.layers[0]
+  h = torch.randn(B, T, cfg.hidden_size, requires_grad=True)
+  position_ids = torch.arange(T)[None].expand(B, T)
+  rope = model.model.rotary_emb(h, position_ids)
+  with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    layer(h, position_embeddings=rope, attention_mask=None, position_ids=position_ids)
+  return {
+    "step_ms": statistics.median(times) * 1e3,
+    "categories": dict(categories),
+    "saved_mib_per_layer": sum(storages.values()) / 2**20,
+  }
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--depth", type=int, default=8)
+  parser.add_argument("--framework", choices=("jax", "torch", "both"), default="both")
+  parser.add_argument("--top", type=int, default=0, help="also list the slowest XLA ops")
+  parser.add_argument("--show_saved", action="store_true", help="list lime_jax's saved residuals")
+  args = parser.parse_args()
+  results = {}
+  if args.framework in ("jax", "both"):
+    results["lime_jax"] = profile_jax(args.depth, top=args.top)
+    if args.show_saved:
+      for shape, src in results["lime_jax"]["saved"]:
+        print(f"  {shape:28s} {src}")
+  if args.framework in ("torch", "both"):
+    results["torch Llama"] = profile_torch(args.depth)
+  names = list(results)
+  print(f"\ndepth {args.depth}, batch {B} x {T}, fp32; ms per step by category (summed op time)\n")
+  print("| category | " + " | ".join(names) + " |")
+  print("|---|" + "---:|" * len(names))
+  cats = sorted(
+    {c for r in results.values() for c in r["categories"]},
+    key=lambda c: -max(r["categories"].get(c, 0) for r in results.values()),
+  )
+  for c in cats:
+    cells = []
+    for n in names:
+      ms, total = results[n]["categories"].get(c, 0.0), sum(results[n]["categories"].values())
+      cells.append(f"{ms:.0f} ({100 * ms / total:.0f}%)" if ms else "–")
+    print(f"| {c} | " + " | ".join(cells) + " |")
+  rows = {
+    "sum of op times": lambda n: f"{sum(results[n]['categories'].values()):.0f}",
+    "step wall time (median of 5)": lambda n: f"{results[n]['step_ms']:.0f}",
+    "saved activations per layer (MiB)": lambda n: f"{results[n]['saved_mib_per_layer']:.1f}",
+  }
+  for label, cell in rows.items():
+    print(f"| {label} | " + " | ".join(cell(n) for n in names) + " |")
+
+
+if __name__ == "__main__":
+  main()
