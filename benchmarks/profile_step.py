@@ -1,7 +1,8 @@
-"""Where one train step's time and saved activations go, by category: lime_jax (XLA's per-op trace) and
-HF transformers' Llama in eager PyTorch (torch.profiler), at the setting of benchmarks/vs_pytorch.py.
+"""Where one train step's time and saved activations go, by category: lime_jax and a hand-written
+scanned JAX LLaMA (XLA's per-op trace), and HF transformers' Llama in eager PyTorch (torch.profiler), at
+the setting of benchmarks/vs_pytorch.py.
 
-  python benchmarks/profile_step.py [--depth 8] [--framework jax|torch|both] [--top 15]
+  python benchmarks/profile_step.py [--depth 8] [--frameworks lime_jax,handwritten_jax,torch] [--top 15]
 
 lime_jax: the jitted train step (forward, backward, AdamW) is traced with `jax.profiler.trace` for 3
 steps; every XLA op of the trace is put into a category from its HLO (opcode, fused computation and
@@ -64,8 +65,8 @@ def jax_category(opcode: str, body: str, op_name: str) -> str | None:
     return None
   if "__ynn_fusion" in body or "__xnn_fusion" in body or opcode in ("dot", "custom-call") or " dot(" in body:
     return "matmuls (dots)"
-  if "Transformer" not in op_name:
-    return "optimizer, loss, embedding (outside the model's layers)"
+  if "/while" not in op_name:  # the layers run inside the scan's while loop
+    return "optimizer, loss, embedding (outside the layer scan)"
   if " transpose(" in body or opcode in ("transpose", "copy") or " copy(" in body:
     return "transposes / copies / layout"
   if "dynamic-update-slice" in body or "dynamic-slice" in body or opcode.startswith("dynamic"):
@@ -81,7 +82,8 @@ def jax_category(opcode: str, body: str, op_name: str) -> str | None:
   return "other elementwise"
 
 
-def profile_jax(depth: int, steps: int = 3, top: int = 0) -> dict:
+def lime_jax_step(depth: int):
+  """lime_jax's train step (lime_jax.train.step, the default optimizer): (jitted step, state, batch)."""
   import jax
 
   from lime_jax.config import default_config
@@ -95,8 +97,15 @@ def profile_jax(depth: int, steps: int = 3, top: int = 0) -> dict:
   params = init_params(cfg, jax.random.key(0))
   optimizer = opt_lib.make_optimizer(train_cfg, params)
   state = step_lib.init_train_state(params, optimizer)
-  data = bench.random_batch(cfg, B, T)
   fn = jax.jit(step_lib.make_train_step(Transformer(cfg), optimizer, opt_lib.lr_schedule(train_cfg)))
+  return fn, state, bench.random_batch(cfg, B, T)
+
+
+def profile_jax(depth: int, builder=lime_jax_step, steps: int = 3, top: int = 0, saved: bool = True) -> dict:
+  """Step time and op time by category of a jitted JAX step built by `builder(depth)`."""
+  import jax
+
+  fn, state, data = builder(depth)
   compiled = fn.lower(state, data).compile()
   for _ in range(2):
     state, m = compiled(state, data)
@@ -132,7 +141,80 @@ def profile_jax(depth: int, steps: int = 3, top: int = 0) -> dict:
     for name, ms in per_op.most_common(top):
       if name in ops:
         print(f"  {ms:8.1f} ms  {name:32s} {ops[name][2][-100:]}")
-  return {"step_ms": statistics.median(times) * 1e3, "categories": dict(categories), **jax_saved_per_layer()}
+  out = {
+    "step_ms": statistics.median(times) * 1e3,
+    "categories": dict(categories),
+    "saved_mib_per_layer": None,
+  }
+  if saved:
+    out.update(jax_saved_per_layer())
+  return out
+
+
+def handwritten_jax_step(depth: int):
+  """A hand-written scanned LLaMA in plain JAX (einsum projections, RMSNorm, RoPE, SwiGLU,
+  `jax.nn.dot_product_attention`, optax AdamW), the reference that shows what lime_jax adds to a step:
+  (jitted step, state, batch)."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  D, N, F, V = vs_pytorch.D_MODEL, vs_pytorch.HEADS, vs_pytorch.FFN, vs_pytorch.VOCAB
+  H = D // N
+  keys = iter(jax.random.split(jax.random.key(0), 8))
+
+  def normal(*shape):
+    return 0.02 * jax.random.normal(next(keys), shape)
+
+  params = {
+    "embed": normal(V, D),
+    "layers": {
+      "attn_norm": jnp.ones((depth, D)),
+      "wqkv": normal(depth, D, 3, N, H),
+      "wo": normal(depth, N, H, D),
+      "mlp_norm": jnp.ones((depth, D)),
+      "w_gate": normal(depth, D, F),
+      "w_up": normal(depth, D, F),
+      "w_down": normal(depth, F, D),
+    },
+    "final_norm": jnp.ones((D,)),
+  }
+  inv_freq = 1.0 / 10_000 ** (jnp.arange(0, H, 2) / H)
+  angles = jnp.arange(T)[:, None] * inv_freq[None]
+  cos, sin = jnp.cos(angles)[None, :, None], jnp.sin(angles)[None, :, None]
+
+  def norm(x, w):
+    return x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-6) * w
+
+  def rope(x):
+    x1, x2 = x[..., : H // 2], x[..., H // 2 :]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+
+  def layer(h, p):
+    qkv = jnp.einsum("btd,dknh->btknh", norm(h, p["attn_norm"]), p["wqkv"])
+    q, k, v = rope(qkv[:, :, 0]), rope(qkv[:, :, 1]), qkv[:, :, 2]
+    o = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
+    h = h + jnp.einsum("btnh,nhd->btd", o, p["wo"])
+    x = norm(h, p["mlp_norm"])
+    gated = jax.nn.silu(jnp.einsum("btd,df->btf", x, p["w_gate"])) * jnp.einsum("btd,df->btf", x, p["w_up"])
+    return h + jnp.einsum("btf,fd->btd", gated, p["w_down"]), None
+
+  def loss_fn(params, tokens):
+    h, _ = jax.lax.scan(layer, params["embed"][tokens[:, :-1]], params["layers"])
+    logits = jnp.einsum("btd,vd->btv", norm(h, params["final_norm"]), params["embed"])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+  optimizer = optax.adamw(1e-3, b1=0.9, b2=0.95, weight_decay=0.1)
+
+  @jax.jit
+  def step(state, tokens):
+    params, opt_state = state
+    loss, grads = jax.value_and_grad(loss_fn)(params, tokens)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), loss
+
+  tokens = jax.random.randint(jax.random.key(1), (B, T + 1), 0, V)
+  return step, (params, optimizer.init(params)), tokens
 
 
 def jax_saved_per_layer() -> dict:
@@ -232,17 +314,22 @@ def profile_torch(depth: int, steps: int = 3) -> dict:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--depth", type=int, default=8)
-  parser.add_argument("--framework", choices=("jax", "torch", "both"), default="both")
+  parser.add_argument(
+    "--frameworks", default="lime_jax,handwritten_jax,torch", help="any of lime_jax, handwritten_jax, torch"
+  )
   parser.add_argument("--top", type=int, default=0, help="also list the slowest XLA ops")
   parser.add_argument("--show_saved", action="store_true", help="list lime_jax's saved residuals")
   args = parser.parse_args()
   results = {}
-  if args.framework in ("jax", "both"):
+  frameworks = args.frameworks.split(",")
+  if "lime_jax" in frameworks:
     results["lime_jax"] = profile_jax(args.depth, top=args.top)
     if args.show_saved:
       for shape, src in results["lime_jax"]["saved"]:
         print(f"  {shape:28s} {src}")
-  if args.framework in ("torch", "both"):
+  if "handwritten_jax" in frameworks:
+    results["hand-written JAX"] = profile_jax(args.depth, handwritten_jax_step, top=args.top, saved=False)
+  if "torch" in frameworks:
     results["torch Llama"] = profile_torch(args.depth)
   names = list(results)
   print(f"\ndepth {args.depth}, batch {B} x {T}, fp32; ms per step by category (summed op time)\n")
@@ -261,7 +348,9 @@ def main() -> None:
   rows = {
     "sum of op times": lambda n: f"{sum(results[n]['categories'].values()):.0f}",
     "step wall time (median of 5)": lambda n: f"{results[n]['step_ms']:.0f}",
-    "saved activations per layer (MiB)": lambda n: f"{results[n]['saved_mib_per_layer']:.1f}",
+    "saved activations per layer (MiB)": lambda n: (
+      "–" if results[n]["saved_mib_per_layer"] is None else f"{results[n]['saved_mib_per_layer']:.1f}"
+    ),
   }
   for label, cell in rows.items():
     print(f"| {label} | " + " | ".join(cell(n) for n in names) + " |")

@@ -1,7 +1,9 @@
 """Causal multi-head attention with grouped-query support and a switchable implementation.
 
 `attention_impl`:
-  - 'xla': `jax.nn.dot_product_attention(implementation='xla')` (default, runs everywhere);
+  - 'xla': `jax.nn.dot_product_attention(implementation='xla')` (default, runs everywhere); on the CPU
+    backend with remat 'none', `recompute_attention` (the same math; its backward recomputes the
+    probabilities instead of keeping them, on matrices batched over batch and kv head);
   - 'cudnn': the cuDNN fused kernel (GPU only);
   - 'explicit': einsum + fp32 softmax, whose probabilities are returned for the probes.
 
@@ -64,14 +66,28 @@ def explicit_attention(
   return out_BTRGH.reshape(B, T, N, H), probs_BRGTS.reshape(B, N, T, -1)
 
 
-def _grouped_logits(q_BTNH, k_BSRH, mask_B1TS, scale):
-  """fp32 masked logits [B, R, G, T, S] of the queries grouped by their kv head (G = N / R)."""
+def _head_major(q_BTNH, k_BSRH, v_BSRH, mask_B1TS):
+  """Operands as matrices batched over (B, R): q as [B, R, Q, H] with Q = G*T (the G = N / R queries of
+  each kv head, then the positions), k and v as [B, R, S, H], the mask as [B', 1, Q, S]."""
   B, T, N, H = q_BTNH.shape
   R = k_BSRH.shape[2]
-  q_BTRGH = q_BTNH.reshape(B, T, R, N // R, H)
-  logits_BRGTS = jnp.einsum("btrgh,bsrh->brgts", q_BTRGH, k_BSRH, preferred_element_type=jnp.float32)
-  logits_BRGTS = logits_BRGTS * jnp.float32(scale)
-  return jnp.where(mask_B1TS[:, :, None], logits_BRGTS, jnp.finfo(jnp.float32).min), q_BTRGH
+  G = N // R
+  q_BRQH = q_BTNH.reshape(B, T, R, G, H).transpose(0, 2, 3, 1, 4).reshape(B, R, G * T, H)
+  mask_B1QS = jnp.broadcast_to(mask_B1TS[:, :, None], (mask_B1TS.shape[0], 1, G, T, mask_B1TS.shape[-1]))
+  mask_B1QS = mask_B1QS.reshape(mask_B1TS.shape[0], 1, G * T, -1)
+  return q_BRQH, k_BSRH.transpose(0, 2, 1, 3), v_BSRH.transpose(0, 2, 1, 3), mask_B1QS
+
+
+def _token_major(x_BRQH, T: int) -> jax.Array:
+  """[B, R, G*T, H] -> [B, T, R*G, H], the inverse of `_head_major`'s layout of q."""
+  B, R, Q, H = x_BRQH.shape
+  return x_BRQH.reshape(B, R, Q // T, T, H).transpose(0, 3, 1, 2, 4).reshape(B, T, R * (Q // T), H)
+
+
+def _masked_logits(q_BRQH, k_BRSH, mask_B1QS, scale):
+  """fp32 masked logits [B, R, Q, S]."""
+  logits_BRQS = jnp.einsum("brqh,brsh->brqs", q_BRQH, k_BRSH, preferred_element_type=jnp.float32)
+  return jnp.where(mask_B1QS, logits_BRQS * jnp.float32(scale), jnp.finfo(jnp.float32).min)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -79,46 +95,45 @@ def recompute_attention(q_BTNH, k_BSRH, v_BSRH, mask_B1TS, scale: float) -> jax.
   """Softmax attention (fp32 logits and softmax, as `explicit_attention`) whose backward recomputes
   the probabilities from q, k and the saved log-sum-exp instead of keeping them: per layer it saves q,
   k, v, the output and [B, N, T] floats, where autodiff keeps the mask, the logits, their exponentials
-  and the probabilities ([B, N, T, S] each). One more Q.K^T in the backward, as flash attention does."""
+  and the probabilities ([B, N, T, S] each). One more Q.K^T in the backward, as flash attention does.
+
+  Computed on matrices batched over (batch, kv head) (`_head_major`): on XLA:CPU the products on
+  [B, T, N, H] operands ran with layout copies fused into the softmax's elementwise ops, 2.2x the time
+  of this form (forward + backward of one layer, docs/benchmarks.md)."""
   return _recompute_fwd(q_BTNH, k_BSRH, v_BSRH, mask_B1TS, scale)[0]
 
 
 def _recompute_fwd(q_BTNH, k_BSRH, v_BSRH, mask_B1TS, scale):
-  B, T, N, H = q_BTNH.shape
-  logits_BRGTS, _ = _grouped_logits(q_BTNH, k_BSRH, mask_B1TS, scale)
-  lse_BRGT = jax.nn.logsumexp(logits_BRGTS, axis=-1)
-  probs_BRGTS = jnp.exp(logits_BRGTS - lse_BRGT[..., None])
-  out_BTRGH = jnp.einsum("brgts,bsrh->btrgh", probs_BRGTS.astype(v_BSRH.dtype), v_BSRH)
-  out_BTNH = out_BTRGH.reshape(B, T, N, H)
-  return out_BTNH, (q_BTNH, k_BSRH, v_BSRH, mask_B1TS, out_BTNH, lse_BRGT)
+  T = q_BTNH.shape[1]
+  q_BRQH, k_BRSH, v_BRSH, mask_B1QS = _head_major(q_BTNH, k_BSRH, v_BSRH, mask_B1TS)
+  logits_BRQS = _masked_logits(q_BRQH, k_BRSH, mask_B1QS, scale)
+  lse_BRQ = jax.nn.logsumexp(logits_BRQS, axis=-1)
+  probs_BRQS = jnp.exp(logits_BRQS - lse_BRQ[..., None])
+  out_BRQH = jnp.einsum("brqs,brsh->brqh", probs_BRQS.astype(v_BRSH.dtype), v_BRSH)
+  return _token_major(out_BRQH, T), (q_BRQH, k_BRSH, v_BRSH, mask_B1QS, out_BRQH, lse_BRQ)
 
 
 def _recompute_bwd(scale, saved, d_out_BTNH):
   """dV = P^T dO; dP = dO V^T; dS = P (dP - rowsum(dO * O)), zero where masked; dQ = dS K; dK = dS^T Q."""
-  q_BTNH, k_BSRH, v_BSRH, mask_B1TS, out_BTNH, lse_BRGT = saved
-  B, T, N, H = q_BTNH.shape
-  R = k_BSRH.shape[2]
-  logits_BRGTS, q_BTRGH = _grouped_logits(q_BTNH, k_BSRH, mask_B1TS, scale)
-  probs_BRGTS = jnp.exp(logits_BRGTS - lse_BRGT[..., None])
-  d_out_BTRGH = d_out_BTNH.reshape(B, T, R, N // R, H)
-  d_v_BSRH = jnp.einsum(
-    "brgts,btrgh->bsrh",
-    probs_BRGTS.astype(d_out_BTRGH.dtype),
-    d_out_BTRGH,
-    preferred_element_type=jnp.float32,
+  q_BRQH, k_BRSH, v_BRSH, mask_B1QS, out_BRQH, lse_BRQ = saved
+  B, T, N, H = d_out_BTNH.shape
+  R = k_BRSH.shape[1]
+  probs_BRQS = jnp.exp(_masked_logits(q_BRQH, k_BRSH, mask_B1QS, scale) - lse_BRQ[..., None])
+  d_out_BRQH = d_out_BTNH.reshape(B, T, R, N // R, H).transpose(0, 2, 3, 1, 4).reshape(B, R, -1, H)
+  f32 = jnp.float32
+  d_v_BRSH = jnp.einsum(
+    "brqs,brqh->brsh", probs_BRQS.astype(d_out_BRQH.dtype), d_out_BRQH, preferred_element_type=f32
   )
-  d_probs_BRGTS = jnp.einsum("btrgh,bsrh->brgts", d_out_BTRGH, v_BSRH, preferred_element_type=jnp.float32)
-  out_BTRGH = out_BTNH.reshape(B, T, R, N // R, H)
-  row_BRGT = jnp.einsum("btrgh,btrgh->brgt", d_out_BTRGH.astype(jnp.float32), out_BTRGH.astype(jnp.float32))
-  d_logits_BRGTS = probs_BRGTS * (d_probs_BRGTS - row_BRGT[..., None])
-  d_logits_BRGTS = jnp.where(mask_B1TS[:, :, None], d_logits_BRGTS, 0.0) * jnp.float32(scale)
-  d_logits_BRGTS = d_logits_BRGTS.astype(q_BTNH.dtype)
-  d_q_BTRGH = jnp.einsum("brgts,bsrh->btrgh", d_logits_BRGTS, k_BSRH, preferred_element_type=jnp.float32)
-  d_k_BSRH = jnp.einsum("brgts,btrgh->bsrh", d_logits_BRGTS, q_BTRGH, preferred_element_type=jnp.float32)
+  d_probs_BRQS = jnp.einsum("brqh,brsh->brqs", d_out_BRQH, v_BRSH, preferred_element_type=f32)
+  row_BRQ = jnp.sum(d_out_BRQH.astype(f32) * out_BRQH.astype(f32), axis=-1)
+  d_logits_BRQS = probs_BRQS * (d_probs_BRQS - row_BRQ[..., None])
+  d_logits_BRQS = (jnp.where(mask_B1QS, d_logits_BRQS, 0.0) * f32(scale)).astype(q_BRQH.dtype)
+  d_q_BRQH = jnp.einsum("brqs,brsh->brqh", d_logits_BRQS, k_BRSH, preferred_element_type=f32)
+  d_k_BRSH = jnp.einsum("brqs,brqh->brsh", d_logits_BRQS, q_BRQH, preferred_element_type=f32)
   return (
-    d_q_BTRGH.reshape(B, T, N, H).astype(q_BTNH.dtype),
-    d_k_BSRH.astype(k_BSRH.dtype),
-    d_v_BSRH.astype(v_BSRH.dtype),
+    _token_major(d_q_BRQH, T).astype(q_BRQH.dtype),
+    d_k_BRSH.transpose(0, 2, 1, 3).astype(k_BRSH.dtype),
+    d_v_BRSH.transpose(0, 2, 1, 3).astype(v_BRSH.dtype),
     None,
   )
 

@@ -269,7 +269,8 @@ class ModelConfig:
   param_dtype: str = option("float32", "parameters.", DTYPES, arch="checkpoint")
   attention_impl: str = option(
     "xla",
-    "'xla', 'cudnn' (GPU flash kernel) or 'explicit' (materialised probabilities).",
+    "'xla' (on CPU with remat 'none': a backward that recomputes the probabilities), 'cudnn' (GPU flash "
+    "kernel) or 'explicit' (materialised probabilities).",
     ATTENTION_IMPLS,
   )
   remat_policy: str = option(
