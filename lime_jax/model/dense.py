@@ -17,6 +17,10 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+# The name of every projection's output, which remat_policy 'save_dots' keeps (lime_jax/model/stack.py).
+DENSE_OUTPUT = "dense_output"
 
 
 def dense(x: jax.Array, w: jax.Array, in_dims: int = 1, *, w_transposed: bool = False) -> jax.Array:
@@ -29,7 +33,7 @@ def dense(x: jax.Array, w: jax.Array, in_dims: int = 1, *, w_transposed: bool = 
   w_in = w.shape[w.ndim - in_dims :] if w_transposed else w.shape[:in_dims]
   if tuple(x.shape[x.ndim - in_dims :]) != tuple(w_in):
     raise ValueError(f"dense: x {x.shape} does not contract with w {w.shape} over {in_dims} dim(s).")
-  return _dense(in_dims, w_transposed, x, w)
+  return checkpoint_name(_dense(in_dims, w_transposed, x, w), DENSE_OUTPUT)
 
 
 def _matrices(in_dims: int, w_transposed: bool, x: jax.Array, w: jax.Array):

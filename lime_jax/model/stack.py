@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from lime_jax.model import taps
 from lime_jax.model.block import Block
+from lime_jax.model.dense import DENSE_OUTPUT
 from lime_jax.model.model_config import ModelConfig
 from lime_jax.model.tables import LayerTables
 
@@ -131,7 +132,12 @@ def remat(fn: Callable, policy: str) -> Callable:
     return fn
   policies = {
     "full": jax.checkpoint_policies.nothing_saveable,
-    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # The projections are custom-VJP calls (lime_jax/model/dense.py), which the dot policy cannot see
+    # into: their outputs are saved by name.
+    "save_dots": jax.checkpoint_policies.save_from_both_policies(
+      jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+      jax.checkpoint_policies.save_only_these_names(DENSE_OUTPUT),
+    ),
   }
   return jax.checkpoint(fn, policy=policies[policy], prevent_cse=False)
 

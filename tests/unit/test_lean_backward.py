@@ -133,3 +133,22 @@ def test_cpu_xla_attention_saves_no_probabilities():
   np.testing.assert_allclose(
     attention.attend(q, k, v, "xla")[0], attention.attend(q, k, v, "explicit")[0], rtol=1e-5, atol=1e-5
   )
+
+
+def test_save_dots_keeps_the_projections_outputs():
+  """remat_policy 'save_dots' keeps matmul outputs: the projections are custom-VJP calls the dot policy
+  cannot see into, so their outputs are saved by name (lime_jax/model/stack.py `remat`); 'full' keeps
+  none of them."""
+  from lime_jax.model.stack import remat
+
+  x = jax.random.normal(jax.random.key(5), (2, 5, 8))
+  w = jax.random.normal(jax.random.key(6), (8, 12))
+
+  def body(x, w):
+    return jnp.sin(dense(x, w))
+
+  def kept(policy):
+    return [a.shape for a, _ in saved_residuals(remat(body, policy), x, w)]
+
+  assert (2, 5, 12) in kept("save_dots")
+  assert (2, 5, 12) not in kept("full")
