@@ -83,22 +83,8 @@ def jax_category(opcode: str, body: str, op_name: str) -> str | None:
 
 
 def lime_jax_step(depth: int):
-  """lime_jax's train step (lime_jax.train.step, the default optimizer): (jitted step, state, batch)."""
-  import jax
-
-  from lime_jax.config import default_config
-  from lime_jax.model import Transformer, init_params
-  from lime_jax.tools import bench
-  from lime_jax.train import optimizer as opt_lib
-  from lime_jax.train import step as step_lib
-
-  cfg = bench.model_config(depth, vs_pytorch.D_MODEL, vs_pytorch.HEADS, vs_pytorch.VOCAB, tie_embeddings=True)
-  train_cfg = default_config().train
-  params = init_params(cfg, jax.random.key(0))
-  optimizer = opt_lib.make_optimizer(train_cfg, params)
-  state = step_lib.init_train_state(params, optimizer)
-  fn = jax.jit(step_lib.make_train_step(Transformer(cfg), optimizer, opt_lib.lr_schedule(train_cfg)))
-  return fn, state, bench.random_batch(cfg, B, T)
+  """lime_jax's train step at the setting of vs_pytorch.py: (jitted step, state, batch)."""
+  return vs_pytorch.lime_jax_train_step("plain", depth, B, T)[:3]
 
 
 def profile_jax(depth: int, builder=lime_jax_step, steps: int = 3, top: int = 0, saved: bool = True) -> dict:
@@ -253,20 +239,10 @@ TORCH_CATEGORIES = (
 def profile_torch(depth: int, steps: int = 3) -> dict:
   import torch
   from torch.profiler import ProfilerActivity, profile
-  from transformers import LlamaConfig, LlamaForCausalLM
+  from transformers import LlamaForCausalLM
 
   torch.manual_seed(0)
-  cfg = LlamaConfig(
-    vocab_size=vs_pytorch.VOCAB,
-    hidden_size=vs_pytorch.D_MODEL,
-    intermediate_size=vs_pytorch.FFN,
-    num_hidden_layers=depth,
-    num_attention_heads=vs_pytorch.HEADS,
-    num_key_value_heads=vs_pytorch.HEADS,
-    tie_word_embeddings=True,
-    max_position_embeddings=256,
-  )
-  cfg._attn_implementation = "sdpa"
+  cfg = vs_pytorch.llama_config(depth, T)
   model = LlamaForCausalLM(cfg).train()
   opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
   tokens = torch.randint(0, vs_pytorch.VOCAB, (B, T + 1))

@@ -59,33 +59,62 @@ def _time_steps(step, steps: int) -> tuple[list[float], float]:
   return times, first_s
 
 
-def _jax_worker(variant: str, depth: int, batch: int, seq: int, steps: int) -> dict:
+def lime_jax_train_step(topology: str, depth: int, batch: int, seq: int):
+  """lime_jax's jitted train step (lime_jax.train.step, the default optimizer) at this setting:
+  (step, state, batch, number of parameters)."""
   import jax
 
   from lime_jax.config import default_config
   from lime_jax.model import Transformer, init_params
-  from lime_jax.runtime import peak_flops
   from lime_jax.tools import bench
   from lime_jax.train import optimizer as opt_lib
   from lime_jax.train import step as step_lib
 
-  topology = "lime" if variant == "lime_jax_lime" else "plain"
   cfg = bench.model_config(depth, D_MODEL, HEADS, VOCAB, tie_embeddings=True, topology=topology)
   train_cfg = default_config().train
   params = init_params(cfg, jax.random.key(0))
   optimizer = opt_lib.make_optimizer(train_cfg, params)
-  holder = {"state": step_lib.init_train_state(params, optimizer)}
-  data = bench.random_batch(cfg, batch, seq)
   train_step = jax.jit(
     step_lib.make_train_step(Transformer(cfg), optimizer, opt_lib.lr_schedule(train_cfg)), donate_argnums=(0,)
   )
+  n_params = sum(x.size for x in jax.tree.leaves(params))
+  state = step_lib.init_train_state(params, optimizer)
+  return train_step, state, bench.random_batch(cfg, batch, seq), n_params
+
+
+def llama_config(depth: int, seq: int):
+  """The HF `LlamaConfig` of this setting (sdpa attention), for HF's Llama and the official LIMe."""
+  from transformers import LlamaConfig
+
+  cfg = LlamaConfig(
+    vocab_size=VOCAB,
+    hidden_size=D_MODEL,
+    intermediate_size=FFN,
+    num_hidden_layers=depth,
+    num_attention_heads=HEADS,
+    num_key_value_heads=HEADS,
+    tie_word_embeddings=True,
+    max_position_embeddings=max(seq, 256),
+    attention_bias=False,
+  )
+  cfg._attn_implementation = "sdpa"
+  return cfg
+
+
+def _jax_worker(variant: str, depth: int, batch: int, seq: int, steps: int) -> dict:
+  import jax
+
+  from lime_jax.runtime import peak_flops
+
+  topology = "lime" if variant == "lime_jax_lime" else "plain"
+  train_step, state, data, n_params = lime_jax_train_step(topology, depth, batch, seq)
+  holder = {"state": state}
 
   def step():
     holder["state"], metrics = train_step(holder["state"], data)
     jax.block_until_ready(metrics)
 
   times, first_s = _time_steps(step, steps)
-  n_params = sum(x.size for x in jax.tree.leaves(params))
   return {
     "times": times,
     "first_step_s": first_s,
@@ -110,21 +139,10 @@ def _torch_matmul_gflops(torch) -> float:
 
 def _torch_worker(variant: str, depth: int, batch: int, seq: int, steps: int, official_lime: str) -> dict:
   import torch
-  from transformers import LlamaConfig, LlamaForCausalLM
+  from transformers import LlamaForCausalLM
 
   torch.manual_seed(0)
-  cfg = LlamaConfig(
-    vocab_size=VOCAB,
-    hidden_size=D_MODEL,
-    intermediate_size=FFN,
-    num_hidden_layers=depth,
-    num_attention_heads=HEADS,
-    num_key_value_heads=HEADS,
-    tie_word_embeddings=True,
-    max_position_embeddings=max(seq, 256),
-    attention_bias=False,
-  )
-  cfg._attn_implementation = "sdpa"
+  cfg = llama_config(depth, seq)
   if variant == "official_lime":
     sys.path[:0] = [official_lime, os.path.join(official_lime, "src")]
     import lm.lime as official  # noqa: PLC0415 (the official checkout, on the path only here)
@@ -192,9 +210,7 @@ def _env() -> dict[str, str]:
 
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH", "")) if p)
-  reason = host_memory.restart_reason(env, platform.system(), platform.libc_ver(), host_memory._thp_mode())
-  if reason is None:
-    env["GLIBC_TUNABLES"] = ":".join(t for t in (env.get("GLIBC_TUNABLES", ""), host_memory.TUNABLE) if t)
+  env = host_memory.huge_pages_env(env) or env
   env[host_memory.OPT_OUT] = "0"  # the workers keep exactly this environment
   return env
 

@@ -53,18 +53,25 @@ def restart_reason(env: Mapping[str, str], system: str, libc: tuple[str, str], t
   return None
 
 
+def huge_pages_env(env: Mapping[str, str]) -> dict[str, str] | None:
+  """`env` with glibc.malloc.hugetlb=1 added to GLIBC_TUNABLES where that helps on this host (see
+  `restart_reason`), else None."""
+  if restart_reason(env, platform.system(), platform.libc_ver(), _thp_mode()) is not None:
+    return None
+  out = dict(env)
+  out["GLIBC_TUNABLES"] = ":".join(t for t in (env.get("GLIBC_TUNABLES", ""), TUNABLE) if t)
+  return out
+
+
 def restart_with_huge_pages() -> None:
   """Re-executes this process's command line with `GLIBC_TUNABLES` += glibc.malloc.hugetlb=1, once.
 
   Call it before anything else in an entry point's `__main__` (the same PID goes on, so signals,
   launchers and `jax.distributed` see one process)."""
-  if restart_reason(os.environ, platform.system(), platform.libc_ver(), _thp_mode()) is not None:
-    return
+  env = huge_pages_env(os.environ)
   argv = getattr(sys, "orig_argv", None)
-  if not argv or len(argv) < 2:
+  if env is None or not argv or len(argv) < 2:
     return
-  env = dict(os.environ)
-  env["GLIBC_TUNABLES"] = ":".join(t for t in (env.get("GLIBC_TUNABLES", ""), TUNABLE) if t)
   sys.stdout.flush()
   sys.stderr.flush()
   os.execve(sys.executable, [sys.executable, *argv[1:]], env)
