@@ -142,6 +142,7 @@ def _continue(
   params: Any,
   prompt_BP: jax.Array,
   prompt_len_B: jax.Array,
+  stop_S: jax.Array | None,
   max_new: int,
   unroll: bool | None,
 ) -> jax.Array:
@@ -168,8 +169,24 @@ def _continue(
     next_B = jnp.argmax(logits_B1V[:, 0], axis=-1).astype(jnp.int32)
     return (out.cache, next_B), next_B
 
-  _, rest_NB = jax.lax.scan(step, (steps_cache(cache), first_B), jnp.arange(max_new - 1))
-  return jnp.concatenate([first_B[:, None], rest_NB.T], axis=1)
+  if stop_S is None:
+    _, rest_NB = jax.lax.scan(step, (steps_cache(cache), first_B), jnp.arange(max_new - 1))
+    return jnp.concatenate([first_B[:, None], rest_NB.T], axis=1)
+
+  # Early stop: the loop ends once every row has produced a stop token (the steps left are skipped).
+  def running(carry):
+    i, _, _, done_B, _ = carry
+    return (i < max_new - 1) & ~done_B.all()
+
+  def body(carry):
+    i, cache, token_B, done_B, new_BN = carry
+    (cache, next_B), _ = step((cache, token_B), i)
+    new_BN = jax.lax.dynamic_update_slice(new_BN, next_B[:, None], (0, i + 1))
+    return i + 1, cache, next_B, done_B | jnp.isin(next_B, stop_S), new_BN
+
+  new_BN = jnp.zeros((B, max_new), jnp.int32).at[:, 0].set(first_B)
+  carry = (jnp.int32(0), steps_cache(cache), first_B, jnp.isin(first_B, stop_S), new_BN)
+  return jax.lax.while_loop(running, body, carry)[-1]
 
 
 def greedy_continuations(
@@ -179,6 +196,7 @@ def greedy_continuations(
   prompt_len_B: Any,
   max_new: int,
   unroll: bool | None = None,
+  stop_ids: Any = None,
 ) -> jax.Array:
   """The first `max_new` greedy tokens int32 [B, max_new] after each row's prompt, with the KV cache.
 
@@ -189,7 +207,9 @@ def greedy_continuations(
   (cache slots shared, per-slot positions: `init_cache(slot_positions=True)`). Token for token this is
   greedy decoding of each prompt alone; `greedy_predictions` gives the same tokens (up to float
   rounding: the prompt is prefilled, not fed one token at a time) at `prompt_len - 1 + i`.
-  Nothing stops at EOS.
+  Without `stop_ids` nothing stops at EOS; with them (ids, e.g. EOS and end of turn) decoding ends once
+  every row has produced one, and a row's tokens after its first stop id are unspecified (0 where the
+  loop ended first): cut each row there.
 
   Args:
     cfg: the model config.
@@ -198,6 +218,7 @@ def greedy_continuations(
     prompt_len_B: prompt tokens per row (>= 1; concrete: it sets the prefill's width).
     max_new: tokens generated per row (>= 1).
     unroll: the decoding steps on unrolled layers (`use_unrolled`; None: by the loop's size).
+    stop_ids: token ids that end an answer (None: decode all `max_new` tokens).
   """
   if max_new < 1:
     raise ValueError(f"max_new={max_new} must be >= 1.")
@@ -208,7 +229,10 @@ def greedy_continuations(
   P = min(-(-int(lengths_B.max()) // PREFILL_MULTIPLE) * PREFILL_MULTIPLE, T)
   prompt_BP = jnp.asarray(inputs_BT)[:, :P]
   lengths_B = jnp.asarray(lengths_B, jnp.int32)
-  return _continue(cfg, params, prompt_BP, lengths_B, max_new=max_new, unroll=unroll)
+  stop_S = None if stop_ids is None else jnp.asarray(sorted(int(i) for i in stop_ids), jnp.int32)
+  if stop_S is not None and stop_S.size == 0:
+    stop_S = None
+  return _continue(cfg, params, prompt_BP, lengths_B, stop_S, max_new=max_new, unroll=unroll)
 
 
 # -------------------------------------------------------------------------------------------- sampling

@@ -58,40 +58,74 @@ def family_texts(family: str, n: int, rng: np.random.Generator, separator: str =
 
 @functools.lru_cache(maxsize=32)
 def last_token_fn(cfg: ModelConfig):
-  """jit of (params, ids [B, T], last [B]) -> (hidden [B, D], heads [B, N, H], layers [B, L, D]) at
-  position last[b].
+  """jit of (params, ids [B, T], last [B, K]) -> (hidden [B, K, D], heads [B, K, N, H], layers [B, K, L, D])
+  at the positions last[b, k] of each row.
 
   The padded prompts are prefilled into a KV cache of T slots with nothing collected (the forward of the
-  full-sequence probe, same shapes, so the same numbers); `hidden` is its final residual stream at
-  `last`. Then one decoding step feeds each row's last token again at its own position `last`, with one
-  more (empty) cache slot for the step's own key / value, and collects the last layer's values and
-  attention row and every layer's residual output (`layers`, to float rounding the full forward's).
-  Slot s holds position s, so the step's causal mask shows it slots 0..last, the
-  prefilled copy of its own key / value included: its query row is the one the full forward computes at
-  `last`, and only that row of probabilities is formed, [L, B, N, 1, T + 1], instead of every layer's
-  [B, N, T, T]."""
+  full-sequence probe, same shapes, so the same numbers); `hidden` is its final residual stream at each
+  `last`. Then, for each k, one decoding step feeds row b's token at last[b, k] again at its own position,
+  with one more (empty) cache slot for the step's own key / value, and collects the last layer's values
+  and attention row and every layer's residual output (`layers`, to float rounding the full forward's).
+  Slot s holds position s, so the step's causal mask shows it slots 0..last, the prefilled copy of its
+  own key / value included: its query row is the one the full forward computes at `last`, and only that
+  row of probabilities is formed, [L, B, N, 1, T + 1], instead of every layer's [B, N, T, T]. K > 1 reads
+  several prefixes of one prompt from one prefill (P_n and P*_n = P_n + one token: `pair_representations`).
+  """
   model = Transformer(cfg)
 
-  def fn(params, ids_BT, last_B):
+  def fn(params, ids_BT, last_BK):
     B, T = ids_BT.shape
     positions_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
     _, out = model.apply({"params": params}, ids_BT, positions_BT, cache=init_cache(cfg, B, T, cfg.dtype))
-    hidden_BD = jnp.take_along_axis(out.h_BTD, last_B[:, None, None], axis=1)[:, 0]
+    hidden_BKD = jnp.take_along_axis(out.h_BTD, last_BK[:, :, None], axis=1)
     slot = ((0, 0), (0, 0), (0, 1), (0, 0), (0, 0))  # [L, B, S, R, H]: one more slot, S = T + 1
     cache = {**out.cache, "k": jnp.pad(out.cache["k"], slot), "v": jnp.pad(out.cache["v"], slot)}
-    token_B1 = jnp.take_along_axis(ids_BT, last_B[:, None], axis=1)
-    _, step = model.apply(
-      {"params": params}, token_B1, last_B[:, None], cache=cache, collect=("value", "attn_probs", "hidden")
-    )
-    layers_BLD = jnp.swapaxes(step.collected["hidden"][:, :, 0], 0, 1)
-    v_BSRH = step.collected["value"][-1]
-    probs_BNS = step.collected["attn_probs"][-1][:, :, 0, :]
-    R, G = v_BSRH.shape[2], cfg.num_heads // v_BSRH.shape[2]
-    probs_BRGS = probs_BNS.reshape(B, R, G, -1).astype(v_BSRH.dtype)
-    heads_BRGH = jnp.einsum("brgs,bsrh->brgh", probs_BRGS, v_BSRH)
-    return hidden_BD, heads_BRGH.reshape(B, cfg.num_heads, -1), layers_BLD
+    heads, layers = [], []
+    for k in range(last_BK.shape[1]):  # static: one step per read position, each on the prefilled cache
+      last_B1 = last_BK[:, k : k + 1]
+      token_B1 = jnp.take_along_axis(ids_BT, last_B1, axis=1)
+      _, step = model.apply(
+        {"params": params}, token_B1, last_B1, cache=cache, collect=("value", "attn_probs", "hidden")
+      )
+      layers.append(jnp.swapaxes(step.collected["hidden"][:, :, 0], 0, 1))
+      v_BSRH = step.collected["value"][-1]
+      probs_BNS = step.collected["attn_probs"][-1][:, :, 0, :]
+      R, G = v_BSRH.shape[2], cfg.num_heads // v_BSRH.shape[2]
+      probs_BRGS = probs_BNS.reshape(B, R, G, -1).astype(v_BSRH.dtype)
+      heads.append(jnp.einsum("brgs,bsrh->brgh", probs_BRGS, v_BSRH).reshape(B, cfg.num_heads, -1))
+    return hidden_BKD, jnp.stack(heads, axis=1), jnp.stack(layers, axis=1)
 
   return jax.jit(fn)
+
+
+def _readings(
+  params: Any,
+  cfg: ModelConfig,
+  rows: list[list[int]],
+  back: tuple[int, ...],
+  sharding: Any = None,
+  num_rows: int | None = None,
+) -> list[dict[str, np.ndarray]]:
+  """For each k of `back`, the representations at position len(row) - 1 - k of every row (`last_token_fn`;
+  each row prefilled once), as fp32 numpy dicts like `last_token_representations`'."""
+  ids_BT, lengths_B = common.pad_rows(rows, 0, num_rows)
+  B, T = ids_BT.shape
+  per_row = (
+    cfg.num_heads * T * (T + 1) * 4 + 2 * cfg.num_layers * (T + 1) * cfg.num_kv_heads * cfg.head_dim * 4
+  )
+  step = max(1, min(B, _PROBS_BUDGET_BYTES // max(per_row, 1)))
+  fn = last_token_fn(cfg)
+  last_BK = (lengths_B[:, None] - 1 - np.asarray(back)[None]).astype(np.int32)
+  if last_BK.min() < 0:
+    raise ValueError(f"Every prompt needs more than {max(back)} tokens to be read {max(back)} from its end.")
+  parts: dict[str, list[np.ndarray]] = {"hidden": [], "heads": [], "layers": []}
+  for start in range(0, B, step):
+    ids = common.place_batch(np.asarray(ids_BT[start : start + step], np.int32), sharding)
+    last = common.place_batch(last_BK[start : start + step], sharding)
+    for name, x in zip(("hidden", "heads", "layers"), fn(params, ids, last)):
+      parts[name].append(common.host(x, np.float32))
+  full = {name: np.concatenate(x)[: len(rows)] for name, x in parts.items()}
+  return [{name: x[:, k] for name, x in full.items()} for k in range(len(back))]
 
 
 def last_token_representations(
@@ -107,26 +141,22 @@ def last_token_representations(
   the last token's attention row is formed (`last_token_fn`): memory per prompt is one layer's explicit
   attention and the KV cache, not every layer's T x T probabilities.
   """
-  ids_BT, lengths_B = common.pad_rows(rows, 0, num_rows)
-  B, T = ids_BT.shape
-  per_row = (
-    cfg.num_heads * T * (T + 1) * 4 + 2 * cfg.num_layers * (T + 1) * cfg.num_kv_heads * cfg.head_dim * 4
-  )
-  step = max(1, min(B, _PROBS_BUDGET_BYTES // max(per_row, 1)))
-  fn = last_token_fn(cfg)
-  hidden, heads, layers = [], [], []
-  for start in range(0, B, step):
-    ids = common.place_batch(np.asarray(ids_BT[start : start + step], np.int32), sharding)
-    last = common.place_batch(np.asarray(lengths_B[start : start + step] - 1, np.int32), sharding)
-    hidden_BD, heads_BNH, layers_BLD = fn(params, ids, last)
-    hidden.append(common.host(hidden_BD, np.float32))
-    heads.append(common.host(heads_BNH, np.float32))
-    layers.append(common.host(layers_BLD, np.float32))
-  return {
-    "hidden": np.concatenate(hidden)[: len(rows)],
-    "heads": np.concatenate(heads)[: len(rows)],
-    "layers": np.concatenate(layers)[: len(rows)],
-  }
+  return _readings(params, cfg, rows, (0,), sharding, num_rows)[0]
+
+
+def pair_representations(
+  params: Any,
+  cfg: ModelConfig,
+  longer_rows: list[list[int]],
+  sharding: Any = None,
+  num_rows: int | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """(readings of P_n, readings of P*_n) for prompts P*_n = P_n + one token, given as `longer_rows`
+  (P*_n; P_n is each row without its last token): one prefill of P*_n serves both, read at its last two
+  positions. The same numbers as `last_token_representations` of [P_n, P*_n] (a causal prefill: the
+  extra token never reaches position len(P_n) - 1) at half the prefill work."""
+  a, b = _readings(params, cfg, longer_rows, (1, 0), sharding, num_rows)
+  return a, b
 
 
 def pair_distances(
@@ -253,13 +283,12 @@ def run(ctx: ProbeContext) -> dict:
         ctx.progress.advance(f"{dtype} {family} n={n}")
         samples = opts.collapse_samples if family == "uniform_digits" else 1
         texts = [family_texts(family, n, rng, sep or ",") for _ in range(samples)]
-        rows_ = [[*common.start_ids(tok), *common.encode_chars(tok, t)] for pair in texts for t in pair]
-        rep = last_token_representations(
-          ctx.params, pcfg, rows_, ctx.batch_sharding, num_rows=2 * opts.collapse_samples
+        # P*_n = P_n + "1" (family_texts), one id per character: one prefill of P*_n reads both.
+        longer = [[*common.start_ids(tok), *common.encode_chars(tok, p_star)] for _, p_star in texts]
+        rep_a, rep_b = pair_representations(
+          ctx.params, pcfg, longer, ctx.batch_sharding, num_rows=opts.collapse_samples
         )
-        d = pair_distances(
-          {k: v[0::2] for k, v in rep.items()}, {k: v[1::2] for k, v in rep.items()}, ctx.model_cfg.num_heads
-        )
+        d = pair_distances(rep_a, rep_b, ctx.model_cfg.num_heads)
         rows["heads_linf"].append(_stats(d["heads_linf"]))
         rows["chunks_linf"].append(_stats(d["chunks_linf"]))
         rows["l1"].append(float(d["l1"].mean()))

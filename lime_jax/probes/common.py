@@ -100,6 +100,16 @@ def encodable(tokenizer: Any, text: str) -> bool:
     return False
 
 
+ROW_MULTIPLE = 4  # a prompt batch's rows are padded to a multiple of this (`row_bucket`).
+
+
+def row_bucket(num: int) -> int:
+  """Rows of a padded prompt batch: `num` rounded up to a multiple of ROW_MULTIPLE. Few compiled shapes
+  (a probe asks the same number of prompts per cell) and little padding: a power of two padded the
+  copying probe's 33 prompts to 64 rows, every one of them computed."""
+  return -(-max(int(num), 1) // ROW_MULTIPLE) * ROW_MULTIPLE
+
+
 def pad_rows(
   rows: Sequence[Sequence[int]], pad_id: int, num_rows: int | None = None, extra: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -128,7 +138,7 @@ def greedy_decode(
   Prompts are right-padded into one buffer; the model is causal, so padding after a prompt never
   changes its predictions. One forward over the buffer per new token (answers here are short).
   """
-  buf, lengths = pad_rows(prompts, pad_id, num_rows=bucket(len(prompts), minimum=8), extra=max_new)
+  buf, lengths = pad_rows(prompts, pad_id, num_rows=row_bucket(len(prompts)), extra=max_new)
   done = np.zeros(len(buf), bool)
   done[len(prompts) :] = True  # padding rows
   out: list[list[int]] = [[] for _ in buf]

@@ -77,11 +77,11 @@ def continuations(
     ]
   else:
     rows = [common.encode_prompt(tokenizer, t, cfg.vocab_size) for t in texts]
-  buf, lengths = common.pad_rows(rows, 0, num_rows=common.bucket(len(rows), minimum=8))
-  # One prefill of every prompt, then exactly max_new steps (docs/benchmarks.md, "Greedy decoding vs
-  # transformers").
-  new_RN = common.host(decode.greedy_continuations(cfg, params, buf, lengths, max_new))
+  buf, lengths = common.pad_rows(rows, 0, num_rows=common.row_bucket(len(rows)))
+  # One prefill of every prompt, then up to max_new steps, ending once every row has stopped
+  # (docs/benchmarks.md, "Greedy decoding vs transformers").
   stops = stop_ids(tokenizer)
+  new_RN = common.host(decode.greedy_continuations(cfg, params, buf, lengths, max_new, stop_ids=stops))
   out = []
   for i in range(len(rows)):
     new = [int(t) for t in new_RN[i]]

@@ -74,6 +74,29 @@ def test_greedy_continuations_equal_greedy_by_recomputation():
   np.testing.assert_array_equal(decode.greedy_continuations(cfg, params, wide, prompt_lens, 1), got[:, :1])
 
 
+def test_greedy_continuations_stop_once_every_row_has_stopped():
+  """With `stop_ids`, each row's tokens up to its first stop id are those decoded without them, for
+  both step paths; the loop ends once every row has stopped (the columns after are left 0)."""
+  cfg = dataclasses.replace(CFG, init_std=0.3)
+  params, inputs, answer = _setup(cfg=cfg)
+  prompt_lens = decode.prompt_lengths(answer)
+  new = 5
+  full = np.asarray(decode.greedy_continuations(cfg, params, inputs, prompt_lens, new))
+  stops = {int(full[0, 1]), int(full[2, 3])}  # row 0 stops at its 2nd token, row 2 at its 4th at the latest
+  for unroll in (True, False):
+    got = np.asarray(
+      decode.greedy_continuations(cfg, params, inputs, prompt_lens, new, unroll=unroll, stop_ids=stops)
+    )
+    for b in range(len(full)):
+      hits = [j for j, t in enumerate(full[b]) if t in stops]
+      end = hits[0] + 1 if hits else new
+      np.testing.assert_array_equal(got[b, :end], full[b, :end])
+  every = set(range(V))  # every token stops: only the first token is decoded
+  got = np.asarray(decode.greedy_continuations(cfg, params, inputs, prompt_lens, new, stop_ids=every))
+  np.testing.assert_array_equal(got[:, 0], full[:, 0])
+  assert np.all(got[:, 1:] == 0) and np.any(full[:, 1:] != 0)
+
+
 def test_sampling_with_the_cache_matches_greedy_without_it():
   cfg = tiny_model_config()
   params = init_params(cfg, jax.random.key(1))

@@ -28,6 +28,19 @@ def _full_forward_representations(params, cfg, rows):
   return {"hidden": np.asarray(col["hidden"][-1], np.float32)[b, last], "heads": heads, "layers": layers}
 
 
+def _small_model(topology):
+  """(config, parameters) of a 3-layer GQA model, plain or LIMe."""
+  import dataclasses
+
+  from lime_jax.model import LimeConfig, init_params
+
+  cfg = tiny_model_config(num_kv_heads=2, num_layers=3)
+  if topology == "lime":
+    cfg = dataclasses.replace(cfg, topology="lime", lime=LimeConfig(block_size=2))
+    return cfg, init_params(cfg, collapse.jax.random.key(0))
+  return cfg, random_params(cfg)
+
+
 @pytest.mark.parametrize("topology", ["plain", "lime"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_last_token_reading_equals_the_full_forward(topology, dtype):
@@ -40,16 +53,7 @@ def test_last_token_reading_equals_the_full_forward(topology, dtype):
   vs 2256 MB before, 4.1 s vs 4.9 s per call; L=4: 1.5 s vs 2.0 s. The old forward returned
   L x B x N x T x T fp32 probabilities (SmolLM2-135M at T=2002: 4.3 GB per prompt), the new one forms
   one layer's attention at a time and returns [L, B, N, 1, T + 1]."""
-  import dataclasses
-
-  from lime_jax.model import LimeConfig, init_params
-
-  cfg = tiny_model_config(num_kv_heads=2, num_layers=3)
-  if topology == "lime":
-    cfg = dataclasses.replace(cfg, topology="lime", lime=LimeConfig(block_size=2))
-    params = init_params(cfg, collapse.jax.random.key(0))
-  else:
-    params = random_params(cfg)
+  cfg, params = _small_model(topology)
   pcfg = collapse.common.probe_model_cfg(cfg, dtype, explicit=True)
   rng = np.random.default_rng(0)
   rows = [[1, *rng.integers(16, 61, size=k).tolist()] for k in (3, 11, 16, 4)]
@@ -62,6 +66,29 @@ def test_last_token_reading_equals_the_full_forward(topology, dtype):
   scale = np.abs(want["layers"]).max(axis=-1, keepdims=True)  # per prompt and layer
   bound = 1e-5 if dtype == "float32" else 2**-6  # the one-token step's rounding, relative
   assert np.all(np.abs(got["layers"] - want["layers"]) <= bound * scale)
+
+
+@pytest.mark.parametrize("topology", ["plain", "lime"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_pair_reading_equals_reading_each_prompt(topology, dtype):
+  """`pair_representations` (one prefill of P*_n, read at its last two positions) gives the readings of
+  P_n and P*_n prefilled apart (`last_token_representations` of [P_n, P*_n], the probe's reading before)
+  to float rounding: the padded batch has other shapes, so the matmuls round differently (fp32: 3e-7
+  absolute seen; bf16 within one bf16 step)."""
+  cfg, params = _small_model(topology)
+  pcfg = collapse.common.probe_model_cfg(cfg, dtype, explicit=True)
+  rng = np.random.default_rng(1)
+  longer = [[1, *rng.integers(16, 61, size=k).tolist(), 17] for k in (5, 12, 30)]
+  got_a, got_b = collapse.pair_representations(params, pcfg, longer, num_rows=4)
+  bound = 1e-5 if dtype == "float32" else 2**-6  # relative to the reading's largest entry
+  for i, row in enumerate(longer):
+    want = collapse.last_token_representations(params, pcfg, [row[:-1], row])
+    for name in ("hidden", "heads", "layers"):
+      for got, j, which in ((got_a, 0, "P_n"), (got_b, 1, "P*_n")):
+        scale = np.abs(want[name][j]).max(axis=-1, keepdims=True)
+        err = np.abs(got[name][i] - want[name][j])
+        assert np.all(err <= bound * scale), (which, name, i, float((err / scale).max()))
+  assert not np.array_equal(got_a["hidden"], got_b["hidden"])  # two different positions were read
 
 
 @pytest.fixture(scope="module")
