@@ -182,18 +182,19 @@ def evaluate_hf(
     param_dtype=param_dtype,
     tokenizer_vocab=int(tokenizer.vocab_size),
   )
-  todo = runner.pending(out_dir, header, probe_names, stream) if reuse else probe_names
-  runner.run_probes(
+  results = runner.run_into(
+    out_dir,
+    header,
     params,
     config,
-    todo,
+    probe_names,
     options,
     mesh,
     stream,
     skip_incompatible,
+    reuse,
     model_cfg=model_cfg,
     tokenizer=tokenizer,
     pretrained=str(path),
-    on_result=runner.writer(out_dir, header),
   )
-  return out_dir, runner.write_outputs(out_dir, header, {})
+  return out_dir, results

@@ -363,12 +363,41 @@ def evaluate(
     config, params, label = config_from_dict(restored.config), restored.params, str(restored.step)
   out_dir = fileio.join(workdir, "eval", label)
   header = _header(workdir, label, config, options)
+  return out_dir, run_into(
+    out_dir, header, params, config, probe_names, options, mesh, stream, skip_incompatible, reuse
+  )
+
+
+def run_into(
+  out_dir: str,
+  header: dict,
+  params: Any,
+  config: ml_collections.ConfigDict,
+  probe_names: list[str],
+  options: ProbeOptions,
+  mesh: jax.sharding.Mesh | None = None,
+  stream=None,
+  skip_incompatible: bool = False,
+  reuse: bool = False,
+  **context: Any,
+) -> dict:
+  """`run_probes` into out_dir (results.json, plots and summary.md written as each probe finishes, under
+  `header`); returns results.json's content. `reuse`: the probes already saved there with the same
+  header (`pending`) are not run again. `context`: `run_probes`' model_cfg / tokenizer / pretrained."""
   todo = pending(out_dir, header, probe_names, stream) if reuse else probe_names
   if todo:
     run_probes(
-      params, config, todo, options, mesh, stream, skip_incompatible, on_result=writer(out_dir, header)
+      params,
+      config,
+      todo,
+      options,
+      mesh,
+      stream,
+      skip_incompatible,
+      on_result=writer(out_dir, header),
+      **context,
     )
-  return out_dir, write_outputs(out_dir, header, {})
+  return write_outputs(out_dir, header, {})
 
 
 def compare(runs: dict[str, dict], out_dir: str, probe_names: list[str] | None = None) -> list[str]:
