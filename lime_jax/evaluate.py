@@ -124,7 +124,8 @@ _RESUME = flags.DEFINE_bool(
   "resume",
   False,
   "--workdir / --hf: skip the probes already saved in the output's results.json with the same "
-  "checkpoint, config and options (results.json is written as each probe finishes).",
+  "checkpoint, config and options (results.json is written as each probe finishes), and resume an "
+  "unfinished copying / counting / collapse probe after the cells it saved (OUT/cells/<probe>.json).",
 )
 _RECOMPUTE = flags.DEFINE_bool(
   "recompute",

@@ -258,6 +258,19 @@ def compatible(ctx: ProbeContext) -> str | None:
   )
 
 
+def _collapse_cell(ctx: ProbeContext, pcfg: ModelConfig, longer: list[list[int]], num_rows: int) -> dict:
+  """One (dtype, family, n) cell of `run`: the pair distances' statistics over the prompts."""
+  rep_a, rep_b = pair_representations(ctx.params, pcfg, longer, ctx.batch_sharding, num_rows=num_rows)
+  d = pair_distances(rep_a, rep_b, ctx.model_cfg.num_heads)
+  return {
+    "heads_linf": _stats(d["heads_linf"]),
+    "chunks_linf": _stats(d["chunks_linf"]),
+    "l1": float(d["l1"].mean()),
+    "layers_linf": d["layers_linf"].mean(axis=0).tolist(),  # [L], mean over prompts
+    "layers_rel": d["layers_rel"].mean(axis=0).tolist(),
+  }
+
+
 def run(ctx: ProbeContext) -> dict:
   opts, tok = ctx.options, ctx.tokenizer
   ns = sorted(int(n) for n in opts.collapse_ns)
@@ -282,18 +295,15 @@ def run(ctx: ProbeContext) -> dict:
       for n in ns:
         ctx.progress.advance(f"{dtype} {family} n={n}")
         samples = opts.collapse_samples if family == "uniform_digits" else 1
-        texts = [family_texts(family, n, rng, sep or ",") for _ in range(samples)]
+        texts = [family_texts(family, n, rng, sep or ",") for _ in range(samples)]  # drawn in every run
         # P*_n = P_n + "1" (family_texts), one id per character: one prefill of P*_n reads both.
         longer = [[*common.start_ids(tok), *common.encode_chars(tok, p_star)] for _, p_star in texts]
-        rep_a, rep_b = pair_representations(
-          ctx.params, pcfg, longer, ctx.batch_sharding, num_rows=opts.collapse_samples
+        cell = ctx.cell(
+          f"{dtype} {family} n={n}",
+          functools.partial(_collapse_cell, ctx, pcfg, longer, opts.collapse_samples),
         )
-        d = pair_distances(rep_a, rep_b, ctx.model_cfg.num_heads)
-        rows["heads_linf"].append(_stats(d["heads_linf"]))
-        rows["chunks_linf"].append(_stats(d["chunks_linf"]))
-        rows["l1"].append(float(d["l1"].mean()))
-        rows["layers_linf"].append(d["layers_linf"].mean(axis=0).tolist())  # [L], mean over prompts
-        rows["layers_rel"].append(d["layers_rel"].mean(axis=0).tolist())
+        for name, value in cell.items():
+          rows[name].append(value)
       results[f"{dtype}/{family}"] = rows
   plots, summary = [], []
   short = {"float32": "fp32", "bfloat16": "bf16"}

@@ -11,6 +11,7 @@ chat template, rendered text tokenised without added specials (`generate`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -129,6 +130,27 @@ def _start(ctx: ProbeContext, family: str, styles: Sequence[str]) -> tuple[Model
   return common.probe_model_cfg(ctx.model_cfg), lengths
 
 
+def _copying_cell(ctx: ProbeContext, cfg: ModelConfig, style: str, s_idx: int, n: int, max_new: int) -> dict:
+  """One (style, length) cell of `run_copying`: accuracy, parse rate, the paper's prompt, one sample."""
+  rng = np.random.default_rng([ctx.options.seed, 1, s_idx, n])
+  seqs = [prompts.copying_digits(style, n, rng) for _ in range(ctx.options.num_examples)]
+  paper = [1] * (n - 1) + [0] if style != "interleaved" else None
+  asked = seqs + ([paper] if paper else [])
+  texts = []
+  for seq in asked:
+    shots = prompts.few_shot_sequences("copying", rng) if style == "few_shot" else ()
+    texts.append(prompts.copying_prompt(style, seq, shots))
+  outs = _generate(ctx, cfg, texts, max_new)
+  preds = [prompts.parse_answer(o.text, "digit", style, seq, not o.stopped) for o, seq in zip(outs, asked)]
+  stats = prompts.parse_stats(preds[: len(seqs)], [s[-1] for s in seqs])
+  return {
+    "accuracy": stats["accuracy"],
+    "parse_rate": stats["parse_rate"],
+    "paper_prompt_correct": bool(preds[-1] == 0) if paper else None,
+    "sample": _sample(ctx, n, texts[0], outs[0], preds[0]),
+  }
+
+
 def run_copying(ctx: ProbeContext) -> dict:
   """Accuracy and parse rate of the last-digit question per style and length (prompts.COPY_STYLES)."""
   cfg, lengths = _start(ctx, "copying", prompts.COPY_STYLES)
@@ -141,24 +163,12 @@ def run_copying(ctx: ProbeContext) -> dict:
     max_new = prompts.max_new_tokens(style, ctx.options.chat_template)
     for n in lengths:
       ctx.progress.advance(f"{style} n={n}")
-      rng = np.random.default_rng([ctx.options.seed, 1, s_idx, n])
-      seqs = [prompts.copying_digits(style, n, rng) for _ in range(ctx.options.num_examples)]
-      paper = [1] * (n - 1) + [0] if style != "interleaved" else None
-      texts = []
-      for seq in seqs + ([paper] if paper else []):
-        shots = prompts.few_shot_sequences("copying", rng) if style == "few_shot" else ()
-        texts.append(prompts.copying_prompt(style, seq, shots))
-      outs = _generate(ctx, cfg, texts, max_new)
-      asked = seqs + ([paper] if paper else [])
-      preds = [
-        prompts.parse_answer(o.text, "digit", style, seq, not o.stopped) for o, seq in zip(outs, asked)
-      ]
-      stats = prompts.parse_stats(preds[: len(seqs)], [s[-1] for s in seqs])
-      acc[style].append(stats["accuracy"])
-      parse_rate[style].append(stats["parse_rate"])
-      canonical[style].append(bool(preds[-1] == 0) if paper else None)
+      cell = ctx.cell(f"{style} n={n}", functools.partial(_copying_cell, ctx, cfg, style, s_idx, n, max_new))
+      acc[style].append(cell["accuracy"])
+      parse_rate[style].append(cell["parse_rate"])
+      canonical[style].append(cell["paper_prompt_correct"])
       if len(samples[style]) < _SAMPLES_PER_STYLE:
-        samples[style].append(_sample(ctx, n, texts[0], outs[0], preds[0]))
+        samples[style].append(cell["sample"])
   plot = {
     "name": "copying_accuracy",
     "title": "copying (natural language): greedy accuracy vs length",
@@ -192,6 +202,23 @@ def run_copying(ctx: ProbeContext) -> dict:
   }
 
 
+def _counting_cell(
+  ctx: ProbeContext, cfg: ModelConfig, style: str, s_idx: int, n: int, num: int, max_new: int
+) -> dict:
+  """One (style, length) cell of `run_counting`: parse statistics, the parsed counts, one sample."""
+  rng = np.random.default_rng([ctx.options.seed, 2, s_idx, n])
+  seqs = [prompts.counting_items(style, n, rng) for _ in range(num)]
+  shots = prompts.few_shot_sequences("counting", rng) if style == "few_shot" else ()
+  texts = [prompts.counting_prompt(style, seq, shots) for seq in seqs]
+  outs = _generate(ctx, cfg, texts, max_new)
+  preds = [prompts.parse_answer(o.text, "integer", style, seq, not o.stopped) for o, seq in zip(outs, seqs)]
+  return {
+    "stats": prompts.parse_stats(preds, [sum(seq) for seq in seqs]),
+    "predicted": preds,
+    "sample": _sample(ctx, n, texts[0], outs[0], preds[0]),
+  }
+
+
 def run_counting(ctx: ProbeContext) -> dict:
   """Absolute error (median and mean) over parsed answers, parse rate, and the histogram of predicted
   counts."""
@@ -205,18 +232,13 @@ def run_counting(ctx: ProbeContext) -> dict:
     num = ctx.options.num_examples if style == "bits" else 1  # the all-ones questions are unique
     for n in lengths:
       ctx.progress.advance(f"{style} n={n}")
-      rng = np.random.default_rng([ctx.options.seed, 2, s_idx, n])
-      seqs = [prompts.counting_items(style, n, rng) for _ in range(num)]
-      shots = prompts.few_shot_sequences("counting", rng) if style == "few_shot" else ()
-      texts = [prompts.counting_prompt(style, seq, shots) for seq in seqs]
-      outs = _generate(ctx, cfg, texts, max_new)
-      preds = [
-        prompts.parse_answer(o.text, "integer", style, seq, not o.stopped) for o, seq in zip(outs, seqs)
-      ]
-      stats[style].append(prompts.parse_stats(preds, [sum(seq) for seq in seqs]))
-      predicted[style].append(preds)
+      cell = ctx.cell(
+        f"{style} n={n}", functools.partial(_counting_cell, ctx, cfg, style, s_idx, n, num, max_new)
+      )
+      stats[style].append(cell["stats"])
+      predicted[style].append(cell["predicted"])
       if len(samples[style]) < _SAMPLES_PER_STYLE:
-        samples[style].append(_sample(ctx, n, texts[0], outs[0], preds[0]))
+        samples[style].append(cell["sample"])
   result = counting_result(
     lengths,
     prompts.COUNT_STYLES,

@@ -62,6 +62,17 @@ class ProbeContext:
   progress: Any  # runner.Progress: `.start(probe, total)`, `.advance(label)`.
   batch_sharding: Any = None  # NamedSharding for a batch split over the devices (None: default).
   pretrained: str = ""  # the HF folder of `evaluate --hf` (no task: probes read text, ask in words).
+  cells: Any = None  # cells.CellStore of `--resume` (None: every cell is computed, nothing saved).
+
+  def cell(self, key: str, compute: Callable[[], Any]) -> Any:
+    """`compute()` (a JSON-ready value: numbers, strings, lists, dicts) for one cell of the running probe
+    (one length, one n, ...), or, resuming (`cells`), the value an interrupted earlier run saved under
+    `key` with the same checkpoint, config and options; each new value is saved as it is computed.
+    Everything a cell depends on but draws from a shared random generator must be drawn outside
+    `compute`, so that a skipped cell leaves the draws of the next ones unchanged."""
+    if self.cells is None:
+      return compute()
+    return self.cells.get_or_compute(key, compute)
 
   def task(self):
     """The run's synthetic task (None for text)."""

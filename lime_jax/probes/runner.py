@@ -20,7 +20,6 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 
 from lime_jax import checkpoint as ckpt_lib
 from lime_jax import config as config_lib
@@ -28,6 +27,7 @@ from lime_jax.data import pipeline, tasks
 from lime_jax.data import text as text_data
 from lime_jax.model import ModelConfig, init_params
 from lime_jax.probes import plotting
+from lime_jax.probes.cells import CellStore, json_ready
 from lime_jax.probes.registry import (
   IncompatibleProbeError,
   ProbeContext,
@@ -168,11 +168,13 @@ def run_probes(
   tokenizer: Any = None,
   pretrained: str = "",
   on_result: Callable[[str, dict], Any] | None = None,
+  cell_store: CellStore | None = None,
 ) -> dict[str, dict]:
   """Runs the named probes; returns {probe: result dict} (see registry.py). `model_cfg` / `tokenizer`
   (default: from `config`) and `pretrained` (the HF folder) come from `probes/pretrained.py`.
   `on_result(name, result)` is called as each probe finishes (the callers write results.json then, so a
-  long run that stops keeps the probes it finished).
+  long run that stops keeps the probes it finished); `cell_store` keeps a running probe's finished cells
+  (`ProbeContext.cell`), so one that stops resumes at its first unfinished cell.
 
   A probe that cannot run on the checkpoint (`Probe.compatible`, checked before any probe runs, or a
   `metrics['skipped']` reason it returns) raises IncompatibleProbeError, unless `skip_incompatible`: then
@@ -190,6 +192,7 @@ def run_probes(
     progress=progress,
     batch_sharding=shard_lib.batch_sharding(mesh),
     pretrained=pretrained,
+    cells=cell_store,
   )
   reasons = check_compatible(ctx, probe_names, skip_incompatible)
   results = {}
@@ -201,6 +204,8 @@ def run_probes(
         if on_result:
           on_result(probe.name, results[probe.name])
         continue
+      if cell_store is not None and cell_store.start(probe.name):
+        print(f"{probe.name}: resuming after its saved cells", file=stream or sys.stderr)
       t0 = time.perf_counter()
       results[probe.name] = probe.run(ctx)
       results[probe.name]["seconds"] = round(time.perf_counter() - t0, 2)
@@ -210,26 +215,11 @@ def run_probes(
         raise IncompatibleProbeError(_incompatible_message({probe.name: skipped}, ctx))
       if on_result:
         on_result(probe.name, results[probe.name])
+      if cell_store is not None:
+        cell_store.finish()
   finally:
     progress.finish()
   return results
-
-
-def _sanitize(x: Any) -> Any:
-  """JSON-ready copy: numpy scalars/arrays as Python values, non-finite floats as None."""
-  if isinstance(x, dict):
-    return {str(k): _sanitize(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_sanitize(v) for v in x]
-  if isinstance(x, np.ndarray):
-    return _sanitize(x.tolist())
-  if isinstance(x, (float, np.floating)):
-    return float(x) if np.isfinite(x) else None
-  if isinstance(x, np.integer):
-    return int(x)
-  if isinstance(x, np.bool_):
-    return bool(x)
-  return x
 
 
 def _previous(out_dir: str) -> dict:
@@ -250,7 +240,7 @@ def reusable(previous: dict, header: dict) -> dict[str, dict]:
   config with the same options as `header`'s; results saved without their options never match."""
   if any(previous.get(k) != header[k] for k in ("step", "config_digest")):
     return {}
-  options = _sanitize(header["options"])
+  options = json_ready(header["options"])
   return {k: v for k, v in previous.get("probes", {}).items() if v.get("options") == options}
 
 
@@ -273,7 +263,7 @@ def write_outputs(out_dir: str, header: dict, results: dict[str, dict]) -> dict:
   kept = {k: v for k, v in reusable(previous, header).items() if k not in results}
   results = {**kept, **{k: {**v, "options": header["options"]} for k, v in results.items()}}
   images = {**{k: previous.get("images", {}).get(k, []) for k in kept}, **images}
-  content = _sanitize({**header, "probes": results, "images": images})
+  content = json_ready({**header, "probes": results, "images": images})
   if jax.process_index() > 0:  # process 0 writes (every process holds the same results)
     return content
   fileio.write_text(fileio.join(out_dir, "results.json"), json.dumps(content, indent=1, allow_nan=False))
@@ -330,7 +320,7 @@ def _header(workdir: str, step: Any, config: ml_collections.ConfigDict, options:
     },
     "task": config.data.task,
     "config_digest": config_digest(config),
-    "options": _sanitize(dataclasses.asdict(options)),
+    "options": json_ready(dataclasses.asdict(options)),
   }
 
 
@@ -383,7 +373,8 @@ def run_into(
 ) -> dict:
   """`run_probes` into out_dir (results.json, plots and summary.md written as each probe finishes, under
   `header`); returns results.json's content. `reuse`: the probes already saved there with the same
-  header (`pending`) are not run again. `context`: `run_probes`' model_cfg / tokenizer / pretrained."""
+  header (`pending`) are not run again, and a probe an earlier run left unfinished resumes after its
+  saved cells (`cells.CellStore`). `context`: `run_probes`' model_cfg / tokenizer / pretrained."""
   todo = pending(out_dir, header, probe_names, stream) if reuse else probe_names
   if todo:
     run_probes(
@@ -395,6 +386,7 @@ def run_into(
       stream,
       skip_incompatible,
       on_result=writer(out_dir, header),
+      cell_store=CellStore(out_dir, header) if reuse else None,
       **context,
     )
   return write_outputs(out_dir, header, {})

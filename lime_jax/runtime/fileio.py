@@ -60,6 +60,19 @@ def write_text(path: str, text: str) -> None:
   epath.Path(path).write_text(text, encoding="utf-8")
 
 
+def replace_text(path: str, text: str) -> None:
+  """Writes `text` to `path` whole or not at all: to a temporary name beside it, then renamed over it
+  (a local rename is atomic; a bucket object is written whole anyway)."""
+  tmp = epath.Path(path + ".tmp")
+  tmp.write_text(text, encoding="utf-8")
+  tmp.replace(epath.Path(path))
+
+
+def remove(path: str) -> None:
+  """Deletes a file."""
+  epath.Path(path).unlink()
+
+
 def write_bytes(path: str, data: bytes) -> None:
   epath.Path(path).write_bytes(data)
 

@@ -65,3 +65,63 @@ def test_eval_tokens_of_a_pretrained_context_are_text(hf_dir):
   body = tok.decode(first[len(start) :])
   assert body == prompts.probe_sentences(3)[0][: len(body)]
   assert np.all(ids[~mask] == 0)
+
+
+class _Stopped(Exception):
+  """Stands for a run killed mid-probe."""
+
+
+def _stopping_once(real, at: int, calls: list):
+  """`real`, counting its calls in `calls`, raising _Stopped instead at call number `at` (once)."""
+  stops = [at]
+
+  def wrapped(*args, **kwargs):
+    calls.append(1)
+    if stops and len(calls) == stops[0]:
+      stops.clear()
+      raise _Stopped("stopped")
+    return real(*args, **kwargs)
+
+  return wrapped
+
+
+def test_an_interrupted_probe_resumes_after_its_saved_cells_with_the_same_results(
+  hf_dir, tmp_path, monkeypatch
+):
+  """`--resume` (reuse): a copying probe stopped at its 3rd cell keeps 2 cells; the rerun computes only
+  the other cells, and its results equal those of a run never interrupted."""
+  opts = ProbeOptions(lengths=(2, 4), num_examples=2)
+  _, whole = pretrained.evaluate_hf(hf_dir, str(tmp_path / "whole"), ["copying"], opts)
+  calls = []  # the first run stops at its 3rd cell, the rerun runs through
+  monkeypatch.setattr(nl_tasks, "_generate", _stopping_once(nl_tasks._generate, 3, calls))
+  out = str(tmp_path / "resumed")
+  with pytest.raises(_Stopped):
+    pretrained.evaluate_hf(hf_dir, out, ["copying"], opts, reuse=True)
+  saved = json.loads(open(os.path.join(out, "cells", "copying.json")).read())
+  assert len(saved["cells"]) == 2
+  calls.clear()
+  _, resumed = pretrained.evaluate_hf(hf_dir, out, ["copying"], opts, reuse=True)
+  total = len(prompts.COPY_STYLES) * len(opts.lengths)
+  assert len(calls) == total - 2
+  assert resumed["probes"]["copying"]["metrics"] == whole["probes"]["copying"]["metrics"]
+  assert not os.path.exists(os.path.join(out, "cells", "copying.json"))
+
+
+def test_an_interrupted_collapse_probe_resumes_with_the_same_prompts(hf_dir, tmp_path, monkeypatch):
+  """Collapse draws its uniform-digit prompts from one generator per family across n: a resumed run
+  draws them again, so the cells after the saved ones see the prompts of a run never interrupted."""
+  from lime_jax.probes import collapse
+
+  opts = ProbeOptions(collapse_ns=(1, 3, 6), collapse_dtypes=("float32",), collapse_samples=2)
+  _, whole = pretrained.evaluate_hf(hf_dir, str(tmp_path / "whole"), ["collapse"], opts)
+  calls = []
+  monkeypatch.setattr(collapse, "_collapse_cell", _stopping_once(collapse._collapse_cell, 5, calls))
+  out = str(tmp_path / "resumed")
+  with pytest.raises(_Stopped):
+    pretrained.evaluate_hf(hf_dir, out, ["collapse"], opts, reuse=True)
+  calls.clear()
+  _, resumed = pretrained.evaluate_hf(hf_dir, out, ["collapse"], opts, reuse=True)
+  assert len(calls) == len(whole["probes"]["collapse"]["metrics"]["families"]) * 3 - 4
+  assert (
+    resumed["probes"]["collapse"]["metrics"]["families"] == whole["probes"]["collapse"]["metrics"]["families"]
+  )

@@ -9,7 +9,7 @@ import pytest
 
 from lime_jax.data.copying import glasses_tokenizer
 from lime_jax.probes import counting, nl_tasks, prompts
-from lime_jax.probes.registry import ProbeOptions
+from lime_jax.probes.registry import ProbeContext, ProbeOptions
 
 
 def test_copying_templates_are_literal():
@@ -101,7 +101,7 @@ class _WordTok:
 
 def _ctx(tokenizer, lengths=(4, 8), num_examples=3):
   progress = types.SimpleNamespace(start=lambda *a: None, advance=lambda *a: None)
-  return types.SimpleNamespace(
+  return ProbeContext(
     tokenizer=tokenizer,
     options=ProbeOptions(lengths=lengths, num_examples=num_examples),
     model_cfg=None,
