@@ -8,7 +8,7 @@ import types
 import pytest
 
 from lime_jax.probes import copying, counting, nl_tasks, prompts
-from lime_jax.probes.registry import ProbeOptions
+from lime_jax.probes.registry import ProbeContext, ProbeOptions
 
 ONES4, ONES16, ONES64 = [1] * 4, [1] * 16, [1] * 64
 COPY4 = [1, 1, 1, 0]
@@ -129,7 +129,7 @@ class _ChatTok:
 
 def _ctx(tokenizer, chat: bool):
   progress = types.SimpleNamespace(start=lambda *a: None, advance=lambda *a: None)
-  return types.SimpleNamespace(
+  return ProbeContext(
     tokenizer=tokenizer,
     options=ProbeOptions(lengths=(4, 8), num_examples=2, chat_template=chat),
     model_cfg=None,
