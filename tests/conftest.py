@@ -7,7 +7,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 
 # Importable without `pip install -e .`: put the repository root first on the path.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -81,15 +83,34 @@ def pytest_collection_modifyitems(items):
         item.add_marker(marker)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _session_user_cache(tmp_path_factory):
+_CACHE_MADE = pytest.StashKey[str]()
+
+
+def pytest_configure(config):
   """lime_jax's caches (lime_jax/runtime/caches.py: the CPU peak and jax's persistent compilation cache) in a
-  fresh directory per test session, which its subprocesses inherit through the environment: a run
-  neither reads nor fills ~/.cache, and every test process (binaries included) reuses the executables
-  an earlier test compiled. Exported LIME_JAX_CACHE_DIR / JAX_COMPILATION_CACHE_DIR are kept."""
-  root = os.environ.setdefault("LIME_JAX_CACHE_DIR", str(tmp_path_factory.mktemp("lime_jax_cache")))
-  jax_dir = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(root, "jax_cache"))
-  jax.config.update("jax_compilation_cache_dir", jax_dir)
+  fresh directory per test session, chosen once by the controlling pytest process: the pytest-xdist
+  workers and every subprocess inherit it through the environment, so a run neither reads nor fills
+  ~/.cache, and every test process (binaries included) reuses the executables an earlier test compiled
+  (jax writes cache entries atomically). Exported LIME_JAX_CACHE_DIR / JAX_COMPILATION_CACHE_DIR are kept."""
+  if hasattr(config, "workerinput"):  # an xdist worker: the controller has set them
+    return
+  if "LIME_JAX_CACHE_DIR" not in os.environ:
+    os.environ["LIME_JAX_CACHE_DIR"] = config.stash[_CACHE_MADE] = tempfile.mkdtemp(prefix="lime_jax_test_")
+  root = os.environ["LIME_JAX_CACHE_DIR"]
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(root, "jax_cache"))
+
+
+def pytest_unconfigure(config):
+  """Removes the session's cache directory where `pytest_configure` made it."""
+  made = config.stash.get(_CACHE_MADE, None)
+  if made:
+    shutil.rmtree(made, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_user_cache():
+  """This process's jax reads and writes the session's compilation cache (`pytest_configure`)."""
+  jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 
 @pytest.fixture(scope="module", autouse=True)
