@@ -189,7 +189,8 @@ def parse_answer(
   number glued to a word ('1s', '2nd'), for 'digit' a digit standing alone (the 1 of '11' answers no
   "last digit" question), for 'integer' a `plausible_count`, and a number that counts ones ('4 ones')
   goes before the others. Style 'cot': the first such number after the last "answer" or "=" that has
-  one after it, else the last one (the last that counts ones first). `truncated`: the output was cut at
+  one after it (unless a count of ones is stated later: the last of those), else the last one (the last
+  that counts ones first). `truncated`: the output was cut at
   the token budget, so a number touching its end may be the start of a longer one ('... * 1' of '... *
   111') and is no answer.
   """
@@ -200,12 +201,13 @@ def parse_answer(
     found = [m for m in found if m.end() < len(text)]
   if not found:
     return None
+  counted = [m for m in found if sequence is not None and kind == "integer" and _ONES.match(text, m.end())]
   if style == "cot":
     for mark in reversed(list(_MARK.finditer(text))):
       after = next((m for m in found if m.start() >= mark.end()), None)
       if after is not None:
-        return int(after.group())
-  counted = [m for m in found if sequence is not None and kind == "integer" and _ONES.match(text, m.end())]
+        stated_later = [m for m in counted if m.start() > after.start()]  # "= 51. ... there are 5 ones."
+        return int((stated_later[-1] if stated_later else after).group())
   pick = counted or found
   return int((pick[-1] if style == "cot" else pick[0]).group())
 

@@ -43,6 +43,14 @@ COPY4 = [1, 1, 1, 0]
       11,  # the count the model states, not the 0 of "1 or 0" written after it
     ),
     ("1110100001001110 = 111010", "bits", [int(c) for c in "1110100001001110"], None),
+    (  # SmolLM2 in bf16 through its chat template: the count stated after the arithmetic is the answer
+      "To find the number of ones in the given sequence, we can use a bit of creative thinking. We can start "
+      "by dividing the number 11111111 by 2, which gives us 5. Now, we can multiply this result by 11 to get "
+      "the number of ones.\n\nSo, 5 * 11 = 51. This means that there are 5 ones in the given sequence.",
+      "cot",
+      [1] * 8,
+      5,
+    ),
     # answers as instruction-tuned models write them:
     (" 4", "direct", ONES4, 4),
     ("There are 4 ones in the sequence 1111.", "direct", ONES4, 4),
