@@ -22,7 +22,6 @@ from lime_jax.model import ModelConfig, decode
 from lime_jax.probes import common, prompts
 from lime_jax.probes.registry import ProbeContext
 
-_SAMPLES_PER_STYLE = 2  # (prompt, output) pairs kept per style in results.json, for reading.
 
 
 def is_natural_language(tokenizer: Any) -> bool:
@@ -167,8 +166,7 @@ def run_copying(ctx: ProbeContext) -> dict:
       acc[style].append(cell["accuracy"])
       parse_rate[style].append(cell["parse_rate"])
       canonical[style].append(cell["paper_prompt_correct"])
-      if len(samples[style]) < _SAMPLES_PER_STYLE:
-        samples[style].append(cell["sample"])
+      samples[style].append(cell["sample"])  # every length's first (prompt, output), for reading
   plot = {
     "name": "copying_accuracy",
     "title": "copying (natural language): greedy accuracy vs length",
@@ -237,8 +235,7 @@ def run_counting(ctx: ProbeContext) -> dict:
       )
       stats[style].append(cell["stats"])
       predicted[style].append(cell["predicted"])
-      if len(samples[style]) < _SAMPLES_PER_STYLE:
-        samples[style].append(cell["sample"])
+      samples[style].append(cell["sample"])  # every length's first (prompt, output), for reading
   result = counting_result(
     lengths,
     prompts.COUNT_STYLES,

@@ -162,6 +162,7 @@ def test_chat_template_flag_wraps_questions_and_is_reported(monkeypatch):
   assert {n for n, _ in calls} == {prompts.CHAT_DEFAULT_MAX_NEW, prompts.CHAT_MAX_NEW["cot"]}
   sample = m["samples"]["direct"][0]
   assert sample["rendered_prompt"] == f"<user>{sample['prompt']}</user><assistant>"
+  assert [s["n"] for s in m["samples"]["cot"]] == [4, 8]  # every length's first output is kept
   assert m["median_abs_error"]["direct"] == [0.0, 4.0] and m["abs_error"]["direct"] == [0.0, 4.0]
   rows = dict(result["summary"])
   assert rows["counting prompts"] == "chat template (--chat_template)"
