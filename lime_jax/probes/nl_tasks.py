@@ -23,7 +23,6 @@ from lime_jax.probes import common, prompts
 from lime_jax.probes.registry import ProbeContext
 
 
-
 def is_natural_language(tokenizer: Any) -> bool:
   """True for a tokenizer that is not one of the synthetic char / byte tokenizers."""
   return not isinstance(tokenizer, (CharTokenizer, ByteTokenizer))
