@@ -235,13 +235,32 @@ def config_digest(config: ml_collections.ConfigDict) -> str:
   return hashlib.sha256(config.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _same_options(saved: Any, options: dict) -> bool:
+  """Whether a result's saved options equal `options` in every current option field (a field removed from
+  ProbeOptions since no longer changes a result; one added since is missing and fails)."""
+  return isinstance(saved, dict) and all(k in saved and saved[k] == v for k, v in options.items())
+
+
 def reusable(previous: dict, header: dict) -> dict[str, dict]:
   """The probe results of an earlier results.json (`previous`) computed on the same checkpoint step and
   config with the same options as `header`'s; results saved without their options never match."""
   if any(previous.get(k) != header[k] for k in ("step", "config_digest")):
     return {}
   options = json_ready(header["options"])
-  return {k: v for k, v in previous.get("probes", {}).items() if v.get("options") == options}
+  return {k: v for k, v in previous.get("probes", {}).items() if _same_options(v.get("options"), options)}
+
+
+def _keep_replaced(out_dir: str, previous: dict, dropped: list[str]) -> None:
+  """Saves the previous results.json as results.<its creation time>.json before results that do not
+  apply to this evaluation (other step, config or options) leave it, and says so."""
+  stamp = str(previous.get("created", "earlier")).replace(":", "")
+  path = fileio.join(out_dir, f"results.{stamp}.json")
+  fileio.write_text(path, json.dumps(previous, indent=1, allow_nan=False))
+  print(
+    f"{out_dir}: {', '.join(dropped)} of an earlier evaluation (other step, config or options) moved to "
+    f"{fileio.basename(path)}",
+    file=sys.stderr,
+  )
 
 
 def write_outputs(out_dir: str, header: dict, results: dict[str, dict]) -> dict:
@@ -261,6 +280,9 @@ def write_outputs(out_dir: str, header: dict, results: dict[str, dict]) -> dict:
     specs = result.get("plots", []) if lead else []
     images[name] = [fileio.basename(plotting.render(spec, out_dir)) for spec in specs]
   kept = {k: v for k, v in reusable(previous, header).items() if k not in results}
+  dropped = [k for k in previous.get("probes", {}) if k not in kept and k not in results]
+  if dropped and lead:
+    _keep_replaced(out_dir, previous, dropped)
   results = {**kept, **{k: {**v, "options": header["options"]} for k, v in results.items()}}
   images = {**{k: previous.get("images", {}).get(k, []) for k in kept}, **images}
   content = json_ready({**header, "probes": results, "images": images})

@@ -106,10 +106,19 @@ def test_saved_results_are_reused_only_with_the_same_options(tmp_path, monkeypat
   assert calls[-1] == "fake_a:4"  # other options: recomputed
   assert set(results["probes"]) == {"fake_a"}  # fake_b, computed with other options, is not merged in
   assert results["probes"]["fake_a"]["options"]["num_examples"] == 4
+  eval_dir = os.path.join(workdir, "eval", "random_init")
+  (replaced,) = [f for f in os.listdir(eval_dir) if f.startswith("results.") and f != "results.json"]
+  kept = json.load(open(os.path.join(eval_dir, replaced), encoding="utf-8"))  # nothing computed is lost
+  assert kept["probes"]["fake_b"]["metrics"] == {"n": 8}
+  path = os.path.join(eval_dir, "results.json")
+  saved = json.load(open(path, encoding="utf-8"))
+  saved["probes"]["fake_a"]["options"]["a_field_since_removed"] = 3
+  json.dump(saved, open(path, "w", encoding="utf-8"))
+  runner.evaluate(workdir, ["fake_a"], b, random_init_config=config, reuse=True)
+  assert calls[-1] == "fake_a:4" and len(calls) == 3  # an option field no longer in ProbeOptions: reused
   config.seed = 7  # another random model: nothing saved applies
   runner.evaluate(workdir, ["fake_a"], b, random_init_config=config, reuse=True)
   assert calls[-1] == "fake_a:4" and len(calls) == 4
-  path = os.path.join(workdir, "eval", "random_init", "results.json")
   saved = json.load(open(path, encoding="utf-8"))
   for result in saved["probes"].values():  # a results.json of older code: no options per result
     result.pop("options")
