@@ -57,6 +57,7 @@ _INT = re.compile(r"-?\d+")
 _DIGIT = re.compile(r"\d")
 _SPAN = re.compile(r"\d+(?:[ \t]*[,+][ \t]*\d+)*(?:[ \t]*[,+])?")  # numbers joined by ',' / '+'
 _MARK = re.compile(r"answer|=", re.IGNORECASE)  # cot: the final answer follows the last of these.
+_LIST_MARKER = re.compile(r"(?:^|\n)[ \t]*(\d+)[.)][ \t]+[A-Za-z]")  # "1. The first digit ..." numbers a step
 _ONES = re.compile(r"[ \t]+ones?\b", re.IGNORECASE)  # after a count: "there are 4 ones"
 
 
@@ -165,10 +166,13 @@ def _answers(text: str, kind: str, sequence: Sequence[int] | None) -> list[re.Ma
   if sequence is None:
     return list((_DIGIT if kind == "digit" else _INT).finditer(text))
   echoes = [m.span() for m in _SPAN.finditer(text) if is_echo(m.group(), sequence)]
+  markers = {m.start(1) for m in _LIST_MARKER.finditer(text)}
   found = [
     m
     for m in _INT.finditer(text)
-    if not any(a <= m.end() - 1 < b for a, b in echoes) and not text[m.end() : m.end() + 1].isalpha()
+    if not any(a <= m.end() - 1 < b for a, b in echoes)
+    and not text[m.end() : m.end() + 1].isalpha()
+    and m.start() not in markers
   ]
   if kind == "digit":
     return [m for m in found if len(m.group()) == 1]
@@ -186,7 +190,8 @@ def parse_answer(
 
   kind 'digit': the first digit character; 'integer': the first integer. Given the question's
   `sequence`, only what can be an answer counts: nothing inside an echo of the sequence (`is_echo`), no
-  number glued to a word ('1s', '2nd'), for 'digit' a digit standing alone (the 1 of '11' answers no
+  number glued to a word ('1s', '2nd') or numbering a list item at a line's start ('1. The first
+  digit ...'), for 'digit' a digit standing alone (the 1 of '11' answers no
   "last digit" question), for 'integer' a `plausible_count`, and a number that counts ones ('4 ones')
   goes before the others. Style 'cot': the first such number after the last "answer" or "=" that has
   one after it (unless a count of ones is stated later: the last of those), else the last one (the last

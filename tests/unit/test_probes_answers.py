@@ -77,6 +77,9 @@ def test_count_answers_of_real_models(text, style, sequence, want):
 @pytest.mark.parametrize(
   "text, style, sequence, want",
   [
+    # Gemma 3 270M (base), chain of thought at n = 512: a numbered step, not an answer
+    ("\n\n1. The first digit of the number is 11111111111111111111111111111", "cot", [1] * 511 + [4], None),
+    ("Steps:\n1) Look at the end.\n2) The last digit is 4.", "cot", [1] * 7 + [4], 4),
     (" 1110", "hint", COPY4, None),  # SmolLM2: the sequence repeated
     ("The last digit of the given sequence is 11.", "direct", COPY4, None),  # SmolLM2 with its chat template
     (" 11\n\nWhat", "few_shot", [1] * 15 + [0], None),
