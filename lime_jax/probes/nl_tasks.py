@@ -208,9 +208,12 @@ def _counting_cell(
   shots = prompts.few_shot_sequences("counting", rng) if style == "few_shot" else ()
   texts = [prompts.counting_prompt(style, seq, shots) for seq in seqs]
   outs = _generate(ctx, cfg, texts, max_new)
-  preds = [prompts.parse_answer(o.text, "integer", style, seq, not o.stopped) for o, seq in zip(outs, seqs)]
+  preds = [
+    prompts.parse_answer(o.text, "integer", style, prompts.counted_mask(style, seq), not o.stopped)
+    for o, seq in zip(outs, seqs)
+  ]
   return {
-    "stats": prompts.parse_stats(preds, [sum(seq) for seq in seqs]),
+    "stats": prompts.parse_stats(preds, [prompts.count_answer(seq) for seq in seqs]),
     "predicted": preds,
     "sample": _sample(ctx, n, texts[0], outs[0], preds[0]),
   }
@@ -226,7 +229,7 @@ def run_counting(ctx: ProbeContext) -> dict:
   for s_idx, style in enumerate(prompts.COUNT_STYLES):
     stats[style], predicted[style], samples[style] = [], [], []
     max_new = prompts.max_new_tokens(style, ctx.options.chat_template)
-    num = ctx.options.num_examples if style == "bits" else 1  # the all-ones questions are unique
+    num = ctx.options.num_examples if style in ("bits", "word") else 1  # the all-ones questions are unique
     for n in lengths:
       ctx.progress.advance(f"{style} n={n}")
       cell = ctx.cell(

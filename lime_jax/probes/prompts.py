@@ -14,7 +14,8 @@ uniform in {0, 2..9}), asked as
   commas       the sequence written with ", " between the digits (1, 1, 1, 0)
   interleaved  n-1 alternating digits 1, 0, 1, ... then c in {2..9} (the pattern is not 1 or 0)
 Counting (`COUNT_STYLES`): how many ones in n ones (direct, cot, few_shot, commas), `sum` = "What is
-1+1+...+1?" and `bits` = how many ones in n digits that are 1 with probability 0.7 (the paper's p).
+1+1+...+1?", `bits` = how many ones in n digits that are 1 with probability 0.7 (the paper's p), and
+`word` = how many times "dog" appears in n words drawn uniformly from 8 (the paper's word counting).
 The hint is a copying prompt only ("not necessarily a 1" has no counting counterpart).
 
 Parsing (`parse_answer`, given the question's sequence): copying takes the first digit that stands alone,
@@ -40,7 +41,9 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 COPY_STYLES = ("direct", "hint", "cot", "few_shot", "commas", "interleaved")
-COUNT_STYLES = ("direct", "cot", "few_shot", "commas", "sum", "bits")
+COUNT_STYLES = ("direct", "cot", "few_shot", "commas", "sum", "bits", "word")
+COUNT_WORDS = ("cat", "dog", "sun", "map", "red", "box", "pen", "cup")  # 'word': n of these, uniformly
+WORD_TARGET = 1  # 'word' counts COUNT_WORDS[1] ("dog"): an item equal to 1 is counted, as in the digit styles
 HINT = "It's not necessarily a 1, check carefully."
 COT = "Let's think step by step."
 COPY_QUESTION = "What is the last digit of the following sequence?"
@@ -94,10 +97,24 @@ def copying_prompt(style: str, digits: Sequence[int], shots: Sequence[Sequence[i
 
 
 def counting_items(style: str, n: int, rng: np.random.Generator) -> list[int]:
-  """The n digits of one counting question of `style` (ones, or 0/1 digits for 'bits')."""
+  """The n items of one counting question of `style`: ones, 0/1 digits for 'bits' (P(1) = P_ONE), indices
+  into COUNT_WORDS for 'word'. The answer is the number of items equal to 1 (`count_answer`)."""
   if style == "bits":
     return [int(x) for x in rng.random(n) < P_ONE]
+  if style == "word":
+    return [int(i) for i in rng.integers(0, len(COUNT_WORDS), size=n)]
   return [1] * n
+
+
+def count_answer(items: Sequence[int]) -> int:
+  """The true answer of a counting question: its items equal to 1 (ones, or the target word's index)."""
+  return sum(int(x) == 1 for x in items)
+
+
+def counted_mask(style: str, items: Sequence[int]) -> list[int]:
+  """The question as 0/1 digits for `parse_answer` (what is counted is 1): the items themselves for the
+  digit styles, for 'word' whether each word is the target."""
+  return [int(int(x) == WORD_TARGET) for x in items] if style == "word" else [int(x) for x in items]
 
 
 def counting_prompt(style: str, digits: Sequence[int], shots: Sequence[Sequence[int]] = ()) -> str:
@@ -106,6 +123,11 @@ def counting_prompt(style: str, digits: Sequence[int], shots: Sequence[Sequence[
     raise ValueError(f"counting prompt style {style!r} is unknown; use one of {COUNT_STYLES}.")
   if style == "sum":
     return f"What is {'+'.join(str(int(d)) for d in digits)}?\nAnswer:"
+  if style == "word":
+    words = " ".join(COUNT_WORDS[int(i)] for i in digits)
+    return _qa(
+      f'How many times does the word "{COUNT_WORDS[WORD_TARGET]}" appear in the following text?', words
+    )
   body = _sequence(digits, commas=style == "commas")
   if style == "cot":
     return f"{COUNT_QUESTION} {body}\n{COT}"

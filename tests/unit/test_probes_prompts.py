@@ -126,12 +126,12 @@ def test_counting_histogram_and_parse_rate_from_fake_decoder(monkeypatch):
   m = result["metrics"]
   assert m["prompt_format"] == "natural_language" and m["lengths"] == [4, 8]
   assert set(m["abs_error"]) == set(prompts.COUNT_STYLES)
-  # one question per length for the all-ones styles (parsed: error |100 - n|), 3 for 'bits'
+  # one question per length for the all-ones styles (parsed: error |100 - n|), 3 for 'bits' and 'word'
   assert m["abs_error"]["direct"] == [96.0, 92.0] and m["parse_rate"]["direct"] == [1.0, 1.0]
-  assert m["parse_rate"]["bits"] == [pytest.approx(2 / 3)] * 2
-  n_total = 5 * 2 + 3 * 2
-  assert m["histogram"]["100"] == 5 * 2 + 2 * 2 and m["histogram"]["unparsed"] == 2
-  assert m["parse_rate_overall"] == pytest.approx(14 / n_total)
+  assert m["parse_rate"]["bits"] == [pytest.approx(2 / 3)] * 2 == m["parse_rate"]["word"]
+  n_total = 5 * 2 + 2 * 3 * 2
+  assert m["histogram"]["100"] == 5 * 2 + 2 * 2 * 2 and m["histogram"]["unparsed"] == 2 * 2
+  assert m["parse_rate_overall"] == pytest.approx(18 / n_total)
   assert {max_new for _, max_new in calls} == {prompts.DEFAULT_MAX_NEW, prompts.MAX_NEW["cot"]}
   assert calls[0][0][0] == "How many ones are there in the following sequence? 1111\nAnswer:"
   hist = [p for p in result["plots"] if p.get("kind") == "hist"][0]
@@ -155,3 +155,19 @@ def test_trained_counting_path_reports_parse_rate(monkeypatch):
   assert m["abs_error"]["sum"] == [0.0, 0.0] and m["parse_rate"]["sum"] == [1.0, 1.0]
   assert m["parse_rate"]["bits"] == [0.5, 0.5] and m["abs_error"]["bits"] == [0.0, 0.0]
   assert m["histogram"]["unparsed"] == 2 * 2 * 2
+
+
+def test_word_counting_question_answer_and_parse():
+  """'word' (the paper's word counting): n words drawn from COUNT_WORDS, the answer is how often "dog"
+  appears in the prompt's text, and a count is parsed against the question's 0/1 mask."""
+  rng = np.random.default_rng(3)
+  items = prompts.counting_items("word", 40, rng)
+  assert len(items) == 40 and set(items) <= set(range(len(prompts.COUNT_WORDS))) and len(set(items)) > 3
+  text = prompts.counting_prompt("word", items)
+  assert text.startswith('How many times does the word "dog" appear in the following text? ')
+  words = text.split("? ", 1)[1].removesuffix("\nAnswer:").split(" ")
+  assert len(words) == 40 and prompts.count_answer(items) == words.count("dog") > 0
+  mask = prompts.counted_mask("word", items)
+  assert sum(mask) == words.count("dog")
+  assert prompts.parse_answer(f" {words.count('dog')}\n", "integer", "word", mask) == words.count("dog")
+  assert prompts.parse_answer(" dog dog dog", "integer", "word", mask) is None
