@@ -37,6 +37,12 @@ def json_ready(x: Any) -> Any:
   return x
 
 
+def same_options(saved: Any, options: dict) -> bool:
+  """Whether saved options (JSON) equal `options` in every current option field (a field removed from
+  ProbeOptions since no longer changes a result; one added since is missing and fails)."""
+  return isinstance(saved, dict) and all(k in saved and saved[k] == v for k, v in options.items())
+
+
 class CellStore:
   """The cells of the probe being run (`start`), read from and written to OUT/cells/<probe>.json."""
 
@@ -59,7 +65,10 @@ class CellStore:
         saved = fileio.read_json(path)
       except (ValueError, OSError):
         saved = {}
-      if all(saved.get(k) == v for k, v in self._identity.items()):
+      identity = self._identity
+      if all(saved.get(k) == identity[k] for k in ("step", "config_digest")) and same_options(
+        saved.get("options"), identity["options"]
+      ):
         self._cells = dict(saved.get("cells", {}))
     return len(self._cells)
 

@@ -27,7 +27,7 @@ from lime_jax.data import pipeline, tasks
 from lime_jax.data import text as text_data
 from lime_jax.model import ModelConfig, init_params
 from lime_jax.probes import plotting
-from lime_jax.probes.cells import CellStore, json_ready
+from lime_jax.probes.cells import CellStore, json_ready, same_options
 from lime_jax.probes.registry import (
   IncompatibleProbeError,
   ProbeContext,
@@ -235,19 +235,13 @@ def config_digest(config: ml_collections.ConfigDict) -> str:
   return hashlib.sha256(config.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _same_options(saved: Any, options: dict) -> bool:
-  """Whether a result's saved options equal `options` in every current option field (a field removed from
-  ProbeOptions since no longer changes a result; one added since is missing and fails)."""
-  return isinstance(saved, dict) and all(k in saved and saved[k] == v for k, v in options.items())
-
-
 def reusable(previous: dict, header: dict) -> dict[str, dict]:
   """The probe results of an earlier results.json (`previous`) computed on the same checkpoint step and
   config with the same options as `header`'s; results saved without their options never match."""
   if any(previous.get(k) != header[k] for k in ("step", "config_digest")):
     return {}
   options = json_ready(header["options"])
-  return {k: v for k, v in previous.get("probes", {}).items() if _same_options(v.get("options"), options)}
+  return {k: v for k, v in previous.get("probes", {}).items() if same_options(v.get("options"), options)}
 
 
 def _keep_replaced(out_dir: str, previous: dict, dropped: list[str]) -> None:
